@@ -1,0 +1,380 @@
+"""Attention, MLP and the two Perceiver blocks (PAPER.md section 1).
+
+Shapes: byte array (inputs) `[B, M, C]`; latents `[B, N, D]`.
+
+- `CrossAttendBlock`: latents query the inputs, one head of width C, output
+  projected back to D; then an MLP.
+- `SelfAttendLayer`: one latent Transformer layer, 8 heads of width D / 8.
+- `LatentTransformer`: a stack of `SelfAttendLayer`s.
+
+Every Linear has a bias and uses `VarianceScaling(1.0)` weights and zero
+biases; every LayerNorm normalises the channel axis with eps 1e-5.
+"""
+
+import math
+from typing import NamedTuple, Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+ATTENTION_IMPLS = ('einsum', 'dot_product')
+LAYER_NORM_EPS = 1e-5
+
+
+def linear(output_size: int, name: str) -> hk.Linear:
+  """A Linear layer with the paper's initialisers."""
+  return hk.Linear(
+      output_size,
+      with_bias=True,
+      w_init=hk.initializers.VarianceScaling(1.0),
+      b_init=jnp.zeros,
+      name=name)
+
+
+def layer_norm(name: str) -> hk.LayerNorm:
+  """LayerNorm over the channel axis with scale, offset and eps 1e-5."""
+  return hk.LayerNorm(
+      axis=-1,
+      create_scale=True,
+      create_offset=True,
+      eps=LAYER_NORM_EPS,
+      name=name)
+
+
+def check_positive_int(value, what: str) -> int:
+  """Returns `value` if it is a positive integer, else raises ValueError."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f'{what} must be a positive integer, got {value!r}.')
+  return value
+
+
+def check_dropout(rate, what: str = 'dropout') -> float:
+  """Returns `rate` if it is a finite number in [0, 1), else raises."""
+  if (isinstance(rate, bool) or not isinstance(rate, (int, float)) or
+      not math.isfinite(rate) or not 0.0 <= rate < 1.0):
+    raise ValueError(f'{what} must be a finite rate in [0, 1), got {rate!r}.')
+  return float(rate)
+
+
+def dropout(x: jax.Array, rate: float, is_training: bool) -> jax.Array:
+  """Dropout that is a no-op (and needs no rng) at rate 0 or in evaluation."""
+  if rate == 0.0 or not is_training:
+    return x
+  return hk.dropout(hk.next_rng_key(), rate, x)
+
+
+def scaled_dot_product_attention(
+    queries: jax.Array,
+    keys: jax.Array,
+    values: jax.Array,
+    *,
+    key_mask: Optional[jax.Array] = None,
+    impl: str = 'einsum',
+    dropout_rate: float = 0.0,
+    is_training: bool = False,
+) -> jax.Array:
+  """Multi-head attention of queries over keys, softmax over the key axis.
+
+  Args:
+    queries: `[B, N, H, Dqk]`.
+    keys: `[B, M, H, Dqk]`.
+    values: `[B, M, H, Dv]`.
+    key_mask: optional `[B, M]` booleans, True for keys that may be attended.
+    impl: 'einsum' (the reference: logits, softmax and weighted sum written
+      out) or 'dot_product' (`jax.nn.dot_product_attention`, fused cuDNN
+      attention where the backend offers it).
+    dropout_rate: dropout on the attention weights (training only).
+    is_training: whether dropout applies.
+
+  Returns:
+    `[B, N, H, Dv]`.
+  """
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(
+        f'attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}.')
+  scale = 1.0 / math.sqrt(queries.shape[-1])
+  use_dropout = dropout_rate > 0.0 and is_training
+  if impl == 'dot_product' and not use_dropout:
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    return jax.nn.dot_product_attention(
+        queries, keys, values, mask=mask, scale=scale)
+
+  # The reference path materialises the [B, H, N, M] weights and nothing
+  # larger; the softmax runs in float32 whatever the compute dtype.
+  logits = jnp.einsum('bnhd,bmhd->bhnm', queries, keys)
+  logits = logits.astype(jnp.float32) * scale
+  if key_mask is not None:
+    logits = jnp.where(key_mask[:, None, None, :], logits,
+                       jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
+  weights = dropout(weights, dropout_rate, is_training)
+  return jnp.einsum('bhnm,bmhd->bnhd', weights, values)
+
+
+class KeysValues(NamedTuple):
+  """Projected keys and values of the inputs, `[B, M, H, Dqk]`/`[B, M, H, Dv]`.
+
+  Computed once and handed to several cross-attends that share weights.
+  """
+  keys: jax.Array
+  values: jax.Array
+
+
+class Attention(hk.Module):
+  """Multi-head attention with separate Q, K, V and output Linears."""
+
+  def __init__(self,
+               *,
+               num_heads: int,
+               qk_channels: int,
+               v_channels: int,
+               output_channels: int,
+               impl: str = 'einsum',
+               dropout_rate: float = 0.0,
+               name: Optional[str] = None):
+    """Builds the attention.
+
+    Args:
+      num_heads: number of heads; must divide `qk_channels` and `v_channels`.
+      qk_channels: total width of queries and keys (all heads together).
+      v_channels: total width of values.
+      output_channels: width after the output projection.
+      impl: one of `ATTENTION_IMPLS`.
+      dropout_rate: dropout on the attention weights during training.
+      name: module name.
+    """
+    super().__init__(name=name)
+    check_positive_int(num_heads, 'num_heads')
+    check_positive_int(qk_channels, 'qk_channels')
+    check_positive_int(v_channels, 'v_channels')
+    check_positive_int(output_channels, 'output_channels')
+    for what, channels in (('qk_channels', qk_channels),
+                           ('v_channels', v_channels)):
+      if channels % num_heads:
+        raise ValueError(f'num_heads={num_heads} does not divide '
+                         f'{what}={channels}.')
+    if impl not in ATTENTION_IMPLS:
+      raise ValueError(
+          f'attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}.')
+    self._num_heads = num_heads
+    self._qk_channels = qk_channels
+    self._v_channels = v_channels
+    self._output_channels = output_channels
+    self._impl = impl
+    self._dropout_rate = check_dropout(dropout_rate, 'attention dropout')
+
+  def _split_heads(self, x: jax.Array) -> jax.Array:
+    # [B, T, H * Dh] -> [B, T, H, Dh]
+    return x.reshape(*x.shape[:-1], self._num_heads, -1)
+
+  @hk.name_like('__call__')
+  def keys_values(self, inputs_kv: jax.Array) -> KeysValues:
+    """Projects the (already normalised) key/value inputs `[B, M, Ckv]`."""
+    keys = linear(self._qk_channels, 'key')(inputs_kv)  # [B, M, Dqk]
+    values = linear(self._v_channels, 'value')(inputs_kv)  # [B, M, Dv]
+    return KeysValues(self._split_heads(keys), self._split_heads(values))
+
+  def __call__(self,
+               inputs_q: jax.Array,
+               keys_values: KeysValues,
+               *,
+               key_mask: Optional[jax.Array] = None,
+               is_training: bool) -> jax.Array:
+    """Attends from `inputs_q` `[B, N, Cq]` to projected keys and values.
+
+    Returns:
+      `[B, N, output_channels]`.
+    """
+    queries = self._split_heads(
+        linear(self._qk_channels, 'query')(inputs_q))  # [B, N, H, Dh]
+    attended = scaled_dot_product_attention(
+        queries,
+        keys_values.keys,
+        keys_values.values,
+        key_mask=key_mask,
+        impl=self._impl,
+        dropout_rate=self._dropout_rate,
+        is_training=is_training)  # [B, N, H, Dv/H]
+    attended = attended.reshape(*attended.shape[:2], self._v_channels)
+    return linear(self._output_channels, 'output')(attended)
+
+
+class MLP(hk.Module):
+  """`Linear(w * D) -> GELU (tanh form) -> Linear(D)`."""
+
+  def __init__(self,
+               *,
+               widening_factor: int = 1,
+               dropout_rate: float = 0.0,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self._widening_factor = check_positive_int(widening_factor,
+                                               'widening_factor')
+    self._dropout_rate = check_dropout(dropout_rate)
+
+  def __call__(self, x: jax.Array, *, is_training: bool) -> jax.Array:
+    channels = x.shape[-1]
+    hidden = linear(self._widening_factor * channels, 'hidden')(x)
+    hidden = jax.nn.gelu(hidden, approximate=True)
+    out = linear(channels, 'output')(hidden)
+    return dropout(out, self._dropout_rate, is_training)
+
+
+class CrossAttendBlock(hk.Module):
+  """`z += Attn(q=LN(z), kv=LN(x))`, then `z += MLP(LN(z))`.
+
+  Queries, keys and values have the inputs' width C (split over
+  `num_heads`); the attention output is projected back to the latent width D.
+  The inputs' LayerNorm and key/value projections are exposed separately
+  (`keys_values`) so that cross-attends sharing these weights can compute
+  them once per forward pass.
+  """
+
+  def __init__(self,
+               *,
+               input_channels: int,
+               num_heads: int = 1,
+               widening_factor: int = 1,
+               dropout: float = 0.0,
+               attention_impl: str = 'einsum',
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self._input_channels = check_positive_int(input_channels,
+                                              'input_channels')
+    self._num_heads = check_positive_int(num_heads, 'num_cross_heads')
+    if input_channels % num_heads:
+      raise ValueError(
+          f'num_cross_heads={num_heads} does not divide the input channel '
+          f'count {input_channels} (the cross-attend width).')
+    self._widening_factor = widening_factor
+    self._dropout = check_dropout(dropout)
+    self._attention_impl = attention_impl
+
+  @hk.name_like('__call__')
+  def _attention(self, output_channels: Optional[int]) -> Attention:
+    # Built the same way by both methods so that Haiku gives its parameters
+    # one name ('attention') whichever method runs first.
+    return Attention(
+        num_heads=self._num_heads,
+        qk_channels=self._input_channels,
+        v_channels=self._input_channels,
+        output_channels=output_channels or 1,
+        impl=self._attention_impl,
+        dropout_rate=self._dropout,
+        name='attention')
+
+  @hk.name_like('__call__')
+  def keys_values(self, inputs: jax.Array) -> KeysValues:
+    """LayerNorm and key/value projections of the inputs `[B, M, C]`."""
+    if inputs.shape[-1] != self._input_channels:
+      raise ValueError(
+          f'inputs have shape {inputs.shape} with {inputs.shape[-1]} '
+          f'channels, but this cross-attend was built for '
+          f'{self._input_channels} input channels.')
+    normed = layer_norm('input_norm')(inputs)  # [B, M, C]
+    return self._attention(None).keys_values(normed)
+
+  def __call__(self,
+               latents: jax.Array,
+               inputs: Optional[jax.Array] = None,
+               *,
+               keys_values: Optional[KeysValues] = None,
+               input_mask: Optional[jax.Array] = None,
+               is_training: bool) -> jax.Array:
+    """Updates latents `[B, N, D]` from inputs `[B, M, C]` (or their K/V).
+
+    Args:
+      latents: `[B, N, D]`.
+      inputs: `[B, M, C]`; omit when `keys_values` are given.
+      keys_values: the result of `keys_values(inputs)`, to reuse it.
+      input_mask: optional `[B, M]` booleans, True where an input is real.
+      is_training: enables dropout.
+
+    Returns:
+      The updated latents, `[B, N, D]`.
+    """
+    if (inputs is None) == (keys_values is None):
+      raise ValueError('Pass exactly one of inputs and keys_values.')
+    if keys_values is None:
+      keys_values = self.keys_values(inputs)
+    latent_channels = latents.shape[-1]
+    attention = self._attention(latent_channels)
+    attended = attention(
+        layer_norm('query_norm')(latents),
+        keys_values,
+        key_mask=input_mask,
+        is_training=is_training)
+    latents = latents + dropout(attended, self._dropout, is_training)
+    mlp = MLP(widening_factor=self._widening_factor, dropout_rate=self._dropout,
+              name='mlp')
+    return latents + mlp(layer_norm('mlp_norm')(latents),
+                         is_training=is_training)
+
+
+class SelfAttendLayer(hk.Module):
+  """`z += Attn(LN(z), LN(z))`, then `z += MLP(LN(z))`, Q/K/V width D."""
+
+  def __init__(self,
+               *,
+               num_heads: int = 8,
+               widening_factor: int = 1,
+               dropout: float = 0.0,
+               attention_impl: str = 'einsum',
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self._num_heads = check_positive_int(num_heads, 'num_self_heads')
+    self._widening_factor = widening_factor
+    self._dropout = check_dropout(dropout)
+    self._attention_impl = attention_impl
+
+  def __call__(self, latents: jax.Array, *, is_training: bool) -> jax.Array:
+    """Maps latents `[B, N, D]` to `[B, N, D]`."""
+    channels = latents.shape[-1]
+    if channels % self._num_heads:
+      raise ValueError(f'num_self_heads={self._num_heads} does not divide '
+                       f'the latent channel count {channels}.')
+    attention = Attention(
+        num_heads=self._num_heads,
+        qk_channels=channels,
+        v_channels=channels,
+        output_channels=channels,
+        impl=self._attention_impl,
+        dropout_rate=self._dropout,
+        name='attention')
+    normed = layer_norm('attention_norm')(latents)
+    attended = attention(normed, attention.keys_values(normed),
+                         is_training=is_training)
+    latents = latents + dropout(attended, self._dropout, is_training)
+    mlp = MLP(widening_factor=self._widening_factor, dropout_rate=self._dropout,
+              name='mlp')
+    return latents + mlp(layer_norm('mlp_norm')(latents),
+                         is_training=is_training)
+
+
+class LatentTransformer(hk.Module):
+  """A stack of `num_layers` self-attend layers, each with its own weights."""
+
+  def __init__(self,
+               *,
+               num_layers: int,
+               num_heads: int = 8,
+               widening_factor: int = 1,
+               dropout: float = 0.0,
+               attention_impl: str = 'einsum',
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self._num_layers = check_positive_int(num_layers,
+                                          'num_self_attends_per_block')
+    self._layer_kwargs = dict(
+        num_heads=num_heads,
+        widening_factor=widening_factor,
+        dropout=dropout,
+        attention_impl=attention_impl)
+
+  def __call__(self, latents: jax.Array, *, is_training: bool) -> jax.Array:
+    """Maps latents `[B, N, D]` to `[B, N, D]`."""
+    for i in range(self._num_layers):
+      layer = SelfAttendLayer(name=f'self_attend_{i}', **self._layer_kwargs)
+      latents = layer(latents, is_training=is_training)
+    return latents

@@ -1,0 +1,331 @@
+"""The Perceiver encoder, its schedule and weight sharing, and the classifier.
+
+PAPER.md section 2: `num_blocks` latent Transformers, with `num_cross_attends`
+cross-attends placed either interleaved (spread evenly, one before each of
+some blocks) or all at the start. With `share_weights`, the first
+cross-attend owns its weights, later cross-attends share one set, and every
+latent Transformer shares one set of `num_self_attends_per_block` layers.
+
+Parameter names (stable; weight-decay masks and checkpoints rely on them):
+`perceiver/latents`, `perceiver/cross_attend_<set>/...`,
+`perceiver/latent_transformer_<set>/self_attend_<i>/...`, where `<set>` numbers
+the distinct weight sets; and `classification_head/...`.
+"""
+
+import dataclasses
+import math
+from typing import Any, Mapping, Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from perceiver_jax.model import attention as attention_lib
+
+PLACEMENTS = ('interleaved', 'start')
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """One step of the schedule: a cross-attend or a latent Transformer.
+
+  Attributes:
+    kind: 'cross_attend' or 'latent_transformer'.
+    index: the step's position among steps of its kind (0-based).
+    weight_set: which set of weights the step uses.
+  """
+  kind: str
+  index: int
+  weight_set: int
+
+
+def schedule(*, num_blocks: int, num_self_attends_per_block: int,
+             num_cross_attends: int, cross_attend_placement: str,
+             share_weights: bool) -> list[Step]:
+  """The order of cross-attends and latent Transformers, with weight sets.
+
+  Args:
+    num_blocks: number of latent Transformers.
+    num_self_attends_per_block: layers per latent Transformer; 0 means
+      cross-attends only (no latent Transformer, `num_blocks` unused).
+    num_cross_attends: 1..num_blocks when interleaved; at least 1 otherwise.
+    cross_attend_placement: 'interleaved' puts cross-attend j before block
+      `floor(j * num_blocks / num_cross_attends)`; 'start' puts all of them
+      back to back before the first block.
+    share_weights: the paper's sharing scheme (see module docstring).
+
+  Returns:
+    The steps in execution order.
+  """
+  attention_lib.check_positive_int(num_blocks, 'num_blocks')
+  attention_lib.check_positive_int(num_cross_attends, 'num_cross_attends')
+  if (isinstance(num_self_attends_per_block, bool) or
+      not isinstance(num_self_attends_per_block, int) or
+      num_self_attends_per_block < 0):
+    raise ValueError('num_self_attends_per_block must be a non-negative '
+                     f'integer, got {num_self_attends_per_block!r}.')
+  if cross_attend_placement not in PLACEMENTS:
+    raise ValueError(f'cross_attend_placement must be one of {PLACEMENTS}, '
+                     f'got {cross_attend_placement!r}.')
+  if not isinstance(share_weights, bool):
+    raise ValueError(f'share_weights must be a bool, got {share_weights!r}.')
+
+  def cross(j):
+    weight_set = min(j, 1) if share_weights else j
+    return Step('cross_attend', j, weight_set)
+
+  def latent(b):
+    return Step('latent_transformer', b, 0 if share_weights else b)
+
+  if num_self_attends_per_block == 0:
+    return [cross(j) for j in range(num_cross_attends)]
+  if cross_attend_placement == 'start':
+    return ([cross(j) for j in range(num_cross_attends)] +
+            [latent(b) for b in range(num_blocks)])
+  if num_cross_attends > num_blocks:
+    raise ValueError(
+        f'num_cross_attends={num_cross_attends} exceeds num_blocks='
+        f'{num_blocks}: interleaved placement puts at most one cross-attend '
+        'before each latent Transformer (use placement "start" for more).')
+  first_block_of = {
+      (j * num_blocks) // num_cross_attends: j for j in range(num_cross_attends)
+  }
+  steps = []
+  for b in range(num_blocks):
+    if b in first_block_of:
+      steps.append(cross(first_block_of[b]))
+    steps.append(latent(b))
+  return steps
+
+
+class Perceiver(hk.Module):
+  """Latents that iteratively cross-attend to a byte array and self-attend.
+
+  Maps inputs `[B, M, C]` to latents `[B, N, D]`.
+  """
+
+  def __init__(self,
+               *,
+               num_blocks: int = 8,
+               num_self_attends_per_block: int = 6,
+               num_cross_attends: int = 8,
+               cross_attend_placement: str = 'interleaved',
+               share_weights: bool = True,
+               num_latents: int = 512,
+               num_latent_channels: int = 1024,
+               num_cross_heads: int = 1,
+               num_self_heads: int = 8,
+               widening_factor: int = 1,
+               dropout: float = 0.0,
+               attention_impl: str = 'einsum',
+               reuse_shared_keys_values: bool = True,
+               input_channels: Optional[int] = None,
+               name: Optional[str] = 'perceiver'):
+    """Builds the encoder.
+
+    Args:
+      num_blocks: latent Transformers (8 for ImageNet).
+      num_self_attends_per_block: self-attend layers per latent Transformer
+        (6); 0 means cross-attends only.
+      num_cross_attends: number of cross-attends (8).
+      cross_attend_placement: 'interleaved' or 'start'.
+      share_weights: the paper's sharing scheme.
+      num_latents: N.
+      num_latent_channels: D.
+      num_cross_heads: heads of the cross-attends (1); must divide C.
+      num_self_heads: heads of the self-attends (8); must divide D.
+      widening_factor: MLP hidden width over its input width (1).
+      dropout: dropout rate on attention weights and residual branches.
+      attention_impl: 'einsum' or 'dot_product'.
+      reuse_shared_keys_values: compute the input LayerNorm and key/value
+        projections once for all cross-attends that share weights (the same
+        outputs; fewer FLOPs than the paper's nominal count).
+      input_channels: C; when given, inputs with another channel count are
+        rejected with a clear error (otherwise taken from the first call).
+      name: module name.
+    """
+    super().__init__(name=name)
+    self._schedule = schedule(
+        num_blocks=num_blocks,
+        num_self_attends_per_block=num_self_attends_per_block,
+        num_cross_attends=num_cross_attends,
+        cross_attend_placement=cross_attend_placement,
+        share_weights=share_weights)
+    self._num_latents = attention_lib.check_positive_int(
+        num_latents, 'num_latents')
+    self._num_latent_channels = attention_lib.check_positive_int(
+        num_latent_channels, 'num_latent_channels')
+    attention_lib.check_positive_int(num_cross_heads, 'num_cross_heads')
+    attention_lib.check_positive_int(num_self_heads, 'num_self_heads')
+    attention_lib.check_positive_int(widening_factor, 'widening_factor')
+    if num_latent_channels % num_self_heads:
+      raise ValueError(
+          f'num_self_heads={num_self_heads} does not divide '
+          f'num_latent_channels={num_latent_channels}.')
+    if input_channels is not None:
+      attention_lib.check_positive_int(input_channels, 'input_channels')
+      if input_channels % num_cross_heads:
+        raise ValueError(
+            f'num_cross_heads={num_cross_heads} does not divide the input '
+            f'channel count {input_channels}.')
+    if attention_impl not in attention_lib.ATTENTION_IMPLS:
+      raise ValueError(f'attention_impl must be one of '
+                       f'{attention_lib.ATTENTION_IMPLS}, got '
+                       f'{attention_impl!r}.')
+    self._num_self_attends_per_block = num_self_attends_per_block
+    self._num_cross_heads = num_cross_heads
+    self._num_self_heads = num_self_heads
+    self._widening_factor = widening_factor
+    self._dropout = attention_lib.check_dropout(dropout)
+    self._attention_impl = attention_impl
+    self._reuse_shared_keys_values = reuse_shared_keys_values
+    self._input_channels = input_channels
+
+  @property
+  def steps(self) -> list[Step]:
+    """The schedule this encoder runs."""
+    return list(self._schedule)
+
+  def _check_inputs(self, inputs: jax.Array,
+                    input_mask: Optional[jax.Array]) -> None:
+    if inputs.ndim != 3:
+      raise ValueError(
+          f'Perceiver inputs must have rank 3 [batch, positions, channels], '
+          f'got shape {inputs.shape}.')
+    if 0 in inputs.shape:
+      raise ValueError(f'Perceiver inputs must be non-empty, got shape '
+                       f'{inputs.shape}.')
+    if (self._input_channels is not None and
+        inputs.shape[-1] != self._input_channels):
+      raise ValueError(
+          f'Perceiver inputs have shape {inputs.shape} with '
+          f'{inputs.shape[-1]} channels, but the model was built for '
+          f'{self._input_channels} input channels.')
+    if inputs.shape[-1] % self._num_cross_heads:
+      raise ValueError(
+          f'num_cross_heads={self._num_cross_heads} does not divide the input '
+          f'channel count of inputs with shape {inputs.shape}.')
+    if input_mask is not None and input_mask.shape != inputs.shape[:2]:
+      raise ValueError(f'input_mask has shape {input_mask.shape}; expected '
+                       f'{inputs.shape[:2]} for inputs of shape '
+                       f'{inputs.shape}.')
+
+  def __call__(self,
+               inputs: jax.Array,
+               *,
+               input_mask: Optional[jax.Array] = None,
+               is_training: bool) -> jax.Array:
+    """Encodes inputs `[B, M, C]` (mask `[B, M]`) into latents `[B, N, D]`."""
+    self._check_inputs(inputs, input_mask)
+    batch_size, _, input_channels = inputs.shape
+    latents = hk.get_parameter(
+        'latents', [self._num_latents, self._num_latent_channels],
+        init=hk.initializers.TruncatedNormal(stddev=0.02))
+    latents = jnp.broadcast_to(latents.astype(inputs.dtype),
+                               (batch_size, *latents.shape))  # [B, N, D]
+
+    # Shared weights are modules built once and called many times.
+    cross_attends = {}
+    latent_transformers = {}
+    shared_keys_values = {}
+    for step in self._schedule:
+      if step.kind == 'cross_attend':
+        if step.weight_set not in cross_attends:
+          cross_attends[step.weight_set] = attention_lib.CrossAttendBlock(
+              input_channels=input_channels,
+              num_heads=self._num_cross_heads,
+              widening_factor=self._widening_factor,
+              dropout=self._dropout,
+              attention_impl=self._attention_impl,
+              name=f'cross_attend_{step.weight_set}')
+        block = cross_attends[step.weight_set]
+        if self._reuse_shared_keys_values:
+          # A cross-attend whose weights no other step uses gains nothing
+          # from the cache but loses nothing either.
+          if step.weight_set not in shared_keys_values:
+            shared_keys_values[step.weight_set] = block.keys_values(inputs)
+          latents = block(latents, keys_values=shared_keys_values[
+              step.weight_set], input_mask=input_mask,
+                          is_training=is_training)
+        else:
+          latents = block(latents, inputs, input_mask=input_mask,
+                          is_training=is_training)
+      else:
+        if step.weight_set not in latent_transformers:
+          latent_transformers[step.weight_set] = (
+              attention_lib.LatentTransformer(
+                  num_layers=self._num_self_attends_per_block,
+                  num_heads=self._num_self_heads,
+                  widening_factor=self._widening_factor,
+                  dropout=self._dropout,
+                  attention_impl=self._attention_impl,
+                  name=f'latent_transformer_{step.weight_set}'))
+        latents = latent_transformers[step.weight_set](
+            latents, is_training=is_training)
+    return latents
+
+
+class ClassificationHead(hk.Module):
+  """Mean of the latents over N, then a zero-initialised Linear to logits."""
+
+  def __init__(self, num_classes: int,
+               name: Optional[str] = 'classification_head'):
+    super().__init__(name=name)
+    self._num_classes = attention_lib.check_positive_int(
+        num_classes, 'num_classes')
+
+  def __call__(self, latents: jax.Array) -> jax.Array:
+    """Maps latents `[B, N, D]` to logits `[B, num_classes]`."""
+    pooled = jnp.mean(latents, axis=1)  # [B, D]
+    return hk.Linear(
+        self._num_classes, w_init=jnp.zeros, b_init=jnp.zeros,
+        name='logits')(pooled)
+
+
+# The fields of `config.model` that configure the encoder, by constructor name.
+ENCODER_FIELDS = (
+    'num_blocks', 'num_self_attends_per_block', 'num_cross_attends',
+    'cross_attend_placement', 'share_weights', 'num_latents',
+    'num_latent_channels', 'num_cross_heads', 'num_self_heads',
+    'widening_factor', 'dropout', 'attention_impl',
+    'reuse_shared_keys_values')
+
+
+def encoder_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
+  """Picks the encoder's constructor arguments out of `config.model`.
+
+  Numbers that are not finite are rejected here, so that a config such as
+  `--config.model.dropout=nan` fails with the field's name.
+  """
+  kwargs = {}
+  for field in ENCODER_FIELDS:
+    if field in model_config:
+      value = model_config[field]
+      if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f'config.model.{field} must be finite, got {value}.')
+      kwargs[field] = value
+  return kwargs
+
+
+class PerceiverClassifier:
+  """Perceiver encoder followed by the classification head.
+
+  A plain composition rather than an `hk.Module`, so the parameters keep the
+  top-level names `perceiver/...` and `classification_head/...`. Build it
+  inside a Haiku transform, like any module.
+  """
+
+  def __init__(self, num_classes: int, **encoder_config):
+    """Builds (and validates) both parts; `encoder_config`: `Perceiver` args."""
+    self.encoder = Perceiver(**encoder_config)
+    self.head = ClassificationHead(num_classes)
+
+  def __call__(self,
+               inputs: jax.Array,
+               *,
+               input_mask: Optional[jax.Array] = None,
+               is_training: bool) -> jax.Array:
+    """Maps inputs `[B, M, C]` to logits `[B, num_classes]`."""
+    latents = self.encoder(inputs, input_mask=input_mask,
+                           is_training=is_training)
+    return self.head(latents)

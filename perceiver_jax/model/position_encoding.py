@@ -1,0 +1,147 @@
+"""Position encodings concatenated to the inputs (PAPER.md section 3).
+
+- Fourier features: for positions `x_d in [-1, 1]` on d axes and K bands
+  `f_k = linspace(1, mu_d / 2, K)` per axis, the features are
+  `[x_1..x_d, sin(pi f_k x_d) (axis-major), cos(pi f_k x_d) (axis-major)]`,
+  `d * (2K + 1)` channels in all.
+- Learned positions: a trainable `[M, channels]` array.
+- A fixed permutation of the M positions, for permuted-input experiments.
+"""
+
+import math
+from typing import Optional, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _check_index_dims(index_dims: Sequence[int]) -> tuple[int, ...]:
+  index_dims = tuple(index_dims)
+  if not index_dims or any(
+      isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1
+      for n in index_dims):
+    raise ValueError(
+        f'index_dims must be a non-empty list of positive integers, got '
+        f'{index_dims!r}.')
+  return tuple(int(n) for n in index_dims)
+
+
+def grid_positions(index_dims: Sequence[int]) -> np.ndarray:
+  """Positions of a grid's points, each axis spanning [-1, 1] (ends included).
+
+  Args:
+    index_dims: the grid's size per axis, e.g. `(224, 224)`.
+
+  Returns:
+    `[prod(index_dims), len(index_dims)]` float32 coordinates, the points in
+    row-major ('C') order of the grid ('ij' indexing), the same order in
+    which a `[*index_dims, C]` array flattens.
+  """
+  index_dims = _check_index_dims(index_dims)
+  axes = [np.linspace(-1.0, 1.0, n, dtype=np.float64) for n in index_dims]
+  grid = np.stack(np.meshgrid(*axes, indexing='ij'), axis=-1)
+  return grid.reshape(-1, len(index_dims)).astype(np.float32)
+
+
+def num_fourier_channels(num_dims: int, num_bands: int) -> int:
+  """Channels that `fourier_features` adds: `d * (2K + 1)`."""
+  return num_dims * (2 * num_bands + 1)
+
+
+def fourier_features(positions, num_bands: int,
+                     max_resolution: Sequence[float]):
+  """Fourier features of positions in [-1, 1].
+
+  Works on numpy arrays (host-side, e.g. fixed grids) and JAX arrays (traced,
+  e.g. point clouds) alike.
+
+  Args:
+    positions: `[..., d]` coordinates in [-1, 1].
+    num_bands: K, frequencies per axis.
+    max_resolution: mu per axis (d values); the highest frequency of an axis
+      is mu / 2, its Nyquist frequency.
+
+  Returns:
+    `[..., d * (2K + 1)]`: the positions, then all sines, then all cosines,
+    each group axis-major (the K bands of axis 1, then those of axis 2...).
+  """
+  if isinstance(num_bands, bool) or not isinstance(num_bands, int) or (
+      num_bands < 1):
+    raise ValueError(f'num_bands must be a positive integer, got {num_bands!r}.')
+  num_dims = positions.shape[-1]
+  max_resolution = tuple(max_resolution)
+  if len(max_resolution) != num_dims:
+    raise ValueError(
+        f'max_resolution {max_resolution} has {len(max_resolution)} entries '
+        f'but positions have {num_dims} axes (shape {positions.shape}).')
+  if not all(math.isfinite(mu) and mu >= 2 for mu in max_resolution):
+    raise ValueError(
+        f'max_resolution must be finite and at least 2 per axis (the lowest '
+        f'frequency is 1), got {max_resolution}.')
+  xp = jnp if isinstance(positions, jax.Array) else np
+  # [d, K]: row a holds linspace(1, mu_a / 2, K).
+  freqs = np.stack(
+      [np.linspace(1.0, mu / 2.0, num_bands) for mu in max_resolution])
+  freqs = freqs.astype(np.float32)
+  # [..., d, K] -> [..., d * K], axis-major.
+  angles = math.pi * positions[..., :, None] * freqs
+  angles = angles.reshape(*positions.shape[:-1], num_dims * num_bands)
+  return xp.concatenate([positions, xp.sin(angles), xp.cos(angles)], axis=-1)
+
+
+def fourier_grid_features(index_dims: Sequence[int], num_bands: int,
+                          max_resolution: Optional[Sequence[float]] = None
+                          ) -> np.ndarray:
+  """Fourier features of a grid: `[prod(index_dims), d * (2K + 1)]`.
+
+  Args:
+    index_dims: the grid size per axis.
+    num_bands: K.
+    max_resolution: mu per axis; defaults to the grid size itself.
+  """
+  index_dims = _check_index_dims(index_dims)
+  if max_resolution is None:
+    max_resolution = index_dims
+  return fourier_features(grid_positions(index_dims), num_bands,
+                          max_resolution).astype(np.float32)
+
+
+def permutation(num_positions: int, seed: int) -> np.ndarray:
+  """A fixed permutation of `range(num_positions)` derived from `seed`.
+
+  The same on every host and every launch (numpy's PCG64 stream is stable).
+  """
+  if num_positions < 1:
+    raise ValueError(f'num_positions must be positive, got {num_positions}.')
+  return np.random.default_rng(seed).permutation(num_positions)
+
+
+class LearnedPositions(hk.Module):
+  """A trainable `[M, channels]` position array, broadcast over the batch."""
+
+  def __init__(self,
+               num_positions: int,
+               num_channels: int = 128,
+               init_scale: float = 1.0,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    if num_positions < 1 or num_channels < 1:
+      raise ValueError(
+          f'LearnedPositions needs positive sizes, got num_positions='
+          f'{num_positions}, num_channels={num_channels}.')
+    if not math.isfinite(init_scale) or init_scale <= 0:
+      raise ValueError(f'init_scale must be positive and finite, got '
+                       f'{init_scale}.')
+    self._num_positions = num_positions
+    self._num_channels = num_channels
+    self._init_scale = init_scale
+
+  def __call__(self, batch_size: int) -> jax.Array:
+    """Returns `[batch_size, M, channels]`."""
+    embeddings = hk.get_parameter(
+        'pos_embs', [self._num_positions, self._num_channels],
+        init=hk.initializers.TruncatedNormal(stddev=self._init_scale))
+    return jnp.broadcast_to(embeddings,
+                            (batch_size, *embeddings.shape))
