@@ -1,0 +1,169 @@
+"""Pieces every experiment config shares.
+
+A config is an `ml_collections.ConfigDict` with these sections:
+
+- `task`: the task registry entry ('digits', 'imagenet', ...).
+- `seed`: the base seed of parameters, data order and dropout.
+- `data`: what the task's loader reads (`num_classes`, `num_train_examples`,
+  directories, augmentation).
+- `model`: the encoder (names as in `perceiver_jax.model.perceiver`) and
+  `model.input`, the adapter (see `perceiver_jax.model.factory`).
+- `train`: batch size, length (`num_steps`, or `num_epochs` when
+  `num_steps` is None), logging, evaluation and checkpoint intervals.
+- `optimizer`, `loss`, `evaluator`, `checkpoint`.
+
+Values that depend on others (steps per epoch, total steps, learning-rate
+boundaries in steps) are computed at launch from the final config, so an
+override of `train.batch_size` or `train.num_epochs` moves them too.
+"""
+
+from typing import Any, Iterable, Optional
+
+import ml_collections
+
+
+def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
+              options: Optional[dict[str, Iterable[str]]] = None
+              ) -> dict[str, Any]:
+  """Parses a config argument such as 'variant=learned_pos,runlocal'.
+
+  Args:
+    arg: the text after ':' in `--config=configs/x.py:...` (may be None).
+    flags: names allowed alone (True when present, else False).
+    options: name -> allowed values, for `name=value` items.
+
+  Returns:
+    Every flag (bool) and every option given (its string value).
+
+  Raises:
+    ValueError: an unknown name or value, naming it and the allowed ones.
+  """
+  flags = tuple(flags)
+  options = dict(options or {})
+  parsed: dict[str, Any] = {flag: False for flag in flags}
+  for item in filter(None, (arg or '').split(',')):
+    name, sep, value = item.partition('=')
+    name = name.strip()
+    if not sep:
+      if name not in flags:
+        raise ValueError(f'Unknown config flag {name!r}; known flags: '
+                         f'{list(flags)}, options: {sorted(options)}.')
+      parsed[name] = True
+      continue
+    if name not in options:
+      raise ValueError(f'Unknown config option {name!r}; known options: '
+                       f'{sorted(options)}.')
+    value = value.strip()
+    if value not in tuple(options[name]):
+      raise ValueError(f'Unknown {name} {value!r}; choose one of '
+                       f'{list(options[name])}.')
+    parsed[name] = value
+  return parsed
+
+
+def perceiver_model(**overrides: Any) -> ml_collections.ConfigDict:
+  """The encoder of the paper's ImageNet model (PAPER.md sections 1-2)."""
+  model = ml_collections.ConfigDict(dict(
+      num_blocks=8,
+      num_self_attends_per_block=6,
+      num_cross_attends=8,
+      cross_attend_placement='interleaved',
+      share_weights=True,
+      num_latents=512,
+      num_latent_channels=1024,
+      num_cross_heads=1,
+      num_self_heads=8,
+      widening_factor=1,
+      dropout=0.0,
+      attention_impl='einsum',
+      # Same outputs as the paper's nominal path, fewer FLOPs (the shared
+      # cross-attends' input LayerNorm and K/V computed once per forward).
+      reuse_shared_keys_values=True,
+  ))
+  model.update(overrides)
+  return model
+
+
+def grid_input(*, key: str, index_dims, raw_channels: int,
+               num_bands: int, max_resolution: Optional[tuple[float, ...]],
+               position_encoding: str = 'fourier'
+               ) -> ml_collections.ConfigDict:
+  """`config.model.input` for a grid adapter.
+
+  Args:
+    key: the batch entry to read.
+    index_dims: the grid, a tuple or a `FieldReference` to one (so that the
+      data's shape and the model's grid cannot disagree).
+    raw_channels: channels per position before position features.
+    num_bands: Fourier bands per axis.
+    max_resolution: mu per axis; None means the grid size per axis.
+    position_encoding: 'fourier', 'learned' or 'none'.
+  """
+  return ml_collections.ConfigDict(dict(
+      type='grid',
+      key=key,
+      index_dims=index_dims,
+      raw_channels=raw_channels,
+      position_encoding=position_encoding,
+      num_bands=num_bands,
+      max_resolution=ml_collections.FieldReference(
+          None if max_resolution is None else tuple(
+              float(mu) for mu in max_resolution), field_type=tuple),
+      learned_position_channels=128,
+      learned_position_init_scale=1.0,
+      permutation_seed=ml_collections.FieldReference(None, field_type=int),
+  ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Training, optimizer, evaluation and checkpoint defaults."""
+  config = ml_collections.ConfigDict()
+  config.task = ''
+  config.seed = 0
+  config.data = ml_collections.ConfigDict()
+  config.model = perceiver_model()
+  config.train = ml_collections.ConfigDict(dict(
+      batch_size=64,
+      # Exactly one of these two sets the run's length: num_steps when it is
+      # not None, else num_epochs over data.num_train_examples.
+      num_steps=ml_collections.FieldReference(None, field_type=int),
+      num_epochs=ml_collections.FieldReference(None, field_type=float),
+      log_every_steps=100,
+      eval_every_steps=1000,
+      checkpoint_every_steps=1000,
+      # Keep going on a non-finite loss by skipping the update (counted in
+      # the logs) instead of stopping with an error.
+      skip_nonfinite_updates=False,
+  ))
+  config.optimizer = ml_collections.ConfigDict(dict(
+      name='lamb',  # 'lamb', 'adamw', 'adam', 'sgd'
+      learning_rate=1e-3,
+      schedule='constant',  # 'constant', 'step', 'cosine'
+      # For 'step': epochs at which the rate is multiplied by decay_factor.
+      decay_epochs=(),
+      decay_factor=0.1,
+      warmup_steps=0,
+      weight_decay=0.0,  # Never applied to biases or LayerNorm parameters.
+      clip_global_norm=ml_collections.FieldReference(None, field_type=float),
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      momentum=0.9,  # 'sgd' only.
+  ))
+  config.loss = ml_collections.ConfigDict(dict(
+      type='softmax_xent',  # or 'sigmoid_xent' (multi-label)
+      label_smoothing=0.0,
+  ))
+  config.evaluator = ml_collections.ConfigDict(dict(
+      type='classification',
+      split='test',
+      batch_size=256,
+      metric='top1',  # The metric that picks the best checkpoint.
+      metric_mode='max',
+      # Evaluate on at most this many examples of the split (None: all).
+      max_examples=ml_collections.FieldReference(None, field_type=int),
+  ))
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      keep=3,  # The newest `keep` checkpoints, plus the best.
+  ))
+  return config

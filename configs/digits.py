@@ -1,0 +1,69 @@
+r"""The embedded default: scikit-learn's handwritten digits (8x8, 10 classes).
+
+1,797 real images bundled with scikit-learn, split 80/20 (stratified, fixed
+seed) into train and test. A small Perceiver with the paper's structure
+(Fourier features, repeated cross-attends, shared latent Transformer) reaches
+about 97% test accuracy in a couple of minutes on a 2-core CPU:
+
+  python -m experiments.train                       # this config
+  python -m experiments.train --config=configs/digits.py:runlocal
+
+Optimizer: AdamW with cosine decay; at this scale LAMB at the paper's rates
+learns far more slowly (see README).
+"""
+
+import ml_collections
+
+from configs import common
+
+NUM_TRAIN_EXAMPLES = 1437  # 80% of 1,797, stratified.
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  """Returns the digits config for `arg` ('' or 'runlocal')."""
+  args = common.parse_arg(arg, flags=('runlocal',))
+  config = common.base_config()
+  config.task = 'digits'
+  config.data = ml_collections.ConfigDict(dict(
+      num_classes=10,
+      num_train_examples=NUM_TRAIN_EXAMPLES,
+      test_fraction=0.2,
+      split_seed=0,
+  ))
+  config.model = common.perceiver_model(
+      num_blocks=2,
+      num_self_attends_per_block=2,
+      num_cross_attends=2,
+      num_latents=32,
+      num_latent_channels=64,
+      num_self_heads=4)
+  config.model.input = common.grid_input(
+      key='image', index_dims=(8, 8), raw_channels=1, num_bands=8,
+      max_resolution=(8, 8))
+
+  config.train.batch_size = 64
+  config.train.num_steps = 1500
+  config.train.log_every_steps = 100
+  config.train.eval_every_steps = 500
+  config.train.checkpoint_every_steps = 500
+
+  config.optimizer.name = 'adamw'
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.schedule = 'cosine'
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.eps = 1e-8
+
+  config.evaluator.split = 'test'
+  config.evaluator.batch_size = 128
+
+  if args['runlocal']:
+    config.model.update(num_latents=8, num_latent_channels=16,
+                        num_self_heads=2)
+    config.model.input.num_bands = 4
+    config.train.batch_size = 16
+    config.train.num_steps = 6
+    config.train.log_every_steps = 2
+    config.train.eval_every_steps = 3
+    config.train.checkpoint_every_steps = 3
+    config.evaluator.batch_size = 64
+  return config
