@@ -1,0 +1,71 @@
+r"""Evaluates a checkpoint: `python -m experiments.evaluate --workdir=DIR`.
+
+Reads the run's `config.json` and its newest checkpoint (or `--checkpoint`,
+a step directory such as `DIR/checkpoints/1500`), evaluates `--split`
+(default: the config's evaluation split), prints the metrics as one JSON
+line and writes them to `DIR/evaluations/<split>-step<N>.json` (or
+`--output`). The checkpoint directory is opened read-only.
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.',
+                               required=True)
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'A checkpoint step directory (default: the newest '
+    'in WORKDIR/checkpoints).')
+_SPLIT = flags.DEFINE_string('split', None, 'The split to evaluate.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON.')
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was launched with (its `config.json`)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir} a run '
+                            'directory made by experiments.train?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
+  # pylint: disable=g-import-not-at-top
+  from perceiver_jax.train import loop
+  from perceiver_jax.train import writers
+  # pylint: enable=g-import-not-at-top
+  workdir = _WORKDIR.value
+  config = load_run_config(workdir)
+  if _CHECKPOINT.value:
+    checkpoint = os.path.abspath(_CHECKPOINT.value.rstrip('/'))
+    checkpoint_dir = os.path.dirname(checkpoint)
+    try:
+      step = int(os.path.basename(checkpoint))
+    except ValueError:
+      raise app.UsageError(f'--checkpoint must be a step directory such as '
+                           f'{workdir}/checkpoints/1000, got {checkpoint}.')
+  else:
+    checkpoint_dir, step = os.path.join(workdir, 'checkpoints'), None
+  metrics = loop.evaluate_checkpoint(config, checkpoint_dir, step=step,
+                                     split=_SPLIT.value)
+  split = _SPLIT.value or config.evaluator.split
+  result = {'split': split, 'checkpoint': os.path.join(
+      checkpoint_dir, str(metrics['step'])), **metrics}
+  output = _OUTPUT.value or os.path.join(
+      workdir, 'evaluations', f'{split}-step{metrics["step"]}.json')
+  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+  writers.write_json(output, result)
+  print(json.dumps(result, sort_keys=True), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,45 @@
+r"""Trains a config: `python -m experiments.train [--config=...] [--workdir=...]`.
+
+With no flags it trains the embedded default (configs/digits.py) into
+`runs/digits-<timestamp>/`. A workdir that holds a checkpoint resumes from
+it. Examples:
+
+  python -m experiments.train --config=configs/imagenet.py:variant=permuted
+  python -m experiments.train --config=configs/digits.py \
+      --config.train.num_steps=3000 --workdir=runs/digits-long
+"""
+
+import os
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/digits.py', 'Experiment config file.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Run directory (default: runs/<task>-<timestamp>).')
+
+
+def default_workdir(task: str) -> str:
+  return os.path.join('runs', f'{task}-{time.strftime("%Y%m%d-%H%M%S")}')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    # Orbax logs every step of every save at INFO; progress lines are ours.
+    logging.set_verbosity(logging.WARNING)
+  # Imported after flag parsing so that `--help` stays fast.
+  from perceiver_jax.train import loop  # pylint: disable=g-import-not-at-top
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(config.task)
+  loop.train_and_evaluate(config, workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,385 @@
+"""The data-parallel training loop: train, evaluate, checkpoint, resume.
+
+`train_and_evaluate(config, workdir)` runs a config to its end. A workdir
+that already holds a checkpoint resumes from the newest one; because data
+order and randomness are functions of the step, the resumed run continues
+exactly as an uninterrupted run would.
+
+Workdir layout (written by process 0 only):
+  config.json          the resolved config of the run
+  metrics.jsonl        one JSON line per log step and per evaluation
+  tensorboard/         TensorBoard events
+  checkpoints/<step>/  orbax checkpoints (the newest few plus the best)
+  permutation.npy      the input permutation, for permuted-input runs
+"""
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from perceiver_jax.model import factory
+from perceiver_jax.train import checkpoint as checkpoint_lib
+from perceiver_jax.train import evaluators
+from perceiver_jax.train import losses
+from perceiver_jax.train import optim
+from perceiver_jax.train import parallel
+from perceiver_jax.train import state as state_lib
+from perceiver_jax.train import tasks
+from perceiver_jax.train import writers
+
+TrainState = state_lib.TrainState
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradients became NaN or Inf."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLength:
+  """How long a run is, derived from the final config at launch."""
+  total_steps: int
+  steps_per_epoch: float
+
+
+def run_length(config: ml_collections.ConfigDict) -> RunLength:
+  """Total steps and steps per epoch for the global batch size.
+
+  `train.num_steps` wins when set; otherwise `train.num_epochs` epochs of
+  `data.num_train_examples`. Derived here, not in the config, so that
+  overriding the batch size or the epochs moves every dependent value.
+  """
+  batch_size = config.train.batch_size
+  if isinstance(batch_size, bool) or not isinstance(
+      batch_size, int) or batch_size < 1:
+    raise ValueError(f'config.train.batch_size must be a positive integer, '
+                     f'got {batch_size!r}.')
+  steps_per_epoch = config.data.num_train_examples / batch_size
+  num_steps = config.train.get('num_steps')
+  if num_steps is None:
+    num_epochs = config.train.get('num_epochs')
+    if num_epochs is None or not math.isfinite(num_epochs) or num_epochs <= 0:
+      raise ValueError(
+          'Set config.train.num_steps or a positive config.train.num_epochs; '
+          f'got num_steps=None, num_epochs={num_epochs!r}.')
+    num_steps = int(math.ceil(num_epochs * steps_per_epoch))
+  if isinstance(num_steps, bool) or not isinstance(
+      num_steps, int) or num_steps < 1:
+    raise ValueError(f'config.train.num_steps must be a positive integer, '
+                     f'got {num_steps!r}.')
+  for name in ('log_every_steps', 'eval_every_steps',
+               'checkpoint_every_steps'):
+    value = config.train[name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'config.train.{name} must be a positive integer, '
+                       f'got {value!r}.')
+  return RunLength(num_steps, steps_per_epoch)
+
+
+def make_train_step(apply_fn: Callable[..., jax.Array],
+                    optimizer: optax.GradientTransformation,
+                    schedule: optax.Schedule,
+                    loss_config: Mapping[str, Any]) -> Callable[..., Any]:
+  """The pmapped step `(state, batch) -> (state, metrics)`; state donated."""
+  return jax.pmap(
+      train_step_fn(apply_fn, optimizer, schedule, loss_config),
+      axis_name=parallel.AXIS, donate_argnums=0)
+
+
+def train_step_fn(apply_fn: Callable[..., jax.Array],
+                  optimizer: optax.GradientTransformation,
+                  schedule: optax.Schedule,
+                  loss_config: Mapping[str, Any]) -> Callable[..., Any]:
+  """One device's step, to run under a map with axis `parallel.AXIS`.
+
+  A non-finite loss or gradient never reaches the parameters: the update is
+  skipped and counted in `state.num_skipped`. Whether the run then goes on
+  is the loop's decision (`config.train.skip_nonfinite_updates`).
+  """
+  loss_type = loss_config['type']
+  label_smoothing = loss_config.get('label_smoothing', 0.0)
+
+  def train_step(state: TrainState, batch):
+    rng = parallel.device_rng(state.rng, state.step)
+
+    def loss_fn(params):
+      logits = apply_fn(params, rng, batch, is_training=True)
+      return losses.batch_loss(logits, batch, loss_type=loss_type,
+                               label_smoothing=label_smoothing)
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    # Every device holds an equal share of the global batch, so the mean of
+    # the per-device means is the mean over the global batch.
+    loss, grads = jax.lax.pmean((loss, grads), parallel.AXIS)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state,
+                                          state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_new = lambda new, old: jnp.where(finite, new, old)
+    new_state = TrainState(
+        params=jax.tree.map(keep_new, params, state.params),
+        opt_state=jax.tree.map(keep_new, opt_state, state.opt_state),
+        step=state.step + 1,
+        rng=state.rng,
+        num_skipped=state.num_skipped + (1 - finite.astype(jnp.int32)))
+    metrics = {
+        'loss': loss,
+        'grad_norm': grad_norm,
+        'learning_rate': schedule(state.step),
+        'finite': finite,
+    }
+    return new_state, metrics
+
+  return train_step
+
+
+def initial_state(forward: hk.Transformed,
+                  optimizer: optax.GradientTransformation,
+                  example_batch: Mapping[str, np.ndarray],
+                  seed: int) -> TrainState:
+  """Fresh parameters and optimizer state (host arrays) from `seed`."""
+  init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
+  params = jax.jit(lambda key, batch: forward.init(
+      key, batch, is_training=True))(init_key, example_batch)
+  return TrainState(
+      params=params,
+      opt_state=optimizer.init(params),
+      step=jnp.zeros([], jnp.int32),
+      rng=run_key,
+      num_skipped=jnp.zeros([], jnp.int32))
+
+
+def _first_device_slice(batch: Mapping[str, np.ndarray]):
+  return {k: v[0] for k, v in batch.items()}
+
+
+class Run:
+  """Everything a launch builds from its config before the first step."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
+               checkpoint_dir: Optional[str] = None,
+               read_only: bool = False):
+    """Builds the run.
+
+    Args:
+      config: the experiment config.
+      workdir: the run's directory.
+      checkpoint_dir: where checkpoints live (default `workdir/checkpoints`).
+      read_only: open the checkpoints for restoring only (evaluation).
+    """
+    self.config = config
+    self.workdir = workdir
+    self.is_chief = jax.process_index() == 0
+    self.length = run_length(config)
+    self.task = tasks.get_task(config.task)
+    self.batch_dims = parallel.local_batch_dims(config.train.batch_size)
+    self.schedule = optim.learning_rate_schedule(
+        config.optimizer, total_steps=self.length.total_steps,
+        steps_per_epoch=self.length.steps_per_epoch)
+    self.optimizer = optim.make_optimizer(config.optimizer, self.schedule)
+    self.forward = factory.transform_classifier(config.model,
+                                                config.data.num_classes)
+    self.checkpointer = checkpoint_lib.Checkpointer(
+        checkpoint_dir or os.path.join(workdir, 'checkpoints'),
+        keep=config.checkpoint.keep,
+        best_metric=config.evaluator.metric,
+        best_mode=config.evaluator.metric_mode,
+        read_only=read_only)
+
+  def train_batches(self, start_step: int) -> Iterator[Mapping[str, Any]]:
+    return self.task.data.load(
+        self.task.train_split, is_training=True, batch_dims=self.batch_dims,
+        config=self.config.data, seed=self.config.seed,
+        start_step=start_step)
+
+  def evaluator(self, split: Optional[str] = None):
+    return evaluators.make_evaluator(
+        self.config, apply_fn=self.forward.apply, data_module=self.task.data,
+        batch_dims=parallel.local_batch_dims(
+            self.config.evaluator.batch_size), split=split)
+
+  def fresh_state(self, example_batch) -> TrainState:
+    """Initial parameters and optimizer state for the config's seed."""
+    return initial_state(self.forward, self.optimizer,
+                         _first_device_slice(example_batch), self.config.seed)
+
+  def restore_state(self, example_batch, step: int) -> TrainState:
+    """The checkpoint of `step`, shaped like a fresh state."""
+    target = jax.tree.map(np.asarray, self.fresh_state(example_batch))
+    return self.checkpointer.restore(target, step)
+
+  def initial_or_restored_state(self, example_batch) -> TrainState:
+    """Restores the newest checkpoint if there is one, else initialises."""
+    step = self.checkpointer.latest_step()
+    if step is None:
+      return self.fresh_state(example_batch)
+    restored = self.restore_state(example_batch, step)
+    writers.console(f'Resumed from {self.checkpointer.directory}/{step} '
+                    f'(step {int(restored.step)}).')
+    return restored
+
+
+def _write_run_files(run: Run) -> None:
+  os.makedirs(run.workdir, exist_ok=True)
+  with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
+    f.write(run.config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  permutation = factory.input_permutation(run.config.model.input)
+  if permutation is not None:
+    np.save(os.path.join(run.workdir, 'permutation.npy'), permutation)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       *, stop_after_steps: Optional[int] = None
+                       ) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if possible) and evaluates.
+
+  Args:
+    config: the experiment config.
+    workdir: the run's directory.
+    stop_after_steps: stop (with a checkpoint) once this many steps have
+      run in this call, before the run's end; for tests of resumption.
+
+  Returns:
+    The last evaluation's metrics plus 'step' and 'num_skipped'.
+  """
+  run = Run(config, workdir)
+  length = run.length
+  if run.is_chief:
+    _write_run_files(run)
+  writer = writers.MetricWriter(workdir, enabled=run.is_chief)
+
+  latest = run.checkpointer.latest_step() or 0
+  batches = run.train_batches(start_step=latest)
+  first_batch = next(batches)
+  state = run.initial_or_restored_state(first_batch)
+  start_step = int(state.step)
+  num_params = state_lib.num_params(state.params)
+  if run.is_chief:
+    writers.console(
+        f'Training {config.task} for {length.total_steps} steps '
+        f'({length.steps_per_epoch:.1f} steps/epoch) with global batch '
+        f'{config.train.batch_size} on {jax.device_count()} device(s); '
+        f'{num_params:,} parameters; workdir {workdir}')
+
+  train_step = make_train_step(
+      run.forward.apply, run.optimizer, run.schedule, config.loss)
+  evaluator = run.evaluator()
+  state = parallel.replicate(state)
+
+  eval_metrics: dict[str, Any] = {}
+  last_saved = start_step if latest else None
+  window_start, window_time = start_step, time.time()
+  pending_finite = None  # Checked one step late to keep dispatch async.
+  end_step = length.total_steps
+  if stop_after_steps is not None:
+    end_step = min(end_step, start_step + stop_after_steps)
+
+  def check_finite(metrics, step):
+    if metrics is None or bool(np.asarray(metrics['finite'][0])):
+      return
+    if config.train.skip_nonfinite_updates:
+      return
+    good = run.checkpointer.latest_step()
+    raise NonFiniteLossError(
+        f'Non-finite loss or gradient at step {step}; the update was not '
+        f'applied. Last good checkpoint: '
+        f'{"none" if good is None else f"{run.checkpointer.directory}/{good}"}'
+        '. Set config.train.skip_nonfinite_updates=True to skip such '
+        'updates instead.')
+
+  batch = first_batch
+  for step in range(start_step, end_step):
+    if step > start_step:
+      batch = next(batches)
+    state, metrics = train_step(state, parallel.shard(batch))
+    check_finite(pending_finite, step - 1)
+    pending_finite = metrics
+    done = step + 1
+    is_last = done == end_step
+
+    if done % config.train.log_every_steps == 0 or is_last:
+      check_finite(pending_finite, step)
+      pending_finite = None
+      scalars = jax.tree.map(lambda x: float(np.asarray(x[0])), metrics)
+      scalars['num_skipped'] = int(np.asarray(state.num_skipped[0]))
+      elapsed = time.time() - window_time
+      steps_per_sec = (done - window_start) / max(elapsed, 1e-9)
+      scalars['steps_per_sec'] = steps_per_sec
+      scalars['examples_per_sec'] = steps_per_sec * config.train.batch_size
+      del scalars['finite']
+      writer.write(done, scalars, prefix='train')
+      if run.is_chief:
+        eta = (length.total_steps - done) / max(steps_per_sec, 1e-9)
+        writers.console(
+            f'step {done}/{length.total_steps}  loss {scalars["loss"]:.4f}  '
+            f'lr {scalars["learning_rate"]:.2e}  '
+            f'{scalars["examples_per_sec"]:.0f} ex/s  '
+            f'ETA {writers.format_duration(eta)}')
+      window_start, window_time = done, time.time()
+
+    evaluated_now = False
+    if done % config.train.eval_every_steps == 0 or done == length.total_steps:
+      eval_metrics = evaluator.run(state.params)
+      evaluated_now = True
+      writer.write(done, eval_metrics, prefix=evaluator.split)
+      if run.is_chief:
+        shown = '  '.join(f'{k} {v:.4f}' if isinstance(v, float) else
+                          f'{k} {v}' for k, v in eval_metrics.items())
+        writers.console(f'eval {evaluator.split} at step {done}: {shown}')
+
+    if done % config.train.checkpoint_every_steps == 0 or is_last:
+      host_state = jax.tree.map(np.asarray, parallel.unreplicate(state))
+      run.checkpointer.save(
+          done, host_state,
+          metrics={config.evaluator.metric: eval_metrics[
+              config.evaluator.metric]} if evaluated_now else None)
+      last_saved = done
+
+    if evaluated_now or last_saved == done:
+      # Throughput windows measure training steps only.
+      window_start, window_time = done, time.time()
+
+  writer.close()
+  final_state = parallel.unreplicate(state)
+  if run.is_chief and last_saved is not None:
+    writers.console(f'Checkpoint: {run.checkpointer.directory}/{last_saved}')
+  run.checkpointer.close()
+  return {**eval_metrics, 'step': int(final_state.step),
+          'num_skipped': int(final_state.num_skipped)}
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str,
+                        *, step: Optional[int] = None,
+                        split: Optional[str] = None) -> dict[str, Any]:
+  """Evaluates a checkpoint without writing anything next to it.
+
+  Args:
+    config: the run's config (its `config.json`).
+    checkpoint_dir: the directory holding step directories.
+    step: the checkpoint to read (default: the newest).
+    split: the split to evaluate (default: `config.evaluator.split`).
+
+  Returns:
+    The evaluator's metrics plus 'step'.
+  """
+  run = Run(config, workdir=os.path.dirname(checkpoint_dir),
+            checkpoint_dir=checkpoint_dir, read_only=True)
+  step = run.checkpointer.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {run.checkpointer.directory}.')
+  example = next(run.task.data.load(
+      config.evaluator.split if split is None else split, is_training=False,
+      batch_dims=run.batch_dims, config=config.data))
+  state = run.restore_state(example, step)
+  metrics = run.evaluator(split).run(parallel.replicate(state.params))
+  run.checkpointer.close()
+  return {**metrics, 'step': int(state.step)}

@@ -1,0 +1,94 @@
+"""Everything about data parallelism lives here.
+
+The training step runs under `jax.pmap` over this host's devices with one
+named axis, `AXIS`. A global batch of `B` examples is split over hosts, then
+over each host's devices: arrays arrive as `[local_devices, B / hosts /
+local_devices, ...]`. Moving to `jit` with shardings touches this file only.
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+
+AXIS = 'batch'
+
+PyTree = Any
+
+
+def local_batch_dims(global_batch_size: int) -> tuple[int, int]:
+  """`[local_devices, per_device]` for a global batch, or a clear error.
+
+  Args:
+    global_batch_size: examples per step summed over every device of every
+      host.
+
+  Returns:
+    `(jax.local_device_count(), per_device_batch_size)`.
+  """
+  num_devices = jax.device_count()
+  if (isinstance(global_batch_size, bool) or
+      not isinstance(global_batch_size, int) or global_batch_size < 1):
+    raise ValueError(f'batch_size must be a positive integer, got '
+                     f'{global_batch_size!r}.')
+  if global_batch_size % num_devices:
+    raise ValueError(
+        f'batch_size={global_batch_size} does not divide across the '
+        f'{num_devices} devices ({jax.process_count()} host(s) x '
+        f'{jax.local_device_count()} local devices); use a multiple of '
+        f'{num_devices}.')
+  return jax.local_device_count(), global_batch_size // num_devices
+
+
+def replicate(tree: PyTree) -> PyTree:
+  """Copies a host pytree onto every local device: leaves `[devices, ...]`."""
+  sharding = _leading_axis_sharding()
+  num_devices = jax.local_device_count()
+  return jax.tree.map(
+      lambda x: jax.device_put(
+          np.broadcast_to(np.asarray(x), (num_devices, *np.shape(x))),
+          sharding), tree)
+
+
+def _leading_axis_sharding() -> jax.sharding.NamedSharding:
+  # pmap runs on jit + shard_map: arrays split over the local devices along
+  # their leading axis are consumed without another transfer.
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), (AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
+def unreplicate(tree: PyTree) -> PyTree:
+  """The first device's copy of a replicated pytree, as numpy arrays."""
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x[0])), tree)
+
+
+def shard(batch: PyTree) -> PyTree:
+  """Puts a host batch whose leaves are `[local_devices, ...]` on devices."""
+  sharding = _leading_axis_sharding()
+  num_devices = jax.local_device_count()
+
+  def put(x):
+    x = np.asarray(x)
+    if x.shape[:1] != (num_devices,):
+      raise ValueError(
+          f'Batch leaf of shape {x.shape} must lead with the '
+          f'{num_devices} local devices.')
+    return jax.device_put(x, sharding)
+
+  return jax.tree.map(put, batch)
+
+
+def device_rng(base_key: jax.Array, step: jax.Array) -> jax.Array:
+  """This device's key for a step: `fold_in(fold_in(base, step), device)`.
+
+  Call inside the pmapped function. Derived from the step alone, so a resumed
+  run draws the same randomness as an uninterrupted one.
+  """
+  step_key = jax.random.fold_in(base_key, step)
+  return jax.random.fold_in(step_key, jax.lax.axis_index(AXIS))
+
+
+def host_seed(seed: int) -> int:
+  """A seed for host-side randomness that differs between hosts."""
+  return int(np.random.SeedSequence([seed, jax.process_index()]
+                                    ).generate_state(1)[0])

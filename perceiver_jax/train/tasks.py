@@ -1,0 +1,41 @@
+"""The task registry: ties a config's `task` to its dataset module.
+
+A task names the module that serves its data (`load`, `num_examples`, see
+`perceiver_jax/data/digits.py`) and its training split. Modules are imported
+on first use, so running digits never imports TensorFlow's data stack.
+The model comes from `config.model` (`perceiver_jax.model.factory`), the loss
+from `config.loss` and the evaluator from `config.evaluator`, so adding a
+modality means one data module, one adapter, one config and one line here.
+"""
+
+import dataclasses
+import importlib
+from types import ModuleType
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A dataset module and the name of its training split."""
+  name: str
+  data_module: str
+  train_split: str = 'train'
+
+  @property
+  def data(self) -> ModuleType:
+    return importlib.import_module(self.data_module)
+
+
+TASKS: dict[str, Task] = {
+    task.name: task for task in (
+        Task('digits', 'perceiver_jax.data.digits'),
+        Task('imagenet', 'perceiver_jax.data.imagenet'),
+    )
+}
+
+
+def get_task(name: str) -> Task:
+  """The registered task `name`, or a ValueError listing the known ones."""
+  if name not in TASKS:
+    raise ValueError(f'Unknown config.task {name!r}; known tasks: '
+                     f'{sorted(TASKS)}.')
+  return TASKS[name]

@@ -1,0 +1,90 @@
+"""Where a run reports: console, `metrics.jsonl` and TensorBoard events.
+
+Only process 0 writes; other processes get writers that do nothing.
+"""
+
+import json
+import os
+import time
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+
+def console(message: str) -> None:
+  """One line for the person watching the run."""
+  print(message, flush=True)
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, (np.generic, np.ndarray)):
+    return value.item() if np.ndim(value) == 0 else np.asarray(value).tolist()
+  return value
+
+
+class MetricWriter:
+  """Appends metrics to `metrics.jsonl` and TensorBoard event files."""
+
+  def __init__(self, workdir: str, *, enabled: bool = True,
+               tensorboard: bool = True):
+    self._enabled = enabled
+    self._jsonl = None
+    self._summary = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    if tensorboard:
+      # TensorFlow is imported only here, and kept off any GPU.
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.config.set_visible_devices([], 'GPU')
+      self._tf = tf
+      self._summary = tf.summary.create_file_writer(
+          os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, metrics: Mapping[str, Any],
+            prefix: Optional[str] = None) -> None:
+    """Records `metrics` at `step`; names get `prefix/` when given."""
+    if not self._enabled:
+      return
+    named = {(f'{prefix}/{k}' if prefix else k): _plain(v)
+             for k, v in metrics.items()}
+    record = {'step': int(step), 'time': time.time(), **named}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    if self._summary is not None:
+      with self._summary.as_default(step=int(step)):
+        for name, value in named.items():
+          if isinstance(value, (int, float)) and not isinstance(value, bool):
+            self._tf.summary.scalar(name, value)
+      self._summary.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._summary is not None:
+      self._summary.close()
+      self._summary = None
+
+
+def write_json(path: str, payload: Mapping[str, Any]) -> None:
+  """Writes JSON atomically (temporary file, then rename)."""
+  tmp = f'{path}.tmp.{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump({k: _plain(v) for k, v in payload.items()}, f, indent=2,
+              sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def format_duration(seconds: float) -> str:
+  """'1h02m', '3m05s' or '12s'."""
+  seconds = max(0, int(round(seconds)))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  if hours:
+    return f'{hours}h{minutes:02d}m'
+  if minutes:
+    return f'{minutes}m{secs:02d}s'
+  return f'{secs}s'

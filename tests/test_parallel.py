@@ -1,0 +1,48 @@
+"""Tests of perceiver_jax/train/parallel.py on 8 fake CPU devices."""
+
+import jax
+import numpy as np
+import pytest
+
+from perceiver_jax.train import parallel
+
+
+def test_eight_fake_devices():
+  assert jax.local_device_count() == 8
+
+
+def test_local_batch_dims_splits_over_devices():
+  assert parallel.local_batch_dims(64) == (8, 8)
+
+
+@pytest.mark.parametrize('bad', [12, 0, -8, 2.5, True])
+def test_local_batch_dims_rejects_batches_that_do_not_divide(bad):
+  with pytest.raises(ValueError, match=f'batch_size={bad!r}|{bad!r}'):
+    parallel.local_batch_dims(bad)
+
+
+def test_replicate_then_unreplicate_round_trips():
+  tree = {'w': np.arange(6.0).reshape(2, 3), 'step': np.int32(5)}
+  replicated = parallel.replicate(tree)
+  assert replicated['w'].shape == (8, 2, 3)
+  back = parallel.unreplicate(replicated)
+  np.testing.assert_array_equal(back['w'], tree['w'])
+  assert back['step'] == 5
+
+
+def test_shard_rejects_a_batch_not_led_by_the_devices():
+  with pytest.raises(ValueError, match='8 local devices'):
+    parallel.shard({'x': np.zeros((4, 2))})
+
+
+def test_device_rngs_differ_per_device_and_step_but_repeat():
+  base = jax.random.PRNGKey(0)
+
+  def keys(step):
+    return jax.pmap(lambda s: parallel.device_rng(base, s),
+                    axis_name=parallel.AXIS)(np.full(8, step))
+
+  first, again, later = keys(3), keys(3), keys(4)
+  np.testing.assert_array_equal(first, again)
+  assert len({tuple(k) for k in np.asarray(first)}) == 8
+  assert not np.array_equal(first, later)
