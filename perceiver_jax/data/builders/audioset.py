@@ -53,9 +53,9 @@ Features (per segment):
 - `audio`: int16 `[num_samples]` (at most 480,000), stored as raw bytes.
 - `video`: `[num_frames, H, W, 3]` uint8 (at most 250 frames), JPEG.
 
-Build (see also `python -m perceiver_jax.data.builders.audioset --help`)::
+Build (`builders/build_audioset.py`; `--help` lists the flags)::
 
-  python -m perceiver_jax.data.builders.audioset \
+  python -m perceiver_jax.data.builders.build_audioset \
       --manual_dir=/data/audioset_raw --data_dir=/data/tfds \
       --config=audio_video --num_workers=16
 """
@@ -532,28 +532,3 @@ def build(manual_dir: str, data_dir: Optional[str], config: Any = 'audio',
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-  """Command line: prepares AudioSet and prints the build report summary."""
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--manual_dir', required=True)
-  parser.add_argument('--data_dir', default=None)
-  parser.add_argument('--config', default='audio',
-                      choices=[c.name for c in Audioset.BUILDER_CONFIGS])
-  parser.add_argument('--num_workers', type=int, default=1)
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO)
-  builder = build(args.manual_dir, args.data_dir, args.config,
-                  args.num_workers)
-  report = read_report(builder)
-  for split, counts in report['splits'].items():
-    print(f'{split}: {counts["num_written"]} of {counts["num_rows"]} '
-          f'written, {counts["num_missing"]} missing, {counts["num_failed"]} '
-          f'failed, {counts["num_duplicates"]} duplicates')
-  print(f'Report: {os.path.join(os.fspath(builder.data_dir), REPORT_FILE)}')
-
-
-if __name__ == '__main__':
-  main()
