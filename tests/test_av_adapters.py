@@ -190,13 +190,14 @@ def test_dropped_video_does_not_reach_the_logits():
   rng = np.random.default_rng(4)
   batch = {'audio': rng.normal(size=(16, 256)).astype(np.float32),
            'video': rng.normal(size=(16, 2, 8, 8, 3)).astype(np.float32)}
-  # Jitted: op by op, the init alone takes many seconds on a busy CPU.
-  params = jax.jit(lambda key, b: forward.init(key, b, is_training=True))(
-      jax.random.key(0), batch)
-  # The head starts at zero; give it weights so the logits depend on input.
-  params = jax.jit(lambda ps: jax.tree.map(
-      lambda p: p + 0.5 * jax.random.normal(jax.random.key(1), p.shape),
-      ps))(params)
+  # Random parameters of the right shapes (the head's init is zero, and
+  # logits must depend on the inputs); eval_shape avoids compiling init.
+  shapes = jax.eval_shape(
+      lambda: forward.init(jax.random.key(0), batch, is_training=True))
+  params_rng = np.random.default_rng(5)
+  params = jax.tree.map(
+      lambda s: jnp.asarray(0.3 * params_rng.normal(size=s.shape), s.dtype),
+      shapes)
 
   def mask_fn(b):
     return factory.make_adapter(model.input)(b, is_training=True)[1]
