@@ -60,13 +60,17 @@ Batch keys (leading dims `batch_dims`), only those the modality needs:
   `video_crop_aspect_range` ((3/4, 4/3)), `video_eval_crop_fraction`
   (0.875), `video_brightness`, `video_contrast`, `video_saturation` (0.4
   each) and `video_hue` (0.1).
-- `shuffle_buffer` (10,000).
+- `shuffle_buffer` (10,000): windows, not clips, are buffered: about
+  120 KB each for audio, plus about 0.8 MB of JPEGs with video at the
+  stored 256-px size (so about 1.2 GB, or 9 GB with video, at 10,000;
+  lower it for video runs on small hosts).
 
 Determinism: the training order is fixed by (seed, host, start_step): TFDS
-file order and the shuffle buffer are seeded and every augmentation is a
-stateless op seeded by (seed, host, example index in the host's stream), so
-starting at `start_step` skips exactly `start_step` batches of the same
-stream (the skipped records are read, not decoded).
+file order and the shuffle buffer are seeded and every random choice (the
+window's start, then the augmentation) is a stateless op seeded by (seed,
+host, the clip's position in the host's read stream), so starting at
+`start_step` skips exactly `start_step` batches of the same stream (the
+skipped windows are read and cut, not decoded).
 """
 
 import atexit
@@ -172,8 +176,18 @@ def _mock_builder(builder_config: str) -> tfds.core.DatasetBuilder:
   return _MOCK_BUILDERS[builder_config]
 
 
+def _hide_gpus() -> None:
+  """Keeps TensorFlow off the GPUs (JAX owns them) where still possible."""
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:
+    # TF was initialised already (by the caller): its choice stands.
+    pass
+
+
 def _builder(config: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
   _, builder_config = _check_config(config)
+  _hide_gpus()
   if _get(config, 'mock'):
     return _mock_builder(builder_config)
   builder = builder_lib.Audioset(config=builder_config,
@@ -209,12 +223,11 @@ def _multi_hot(labels: tf.Tensor) -> tf.Tensor:
 
 
 def _audio_window(audio: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
-  """int16 `[n]` -> float32 `[61440]` from `start`, zero-padded at the end."""
+  """int16 `[n]` -> int16 `[61440]` from `start`, zero-padded at the end."""
   pad = tf.maximum(0, start + WINDOW_SAMPLES - tf.shape(audio)[0])
   audio = tf.pad(audio, [[0, pad]])
-  window = audio[start:start + WINDOW_SAMPLES]
-  window = tf.ensure_shape(window, [WINDOW_SAMPLES])
-  return tf.cast(window, tf.float32) / 32768.0
+  return tf.ensure_shape(audio[start:start + WINDOW_SAMPLES],
+                         [WINDOW_SAMPLES])
 
 
 def _clip_frames(example: Mapping[str, tf.Tensor], with_video: bool
@@ -316,29 +329,46 @@ def _audio_features(window: tf.Tensor, modality: str, seed: Optional[tf.Tensor],
   return {}
 
 
-def _train_example(index: tf.Tensor, example: Mapping[str, tf.Tensor], *,
-                   base_seed: tf.Tensor, modality: str,
-                   config: Mapping[str, Any]) -> dict[str, tf.Tensor]:
-  """One random window of one clip, augmented."""
+def _train_window(index: tf.Tensor, example: Mapping[str, tf.Tensor], *,
+                  base_seed: tf.Tensor, modality: str
+                  ) -> dict[str, tf.Tensor]:
+  """One random window of one clip, still encoded (int16, JPEG bytes).
+
+  Runs before the shuffle buffer, so that the buffer holds windows (about
+  120 KB of audio, 32 JPEGs) rather than whole clips.
+  """
   seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-  seeds = tf.random.experimental.stateless_split(seed, 3)
+  start_seed, augment_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, 2))
   with_video = 'video' in modality
-  out = {'label': _multi_hot(example['labels']), 'mask': tf.constant(1.0)}
+  out = {'label': _multi_hot(example['labels']), 'seed': augment_seed}
   if with_video:
     last_start = tf.maximum(0, _clip_frames(example, True) - WINDOW_FRAMES)
     start_frame = tf.random.stateless_uniform(
-        [], seeds[0], 0, last_start + 1, dtype=tf.int32)
+        [], start_seed, 0, last_start + 1, dtype=tf.int32)
     start_sample = start_frame * SAMPLES_PER_FRAME
-    encoded = tf.gather(example['video'],
-                        _frame_indices(example['video'], start_frame))
-    out['video'] = _train_video(encoded, seeds[1], config)
+    out['video'] = tf.gather(example['video'],
+                             _frame_indices(example['video'], start_frame))
   else:
     last_start = tf.maximum(0, tf.shape(example['audio'])[0] - WINDOW_SAMPLES)
     start_sample = tf.random.stateless_uniform(
-        [], seeds[0], 0, last_start + 1, dtype=tf.int32)
+        [], start_seed, 0, last_start + 1, dtype=tf.int32)
   if modality != 'video':
-    window = _audio_window(example['audio'], start_sample)
-    out.update(_audio_features(window, modality, seeds[2], config))
+    out['audio'] = _audio_window(example['audio'], start_sample)
+  return out
+
+
+def _train_example(window: Mapping[str, tf.Tensor], *, modality: str,
+                   config: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+  """Decodes and augments a window from `_train_window`."""
+  video_seed, audio_seed = tf.unstack(
+      tf.random.experimental.stateless_split(window['seed'], 2))
+  out = {'label': window['label'], 'mask': tf.constant(1.0)}
+  if 'video' in modality:
+    out['video'] = _train_video(window['video'], video_seed, config)
+  if modality != 'video':
+    samples = tf.cast(window['audio'], tf.float32) / 32768.0
+    out.update(_audio_features(samples, modality, audio_seed, config))
   return out
 
 
@@ -438,7 +468,6 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
   batch_size = math.prod(batch_dims)
   if start_step < 0:
     raise ValueError(f'start_step must be non-negative, got {start_step}.')
-  tf.config.set_visible_devices([], 'GPU')
   builder = _builder(config)
   process_index, process_count = jax.process_index(), jax.process_count()
   host_split = tfds.split_for_jax_process(
@@ -457,14 +486,19 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
   options.deterministic = True
   dataset = dataset.with_options(options)
   if is_training:
-    dataset = dataset.repeat().shuffle(
-        _get(config, 'shuffle_buffer'), seed=seed,
-        reshuffle_each_iteration=True)
-    dataset = dataset.enumerate().skip(start_step * batch_size)
+    # Windows are cut before the shuffle buffer (seeded by their position in
+    # the host's read order) and decoded after the skip, so resuming reads
+    # but does not decode the skipped examples.
     base_seed = tf.constant([seed, process_index], tf.int64)
+    dataset = dataset.repeat().enumerate().map(
+        functools.partial(_train_window, base_seed=base_seed,
+                          modality=modality),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.shuffle(_get(config, 'shuffle_buffer'), seed=seed,
+                              reshuffle_each_iteration=True)
+    dataset = dataset.skip(start_step * batch_size)
     dataset = dataset.map(
-        functools.partial(_train_example, base_seed=base_seed,
-                          modality=modality, config=config),
+        functools.partial(_train_example, modality=modality, config=config),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(2)
     return (_reshape(b, batch_dims) for b in dataset.as_numpy_iterator())
