@@ -103,7 +103,7 @@ def write_csvs(root: str, clips: Sequence[FakeClip],
   for split, file_name in SEGMENT_FILES.items():
     rows = [c for c in clips if c.split == split]
     with open(os.path.join(root, file_name), 'w') as f:
-      f.write(f'# Segments csv created Sun Mar  5 10:54:31 2017\n')
+      f.write('# Segments csv created Sun Mar  5 10:54:31 2017\n')
       f.write(f'# num_ytids={len(rows)}, num_segs={len(rows)}, '
               f'num_unique_labels={num_classes}, num_positive_labels='
               f'{sum(len(c.labels) for c in rows)}\n')
