@@ -6,6 +6,8 @@
 - `type`: which adapter turns the batch into the byte array ('grid', ...).
 - `key`: the batch entry the adapter reads (for single-input adapters).
 - `index_dims`, `raw_channels`: the grid and its channels per position.
+- for 'raw_audio', 'mel', 'video' and 'audio_video' (AudioSet), the fields
+  named in their builders' docstrings below.
 - position encoding fields: `position_encoding`, `num_bands`,
   `max_resolution`, `learned_position_channels`,
   `learned_position_init_scale`, `permutation_seed` (None: no permutation).
@@ -70,12 +72,210 @@ class _GridInput:
     return self._adapter(x), None
 
 
+def _position_kwargs(input_config: Mapping[str, Any]) -> dict[str, Any]:
+  """`GridAdapter` position-encoding arguments from an input config."""
+  max_resolution = input_config.get('max_resolution')
+  return dict(
+      position_encoding=input_config.get('position_encoding', 'fourier'),
+      num_bands=input_config.get('num_bands', 64),
+      max_resolution=None if max_resolution is None else tuple(
+          max_resolution),
+      learned_position_channels=input_config.get(
+          'learned_position_channels', 128),
+      learned_position_init_scale=input_config.get(
+          'learned_position_init_scale', 1.0))
+
+
+def _check_shape(batch: Batch, key: str, shape: tuple[int, ...]) -> jax.Array:
+  x = batch[key]
+  if tuple(x.shape[1:]) != shape:
+    raise ValueError(f'batch[{key!r}] has shape {x.shape}; expected '
+                     f'[batch, {", ".join(map(str, shape))}].')
+  return x
+
+
+class _RawAudioInput:
+  """Raw audio `batch[key]` `[B, num_samples]` in patches of samples.
+
+  Fields: `key` ('audio'), `num_samples` (61,440), `samples_per_patch`
+  (128: 480 tokens), position fields as for 'grid' (`num_bands`,
+  `max_resolution`: mu of the patch axis, default the number of patches).
+  C = samples_per_patch + 2 * num_bands + 1.
+  """
+
+  def __init__(self, input_config: Mapping[str, Any]):
+    self._key = input_config.get('key', 'audio')
+    self._num_samples = int(input_config['num_samples'])
+    patch = int(input_config.get('samples_per_patch', 128))
+    self._adapter = adapters.PatchAdapter(
+        (self._num_samples,), (patch,), name='audio_patches',
+        **_position_kwargs(input_config))
+
+  @property
+  def num_channels(self) -> int:
+    return self._adapter.num_channels(1)
+
+  def byte_array(self, batch: Batch) -> jax.Array:
+    x = _check_shape(batch, self._key, (self._num_samples,))
+    return self._adapter(x[..., None])  # [B, M, C]
+
+  def __call__(self, batch: Batch, *, is_training: bool):
+    del is_training  # Augmentation happens in the data pipeline.
+    return self.byte_array(batch), None
+
+
+class _MelInput:
+  """A spectrogram `batch[key]` `[B, frames, bins]`, one input per value.
+
+  Fields: `key` ('mel'), `index_dims` ((96, 50): 4,800 inputs), position
+  fields as for 'grid' (2D Fourier features of (time, mel band); mu per
+  axis defaults to the grid). C = 1 + 2 * (2 * num_bands + 1).
+  """
+
+  def __init__(self, input_config: Mapping[str, Any]):
+    self._key = input_config.get('key', 'mel')
+    self._index_dims = tuple(int(n) for n in input_config['index_dims'])
+    self._adapter = adapters.GridAdapter(
+        self._index_dims, name='mel_grid', **_position_kwargs(input_config))
+
+  @property
+  def num_channels(self) -> int:
+    return self._adapter.num_channels(1)
+
+  def byte_array(self, batch: Batch) -> jax.Array:
+    x = _check_shape(batch, self._key, self._index_dims)
+    return self._adapter(x[..., None])  # [B, M, C]
+
+  def __call__(self, batch: Batch, *, is_training: bool):
+    del is_training
+    return self.byte_array(batch), None
+
+
+class _VideoInput:
+  """Video `batch[key]` `[B, T, H, W, 3]` in space-time patches.
+
+  Fields: `key` ('video'), `index_dims` ((32, 224, 224): T, H, W),
+  `patch_shape` ((2, 8, 8): 12,544 tokens of 384 values), position fields
+  as for 'grid' (3D Fourier features of the patch grid's (t, h, w) in
+  [-1, 1]; mu per axis defaults to the patch grid, (16, 28, 28)).
+  C = prod(patch_shape) * 3 + 3 * (2 * num_bands + 1).
+  """
+
+  def __init__(self, input_config: Mapping[str, Any]):
+    self._key = input_config.get('key', 'video')
+    self._index_dims = tuple(int(n) for n in input_config['index_dims'])
+    self._adapter = adapters.PatchAdapter(
+        self._index_dims, input_config.get('patch_shape', (2, 8, 8)),
+        name='video_patches', **_position_kwargs(input_config))
+
+  @property
+  def num_channels(self) -> int:
+    return self._adapter.num_channels(3)
+
+  def byte_array(self, batch: Batch) -> jax.Array:
+    x = _check_shape(batch, self._key, (*self._index_dims, 3))
+    return self._adapter(x)  # [B, M, C]
+
+  def __call__(self, batch: Batch, *, is_training: bool):
+    del is_training
+    return self.byte_array(batch), None
+
+
+_AUDIO_INPUTS = {'raw_audio': _RawAudioInput, 'mel': _MelInput}
+
+
+class _AudioVideoInput:
+  """Audio (raw or mel) and video tokens fused by a `MultimodalAdapter`.
+
+  Fields: `audio` (an input config of type 'raw_audio' or 'mel'), `video`
+  (type 'video'), `num_modality_channels` (4), `video_dropout` (0.3: the
+  probability that an example's video tokens are all masked out in
+  training), `audio_dropout` (0.0; the tuned mel + video run's 0.1
+  "spectrogram dropout", applied the same way). Tokens: audio, then video.
+  C = max(C_audio, C_video) + num_modality_channels.
+  """
+
+  def __init__(self, input_config: Mapping[str, Any]):
+    audio_config = input_config['audio']
+    if audio_config.get('type') not in _AUDIO_INPUTS:
+      raise ValueError(f'config.model.input.audio.type must be one of '
+                       f'{sorted(_AUDIO_INPUTS)}, got '
+                       f'{audio_config.get("type")!r}.')
+    if input_config['video'].get('type', 'video') != 'video':
+      raise ValueError(f"config.model.input.video.type must be 'video', got "
+                       f'{input_config["video"].get("type")!r}.')
+    self._audio = _AUDIO_INPUTS[audio_config['type']](audio_config)
+    self._video = _VideoInput(input_config['video'])
+    self._fusion = adapters.MultimodalAdapter(
+        ('audio', 'video'),
+        num_modality_channels=input_config.get('num_modality_channels', 4),
+        dropout_rates={'audio': input_config.get('audio_dropout', 0.0),
+                       'video': input_config.get('video_dropout', 0.3)},
+        name='audio_video_fusion')
+
+  @property
+  def num_channels(self) -> int:
+    return self._fusion.num_channels({'audio': self._audio.num_channels,
+                                      'video': self._video.num_channels})
+
+  def __call__(self, batch: Batch, *, is_training: bool):
+    return self._fusion({'audio': self._audio.byte_array(batch),
+                         'video': self._video.byte_array(batch)},
+                        is_training=is_training)
+
+
 # Adapter type -> builder taking `config.model.input`, returning an object
 # with `num_channels` (C) that maps (batch, is_training=...) to
 # (inputs [B, M, C], mask [B, M] or None). Built inside a Haiku transform.
 ADAPTER_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     'grid': _GridInput,
+    'raw_audio': _RawAudioInput,
+    'mel': _MelInput,
+    'video': _VideoInput,
+    'audio_video': _AudioVideoInput,
 }
+
+
+def _raw_audio_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+  return {c.get('key', 'audio'): (int(c['num_samples']),)}
+
+
+def _mel_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+  return {c.get('key', 'mel'): tuple(int(n) for n in c['index_dims'])}
+
+
+def _video_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+  return {c.get('key', 'video'): (*(int(n) for n in c['index_dims']), 3)}
+
+
+def _audio_video_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+  audio = {'raw_audio': _raw_audio_shapes, 'mel': _mel_shapes}[
+      c['audio']['type']](c['audio'])
+  return {**audio, **_video_shapes(c['video'])}
+
+
+# Per-example shapes of the batch entries each audio/video adapter reads.
+_AV_EXAMPLE_SHAPES = {
+    'raw_audio': _raw_audio_shapes,
+    'mel': _mel_shapes,
+    'video': _video_shapes,
+    'audio_video': _audio_video_shapes,
+}
+
+
+def av_example_batch(input_config: Mapping[str, Any],
+                     batch_size: int) -> dict[str, np.ndarray]:
+  """Zero float32 inputs `{key: [batch_size, *shape]}` for an AV adapter.
+
+  For the types 'raw_audio', 'mel', 'video' and 'audio_video' (e.g. to
+  `init` a model or `eval_shape` it without data).
+  """
+  kind = input_config.get('type')
+  if kind not in _AV_EXAMPLE_SHAPES:
+    raise ValueError(f'av_example_batch handles {sorted(_AV_EXAMPLE_SHAPES)}'
+                     f', got type {kind!r}.')
+  return {key: np.zeros((batch_size, *shape), np.float32)
+          for key, shape in _AV_EXAMPLE_SHAPES[kind](input_config).items()}
 
 
 def make_adapter(input_config: Mapping[str, Any]):

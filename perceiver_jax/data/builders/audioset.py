@@ -1,0 +1,534 @@
+r"""TFDS builder `audioset`: AudioSet prepared from its CSVs and your clips.
+
+TFDS ships no AudioSet, and AudioSet itself ships no media: it is a list of
+10 s segments of YouTube videos with their labels. This builder reads what a
+user can obtain: the official CSV files and a folder of clips downloaded by
+any means (yt-dlp and the like), in any container FFmpeg reads.
+
+Manual dir layout (`--manual_dir`, searched as below)::
+
+  MANUAL_DIR/
+    class_labels_indices.csv       # header `index,mid,display_name`
+    balanced_train_segments.csv    # 3 '#' lines, then
+    unbalanced_train_segments.csv  #   YTID, start_seconds, end_seconds,
+    eval_segments.csv              #   "mid1,mid2,..."
+    clips/                         # searched recursively (any subfolders)
+      <YTID>.<ext>                 # e.g. --PJHxphWEs.mp4, abc.mkv, x.wav
+      <YTID>_<start>.<ext>         # e.g. --PJHxphWEs_30.m4a (start in s)
+
+A segment row matches a file whose stem is `<YTID>`, or `<YTID>_<start>`
+with `<start>` equal (as a number) to the row's start time. Which part of a
+file is taken:
+
+- `<YTID>_<start>.*` files, and any file of at most 10.5 s, hold the segment
+  itself: it is read from the file's beginning.
+- Longer files are whole videos: the segment `[start, start + 10 s)` is cut
+  out of them (times relative to the file's start time).
+
+Decoding (PyAV): the first audio stream, resampled to 48 kHz mono signed
+16-bit (`av.AudioResampler`); for `audio_video`, the first video stream
+sampled at 25 fps (each output time takes the frame being displayed then),
+resized so that the SHORTER side is `frame_min_side` pixels (256 by
+default, aspect ratio kept, area interpolation) and stored as one JPEG per
+frame (quality 90). A 16:9 clip is thus stored as 250 JPEGs of 256x455.
+Segments shorter than 10 s (videos that end early) are stored at their real
+length, never padded; the loader pads them.
+
+Rows whose clip is missing, unreadable, has no audio stream (or, for
+`audio_video`, no video stream) or decodes to nothing are skipped: they
+never stop the build. Each split's skipped rows are listed with the reason
+in `build_report.json`, written next to the prepared data (in the
+versioned dataset folder), and a summary is logged.
+
+Builder configs:
+
+- `audio`: `ytid`, `start_seconds`, `labels`, `audio` (no frames stored).
+- `audio_video`: the same plus `video` (JPEG frames).
+
+Features (per segment):
+
+- `ytid`: Text; `start_seconds`: float32, the CSV's start time.
+- `labels`: Sequence of ClassLabel(527), the class indices of the row in
+  the order of `class_labels_indices.csv` (the loader makes them multi-hot).
+- `audio`: int16 `[num_samples]` (at most 480,000), stored as raw bytes.
+- `video`: `[num_frames, H, W, 3]` uint8 (at most 250 frames), JPEG.
+
+Build (`builders/build_audioset.py`; `--help` lists the flags)::
+
+  python -m perceiver_jax.data.builders.build_audioset \
+      --manual_dir=/data/audioset_raw --data_dir=/data/tfds \
+      --config=audio_video --num_workers=16
+"""
+
+import collections
+import concurrent.futures
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
+
+import av
+import numpy as np
+from PIL import Image
+import tensorflow_datasets as tfds
+
+SAMPLE_RATE = 48_000
+FPS = 25
+CLIP_SECONDS = 10.0
+CLIP_SAMPLES = 480_000  # CLIP_SECONDS * SAMPLE_RATE
+CLIP_FRAMES = 250  # CLIP_SECONDS * FPS
+NUM_CLASSES = 527
+# Files longer than this are whole videos; shorter ones are the segment.
+FULL_VIDEO_MIN_SECONDS = 10.5
+SEGMENT_FILES = {
+    'balanced_train': 'balanced_train_segments.csv',
+    'unbalanced_train': 'unbalanced_train_segments.csv',
+    'eval': 'eval_segments.csv',
+}
+CLASS_INDEX_FILE = 'class_labels_indices.csv'
+CLIPS_DIR = 'clips'
+REPORT_FILE = 'build_report.json'
+
+
+class Segment(NamedTuple):
+  """One row of a segments CSV."""
+  ytid: str
+  start_seconds: float
+  end_seconds: float
+  labels: tuple[int, ...]
+
+
+class ClipError(Exception):
+  """A clip that cannot be used (the build skips and reports it)."""
+
+
+def read_class_index(path: str) -> dict[str, int]:
+  """Reads `class_labels_indices.csv` into `{mid: index}`.
+
+  Raises:
+    ValueError: a bad header, or indices that are not 0..n-1 in order.
+  """
+  with open(path, newline='') as f:
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if header is None or [h.strip() for h in header[:2]] != ['index', 'mid']:
+      raise ValueError(f'{path}: expected the header "index,mid,'
+                       f'display_name", got {header!r}.')
+    mid_to_index = {}
+    for line, row in enumerate(reader, start=2):
+      if not row:
+        continue
+      index, mid = int(row[0]), row[1].strip()
+      if index != len(mid_to_index):
+        raise ValueError(f'{path}:{line}: expected class index '
+                         f'{len(mid_to_index)}, got {index}.')
+      mid_to_index[mid] = index
+  return mid_to_index
+
+
+def read_segments(path: str, mid_to_index: dict[str, int]) -> list[Segment]:
+  """Reads a segments CSV (comment lines start with '#').
+
+  Raises:
+    ValueError: a malformed row or a label missing from the class index
+      (the CSVs and the class index then come from different releases).
+  """
+  segments = []
+  with open(path, newline='') as f:
+    rows = csv.reader((line for line in f if not line.startswith('#')),
+                      skipinitialspace=True)
+    for row in rows:
+      if not row:
+        continue
+      if len(row) != 4:
+        raise ValueError(f'{path}: expected 4 fields (YTID, start_seconds, '
+                         f'end_seconds, "labels"), got {row!r}.')
+      ytid, start, end, mids = row
+      labels = []
+      for mid in mids.split(','):
+        mid = mid.strip()
+        if mid not in mid_to_index:
+          raise ValueError(f'{path}: label {mid!r} of {ytid} is not in '
+                           f'{CLASS_INDEX_FILE}.')
+        labels.append(mid_to_index[mid])
+      segments.append(Segment(ytid.strip(), float(start), float(end),
+                              tuple(labels)))
+  return segments
+
+
+class ClipIndex:
+  """The clip files under a folder, found by YouTube id (and start time)."""
+
+  def __init__(self, root: str):
+    self._by_stem: dict[str, list[str]] = collections.defaultdict(list)
+    self._by_start: dict[tuple[str, float], list[str]] = (
+        collections.defaultdict(list))
+    for folder, _, files in os.walk(root):
+      for name in files:
+        if name.startswith('.'):
+          continue
+        path = os.path.join(folder, name)
+        stem = os.path.splitext(name)[0]
+        self._by_stem[stem].append(path)
+        # YouTube ids may contain '_': split at the last one only.
+        prefix, sep, suffix = stem.rpartition('_')
+        if sep and prefix:
+          try:
+            start = float(suffix)
+          except ValueError:
+            continue
+          if math.isfinite(start):
+            self._by_start[(prefix, start)].append(path)
+
+  def __len__(self) -> int:
+    return sum(len(p) for p in self._by_stem.values())
+
+  def find(self, ytid: str, start_seconds: float) -> list[tuple[str, bool]]:
+    """Candidate files for a segment: `(path, holds_segment_only)` pairs.
+
+    Files named `<ytid>_<start>` come first (they hold the segment only),
+    then files named `<ytid>`; each group sorted by path.
+    """
+    named = [(p, True) for p in sorted(self._by_start.get(
+        (ytid, float(start_seconds)), ()))]
+    plain = [(p, False) for p in sorted(self._by_stem.get(ytid, ()))]
+    return named + plain
+
+
+def _origin_seconds(container: Any) -> float:
+  start = container.start_time
+  return 0.0 if start is None else start / av.time_base
+
+
+def _segment_start(container: Any, start_seconds: float,
+                   segment_only: bool) -> float:
+  """Where the segment begins, in the file's own timestamps (seconds)."""
+  origin = _origin_seconds(container)
+  if segment_only:
+    return origin
+  duration = container.duration
+  duration = None if duration is None else duration / av.time_base
+  if duration is not None and duration <= FULL_VIDEO_MIN_SECONDS:
+    return origin
+  return origin + start_seconds
+
+
+def read_audio(path: str, start_seconds: float, segment_only: bool,
+               seconds: float = CLIP_SECONDS) -> np.ndarray:
+  """Decodes a segment's audio as 48 kHz mono int16 `[<= seconds * 48000]`.
+
+  Raises:
+    ClipError: no audio stream, or nothing decoded.
+  """
+  with av.open(path) as container:
+    if not container.streams.audio:
+      raise ClipError('no audio stream')
+    stream = container.streams.audio[0]
+    t0 = _segment_start(container, start_seconds, segment_only)
+    if t0 > _origin_seconds(container):
+      container.seek(int(t0 * av.time_base))  # To the keyframe before t0.
+    resampler = av.AudioResampler(format='s16', layout='mono',
+                                  rate=SAMPLE_RATE)
+    needed = int(round(seconds * SAMPLE_RATE))
+    chunks, have, skip = [], 0, None
+    for frame in container.decode(stream):
+      if skip is None:
+        first = frame.time if frame.time is not None else t0
+        skip = int(round((t0 - first) * SAMPLE_RATE))
+        if skip < 0:  # The stream starts after t0: leading silence.
+          chunks.append(np.zeros(-skip, np.int16))
+          have, skip = -skip, 0
+      for out in resampler.resample(frame):
+        chunk = out.to_ndarray().reshape(-1)
+        chunks.append(chunk)
+        have += chunk.size
+      if have >= skip + needed:
+        break
+    for out in resampler.resample(None):
+      chunks.append(out.to_ndarray().reshape(-1))
+  if skip is None:
+    raise ClipError('no audio decoded')
+  audio = np.concatenate(chunks).astype(np.int16)[skip:skip + needed]
+  if audio.size == 0:
+    raise ClipError(f'no audio in the segment (start {t0:.3f} s)')
+  return audio
+
+
+def _frame_size(height: int, width: int, min_side: int) -> tuple[int, int]:
+  scale = min_side / min(height, width)
+  return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def read_video(path: str, start_seconds: float, segment_only: bool, *,
+               min_side: int, jpeg_quality: int,
+               seconds: float = CLIP_SECONDS) -> list[bytes]:
+  """Decodes a segment's frames at 25 fps as JPEGs (shorter side `min_side`).
+
+  Output frame k shows the source frame displayed at `t0 + k / 25`.
+
+  Raises:
+    ClipError: no video stream, or no frame in the segment.
+  """
+  with av.open(path) as container:
+    if not container.streams.video:
+      raise ClipError('no video stream')
+    stream = container.streams.video[0]
+    stream.thread_type = 'AUTO'
+    t0 = _segment_start(container, start_seconds, segment_only)
+    if t0 > _origin_seconds(container):
+      container.seek(int(t0 * av.time_base))
+    num_frames = int(round(seconds * FPS))
+    encoded: list[bytes] = []
+    cache: dict[str, Any] = {'frame': None, 'jpeg': b''}
+
+    def encode(frame) -> bytes:
+      if frame is not cache['frame']:  # Repeated frames are encoded once.
+        height, width = _frame_size(frame.height, frame.width, min_side)
+        array = frame.to_ndarray(width=width, height=height, format='rgb24',
+                                 interpolation='AREA')
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format='JPEG',
+                                    quality=jpeg_quality)
+        cache.update(frame=frame, jpeg=buffer.getvalue())
+      return cache['jpeg']
+
+    # Half a millisecond of slack for timestamps rounded by the container.
+    eps = 5e-4
+    previous, previous_time = None, None
+    for frame in container.decode(stream):
+      if frame.time is None:
+        raise ClipError('a video frame has no timestamp')
+      # Output times before this frame show the previous one (or this one,
+      # for times before the first frame).
+      while (len(encoded) < num_frames and
+             t0 + len(encoded) / FPS < frame.time - eps):
+        encoded.append(encode(previous if previous is not None else frame))
+      if len(encoded) >= num_frames:
+        break
+      previous, previous_time = frame, frame.time
+    else:
+      # The stream ended: the last frame lasts one source frame period.
+      if previous is not None:
+        rate = stream.average_rate
+        period = 1.0 / float(rate) if rate else 1.0 / FPS
+        while (len(encoded) < num_frames and
+               t0 + len(encoded) / FPS < previous_time + period - eps):
+          encoded.append(encode(previous))
+  if not encoded:
+    raise ClipError(f'no video frames in the segment (start {t0:.3f} s)')
+  return encoded
+
+
+def _ordered_map(fn: Callable[[Any], Any], items: Iterable[Any],
+                 num_workers: int) -> Iterator[Any]:
+  """`map(fn, items)` on `num_workers` threads, in order, bounded memory."""
+  if num_workers <= 1:
+    yield from map(fn, items)
+    return
+  with concurrent.futures.ThreadPoolExecutor(num_workers) as executor:
+    pending = collections.deque()
+    for item in items:
+      pending.append(executor.submit(fn, item))
+      if len(pending) >= 4 * num_workers:
+        yield pending.popleft().result()
+    while pending:
+      yield pending.popleft().result()
+
+
+@dataclasses.dataclass(eq=False)
+class AudiosetConfig(tfds.core.BuilderConfig):
+  """A builder config.
+
+  Attributes:
+    with_video: store the video frames too.
+    frame_min_side: shorter side of the stored frames, in pixels.
+    jpeg_quality: JPEG quality of the stored frames (1..95).
+  """
+  with_video: bool = False
+  frame_min_side: int = 256
+  jpeg_quality: int = 90
+
+
+class Audioset(tfds.core.GeneratorBasedBuilder):
+  """AudioSet segments with 48 kHz mono audio and optional 25 fps frames."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = [
+      AudiosetConfig(name='audio', description='Audio only (no frames).'),
+      AudiosetConfig(name='audio_video', with_video=True,
+                     description='Audio and JPEG frames, shorter side 256.'),
+  ]
+  DEFAULT_CONFIG_NAME = 'audio'
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  Download the four CSV files of AudioSet (class_labels_indices.csv,
+  balanced_train_segments.csv, unbalanced_train_segments.csv,
+  eval_segments.csv) from https://research.google.com/audioset/download.html
+  into the manual dir, and the clips into `<manual_dir>/clips/` (any
+  subfolders), named `<YTID>.<ext>` or `<YTID>_<start_seconds>.<ext>`.
+  """
+
+  def __init__(self, *, num_workers: int = 1, **kwargs):
+    """Builder; `num_workers` threads decode clips in parallel."""
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or (
+        num_workers < 1):
+      raise ValueError(f'num_workers must be a positive integer, got '
+                       f'{num_workers!r}.')
+    self._num_workers = num_workers
+    self._report: dict[str, Any] = {}
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    features = {
+        'ytid': tfds.features.Text(),
+        'start_seconds': tfds.features.Scalar(np.float32),
+        'labels': tfds.features.Sequence(
+            tfds.features.ClassLabel(num_classes=NUM_CLASSES)),
+        # Raw bytes (2 per sample): int64 varints, the default, would take
+        # up to 10 bytes per negative sample.
+        'audio': tfds.features.Tensor(
+            shape=(None,), dtype=np.int16,
+            encoding=tfds.features.Encoding.BYTES),
+    }
+    if self.builder_config.with_video:
+      features['video'] = tfds.features.Video(
+          shape=(None, None, None, 3), encoding_format='jpeg')
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict(features),
+        homepage='https://research.google.com/audioset/',
+        description=('AudioSet segments: 48 kHz mono int16 audio'
+                     + (', 25 fps JPEG frames (shorter side '
+                        f'{self.builder_config.frame_min_side})'
+                        if self.builder_config.with_video else '')
+                     + ', labels over 527 classes.'))
+
+  def _split_generators(self, dl_manager):
+    manual_dir = os.fspath(dl_manager.manual_dir)
+    needed = [CLASS_INDEX_FILE, *SEGMENT_FILES.values()]
+    missing = [n for n in needed
+               if not os.path.isfile(os.path.join(manual_dir, n))]
+    if missing:
+      raise FileNotFoundError(f'AudioSet manual dir {manual_dir} lacks '
+                              f'{missing}.')
+    clips_dir = os.path.join(manual_dir, CLIPS_DIR)
+    if not os.path.isdir(clips_dir):
+      raise FileNotFoundError(f'AudioSet manual dir {manual_dir} has no '
+                              f'{CLIPS_DIR}/ folder of clips.')
+    mid_to_index = read_class_index(os.path.join(manual_dir,
+                                                 CLASS_INDEX_FILE))
+    if len(mid_to_index) != NUM_CLASSES:
+      raise ValueError(f'{CLASS_INDEX_FILE} lists {len(mid_to_index)} '
+                       f'classes; AudioSet has {NUM_CLASSES}.')
+    clip_index = ClipIndex(clips_dir)
+    logging.info('AudioSet: %d files under %s.', len(clip_index), clips_dir)
+    return {
+        split: self._generate_examples(
+            split, read_segments(os.path.join(manual_dir, file_name),
+                                 mid_to_index), clip_index)
+        for split, file_name in SEGMENT_FILES.items()
+    }
+
+  def _decode(self, segment: Segment, clip_index: ClipIndex
+              ) -> tuple[Segment, Optional[dict[str, Any]], list[dict]]:
+    """Decodes one row: (row, example or None, errors per file tried)."""
+    config = self.builder_config
+    errors = []
+    for path, segment_only in clip_index.find(segment.ytid,
+                                              segment.start_seconds):
+      try:
+        example = {
+            'ytid': segment.ytid,
+            'start_seconds': np.float32(segment.start_seconds),
+            'labels': list(segment.labels),
+            'audio': read_audio(path, segment.start_seconds, segment_only),
+        }
+        if config.with_video:
+          example['video'] = read_video(
+              path, segment.start_seconds, segment_only,
+              min_side=config.frame_min_side,
+              jpeg_quality=config.jpeg_quality)
+        return segment, example, []
+      except Exception as e:  # pylint: disable=broad-except
+        # Whatever FFmpeg or a broken file raises, the build goes on.
+        errors.append({'path': path, 'error': f'{type(e).__name__}: {e}'})
+    return segment, None, errors
+
+  def _generate_examples(self, split: str, segments: list[Segment],
+                         clip_index: ClipIndex):
+    missing, failed, duplicates = [], [], []
+    seen = set()
+    unique = []
+    for segment in segments:
+      key = f'{segment.ytid}_{int(round(segment.start_seconds * 1000))}'
+      if key in seen:
+        duplicates.append({'ytid': segment.ytid,
+                           'start_seconds': segment.start_seconds})
+        continue
+      seen.add(key)
+      unique.append((key, segment))
+    written = 0
+    results = _ordered_map(
+        lambda item: (item[0], *self._decode(item[1], clip_index)), unique,
+        self._num_workers)
+    for key, segment, example, errors in results:
+      if example is not None:
+        written += 1
+        yield key, example
+      elif not errors:
+        missing.append({'ytid': segment.ytid,
+                        'start_seconds': segment.start_seconds})
+      else:
+        failed.append({'ytid': segment.ytid,
+                       'start_seconds': segment.start_seconds,
+                       'files': errors})
+    self._report[split] = {
+        'num_rows': len(segments),
+        'num_written': written,
+        'num_missing': len(missing),
+        'num_failed': len(failed),
+        'num_duplicates': len(duplicates),
+        'missing': missing,
+        'failed': failed,
+        'duplicates': duplicates,
+    }
+    self._write_report()
+    logging.info(
+        'AudioSet %s/%s: %d of %d rows written; %d without a file, %d '
+        'failed to decode, %d duplicates (listed in %s).',
+        self.builder_config.name, split, written, len(segments), len(missing),
+        len(failed), len(duplicates), REPORT_FILE)
+
+  def _write_report(self) -> None:
+    """Writes the skipped rows so far into the dataset folder."""
+    report = {'config': self.builder_config.name,
+              'version': str(self.version), 'splits': self._report}
+    path = os.path.join(os.fspath(self.data_dir), REPORT_FILE)
+    with open(path, 'w') as f:
+      json.dump(report, f, indent=1)
+
+
+def read_report(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
+  """The build report of a prepared dataset."""
+  with open(os.path.join(os.fspath(builder.data_dir), REPORT_FILE)) as f:
+    return json.load(f)
+
+
+def build(manual_dir: str, data_dir: Optional[str], config: Any = 'audio',
+          num_workers: int = 1) -> tfds.core.DatasetBuilder:
+  """Prepares AudioSet and returns its builder.
+
+  Args:
+    manual_dir: the folder with the CSVs and `clips/` (layout above).
+    data_dir: TFDS data dir (None: TFDS's default, ~/tensorflow_datasets).
+    config: 'audio', 'audio_video' or an `AudiosetConfig`.
+    num_workers: threads decoding clips.
+  """
+  builder = Audioset(config=config, data_dir=data_dir,
+                     num_workers=num_workers)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder

@@ -1,0 +1,240 @@
+"""Writes a tiny AudioSet in the official formats, for tests and mock runs.
+
+The files are what a user of the real dataset has: the four CSV files
+(segment lists with their three '#' comment lines, and the class index) and
+a folder of clips encoded with PyAV (H.264 + AAC in MP4, VP9 + Opus in
+Matroska), plus deliberately broken entries: a file that is not a media
+file, and a row whose clip was never downloaded.
+
+Each clip is a sine tone with a clip-specific frequency over frames of one
+clip-specific colour, so decoding can be checked by value.
+"""
+
+import dataclasses
+import fractions
+import os
+from typing import Optional, Sequence
+
+import av
+import numpy as np
+
+# Official file names.
+SEGMENT_FILES = {
+    'balanced_train': 'balanced_train_segments.csv',
+    'unbalanced_train': 'unbalanced_train_segments.csv',
+    'eval': 'eval_segments.csv',
+}
+CLASS_INDEX_FILE = 'class_labels_indices.csv'
+CLIPS_DIR = 'clips'
+NUM_CLASSES = 527
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeClip:
+  """One segment row and what to write for it.
+
+  Attributes:
+    ytid: the YouTube id (the file's stem).
+    split: 'balanced_train', 'unbalanced_train' or 'eval'.
+    labels: class indices (0..526) of the row.
+    kind: 'mp4' (H.264 + AAC), 'mkv' (VP9 + Opus), 'wav' (PCM audio only),
+      'corrupt' (random bytes with an .mp4 name) or 'missing' (no file).
+    tone_hz: the sine's frequency.
+    color: the frames' RGB colour.
+    seconds: the clip's length.
+    start_seconds: the segment's start in the CSV.
+    full_video: when True, the file holds `start_seconds` of other content
+      (silence, black) before the segment, like a whole downloaded video;
+      else the file holds the segment only. The builder treats files longer
+      than 10.5 s as whole videos, so make `start_seconds + seconds` exceed
+      that.
+    stem_with_start: name the file `<ytid>_<start>.<ext>` instead of
+      `<ytid>.<ext>`.
+  """
+  ytid: str
+  split: str
+  labels: tuple[int, ...]
+  kind: str = 'mp4'
+  tone_hz: float = 440.0
+  color: tuple[int, int, int] = (200, 40, 40)
+  seconds: float = 2.0
+  start_seconds: float = 30.0
+  full_video: bool = False
+  stem_with_start: bool = False
+
+
+def class_mid(index: int) -> str:
+  """A made-up but well-formed Freebase id for class `index`."""
+  return f'/m/{index:05x}'
+
+
+def default_clips() -> list[FakeClip]:
+  """The mock dataset: a few clips per split, one corrupt, one missing."""
+  return [
+      FakeClip('aaaaaaaaaa0', 'balanced_train', (0, 137), 'mp4', 300.0,
+               (220, 30, 30)),
+      FakeClip('-bbbbbbbbb1', 'balanced_train', (72,), 'mkv', 600.0,
+               (30, 220, 30), stem_with_start=True),
+      FakeClip('cc_cccccccc', 'balanced_train', (526, 1, 300), 'mp4', 900.0,
+               (30, 30, 220), full_video=True, start_seconds=9.5),
+      FakeClip('dddddddddd3', 'balanced_train', (5,), 'corrupt'),
+      FakeClip('eeeeeeeeee4', 'unbalanced_train', (10, 20), 'mp4', 1200.0,
+               (200, 200, 30)),
+      FakeClip('ffffffffff5', 'unbalanced_train', (3,), 'missing'),
+      FakeClip('gggggggggg6', 'eval', (0,), 'mp4', 500.0, (30, 200, 200)),
+      FakeClip('hhhhhhhhhh7', 'eval', (137, 526), 'mp4', 700.0,
+               (200, 30, 200)),
+      FakeClip('iiiiiiiiii8', 'eval', (42,), 'mp4', 1100.0, (128, 128, 128)),
+  ]
+
+
+def _format_seconds(seconds: float) -> str:
+  return f'{seconds:.3f}'
+
+
+def write_csvs(root: str, clips: Sequence[FakeClip],
+               num_classes: int = NUM_CLASSES) -> None:
+  """Writes the class index and the three segment lists into `root`."""
+  with open(os.path.join(root, CLASS_INDEX_FILE), 'w') as f:
+    f.write('index,mid,display_name\n')
+    for i in range(num_classes):
+      # Real names contain commas and are quoted then, e.g. "Speech, human".
+      f.write(f'{i},{class_mid(i)},"Class {i}, sound"\n')
+  for split, file_name in SEGMENT_FILES.items():
+    rows = [c for c in clips if c.split == split]
+    with open(os.path.join(root, file_name), 'w') as f:
+      f.write('# Segments csv created Sun Mar  5 10:54:31 2017\n')
+      f.write(f'# num_ytids={len(rows)}, num_segs={len(rows)}, '
+              f'num_unique_labels={num_classes}, num_positive_labels='
+              f'{sum(len(c.labels) for c in rows)}\n')
+      f.write('# YTID, start_seconds, end_seconds, positive_labels\n')
+      for c in rows:
+        mids = ','.join(class_mid(i) for i in c.labels)
+        f.write(f'{c.ytid}, {_format_seconds(c.start_seconds)}, '
+                f'{_format_seconds(c.start_seconds + 10.0)}, "{mids}"\n')
+
+
+def _tone(freq: float, seconds: float, rate: int, offset: float,
+          channels: int) -> np.ndarray:
+  """`[channels, samples]` float32: silence for `offset` s, then the tone."""
+  t = np.arange(int(round((offset + seconds) * rate))) / rate
+  wave = 0.5 * np.sin(2 * np.pi * freq * t)
+  wave[t < offset] = 0.0
+  return np.tile(wave.astype(np.float32)[None], (channels, 1))
+
+
+def write_media(path: str, *, tone_hz: float, color: Sequence[int],
+                seconds: float, offset: float = 0.0, container_format: str,
+                video_codec: Optional[str], audio_codec: str,
+                audio_rate: int, size: tuple[int, int] = (48, 64),
+                fps: int = 30) -> None:
+  """Encodes a clip: `offset` s of silence/black, then tone over colour.
+
+  Args:
+    path: output file.
+    tone_hz: the sine's frequency.
+    color: RGB of the frames after `offset`.
+    seconds: length after `offset`.
+    offset: leading silence/black frames (a 'full video' before its segment).
+    container_format: FFmpeg muxer ('mp4', 'matroska', 'wav').
+    video_codec: e.g. 'libx264', 'libvpx-vp9'; None for audio only.
+    audio_codec: e.g. 'aac', 'libopus', 'pcm_s16le'.
+    audio_rate: the stored sample rate (the builder resamples to 48 kHz).
+    size: frame (height, width).
+    fps: the stored frame rate (the builder resamples to 25 fps).
+  """
+  channels = 2
+  with av.open(path, 'w', format=container_format) as container:
+    vstream = None
+    if video_codec is not None:
+      vstream = container.add_stream(video_codec, rate=fps)
+      vstream.height, vstream.width = size
+      vstream.pix_fmt = 'yuv420p'
+    astream = container.add_stream(audio_codec, rate=audio_rate)
+    astream.layout = 'stereo'
+    if vstream is not None:
+      black = np.zeros((*size, 3), np.uint8)
+      colored = np.broadcast_to(np.asarray(color, np.uint8),
+                                (*size, 3)).copy()
+      for i in range(int(round((offset + seconds) * fps))):
+        image = black if i / fps < offset else colored
+        frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+        frame.pts = i
+        frame.time_base = fractions.Fraction(1, fps)
+        for packet in vstream.encode(frame):
+          container.mux(packet)
+      for packet in vstream.encode(None):
+        container.mux(packet)
+    samples = _tone(tone_hz, seconds, audio_rate, offset, channels)
+    # Encoders take fixed-size frames (1024 for AAC); 960 suits Opus too.
+    chunk = 960
+    fmt = 's16' if audio_codec == 'pcm_s16le' else 'fltp'
+    for i, start in enumerate(range(0, samples.shape[1], chunk)):
+      part = samples[:, start:start + chunk]
+      if fmt == 's16':
+        data = (part.T.reshape(1, -1) * 32767).astype(np.int16)
+      else:
+        data = np.ascontiguousarray(part)
+      frame = av.AudioFrame.from_ndarray(data, format=fmt, layout='stereo')
+      frame.sample_rate = audio_rate
+      frame.pts = start
+      frame.time_base = fractions.Fraction(1, audio_rate)
+      for packet in astream.encode(frame):
+        container.mux(packet)
+    for packet in astream.encode(None):
+      container.mux(packet)
+
+
+def clip_path(root: str, clip: FakeClip) -> Optional[str]:
+  """Where `clip`'s file goes (None for a 'missing' one)."""
+  if clip.kind == 'missing':
+    return None
+  ext = {'mp4': 'mp4', 'mkv': 'mkv', 'wav': 'wav', 'corrupt': 'mp4'}
+  if clip.kind not in ext:
+    raise ValueError(f'Unknown FakeClip kind {clip.kind!r}; choose one of '
+                     f'{sorted(ext) + ["missing"]}.')
+  stem = clip.ytid
+  if clip.stem_with_start:
+    stem = f'{clip.ytid}_{int(clip.start_seconds)}'
+  return os.path.join(root, CLIPS_DIR, f'{stem}.{ext[clip.kind]}')
+
+
+def write_fake_audioset(root: str,
+                        clips: Optional[Sequence[FakeClip]] = None,
+                        *, size: tuple[int, int] = (48, 64)) -> str:
+  """Writes the CSVs into `root` and the clips into `root/clips`.
+
+  Args:
+    root: an existing directory (the builder's manual dir).
+    clips: the rows to write; default `default_clips()`.
+    size: frame (height, width) of the encoded videos.
+
+  Returns:
+    `root`.
+  """
+  clips = default_clips() if clips is None else list(clips)
+  os.makedirs(os.path.join(root, CLIPS_DIR), exist_ok=True)
+  write_csvs(root, clips)
+  rng = np.random.default_rng(0)
+  for clip in clips:
+    path = clip_path(root, clip)
+    if path is None:
+      continue
+    if clip.kind == 'corrupt':
+      with open(path, 'wb') as f:
+        f.write(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+      continue
+    offset = clip.start_seconds if clip.full_video else 0.0
+    kwargs = dict(tone_hz=clip.tone_hz, color=clip.color,
+                  seconds=clip.seconds, offset=offset, size=size)
+    if clip.kind == 'mp4':
+      write_media(path, container_format='mp4', video_codec='libx264',
+                  audio_codec='aac', audio_rate=44_100, **kwargs)
+    elif clip.kind == 'mkv':
+      write_media(path, container_format='matroska',
+                  video_codec='libvpx-vp9', audio_codec='libopus',
+                  audio_rate=48_000, **kwargs)
+    else:  # 'wav'
+      write_media(path, container_format='wav', video_codec=None,
+                  audio_codec='pcm_s16le', audio_rate=16_000, **kwargs)
+  return root

@@ -1,0 +1,100 @@
+"""Multi-label metrics (numpy): mean average precision over classes.
+
+AudioSet's mAP is the mean over CLASSES of each class's average precision,
+where a class's AP ranks the evaluation EXAMPLES by that class's score
+(column j of `scores [num_examples, num_classes]`). The first version of
+the Perceiver paper computed it the transposed way (per example, over
+classes); this module does not.
+"""
+
+from typing import Any, Optional
+
+import numpy as np
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+  """Average precision of one class over examples.
+
+  `AP = sum_n (R_n - R_{n-1}) P_n` over the distinct score thresholds, from
+  the highest down: examples with equal scores enter together (the same
+  definition as scikit-learn's `average_precision_score`; no interpolation).
+
+  Args:
+    scores: `[num_examples]` scores (higher: more likely positive).
+    labels: `[num_examples]` 0/1 labels, at least one 1.
+
+  Returns:
+    The AP in [0, 1].
+  """
+  order = np.argsort(-scores, kind='stable')
+  scores, labels = scores[order], labels[order].astype(np.float64)
+  # Last index of each run of equal scores: one threshold per distinct score.
+  ends = np.flatnonzero(np.diff(scores) != 0)
+  ends = np.append(ends, scores.size - 1)
+  true_positives = np.cumsum(labels)[ends]
+  predicted_positives = ends + 1.0
+  precision = true_positives / predicted_positives
+  recall = true_positives / true_positives[-1]
+  recall_steps = np.diff(recall, prepend=0.0)
+  return float(np.sum(recall_steps * precision))
+
+
+def mean_average_precision(scores: np.ndarray, labels: np.ndarray,
+                           mask: Optional[np.ndarray] = None
+                           ) -> dict[str, Any]:
+  """Mean over classes of each class's average precision over examples.
+
+  Args:
+    scores: `[num_examples, num_classes]` finite scores (logits or
+      probabilities: only their order within a class matters).
+    labels: `[num_examples, num_classes]` multi-hot 0/1 labels.
+    mask: optional `[num_examples]`; examples where it is 0 are ignored
+      (batch padding).
+
+  Returns:
+    A dict with
+    - 'map': the mean AP over classes with at least one positive example
+      (NaN if none has one),
+    - 'average_precision': `[num_classes]` per-class AP, NaN for classes
+      without positives,
+    - 'num_classes_evaluated': classes in the mean,
+    - 'num_classes_without_positives' and 'classes_without_positives'
+      (their indices, a list): classes left out of the mean, because
+      their AP is undefined (no recall to reach).
+
+  Raises:
+    ValueError: shapes that differ or are not 2D, non-finite scores, labels
+      other than 0 and 1, or a mask of the wrong shape.
+  """
+  scores = np.asarray(scores, np.float64)
+  labels = np.asarray(labels)
+  if scores.ndim != 2 or scores.shape != labels.shape:
+    raise ValueError(f'scores and labels must both be [num_examples, '
+                     f'num_classes], got {scores.shape} and {labels.shape}.')
+  if not np.all(np.isfinite(scores)):
+    raise ValueError('scores must be finite; got NaN or infinity.')
+  if not np.all((labels == 0) | (labels == 1)):
+    raise ValueError(f'labels must be 0 or 1, got values '
+                     f'{np.unique(labels)[:10]}.')
+  if mask is not None:
+    mask = np.asarray(mask)
+    if mask.shape != scores.shape[:1]:
+      raise ValueError(f'mask must have shape {scores.shape[:1]}, got '
+                       f'{mask.shape}.')
+    keep = mask != 0
+    scores, labels = scores[keep], labels[keep]
+  num_classes = scores.shape[1]
+  per_class = np.full(num_classes, np.nan)
+  has_positive = labels.sum(axis=0) > 0
+  for j in np.flatnonzero(has_positive):
+    per_class[j] = average_precision(scores[:, j], labels[:, j])
+  without = np.flatnonzero(~has_positive)
+  evaluated = int(has_positive.sum())
+  return {
+      'map': float(np.mean(per_class[has_positive])) if evaluated else
+             float('nan'),
+      'average_precision': per_class,
+      'num_classes_evaluated': evaluated,
+      'num_classes_without_positives': int(without.size),
+      'classes_without_positives': without.tolist(),
+  }
