@@ -30,7 +30,7 @@ the resume point the two streams drift apart by that many examples.
 """
 
 import math
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import numpy as np
@@ -45,6 +45,8 @@ BATCH = 2
 # Key of the per-example stream position carried through the pipeline (and
 # removed before batches reach the caller).
 _INDEX = '_index'
+# Records decoded concurrently when decoding errors are skipped.
+_DECODE_CYCLE_LENGTH = 32
 
 Features = dict[str, tf.Tensor]
 # `make_epoch(epoch_seed)`: one pass over this host's records, in an order
@@ -269,9 +271,20 @@ def training_batches(
     features[_INDEX] = index
     return features
 
-  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   if skip_decode_errors:
-    ds = ds.ignore_errors()
+    # Each record is decoded in a one-element dataset whose errors are
+    # ignored, so only decoding errors are swallowed: a failure to read the
+    # records themselves still stops the stream (rather than spinning
+    # forever on an endless stream of errors).
+    def decode_or_drop(index: tf.Tensor, record: Any) -> tf.data.Dataset:
+      one = tf.data.Dataset.from_tensors((index, record))
+      return one.map(decode).ignore_errors()
+
+    ds = ds.interleave(decode_or_drop, cycle_length=_DECODE_CYCLE_LENGTH,
+                       block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
+  else:
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   if augment_fn is not None:
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
@@ -359,10 +372,3 @@ def evaluation_batches(
   ds = ds.map(_reshape_fn(batch_dims)).prefetch(tf.data.AUTOTUNE)
   ds = ds.with_options(dataset_options(threadpool_size))
   return BatchIterator(ds)
-
-
-def pass_through(features: Mapping[str, tf.Tensor], seed: tf.Tensor
-                 ) -> Features:
-  """An `ExampleFn` that changes nothing (for tests and simple loaders)."""
-  del seed
-  return dict(features)
