@@ -110,15 +110,22 @@ def test_training_with_real_jpegs_skips_and_counts_corrupt_ones():
   assert iterator.num_skipped == 6
 
 
-def test_read_errors_are_not_swallowed():
-  def unreadable(epoch_seed):
-    del epoch_seed
-    return tf.data.TFRecordDataset(['/nonexistent/file.tfrecord'])
+def test_read_errors_are_not_swallowed(tmp_path):
+  # A TFRecord file cut short: reading it fails with DataLossError, which
+  # must stop the stream, not be skipped like a corrupt JPEG.
+  path = str(tmp_path / 'cut.tfrecord')
+  with tf.io.TFRecordWriter(path) as writer:
+    for i in range(4):
+      writer.write(b'record %d' % i)
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(data[:-7])
 
   iterator = pipeline.training_batches(
-      unreadable, num_examples=3, batch_dims=(2,),
-      decode_fn=lambda r, s: {'x': r})
-  with pytest.raises(tf.errors.NotFoundError):
+      lambda epoch_seed: tf.data.TFRecordDataset([path]), num_examples=4,
+      batch_dims=(4,), decode_fn=lambda r, s: {'x': r}, shuffle_buffer=1)
+  with pytest.raises(tf.errors.DataLossError):
     next(iterator)
 
 
