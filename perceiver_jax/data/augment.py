@@ -350,18 +350,25 @@ def rand_augment(image: tf.Tensor, seed: tf.Tensor, *, num_layers: int,
   level = magnitude / 10.0
   seeds = tf.random.experimental.stateless_split(seed, num_layers)
   names = [name for name, _ in RANDAUGMENT_OPS]
-  for layer in range(num_layers):
+
+  def layer(i: tf.Tensor, image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     op_seed, sign_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seeds[layer], 2))
+        tf.random.experimental.stateless_split(seeds[i], 2))
     index = tf.random.stateless_uniform(
         [], seed=op_seed, minval=0, maxval=len(names), dtype=tf.int32)
     sign = tf.where(tf.random.stateless_uniform([], seed=sign_seed) < 0.5,
                     -1.0, 1.0)
     signed_level = sign * level
     branches = [
-        (lambda name=name, im=image: apply_randaugment_op(
-            im, name, signed_level)) for name in names]
-    image = tf.ensure_shape(tf.switch_case(index, branches), image.shape)
+        (lambda name=name: apply_randaugment_op(image, name, signed_level))
+        for name in names]
+    return i + 1, tf.ensure_shape(tf.switch_case(index, branches),
+                                  image.shape)
+
+  # A loop rather than `num_layers` copies of the 14 branches: the graph
+  # (and its tracing time inside tf.data) stays that of one layer.
+  _, image = tf.while_loop(lambda i, _: i < num_layers, layer,
+                           (tf.constant(0), image))
   return image
 
 

@@ -29,8 +29,9 @@ mock_num_examples (default 20) and threadpool_size (default 0: all cores).
 """
 
 import argparse
+import functools
 import os
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -137,7 +138,7 @@ class Source:
                                    process_count), total_examples)
 
 
-def _tfds_source(builder: tfds.core.DatasetBuilder, split: str,
+def tfds_source(builder: tfds.core.DatasetBuilder, split: str,
                  process_index: int, process_count: int) -> Source:
   """Reads this host's slice of a prepared split straight from its files."""
   try:
@@ -197,7 +198,7 @@ def _source(split: str, config: ml_collections.ConfigDict,
             process_index: int, process_count: int) -> Source:
   if config.get('mock', False):
     return _mock_source(split, config, process_index, process_count)
-  return _tfds_source(_prepared_builder(config), split, process_index,
+  return tfds_source(_prepared_builder(config), split, process_index,
                       process_count)
 
 
@@ -207,6 +208,22 @@ def _image_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
     raise ValueError(f'config.image_shape must be (height, width), got '
                      f'{config.image_shape!r}.')
   return shape
+
+
+@functools.lru_cache(maxsize=8)
+def _traced_train_augment(image_shape: tuple[int, int], layers: int,
+                          magnitude: float) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+  """`augment.train_augment` as a tf.function traced once per process.
+
+  RandAugment's graph takes seconds to trace; tf.data would trace it anew
+  for every `load` (training and evaluation loaders, restarts, tests).
+  """
+  return tf.function(
+      lambda image, seed: augment.train_augment(
+          image, seed, randaugment_layers=layers,
+          randaugment_magnitude=magnitude),
+      input_signature=(tf.TensorSpec([*image_shape, 3], tf.uint8),
+                       tf.TensorSpec([2], tf.int64)))
 
 
 def training_batches(source: Source, config: ml_collections.ConfigDict, *,
@@ -230,10 +247,11 @@ def training_batches(source: Source, config: ml_collections.ConfigDict, *,
                                         image_shape=image_shape),
             'label': tf.cast(record['label'], tf.int32)}
 
+  augment_image = _traced_train_augment(image_shape, layers, magnitude)
+
   def augment_fn(features, seed_):
-    return {'image': augment.train_augment(
-        features['image'], seed_, randaugment_layers=layers,
-        randaugment_magnitude=magnitude), 'label': features['label']}
+    return {'image': augment_image(features['image'], seed_),
+            'label': features['label']}
 
   batch_fn = None
   if mixup_alpha > 0 or cutmix_alpha > 0:
