@@ -16,11 +16,7 @@ import tensorflow_datasets as tfds
 
 from configs import imagenet as imagenet_config
 from perceiver_jax.data import imagenet
-from perceiver_jax.data import pipeline
 import jpeg_fixtures
-
-# TFDS's dataset preparation imports it (see the report on requirements).
-pytest.importorskip('importlib_resources')
 
 NUM_TRAIN = 9  # 3 classes x 3 images.
 NUM_VAL = 7
@@ -28,6 +24,9 @@ NUM_VAL = 7
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
+  # TFDS's dataset preparation imports this package, which TFDS does not
+  # declare as a dependency.
+  pytest.importorskip('importlib_resources')
   root = tmp_path_factory.mktemp('imagenet')
   manual = os.path.join(root, 'manual')
   jpeg_fixtures.write_manual_download(manual, train_per_class=3,

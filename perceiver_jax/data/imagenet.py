@@ -129,9 +129,14 @@ class Source:
   def from_records(cls, records: tf.data.Dataset, total_examples: int, *,
                    process_index: int = 0, process_count: int = 1
                    ) -> 'Source':
-    """A source over a whole split's `records` ({'image': JPEG bytes,
-    'label': int}), host `process_index` keeping every
-    `process_count`-th record."""
+    """A source over in-memory or generated records of a whole split.
+
+    Args:
+      records: {'image': JPEG bytes, 'label': int} examples, finite.
+      total_examples: how many `records` holds.
+      process_index, process_count: this host keeps every
+        `process_count`-th record, starting at `process_index`.
+    """
     records = records.shard(process_count, process_index).map(_select)
     return cls(lambda epoch_seed: records, records,
                pipeline.shard_size(total_examples, process_index,
@@ -211,8 +216,9 @@ def _image_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=8)
-def _traced_train_augment(image_shape: tuple[int, int], layers: int,
-                          magnitude: float) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+def _traced_train_augment(
+    image_shape: tuple[int, int], layers: int, magnitude: float
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
   """`augment.train_augment` as a tf.function traced once per process.
 
   RandAugment's graph takes seconds to trace; tf.data would trace it anew
