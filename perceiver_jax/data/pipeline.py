@@ -1,7 +1,7 @@
 """tf.data plumbing shared by the TFDS-based loaders.
 
 A loader supplies its records and its per-example functions; this module
-does the rest the data API asks for (see `perceiver_jax/data/__init__.py`):
+does the rest the data API (`load` / `num_examples`) asks for:
 host sharding, endless seeded training streams that can start at any step,
 evaluation passes that see every example once with padded final batches,
 reshaping to `batch_dims` and conversion to numpy with prefetch.
