@@ -61,6 +61,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       mock_num_examples=20,
       threadpool_size=0,  # tf.data threads; 0: all cores.
   ))
+  if args['mock']:
+    # Epochs (and so the step schedule) are those of the mock data.
+    config.data.num_train_examples = config.data.get_ref('mock_num_examples')
   config.model = common.perceiver_model()
   config.model.input = common.grid_input(
       key='image', index_dims=config.data.get_ref('image_shape'),
