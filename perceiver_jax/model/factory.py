@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Optional
 
 import haiku as hk
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from perceiver_jax.model import adapters
@@ -76,6 +77,49 @@ class _GridInput:
 ADAPTER_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     'grid': _GridInput,
 }
+
+
+def _grid_example_batch(input_config: Mapping[str, Any],
+                        batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  shape = (batch_size, *(int(n) for n in input_config['index_dims']),
+           int(input_config['raw_channels']))
+  return {input_config['key']: jax.ShapeDtypeStruct(shape, jnp.float32)}
+
+
+# Adapter type -> function (input_config, batch_size) -> the shapes and dtypes
+# of the batch entries the adapter reads. Register one per adapter type, next
+# to its `ADAPTER_BUILDERS` entry.
+EXAMPLE_BATCH_BUILDERS: dict[
+    str, Callable[[Mapping[str, Any], int], dict[str, jax.ShapeDtypeStruct]]
+] = {
+    'grid': _grid_example_batch,
+}
+
+
+def example_batch(input_config: Mapping[str, Any],
+                  batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of a batch that the adapter of `input_config` accepts.
+
+  For `jax.eval_shape` (initialise without computing) and for lowering the
+  forward pass (FLOP counts) without any data. For type 'grid':
+  `{key: ShapeDtypeStruct([batch_size, *index_dims, raw_channels], float32)}`.
+
+  Args:
+    input_config: `config.model.input`.
+    batch_size: leading dimension of every entry.
+
+  Returns:
+    Batch key -> `jax.ShapeDtypeStruct`.
+  """
+  if (isinstance(batch_size, bool) or not isinstance(batch_size, int) or
+      batch_size < 1):
+    raise ValueError(f'batch_size must be a positive integer, got '
+                     f'{batch_size!r}.')
+  kind = input_config.get('type')
+  if kind not in EXAMPLE_BATCH_BUILDERS:
+    raise ValueError(f'config.model.input.type must be one of '
+                     f'{sorted(EXAMPLE_BATCH_BUILDERS)}, got {kind!r}.')
+  return EXAMPLE_BATCH_BUILDERS[kind](input_config, batch_size)
 
 
 def make_adapter(input_config: Mapping[str, Any]):
