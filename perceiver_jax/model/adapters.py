@@ -51,7 +51,8 @@ class GridAdapter(hk.Module):
       name: module name.
     """
     super().__init__(name=name)
-    self._index_dims = tuple(int(n) for n in index_dims)
+    # Validated, not cast: int() would silently truncate a size of 2.5.
+    self._index_dims = pe.check_index_dims(index_dims)
     if position_encoding not in POSITION_ENCODINGS:
       raise ValueError(f'position_encoding must be one of '
                        f'{POSITION_ENCODINGS}, got {position_encoding!r}.')
