@@ -32,13 +32,6 @@ import numpy as np
 from perceiver_jax.model import factory
 from perceiver_jax.model import perceiver
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/digits.py', 'The experiment config file.',
-    lock_config=True)
-_DETAIL = flags.DEFINE_bool(
-    'detail', False, 'Also list every parameter array with its shape.')
-
-
 def group_name(module: str, name: str) -> str:
   """The table row of parameter `module/name`.
 
@@ -194,21 +187,40 @@ def format_table(summary: Mapping[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
-  summary = summarize(_CONFIG.value)
+def report(config: ml_collections.ConfigDict, *, detail: bool = False) -> dict[
+    str, Any]:
+  """Prints the table (every parameter too if `detail`), then the JSON line.
+
+  Returns:
+    The JSON line's contents.
+  """
+  summary = summarize(config)
   print(format_table(summary))
-  if _DETAIL.value:
+  if detail:
     print()
     for name, shape in summary['param_list']:
       print(f'{name}  {list(shape)}')
-  print(json.dumps(dict(
+  result = dict(
       params=summary['params'],
       flops_per_example=summary['flops_per_example'],
       flops_per_example_with_kv_reuse=summary[
-          'flops_per_example_with_kv_reuse'])))
+          'flops_per_example_with_kv_reuse'])
+  print(json.dumps(result), flush=True)
+  return result
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  report(flags.FLAGS.config, detail=flags.FLAGS.detail)
 
 
 if __name__ == '__main__':
+  # Flags are defined here, not on import, so that other programs and tests
+  # can import `summarize` and `report` next to their own `--config` flag.
+  config_flags.DEFINE_config_file(
+      'config', 'configs/digits.py', 'The experiment config file.',
+      lock_config=True)
+  flags.DEFINE_bool('detail', False,
+                    'Also list every parameter array with its shape.')
   app.run(main)

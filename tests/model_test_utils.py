@@ -151,3 +151,31 @@ def np_classifier(params, x, steps: list[str], *, num_layers: int,
             params, f'perceiver/latent_transformer_{weight_set}/'
             f'self_attend_{i}', z, self_heads)
   return np_linear(params['classification_head/logits'], z.mean(axis=1))
+
+
+# Parameter counts by hand (PAPER.md section 1): every Linear has a bias,
+# every LayerNorm a scale and an offset.
+
+
+def linear_params(fan_in: int, fan_out: int) -> int:
+  return fan_in * fan_out + fan_out  # Weights and bias.
+
+
+def layer_norm_params(channels: int) -> int:
+  return 2 * channels  # Scale and offset.
+
+
+def cross_attend_params(c: int, d: int, w: int = 1) -> int:
+  """Q/K/V of width C (inputs C, latents D), output back to D, MLP on D."""
+  return (layer_norm_params(c) + layer_norm_params(d) +  # inputs, latents
+          linear_params(d, c) + 2 * linear_params(c, c) +  # Q; K and V
+          linear_params(c, d) +  # output
+          layer_norm_params(d) + linear_params(d, w * d) +
+          linear_params(w * d, d))  # MLP
+
+
+def self_attend_params(d: int, w: int = 1) -> int:
+  """Q/K/V/output of width D, MLP on D."""
+  return (layer_norm_params(d) + 4 * linear_params(d, d) +
+          layer_norm_params(d) + linear_params(d, w * d) +
+          linear_params(w * d, d))

@@ -17,28 +17,9 @@ from configs import digits
 from configs import imagenet
 from perceiver_jax.model import factory
 from perceiver_jax.model import position_encoding as pe
-
-
-def linear(fan_in, fan_out):
-  return fan_in * fan_out + fan_out  # Weights and bias.
-
-
-def layer_norm(channels):
-  return 2 * channels  # Scale and offset.
-
-
-def cross_attend(c, d, w=1):
-  """Q/K/V of width C (inputs C, latents D), output back to D, MLP on D."""
-  return (layer_norm(c) + layer_norm(d) +  # input_norm, query_norm
-          linear(d, c) + linear(c, c) + linear(c, c) +  # query, key, value
-          linear(c, d) +  # output
-          layer_norm(d) + linear(d, w * d) + linear(w * d, d))  # MLP
-
-
-def self_attend(d, w=1):
-  """Q/K/V/output of width D, MLP on D."""
-  return (layer_norm(d) + 4 * linear(d, d) +
-          layer_norm(d) + linear(d, w * d) + linear(w * d, d))
+from model_test_utils import cross_attend_params as cross_attend
+from model_test_utils import linear_params as linear
+from model_test_utils import self_attend_params as self_attend
 
 
 # ImageNet: 3 RGB channels + 2 axes * (2 * 64 bands + 1) = 261 channels.
