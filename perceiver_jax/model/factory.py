@@ -13,6 +13,7 @@
 Each modality registers its adapter builder in `ADAPTER_BUILDERS`.
 """
 
+import copy
 from typing import Any, Callable, Mapping, Optional
 
 import haiku as hk
@@ -139,9 +140,12 @@ def classifier_forward(model_config: Mapping[str, Any],
   `perceiver/...` and `classification_head/...`).
   """
   encoder_kwargs = perceiver.encoder_kwargs(model_config)
+  # A snapshot, like the encoder's arguments: the forward function must not
+  # change when the caller later edits its config (e.g. to build a variant).
+  input_config = copy.deepcopy(model_config['input'])
 
   def forward(batch: Batch, *, is_training: bool) -> jax.Array:
-    adapter = make_adapter(model_config['input'])
+    adapter = make_adapter(input_config)
     inputs, mask = adapter(batch, is_training=is_training)
     classifier = perceiver.PerceiverClassifier(
         num_classes, input_channels=adapter.num_channels, **encoder_kwargs)
