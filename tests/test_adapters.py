@@ -142,11 +142,9 @@ def re_shape(shape):
 
 def test_permuted_pixels_with_their_features_leave_logits_unchanged():
   """The whole classifier (digits config): permutation_seed on and off."""
-  config = digits.get_config('runlocal')
-  model_config = config.model
-  plain = factory.transform_classifier(model_config, 10)
-  with model_config.unlocked():
-    model_config.input.permutation_seed = 7
+  plain = factory.transform_classifier(digits.get_config('runlocal').model, 10)
+  model_config = digits.get_config('runlocal').model
+  model_config.input.permutation_seed = 7
   permuted = factory.transform_classifier(model_config, 10)
   batch = {'image': image((2, 8, 8, 1), seed=1)}
   shapes = jax.eval_shape(lambda b: plain.init(jax.random.PRNGKey(0), b,

@@ -141,6 +141,19 @@ def test_classifier_forward_shapes_and_bad_batches():
     jax.eval_shape(init, jax.random.PRNGKey(0), wrong_grid)
 
 
+def test_forward_does_not_follow_later_config_edits():
+  config = digits.get_config('runlocal')
+  model = factory.transform_classifier(config.model, 10)
+  config.model.input.num_bands = 2  # After building: must not matter.
+  config.model.num_latents = 3
+  params = jax.eval_shape(functools.partial(model.init, is_training=False),
+                          jax.random.PRNGKey(0),
+                          factory.example_batch(config.model.input, 1))
+  assert params['perceiver/cross_attend_0/input_norm']['scale'].shape == (
+      1 + 2 * (2 * 4 + 1),)
+  assert params['perceiver']['latents'].shape == (8, 16)
+
+
 @pytest.mark.parametrize('field, value, match', [
     ('dropout', float('nan'), 'config.model.dropout.*nan'),
     ('dropout', float('inf'), 'config.model.dropout.*inf'),
