@@ -27,10 +27,14 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 import ml_collections
-import numpy as np
 
 from perceiver_jax.model import factory
 from perceiver_jax.model import perceiver
+
+_SCHEDULE_FIELDS = ('num_blocks', 'num_self_attends_per_block',
+                    'num_cross_attends', 'cross_attend_placement',
+                    'share_weights')
+
 
 def group_name(module: str, name: str) -> str:
   """The table row of parameter `module/name`.
@@ -52,15 +56,9 @@ def _shape_summary(shapes: list[tuple[int, ...]]) -> str:
   return ' '.join(f'{counts[s]}x[{",".join(map(str, s))}]' for s in ordered)
 
 
-def _step_uses(model_config: Mapping[str, Any]) -> dict[str, int]:
-  """How many schedule steps use each encoder weight set (by row name)."""
+def _schedule(model_config: Mapping[str, Any]) -> list[perceiver.Step]:
   kwargs = perceiver.encoder_kwargs(model_config)
-  steps = perceiver.schedule(**{
-      k: kwargs[k] for k in ('num_blocks', 'num_self_attends_per_block',
-                             'num_cross_attends', 'cross_attend_placement',
-                             'share_weights')})
-  return dict(collections.Counter(
-      f'perceiver/{step.kind}_{step.weight_set}' for step in steps))
+  return perceiver.schedule(**{k: kwargs[k] for k in _SCHEDULE_FIELDS})
 
 
 def _forward_flops(apply: Callable[..., Any], params_shapes: Any,
@@ -98,14 +96,12 @@ def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
     with model_config.unlocked():
       model_config.reuse_shared_keys_values = reuse
     model = factory.transform_classifier(model_config, num_classes)
-    shapes = jax.eval_shape(
-        functools.partial(model.init, is_training=False),
-        jax.random.PRNGKey(0), batch_shapes)
     if params_shapes is None:
-      params_shapes = shapes
-    elif jax.tree.structure(shapes) != jax.tree.structure(params_shapes):
-      raise RuntimeError('K/V reuse changed the parameter tree.')
-    flops[reuse] = _forward_flops(model.apply, shapes, batch_shapes)
+      # K/V reuse changes the computation, not the parameters.
+      params_shapes = jax.eval_shape(
+          functools.partial(model.init, is_training=False),
+          jax.random.PRNGKey(0), batch_shapes)
+    flops[reuse] = _forward_flops(model.apply, params_shapes, batch_shapes)
 
   groups: dict[str, tuple[int, list[tuple[int, ...]]]] = {}
   for module, name, leaf in _iter_params(params_shapes):
@@ -113,17 +109,14 @@ def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
     count, shapes = groups.get(row, (0, []))
     groups[row] = (count + math.prod(leaf.shape), shapes + [leaf.shape])
   groups = {row: groups[row] for row in sorted(groups, key=_row_order)}
-  kwargs = perceiver.encoder_kwargs(model_config)
-  steps = perceiver.schedule(**{
-      k: kwargs[k] for k in ('num_blocks', 'num_self_attends_per_block',
-                             'num_cross_attends', 'cross_attend_placement',
-                             'share_weights')})
+  steps = _schedule(model_config)
   return dict(
       params=sum(count for count, _ in groups.values()),
       flops_per_example=flops[False],
       flops_per_example_with_kv_reuse=flops[True],
       groups=groups,
-      uses=_step_uses(model_config),
+      uses=dict(collections.Counter(
+          f'perceiver/{step.kind}_{step.weight_set}' for step in steps)),
       steps=steps,
       input_shape=tuple(next(iter(batch_shapes.values())).shape[1:]),
       param_list=[(f'{m}/{n}', tuple(leaf.shape))
