@@ -35,15 +35,16 @@ def _run(input_config, batch, *, is_training=False, seed=0):
 def _shapes(input_config, batch_size=2):
   """Output shapes and C via eval_shape (no big arrays computed)."""
   fn = _adapter_fn(input_config)
-  batch = factory.av_example_batch(input_config, batch_size)
-  params = jax.eval_shape(lambda: fn.init(jax.random.key(0), batch, True))
+  batch = factory.example_batch(input_config, batch_size)
+  params = jax.eval_shape(lambda b: fn.init(jax.random.key(0), b, True),
+                          batch)
   channels = []
 
-  def apply(p):
-    inputs, mask, c = fn.apply(p, jax.random.key(1), batch, True)
+  def apply(p, b):
+    inputs, mask, c = fn.apply(p, jax.random.key(1), b, True)
     channels.append(c)
     return inputs, mask
-  inputs, mask = jax.eval_shape(apply, params)
+  inputs, mask = jax.eval_shape(apply, params, batch)
   return inputs.shape, None if mask is None else mask.shape, channels[0]
 
 
@@ -67,13 +68,13 @@ def test_paper_token_counts():
 
 
 def test_example_batch_shapes():
-  batch = factory.av_example_batch(
+  batch = factory.example_batch(
       dict(type='audio_video', audio=MEL, video=VIDEO), 3)
   assert {k: v.shape for k, v in batch.items()} == {
       'mel': (3, 96, 50), 'video': (3, 32, 224, 224, 3)}
-  assert factory.av_example_batch(RAW, 1)['audio'].shape == (1, 61_440)
-  with pytest.raises(ValueError, match='av_example_batch'):
-    factory.av_example_batch(dict(type='grid'), 1)
+  assert factory.example_batch(RAW, 1)['audio'].shape == (1, 61_440)
+  with pytest.raises(ValueError, match="'points'"):
+    factory.example_batch(dict(type='points'), 1)
 
 
 def test_raw_audio_patches_and_time_features():

@@ -57,7 +57,8 @@ class GridAdapter(hk.Module):
       name: module name.
     """
     super().__init__(name=name)
-    self._index_dims = tuple(int(n) for n in index_dims)
+    # Validated, not cast: int() would silently truncate a size of 2.5.
+    self._index_dims = pe.check_index_dims(index_dims)
     if position_encoding not in POSITION_ENCODINGS:
       raise ValueError(f'position_encoding must be one of '
                        f'{POSITION_ENCODINGS}, got {position_encoding!r}.')
@@ -71,11 +72,15 @@ class GridAdapter(hk.Module):
     self._learned_init_scale = learned_position_init_scale
     if permutation is not None:
       permutation = np.asarray(permutation)
-      if sorted(permutation.tolist()) != list(range(self._num_positions)):
+      # Integer indices only: floats equal to 0..M-1 would pass the check
+      # below but fail as indices, and booleans would act as a mask.
+      if (permutation.ndim != 1 or
+          not np.issubdtype(permutation.dtype, np.integer) or
+          sorted(permutation.tolist()) != list(range(self._num_positions))):
         raise ValueError(
             f'permutation must be a permutation of range({self._num_positions})'
-            f' (the grid {self._index_dims}), got an array of shape '
-            f'{permutation.shape}.')
+            f' (the grid {self._index_dims}) as integers, got an array of '
+            f'shape {permutation.shape} and dtype {permutation.dtype}.')
     self._permutation = permutation
 
   @property

@@ -15,10 +15,12 @@
 Each modality registers its adapter builder in `ADAPTER_BUILDERS`.
 """
 
+import copy
 from typing import Any, Callable, Mapping, Optional
 
 import haiku as hk
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from perceiver_jax.model import adapters
@@ -236,6 +238,19 @@ ADAPTER_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
 }
 
 
+def _grid_example_batch(input_config: Mapping[str, Any],
+                        batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  shape = (batch_size, *(int(n) for n in input_config['index_dims']),
+           int(input_config['raw_channels']))
+  return {input_config['key']: jax.ShapeDtypeStruct(shape, jnp.float32)}
+
+
+def _entries(batch_size: int, shapes: Mapping[str, tuple[int, ...]]
+             ) -> dict[str, jax.ShapeDtypeStruct]:
+  return {key: jax.ShapeDtypeStruct((batch_size, *shape), jnp.float32)
+          for key, shape in shapes.items()}
+
+
 def _raw_audio_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   return {c.get('key', 'audio'): (int(c['num_samples']),)}
 
@@ -254,28 +269,44 @@ def _audio_video_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   return {**audio, **_video_shapes(c['video'])}
 
 
-# Per-example shapes of the batch entries each audio/video adapter reads.
-_AV_EXAMPLE_SHAPES = {
-    'raw_audio': _raw_audio_shapes,
-    'mel': _mel_shapes,
-    'video': _video_shapes,
-    'audio_video': _audio_video_shapes,
+# Adapter type -> function (input_config, batch_size) -> the shapes and dtypes
+# of the batch entries the adapter reads. Register one per adapter type, next
+# to its `ADAPTER_BUILDERS` entry.
+EXAMPLE_BATCH_BUILDERS: dict[
+    str, Callable[[Mapping[str, Any], int], dict[str, jax.ShapeDtypeStruct]]
+] = {
+    'grid': _grid_example_batch,
+    'raw_audio': lambda c, b: _entries(b, _raw_audio_shapes(c)),
+    'mel': lambda c, b: _entries(b, _mel_shapes(c)),
+    'video': lambda c, b: _entries(b, _video_shapes(c)),
+    'audio_video': lambda c, b: _entries(b, _audio_video_shapes(c)),
 }
 
 
-def av_example_batch(input_config: Mapping[str, Any],
-                     batch_size: int) -> dict[str, np.ndarray]:
-  """Zero float32 inputs `{key: [batch_size, *shape]}` for an AV adapter.
+def example_batch(input_config: Mapping[str, Any],
+                  batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of a batch that the adapter of `input_config` accepts.
 
-  For the types 'raw_audio', 'mel', 'video' and 'audio_video' (e.g. to
-  `init` a model or `eval_shape` it without data).
+  For `jax.eval_shape` (initialise without computing) and for lowering the
+  forward pass (FLOP counts) without any data. For type 'grid':
+  `{key: ShapeDtypeStruct([batch_size, *index_dims, raw_channels], float32)}`.
+
+  Args:
+    input_config: `config.model.input`.
+    batch_size: leading dimension of every entry.
+
+  Returns:
+    Batch key -> `jax.ShapeDtypeStruct`.
   """
+  if (isinstance(batch_size, bool) or not isinstance(batch_size, int) or
+      batch_size < 1):
+    raise ValueError(f'batch_size must be a positive integer, got '
+                     f'{batch_size!r}.')
   kind = input_config.get('type')
-  if kind not in _AV_EXAMPLE_SHAPES:
-    raise ValueError(f'av_example_batch handles {sorted(_AV_EXAMPLE_SHAPES)}'
-                     f', got type {kind!r}.')
-  return {key: np.zeros((batch_size, *shape), np.float32)
-          for key, shape in _AV_EXAMPLE_SHAPES[kind](input_config).items()}
+  if kind not in EXAMPLE_BATCH_BUILDERS:
+    raise ValueError(f'config.model.input.type must be one of '
+                     f'{sorted(EXAMPLE_BATCH_BUILDERS)}, got {kind!r}.')
+  return EXAMPLE_BATCH_BUILDERS[kind](input_config, batch_size)
 
 
 def make_adapter(input_config: Mapping[str, Any]):
@@ -295,9 +326,12 @@ def classifier_forward(model_config: Mapping[str, Any],
   `perceiver/...` and `classification_head/...`).
   """
   encoder_kwargs = perceiver.encoder_kwargs(model_config)
+  # A snapshot, like the encoder's arguments: the forward function must not
+  # change when the caller later edits its config (e.g. to build a variant).
+  input_config = copy.deepcopy(model_config['input'])
 
   def forward(batch: Batch, *, is_training: bool) -> jax.Array:
-    adapter = make_adapter(model_config['input'])
+    adapter = make_adapter(input_config)
     inputs, mask = adapter(batch, is_training=is_training)
     classifier = perceiver.PerceiverClassifier(
         num_classes, input_channels=adapter.num_channels, **encoder_kwargs)

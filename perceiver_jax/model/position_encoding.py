@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _check_index_dims(index_dims: Sequence[int]) -> tuple[int, ...]:
+def check_index_dims(index_dims: Sequence[int]) -> tuple[int, ...]:
+  """Returns `index_dims` as a tuple of ints; raises unless all positive."""
   index_dims = tuple(index_dims)
   if not index_dims or any(
       isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1
@@ -39,7 +40,7 @@ def grid_positions(index_dims: Sequence[int]) -> np.ndarray:
     row-major ('C') order of the grid ('ij' indexing), the same order in
     which a `[*index_dims, C]` array flattens.
   """
-  index_dims = _check_index_dims(index_dims)
+  index_dims = check_index_dims(index_dims)
   axes = [np.linspace(-1.0, 1.0, n, dtype=np.float64) for n in index_dims]
   grid = np.stack(np.meshgrid(*axes, indexing='ij'), axis=-1)
   return grid.reshape(-1, len(index_dims)).astype(np.float32)
@@ -101,7 +102,7 @@ def fourier_grid_features(index_dims: Sequence[int], num_bands: int,
     num_bands: K.
     max_resolution: mu per axis; defaults to the grid size itself.
   """
-  index_dims = _check_index_dims(index_dims)
+  index_dims = check_index_dims(index_dims)
   if max_resolution is None:
     max_resolution = index_dims
   return fourier_features(grid_positions(index_dims), num_bands,

@@ -1,0 +1,312 @@
+"""Tests of perceiver_jax.model.attention against plain numpy references."""
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from perceiver_jax.model import attention
+from model_test_utils import f64
+from model_test_utils import jit
+from model_test_utils import np_attention
+from model_test_utils import np_cross_attend_block
+from model_test_utils import np_gelu_erf
+from model_test_utils import np_layer_norm
+from model_test_utils import np_linear
+from model_test_utils import np_mlp
+from model_test_utils import np_norm
+from model_test_utils import np_self_attend_layer
+from model_test_utils import random_params
+
+IMPLS = ('einsum', 'dot_product')
+
+
+def init_shapes(transformed, *args):
+  """Parameter shapes without compiling any initialiser."""
+  return jax.eval_shape(transformed.init, jax.random.PRNGKey(0), *args)
+
+
+# ----------------------------------------------------------------------------
+# scaled_dot_product_attention.
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_scaled_dot_product_attention_matches_numpy(impl):
+  rng = np.random.default_rng(1)
+  q = rng.standard_normal((2, 3, 2, 4)).astype(np.float32)
+  k = rng.standard_normal((2, 6, 2, 4)).astype(np.float32)
+  v = rng.standard_normal((2, 6, 2, 4)).astype(np.float32)
+  sdpa = jit(attention.scaled_dot_product_attention,
+             static_argnames='impl')
+  out = sdpa(q, k, v, impl=impl)
+  assert out.shape == (2, 3, 2, 4)
+  np.testing.assert_allclose(out, np_attention(f64(q), f64(k), f64(v)),
+                             atol=1e-5, rtol=1e-5)
+
+  mask = np.array([[1, 1, 0, 1, 0, 0], [0, 1, 1, 1, 1, 1]], bool)
+  masked = sdpa(q, k, v, key_mask=mask, impl=impl)
+  np.testing.assert_allclose(masked,
+                             np_attention(f64(q), f64(k), f64(v), mask),
+                             atol=1e-5, rtol=1e-5)
+  # Masked keys get no weight: their keys and values may hold anything (here
+  # huge numbers) without changing the result.
+  junk = 1e4 * rng.standard_normal(k.shape).astype(np.float32)
+  out2 = sdpa(
+      q, np.where(mask[..., None, None], k, junk),
+      np.where(mask[..., None, None], v, junk), key_mask=mask, impl=impl)
+  np.testing.assert_allclose(out2, masked, atol=1e-6)
+
+
+def test_einsum_supports_value_width_other_than_key_width():
+  rng = np.random.default_rng(2)
+  q = rng.standard_normal((1, 3, 2, 4)).astype(np.float32)
+  k = rng.standard_normal((1, 5, 2, 4)).astype(np.float32)
+  v = rng.standard_normal((1, 5, 2, 3)).astype(np.float32)
+  out = attention.scaled_dot_product_attention(q, k, v, impl='einsum')
+  np.testing.assert_allclose(out, np_attention(f64(q), f64(k), f64(v)),
+                             atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_attention_impl_raises():
+  x = jnp.zeros((1, 2, 1, 4))
+  with pytest.raises(ValueError, match="'flash'"):
+    attention.scaled_dot_product_attention(x, x, x, impl='flash')
+  f = hk.transform(lambda: attention.Attention(
+      num_heads=1, qk_channels=4, v_channels=4, output_channels=4,
+      impl='flash'))
+  with pytest.raises(ValueError, match="'flash'"):
+    f.init(None)
+
+
+# ----------------------------------------------------------------------------
+# Blocks against numpy, both implementations.
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_blocks_match_numpy(impl):
+  """A masked cross-attend (direct and through cached K/V), then a
+  self-attend layer with widening factor 2."""
+  mask = np.array([[1, 1, 1, 0, 1, 0, 1], [1, 0, 0, 1, 1, 1, 1]], bool)
+
+  def fn(z, x):
+    block = attention.CrossAttendBlock(input_channels=6, num_heads=2,
+                                       attention_impl=impl, name='cross')
+    direct = block(z, x, input_mask=mask, is_training=False)
+    cached = block(z, keys_values=block.keys_values(x), input_mask=mask,
+                   is_training=False)
+    layer = attention.SelfAttendLayer(num_heads=2, widening_factor=2,
+                                      attention_impl=impl, name='layer')
+    return direct, cached, layer(direct, is_training=False)
+
+  f = hk.transform(fn)
+  rng = np.random.default_rng(5)
+  z = rng.standard_normal((2, 4, 8)).astype(np.float32)
+  x = rng.standard_normal((2, 7, 6)).astype(np.float32)
+  shapes = init_shapes(f, z, x)
+  # Q/K/V width is the input width C = 6; the output goes back to D = 8.
+  assert shapes['cross/attention/query']['w'].shape == (8, 6)
+  assert shapes['cross/attention/key']['w'].shape == (6, 6)
+  assert shapes['cross/attention/value']['w'].shape == (6, 6)
+  assert shapes['cross/attention/output']['w'].shape == (6, 8)
+  assert shapes['layer/mlp/hidden']['w'].shape == (8, 16)
+  assert shapes['layer/attention/query']['w'].shape == (8, 8)
+  params = random_params(shapes, seed=6, scale=0.5)
+
+  direct, cached, layer_out = jit(f.apply)(params, None, z, x)
+  expected = np_cross_attend_block(params, 'cross', f64(z), f64(x), 2, mask)
+  np.testing.assert_allclose(direct, expected, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(cached, expected, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(
+      layer_out, np_self_attend_layer(params, 'layer', expected, heads=2),
+      atol=1e-4, rtol=1e-4)
+
+
+def test_layer_norms_of_a_block_match_numpy_with_eps_1e_5():
+  """Every LayerNorm inside a block, seen through an interceptor."""
+  names = []  # Filled while tracing.
+
+  def fn(z):
+    seen = []
+
+    def interceptor(next_f, args, kwargs, context):
+      out = next_f(*args, **kwargs)
+      if (isinstance(context.module, hk.LayerNorm) and
+          context.method_name == '__call__'):
+        names.append(context.module.module_name)
+        seen.append((args[0], out))
+      return out
+
+    with hk.intercept_methods(interceptor):
+      attention.SelfAttendLayer(num_heads=2, name='layer')(
+          z, is_training=False)
+    return seen
+
+  f = hk.transform(fn)
+  # A tiny spread (variance ~1e-6) makes eps matter: with eps 1e-5 the
+  # normalised values are ~0.3, with a much smaller eps they would be ~1.
+  rng = np.random.default_rng(7)
+  z = (1e-3 * rng.standard_normal((2, 3, 8)) + 2.0).astype(np.float32)
+  params = random_params(init_shapes(f, z), seed=8, scale=0.1)
+  names.clear()
+  seen = jit(f.apply)(params, None, z)
+  assert names == ['layer/attention_norm', 'layer/mlp_norm']
+  for name, (x, out) in zip(names, seen):
+    np.testing.assert_allclose(out, np_norm(params, name, f64(x)), atol=2e-4)
+  # The check can tell eps apart: eps 1e-6 would give a different answer.
+  x, out = seen[0]
+  other = np_layer_norm(f64(x), f64(params[names[0]]['scale']),
+                        f64(params[names[0]]['offset']), eps=1e-6)
+  assert np.abs(other - out).max() > 0.1
+  assert attention.LAYER_NORM_EPS == 1e-5
+
+
+def test_mlp_uses_tanh_gelu():
+  f = hk.transform(lambda x: attention.MLP(widening_factor=3, name='mlp')(
+      x, is_training=False))
+  x = (2.0 * np.random.default_rng(9).standard_normal((2, 5, 4))).astype(
+      np.float32)
+  params = random_params(init_shapes(f, x), seed=10, scale=1.0)
+  assert params['mlp/hidden']['w'].shape == (4, 12)
+  assert params['mlp/output']['w'].shape == (12, 4)
+  out = jit(f.apply)(params, None, x)
+  np.testing.assert_allclose(out, np_mlp(params, 'mlp', f64(x)),
+                             atol=1e-4, rtol=1e-4)
+  # The erf form differs by more than the tolerance on these inputs.
+  erf_out = np_linear(params['mlp/output'],
+                      np_gelu_erf(np_linear(params['mlp/hidden'], f64(x))))
+  assert np.abs(erf_out - np.asarray(out)).max() > 1e-3
+
+
+# ----------------------------------------------------------------------------
+# Initialisers.
+
+
+def test_linear_initialisers():
+  """VarianceScaling(1.0) fan-in truncated normal weights, zero biases."""
+  f = hk.transform(lambda x: attention.linear(300, 'proj')(x))
+  params = jit(f.init)(jax.random.PRNGKey(0), jnp.zeros((1, 400)))
+  w, b = np.asarray(params['proj']['w']), np.asarray(params['proj']['b'])
+  assert w.shape == (400, 300)
+  np.testing.assert_array_equal(b, np.zeros(300))
+  # Truncated at two (untruncated) standard deviations, rescaled so that the
+  # final standard deviation is sqrt(1 / fan_in) = 0.05.
+  assert abs(w.std() - 0.05) < 0.05 * 0.03
+  assert abs(w.mean()) < 1e-3
+  assert np.abs(w).max() <= 2 * 0.05 / 0.87962566 + 1e-6
+
+
+def test_block_parameters_start_as_the_paper_says():
+  f = hk.transform(lambda z, x: attention.CrossAttendBlock(
+      input_channels=6, name='cross')(z, x, is_training=False))
+  params = jit(f.init)(jax.random.PRNGKey(0), jnp.zeros((1, 4, 8)),
+                       jnp.zeros((1, 5, 6)))
+  assert sorted(params) == sorted(
+      ['cross/input_norm', 'cross/query_norm', 'cross/mlp_norm',
+       'cross/attention/query', 'cross/attention/key',
+       'cross/attention/value', 'cross/attention/output', 'cross/mlp/hidden',
+       'cross/mlp/output'])
+  for module, leaves in params.items():
+    if module.endswith('_norm'):
+      assert sorted(leaves) == ['offset', 'scale']
+      np.testing.assert_array_equal(leaves['scale'], 1.0, err_msg=module)
+      np.testing.assert_array_equal(leaves['offset'], 0.0, err_msg=module)
+    else:  # Every Linear has a bias, zero at the start.
+      assert sorted(leaves) == ['b', 'w']
+      np.testing.assert_array_equal(leaves['b'], 0.0, err_msg=module)
+      assert np.abs(leaves['w']).max() > 0, module
+
+
+# ----------------------------------------------------------------------------
+# Dropout.
+
+
+def test_dropout_acts_only_in_training():
+  def fn(z, is_training):
+    return attention.SelfAttendLayer(num_heads=2, dropout=0.5, name='layer')(
+        z, is_training=is_training)
+
+  f = hk.transform(fn)
+  z = np.random.default_rng(11).standard_normal((2, 4, 8)).astype(np.float32)
+  params = random_params(
+      init_shapes(hk.transform(lambda z: fn(z, False)), z), seed=12)
+  without_dropout = np_self_attend_layer(params, 'layer', f64(z), heads=2)
+  # Evaluation: no rng needed, the output of the layer without dropout.
+  apply = jit(f.apply, static_argnums=3)
+  np.testing.assert_allclose(apply(params, None, z, False), without_dropout,
+                             atol=1e-4, rtol=1e-4)
+  # Training: different, and different per rng.
+  out1 = apply(params, jax.random.PRNGKey(1), z, True)
+  out2 = apply(params, jax.random.PRNGKey(2), z, True)
+  assert np.abs(out1 - without_dropout).max() > 1e-2
+  assert np.abs(out1 - out2).max() > 1e-2
+
+
+def test_dot_product_impl_with_attention_dropout_matches_einsum():
+  """With dropout on, both implementations draw the same mask."""
+  rng = np.random.default_rng(13)
+  q, k, v = (rng.standard_normal((1, 3, 1, 4)).astype(np.float32)
+             for _ in range(3))
+  outs = []
+  for impl in IMPLS:
+    f = hk.transform(lambda: attention.scaled_dot_product_attention(
+        q, k, v, impl=impl, dropout_rate=0.5, is_training=True))  # pylint: disable=cell-var-from-loop
+    outs.append(jit(f.apply)({}, jax.random.PRNGKey(3)))
+  np.testing.assert_allclose(outs[0], outs[1], atol=1e-6)
+  assert np.abs(outs[0] - np_attention(f64(q), f64(k), f64(v))).max() > 1e-3
+
+
+# ----------------------------------------------------------------------------
+# Bad configurations and inputs.
+
+
+def build(fn, *args):
+  """Runs `fn` inside a Haiku transform (modules are built only there)."""
+  return hk.transform(lambda: fn()).init(None, *args)  # pylint: disable=unnecessary-lambda
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_heads=3, qk_channels=8, v_channels=9), 'qk_channels=8'),
+    (dict(num_heads=3, qk_channels=9, v_channels=8), 'v_channels=8'),
+    (dict(num_heads=0, qk_channels=8, v_channels=8), 'num_heads.* 0'),
+])
+def test_attention_rejects_heads_that_do_not_divide(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    build(lambda: attention.Attention(output_channels=4, **kwargs))
+
+
+def test_cross_attend_rejects_bad_heads_and_channels():
+  with pytest.raises(ValueError, match='num_cross_heads=2.*7'):
+    build(lambda: attention.CrossAttendBlock(input_channels=7, num_heads=2))
+  f = hk.transform(lambda z, x: attention.CrossAttendBlock(
+      input_channels=6)(z, x, is_training=False))
+  with pytest.raises(ValueError, match=r'\(1, 5, 7\).*6 input channels'):
+    jax.eval_shape(f.init, jax.random.PRNGKey(0), jnp.zeros((1, 4, 8)),
+                   jnp.zeros((1, 5, 7)))
+  g = hk.transform(lambda z: attention.CrossAttendBlock(input_channels=6)(
+      z, is_training=False))
+  with pytest.raises(ValueError, match='exactly one of inputs'):
+    jax.eval_shape(g.init, jax.random.PRNGKey(0), jnp.zeros((1, 4, 8)))
+
+
+def test_self_attend_rejects_heads_that_do_not_divide_latents():
+  f = hk.transform(lambda z: attention.SelfAttendLayer(num_heads=3)(
+      z, is_training=False))
+  with pytest.raises(ValueError, match='num_self_heads=3.*8'):
+    jax.eval_shape(f.init, jax.random.PRNGKey(0), jnp.zeros((1, 4, 8)))
+
+
+@pytest.mark.parametrize('value', [0, -1, 2.0, True, None, '4'])
+def test_non_positive_integers_are_named(value):
+  with pytest.raises(ValueError, match=f'widening_factor.*{value!r}'):
+    build(lambda: attention.MLP(widening_factor=value))
+  with pytest.raises(ValueError, match=f'num_layers|num_self_attends'):
+    build(lambda: attention.LatentTransformer(num_layers=value))
+
+
+@pytest.mark.parametrize('rate', [float('nan'), float('inf'), 1.0, -0.1])
+def test_non_finite_or_out_of_range_dropout_raises(rate):
+  with pytest.raises(ValueError, match=f'dropout.*{rate!r}'):
+    build(lambda: attention.SelfAttendLayer(dropout=rate))
+  with pytest.raises(ValueError, match=f'dropout.*{rate!r}'):
+    build(lambda: attention.CrossAttendBlock(input_channels=4, dropout=rate))
