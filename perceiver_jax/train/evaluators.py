@@ -109,9 +109,9 @@ class ClassificationEvaluator:
     totals = None
     for batch in _padded_to(self._batches(), self._num_batches()):
       sums = self._eval_step(params, parallel.shard(batch))
-      sums = jax.tree.map(lambda x: np.asarray(x[0], np.float64), sums)
+      sums = jax.tree.map(lambda x: float(x[0]), sums)
       totals = sums if totals is None else jax.tree.map(
-          np.add, totals, sums)
+          lambda a, b: a + b, totals, sums)
     count = totals['num_examples']
     if count == 0:
       raise ValueError(f'The {self.split!r} split has no examples to '
