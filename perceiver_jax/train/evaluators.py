@@ -174,7 +174,7 @@ class _ClipScores:
     for k, clip in enumerate(unique.tolist()):
       rows = inverse == k
       clip_labels = labels[rows]
-      first = self.labels.setdefault(clip, clip_labels[0])
+      first = self.labels.setdefault(clip, clip_labels[0].copy())
       if not np.all(clip_labels == first):
         raise ValueError(f'The windows of clip {clip} have different '
                          'labels; a clip has one label set.')
