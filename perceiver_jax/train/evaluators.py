@@ -4,17 +4,23 @@ Each evaluator is built once per run and has `run(params) -> {name: value}`,
 where `params` are replicated over the local devices. Every example of the
 split is counted exactly once: the data's last partial batch is padded and
 masked, and masked rows add nothing to any sum.
+
+- 'classification' (`ClassificationEvaluator`): top-1/top-5 accuracy.
+- 'multilabel_map' (`MultilabelMapEvaluator`): mean average precision over
+  classes, with the predictions of a clip's windows averaged (AudioSet).
 """
 
 import math
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from perceiver_jax.train import losses
+from perceiver_jax.train import metrics as metrics_lib
 from perceiver_jax.train import parallel
 
 Batch = Mapping[str, np.ndarray]
@@ -40,6 +46,29 @@ def _padded_to(batches: Iterator[Batch], num_batches: int) -> Iterator[Batch]:
     raise ValueError('The evaluation data yielded no batch on this host.')
   for _ in range(num_batches - count):
     yield {k: np.zeros_like(v) for k, v in last.items()}
+
+
+def examples_per_host(num_examples: int,
+                      max_examples: Optional[int] = None) -> int:
+  """The most examples one host evaluates (its share, rounded up)."""
+  if max_examples is not None:
+    num_examples = min(num_examples, max_examples)
+  return math.ceil(num_examples / jax.process_count())
+
+
+def num_batches(num_examples: int, *, max_examples: Optional[int],
+                batch_size: int, rows_per_example: int = 1) -> int:
+  """Evaluation batches every host runs (the longest host's count).
+
+  Args:
+    num_examples: examples in the split (all hosts).
+    max_examples: evaluate at most this many (None: all).
+    batch_size: rows per batch on this host.
+    rows_per_example: rows the data yields per example (e.g. AudioSet's 16
+      windows per clip).
+  """
+  per_host = examples_per_host(num_examples, max_examples)
+  return math.ceil(per_host * rows_per_example / batch_size)
 
 
 class ClassificationEvaluator:
@@ -77,12 +106,10 @@ class ClassificationEvaluator:
     self._eval_step = jax.pmap(eval_step, axis_name=parallel.AXIS)
 
   def _num_batches(self) -> int:
-    examples = self._data.num_examples(self.split, self._config.data)
-    max_examples = self._config.evaluator.get('max_examples')
-    if max_examples is not None:
-      examples = min(examples, max_examples)
-    per_host = math.ceil(examples / jax.process_count())
-    return math.ceil(per_host / int(np.prod(self._batch_dims)))
+    return num_batches(
+        self._data.num_examples(self.split, self._config.data),
+        max_examples=self._config.evaluator.get('max_examples'),
+        batch_size=int(np.prod(self._batch_dims)))
 
   def _batches(self) -> Iterator[Batch]:
     batches = self._data.load(self.split, is_training=False,
@@ -125,8 +152,227 @@ class ClassificationEvaluator:
     }
 
 
+def _gather_hosts(tree: Any) -> Any:
+  """Stacks every host's copy of `tree` (same shapes): leaves `[hosts, ...]`."""
+  if jax.process_count() == 1:
+    return jax.tree.map(lambda x: np.asarray(x)[None], tree)
+  return multihost_utils.process_allgather(tree, tiled=False)
+
+
+class _ClipScores:
+  """Sums of per-window probabilities per clip, on the host."""
+
+  def __init__(self):
+    self.sums: dict[int, np.ndarray] = {}  # clip -> float64 [K]
+    self.counts: dict[int, int] = {}
+    self.labels: dict[int, np.ndarray] = {}  # clip -> [K]
+
+  def add(self, clips: np.ndarray, probs: np.ndarray,
+          labels: np.ndarray) -> None:
+    """Adds windows: `clips [n]`, `probs [n, K]`, `labels [n, K]`."""
+    unique, inverse = np.unique(clips, return_inverse=True)
+    for k, clip in enumerate(unique.tolist()):
+      rows = inverse == k
+      clip_labels = labels[rows]
+      first = self.labels.setdefault(clip, clip_labels[0].copy())
+      if not np.all(clip_labels == first):
+        raise ValueError(f'The windows of clip {clip} have different '
+                         'labels; a clip has one label set.')
+      self.sums[clip] = self.sums.get(clip, 0.0) + probs[rows].sum(
+          axis=0, dtype=np.float64)
+      self.counts[clip] = self.counts.get(clip, 0) + int(rows.sum())
+
+
+class MultilabelMapEvaluator:
+  """mAP over classes with each clip's window predictions averaged.
+
+  For multi-label data (AudioSet): `batch['label']` is multi-hot
+  `[..., K]`, and each example (clip) arrives as `windows_per_clip`
+  consecutive rows that share `batch['clip_index']` (int, unique over all
+  hosts; rows with `mask` 0 are padding). A clip's score for a class is the
+  MEAN OF ITS WINDOWS' SIGMOID PROBABILITIES (the paper averages the
+  predictions of the 16 windows; averaging probabilities rather than logits
+  keeps one confident window from outvoting the rest without bound), and
+  `metrics.mean_average_precision` ranks clips per class.
+
+  `config.evaluator` fields: `split`, `windows_per_clip` (16 for AudioSet;
+  1 for data with one row per example, which then need no `clip_index`),
+  `max_examples` (a number of CLIPS: the first ones of each host's share).
+
+  `run(params)` returns
+  - 'map': mean over classes with a positive clip of their AP over clips,
+  - 'num_classes_without_positives': classes left out of that mean,
+  - 'num_examples': clips, 'num_windows': windows evaluated,
+  - 'loss': the mean per-window sigmoid cross-entropy (summed over classes,
+    the training loss).
+  Hosts evaluate disjoint clips; their per-clip scores are gathered so that
+  every host returns the same metrics over all clips.
+  """
+
+  def __init__(self, *, config: ml_collections.ConfigDict, apply_fn: ApplyFn,
+               data_module: Any, batch_dims: Sequence[int],
+               split: Optional[str] = None):
+    self._config = config
+    self._data = data_module
+    self._batch_dims = tuple(batch_dims)
+    self.split = split or config.evaluator.split
+    self._num_classes = config.data.num_classes
+    windows = config.evaluator.get('windows_per_clip', 1)
+    if isinstance(windows, bool) or not isinstance(windows, int) or (
+        windows < 1):
+      raise ValueError(f'config.evaluator.windows_per_clip must be a '
+                       f'positive integer, got {windows!r}.')
+    self._windows = windows
+
+    def eval_step(params, batch):
+      logits = apply_fn(params, None, batch, is_training=False)
+      loss = losses.per_example_loss(logits, batch['label'],
+                                     loss_type='sigmoid_xent')
+      return jax.nn.sigmoid(logits.astype(jnp.float32)), loss
+
+    self._eval_step = jax.pmap(eval_step, axis_name=parallel.AXIS)
+
+  def _max_clips(self) -> int:
+    """The most clips one host evaluates."""
+    return examples_per_host(
+        self._data.num_examples(self.split, self._config.data),
+        self._config.evaluator.get('max_examples'))
+
+  def _num_batches(self) -> int:
+    return num_batches(
+        self._data.num_examples(self.split, self._config.data),
+        max_examples=self._config.evaluator.get('max_examples'),
+        batch_size=int(np.prod(self._batch_dims)),
+        rows_per_example=self._windows)
+
+  def _batches(self) -> Iterator[Batch]:
+    """The data's batches, with `clip_index` and the clip budget applied."""
+    batches = self._data.load(self.split, is_training=False,
+                              batch_dims=self._batch_dims,
+                              config=self._config.data)
+    max_examples = self._config.evaluator.get('max_examples')
+    budget = None if max_examples is None else math.ceil(
+        max_examples / jax.process_count())
+    accepted: set[int] = set()
+    rows_seen = 0
+    for batch in batches:
+      batch = dict(batch)
+      mask = batch['mask'].reshape(-1) > 0
+      if 'clip_index' in batch:
+        clips = batch['clip_index'].reshape(-1).astype(np.int64)
+      elif self._windows == 1:
+        # One row per example: number real rows, uniquely over hosts.
+        order = rows_seen + np.cumsum(mask) - 1
+        clips = order * jax.process_count() + jax.process_index()
+        rows_seen += int(mask.sum())
+        batch['clip_index'] = clips.reshape(batch['mask'].shape)
+      else:
+        raise ValueError(f'windows_per_clip={self._windows} needs '
+                         "batch['clip_index'] to group windows into clips.")
+      if budget is None:
+        yield batch
+        continue
+      keep = np.zeros_like(mask)
+      rejected = False
+      for i in np.flatnonzero(mask):
+        clip = int(clips[i])
+        if clip not in accepted and len(accepted) < budget:
+          accepted.add(clip)
+        keep[i] = clip in accepted
+        rejected |= not keep[i]
+      if not keep.any():
+        return
+      batch['mask'] = (batch['mask'].reshape(-1) * keep).reshape(
+          batch['mask'].shape)
+      yield batch
+      if rejected:
+        # Windows of a clip are consecutive: every later row is a later
+        # clip, outside the budget.
+        return
+
+  def run(self, params: Any) -> dict[str, Any]:
+    """Evaluates replicated `params` on the split."""
+    scores = _ClipScores()
+    loss_sum = 0.0
+    num_windows = 0
+    for batch in _padded_to(self._batches(), self._num_batches()):
+      labels = batch['label']
+      if labels.shape != (*batch['mask'].shape, self._num_classes):
+        raise ValueError(
+            f"batch['label'] must be multi-hot [..., {self._num_classes}] "
+            f"matching batch['mask'] {batch['mask'].shape}, got "
+            f'{labels.shape}.')
+      # Every host runs every batch (the same number of steps), even one
+      # that is all padding.
+      probs, loss = self._eval_step(
+          params, parallel.shard({k: v for k, v in batch.items()
+                                  if k != 'clip_index'}))
+      real = batch['mask'].reshape(-1) > 0
+      if not real.any():
+        continue
+      probs = np.asarray(probs).reshape(-1, self._num_classes)[real]
+      loss = np.asarray(loss).reshape(-1)[real]
+      scores.add(batch['clip_index'].reshape(-1)[real],
+                 probs, labels.reshape(-1, self._num_classes)[real])
+      loss_sum += float(loss.astype(np.float64).sum())
+      num_windows += int(real.sum())
+    return self._metrics(scores, loss_sum, num_windows)
+
+  def _metrics(self, scores: _ClipScores, loss_sum: float,
+               num_windows: int) -> dict[str, Any]:
+    """Gathers every host's clips and computes the metrics."""
+    bound = self._max_clips()
+    local = len(scores.counts)
+    if local > bound:
+      raise ValueError(f'This host evaluated {local} clips, more than its '
+                       f'share of at most {bound}.')
+    clips = np.full([bound], -1, np.int32)
+    means = np.zeros([bound, self._num_classes], np.float32)
+    labels = np.zeros([bound, self._num_classes], np.int32)
+    counts = np.zeros([bound], np.int32)
+    for row, clip in enumerate(sorted(scores.counts)):
+      clips[row] = clip
+      counts[row] = scores.counts[clip]
+      means[row] = scores.sums[clip] / scores.counts[clip]
+      labels[row] = scores.labels[clip]
+    gathered = _gather_hosts(dict(
+        clips=clips, means=means, labels=labels, counts=counts,
+        loss_sum=np.float32(loss_sum), num_windows=np.int32(num_windows)))
+    flat = lambda x: np.asarray(x).reshape(-1, *np.shape(x)[2:])
+    clips, counts = flat(gathered['clips']), flat(gathered['counts'])
+    real = clips >= 0
+    clips, counts = clips[real], counts[real]
+    means, labels = flat(gathered['means'])[real], flat(
+        gathered['labels'])[real]
+    if clips.size == 0:
+      raise ValueError(f'The {self.split!r} split has no examples to '
+                       'evaluate.')
+    if np.unique(clips).size != clips.size:
+      raise ValueError('Two hosts evaluated the same clip_index; clip '
+                       'indices must be unique over hosts.')
+    wrong = counts != self._windows
+    if wrong.any():
+      raise ValueError(
+          f'Expected {self._windows} windows per clip '
+          f'(config.evaluator.windows_per_clip), but clips '
+          f'{clips[wrong][:10].tolist()} have '
+          f'{counts[wrong][:10].tolist()} windows.')
+    total_windows = int(np.sum(gathered['num_windows']))
+    result = metrics_lib.mean_average_precision(means, labels)
+    return {
+        'map': result['map'],
+        'loss': float(np.sum(gathered['loss_sum'], dtype=np.float64) /
+                      total_windows),
+        'num_examples': int(clips.size),
+        'num_windows': total_windows,
+        'num_classes_without_positives': result[
+            'num_classes_without_positives'],
+    }
+
+
 EVALUATORS = {
     'classification': ClassificationEvaluator,
+    'multilabel_map': MultilabelMapEvaluator,
 }
 
 

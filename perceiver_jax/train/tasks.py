@@ -29,6 +29,9 @@ TASKS: dict[str, Task] = {
     task.name: task for task in (
         Task('digits', 'perceiver_jax.data.digits'),
         Task('imagenet', 'perceiver_jax.data.imagenet'),
+        # 'train' is the loader's name for config.data.train_split
+        # (balanced_train+unbalanced_train by default).
+        Task('audioset', 'perceiver_jax.data.audioset'),
     )
 }
 
