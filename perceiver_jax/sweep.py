@@ -438,20 +438,29 @@ def summary_rows(root: str) -> tuple[list[str], list[dict[str, Any]], str]:
   return keys, rows, metric_name or 'metric'
 
 
-def _cell(value: Any) -> str:
+class _Seconds(float):
+  """A wall time, shown in whole seconds."""
+
+
+def _cell(value: Any, swept: bool) -> str:
+  """A table cell; swept values show None as 'None', results as blank."""
   if value is None:
-    return ''
-  if isinstance(value, float):
-    return f'{value:.4f}' if abs(value) < 100 else f'{value:.0f}'
-  if isinstance(value, int) and not isinstance(value, bool):
+    return 'None' if swept else ''
+  if isinstance(value, _Seconds):
+    return f'{value:.0f}'
+  if isinstance(value, float) and not swept:
+    return f'{value:.4f}'
+  if isinstance(value, int) and not isinstance(value, bool) and not swept:
     return f'{value:,}' if value >= 10_000 else str(value)
   return format_value(value)
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]],
+              num_swept: int) -> str:
   lines = ['| ' + ' | '.join(header) + ' |',
            '|' + '|'.join('---' for _ in header) + '|']
-  lines += ['| ' + ' | '.join(_cell(c) for c in row) + ' |' for row in rows]
+  lines += ['| ' + ' | '.join(_cell(c, i < num_swept) for i, c in
+                              enumerate(row)) + ' |' for row in rows]
   return '\n'.join(lines) + '\n'
 
 
@@ -461,8 +470,7 @@ def _seed_groups(keys, rows, short):
   groups: dict[tuple, list] = {}
   for row in rows:
     if row['final'] is not None:
-      groups.setdefault(tuple(format_value(row[k]) for k in others),
-                        []).append(row)
+      groups.setdefault(tuple(row[k] for k in others), []).append(row)
   header = [short[k] for k in others] + [
       'mean final', 'std', 'seeds', 'params']
   table = []
@@ -480,15 +488,16 @@ def summarize(root: str) -> str:
   short = _short_keys(keys)
   header = [short[k] for k in keys] + [
       f'final {metric}', f'best {metric}', 'steps', 'params', 'wall (s)']
-  table = [[row[k] for k in keys] + [row['final'], row['best'], row['steps'],
-                                     row['params'], row['wall_s']]
+  table = [[row[k] for k in keys] + [
+      row['final'], row['best'], row['steps'], row['params'],
+      None if row['wall_s'] is None else _Seconds(row['wall_s'])]
            for row in rows]
-  text = _markdown(header, table)
+  text = _markdown(header, table, len(keys))
   if 'config.seed' in keys and len(keys) > 1:
     group_header, group_table = _seed_groups(keys, rows, short)
     group_table.sort(key=lambda r: -r[len(keys) - 1])
     text += f'\nOver seeds ({metric}, final):\n\n' + _markdown(
-        group_header, group_table)
+        group_header, group_table, len(keys) - 1)
   with open(os.path.join(root, 'summary.md'), 'w') as f:
     f.write(text)
   buffer = io.StringIO()
