@@ -106,15 +106,13 @@ def test_none_override_needs_a_none_default(tmp_path):
     h.run_sweep(str(config), str(tmp_path / 'root'), dry_run=False)
 
 
-def _sweep_module(*args):
+def _sweep_env():
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)  # One CPU device, as in test_train_loop.py.
-  return subprocess.run([sys.executable, '-m', 'experiments.sweep', *args],
-                        cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=400)
+  return env
 
 
-def test_sweep_runs_resumes_skips_and_summarizes(tmp_path, monkeypatch):
+def test_sweep_is_interrupted_reruns_skips_and_summarizes(tmp_path):
   # The runs are test_train_loop.py's runlocal digits config (so the
   # persistent compilation cache hits), swept over two seeds.
   config = tmp_path / 'two_seeds.py'
@@ -123,37 +121,40 @@ def test_sweep_runs_resumes_skips_and_summarizes(tmp_path, monkeypatch):
       'def get_config():\n  return digits.get_config("runlocal")\n'
       'def get_hyper(h):\n  return h.sweep("config.seed", [0, 1])\n')
   root = tmp_path / 'root'
-  first = _sweep_module(f'--config={config}', f'--workdir={root}')
-  assert first.returncode == 0, first.stderr[-3000:]
-  assert 'running seed=0' in first.stdout
-  assert 'finished seed=1' in first.stdout
-  for name in ('seed=0', 'seed=1'):
-    status = json.loads((root / name / h.POINT_FILE).read_text())
-    assert status['finished'] and status['returncode'] == 0
-    assert status['overrides'] == {'config.seed': int(name[-1])}
-
-  # Interrupt the second point after step 3, as a killed sweep leaves it:
-  # marked unfinished, its newest checkpoint the one of step 3.
-  second = root / 'seed=1'
-  status = json.loads((second / h.POINT_FILE).read_text())
-  status['finished'] = False
-  (second / h.POINT_FILE).write_text(json.dumps(status))
-  for path in sorted((second / 'checkpoints').iterdir()):
-    if path.name == '6':
-      subprocess.run(['rm', '-rf', str(path)], check=True)
+  command = [sys.executable, '-m', 'experiments.sweep', f'--config={config}',
+             f'--workdir={root}']
+  # Interrupt the sweep as soon as the second point starts.
+  sweep_process = subprocess.Popen(command, cwd=REPO, env=_sweep_env(),
+                                   stdout=subprocess.PIPE, text=True)
+  first_lines = []
+  for line in sweep_process.stdout:
+    first_lines.append(line)
+    if line.startswith('running seed=1'):
+      sweep_process.terminate()
+      break
+  rest, _ = sweep_process.communicate(timeout=120)
+  first = ''.join(first_lines) + rest
+  assert sweep_process.returncode != 0
+  assert 'finished seed=0' in first
+  assert 'interrupted' in first
+  status = json.loads((root / 'seed=0' / h.POINT_FILE).read_text())
+  assert status['finished'] and status['returncode'] == 0
+  assert status['overrides'] == {'config.seed': 0}
+  status = json.loads((root / 'seed=1' / h.POINT_FILE).read_text())
+  assert not status['finished'] and status['returncode'] != 0
   first_log = (root / 'seed=0' / h.LOG_FILE).read_text()
 
-  again = _sweep_module(f'--config={config}', f'--workdir={root}')
+  again = subprocess.run(command, cwd=REPO, env=_sweep_env(),
+                         capture_output=True, text=True, timeout=400)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'skipping seed=0: finished' in again.stdout
-  assert 'resuming seed=1' in again.stdout
+  assert 'seed=0' not in again.stdout.replace('skipping seed=0: finished', '')
+  assert 'finished seed=1' in again.stdout
   assert (root / 'seed=0' / h.LOG_FILE).read_text() == first_log
-  assert 'Resumed from' in (second / h.LOG_FILE).read_text()
-  status = json.loads((second / h.POINT_FILE).read_text())
+  status = json.loads((root / 'seed=1' / h.POINT_FILE).read_text())
   assert status['finished'] and status['attempts'] == 2
 
-  summary = _sweep_module('--summarize', str(root))
-  assert summary.returncode == 0, summary.stderr[-3000:]
+  markdown = h.summarize(str(root))
   with open(root / 'summary.csv') as f:
     rows = list(csv.DictReader(f))
   assert sorted(r['config.seed'] for r in rows) == ['0', '1']
@@ -165,14 +166,13 @@ def test_sweep_runs_resumes_skips_and_summarizes(tmp_path, monkeypatch):
     assert float(row['final test/top1']) == pytest.approx(evals[-1])
     assert float(row['best test/top1']) == pytest.approx(max(evals))
     assert row['steps'] == '6'
-    # The trainer prints its own count of the restored parameters.
+    # The trainer prints its own count of the parameters.
     log = (root / row['point'] / h.LOG_FILE).read_text()
     assert f'{int(row["params"]):,} parameters' in log
     assert float(row['wall_s']) > 0
     finals.append(float(row['final test/top1']))
   assert finals == sorted(finals, reverse=True)  # Best first.
-  markdown = (root / 'summary.md').read_text()
-  assert markdown == summary.stdout
+  assert (root / 'summary.md').read_text() == markdown
   assert markdown.splitlines()[0].startswith('| seed | final test/top1 |')
   assert len([l for l in markdown.splitlines()
               if l.startswith('| 0 |') or l.startswith('| 1 |')]) == 2
