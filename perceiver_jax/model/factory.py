@@ -12,6 +12,11 @@
   `max_resolution`, `learned_position_channels`,
   `learned_position_init_scale`, `permutation_seed` (None: no permutation).
 
+`config.model.architecture` (optional, default 'perceiver') selects the
+classifier: 'perceiver', or 'convnet', a small convolutional baseline
+(`convnet.ConvNet`) that reads a 'grid' input's image directly, with
+`config.model.convnet.channels` and the same pixel permutation.
+
 Each modality registers its adapter builder in `ADAPTER_BUILDERS`.
 """
 
@@ -24,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver_jax.model import adapters
+from perceiver_jax.model import convnet
 from perceiver_jax.model import perceiver
 from perceiver_jax.model import position_encoding as pe
 
@@ -318,13 +324,45 @@ def make_adapter(input_config: Mapping[str, Any]):
   return ADAPTER_BUILDERS[kind](input_config)
 
 
+ARCHITECTURES = ('perceiver', 'convnet')
+
+
+def _convnet_forward(model_config: Mapping[str, Any],
+                     num_classes: int) -> Callable[..., jax.Array]:
+  """The ConvNet baseline on a 'grid' input's image `[B, H, W, C]`."""
+  input_config = copy.deepcopy(model_config['input'])
+  if input_config.get('type') != 'grid':
+    raise ValueError("config.model.architecture='convnet' needs a 'grid' "
+                     f"input, got type {input_config.get('type')!r}.")
+  convnet_config = model_config.get('convnet') or {}
+  channels = tuple(convnet_config.get('channels', (32, 64, 128)))
+  permutation = input_permutation(input_config)
+  shape = (*(int(n) for n in input_config['index_dims']),
+           int(input_config['raw_channels']))
+
+  def forward(batch: Batch, *, is_training: bool) -> jax.Array:
+    del is_training  # No dropout or normalisation state.
+    images = _check_shape(batch, input_config['key'], shape)
+    return convnet.ConvNet(num_classes, channels=channels,
+                           permutation=permutation)(images)
+
+  return forward
+
+
 def classifier_forward(model_config: Mapping[str, Any],
                        num_classes: int) -> Callable[..., jax.Array]:
   """A function `forward(batch, *, is_training) -> logits [B, num_classes]`.
 
   Transform it with `hk.transform` (its parameters are then the adapter's,
-  `perceiver/...` and `classification_head/...`).
+  `perceiver/...` and `classification_head/...`; or `convnet/...` when
+  `model_config.architecture` is 'convnet').
   """
+  architecture = model_config.get('architecture', 'perceiver')
+  if architecture not in ARCHITECTURES:
+    raise ValueError(f'config.model.architecture must be one of '
+                     f'{ARCHITECTURES}, got {architecture!r}.')
+  if architecture == 'convnet':
+    return _convnet_forward(model_config, num_classes)
   encoder_kwargs = perceiver.encoder_kwargs(model_config)
   # A snapshot, like the encoder's arguments: the forward function must not
   # change when the caller later edits its config (e.g. to build a variant).

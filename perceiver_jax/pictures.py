@@ -1,0 +1,286 @@
+"""Pictures of runs: cross-attention maps over the input grid, and curves.
+
+Cross-attention weights are read without touching the model code: a Haiku
+method interceptor records the outputs of each cross-attend's `query` and
+`key` Linears (`perceiver/cross_attend_<set>/attention/{query,key}`), and the
+softmax of queries against keys is recomputed here, exactly as
+`attention.scaled_dot_product_attention` forms it (scale 1/sqrt(head width),
+softmax over the inputs). Shared cross-attends that reuse their keys and
+values record the keys once; each later query is paired with the newest
+keys of its weight set.
+"""
+
+import json
+import math
+import os
+import re
+from typing import Any, Mapping, Optional, Sequence
+
+import haiku as hk
+import jax
+import matplotlib
+import ml_collections
+import numpy as np
+
+matplotlib.use('Agg')  # Files only, no display.
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+_CROSS_LINEAR = re.compile(r'(?:^|/)(cross_attend_\d+)/attention/(query|key)$')
+CELL_INCHES = 1.6  # Each panel of an attention-map figure.
+DPI = 100
+
+
+def cross_attention_weights(forward: hk.Transformed, params: hk.Params,
+                            batch: Mapping[str, Any], *,
+                            num_heads: int = 1) -> list[np.ndarray]:
+  """Each cross-attend's attention weights, in execution order.
+
+  Args:
+    forward: the classifier (`factory.transform_classifier`).
+    params: its parameters.
+    batch: a batch with leading dim B.
+    num_heads: `config.model.num_cross_heads`.
+
+  Returns:
+    One float32 array `[B, heads, N latents, M inputs]` per cross-attend;
+    each row sums to 1 over the inputs.
+  """
+  keys_of_set: dict[str, jax.Array] = {}
+  pairs: list[tuple[jax.Array, jax.Array]] = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if (context.method_name == '__call__' and
+        isinstance(context.module, hk.Linear)):
+      match = _CROSS_LINEAR.search(context.module.module_name)
+      if match:
+        if isinstance(out, jax.core.Tracer):
+          raise NotImplementedError(
+              'The cross-attends run inside a JAX transformation (e.g. '
+              'hk.scan), so their queries and keys cannot be recorded.')
+        weight_set, kind = match.groups()
+        if kind == 'key':
+          keys_of_set[weight_set] = out
+        else:
+          pairs.append((out, keys_of_set[weight_set]))
+    return out
+
+  with hk.intercept_methods(record):
+    forward.apply(params, None, batch, is_training=False)
+  if not pairs:
+    raise ValueError('The model ran no cross-attend (is it a Perceiver?).')
+  maps = []
+  for queries, keys in pairs:
+    q = np.asarray(queries, np.float32)  # [B, N, C]
+    k = np.asarray(keys, np.float32)  # [B, M, C]
+    if q.shape[-1] % num_heads:
+      raise ValueError(f'num_heads={num_heads} does not divide the '
+                       f'cross-attend width {q.shape[-1]}.')
+    q = q.reshape(*q.shape[:2], num_heads, -1)
+    k = k.reshape(*k.shape[:2], num_heads, -1)
+    logits = np.einsum('bnhd,bmhd->bhnm', q, k) / math.sqrt(q.shape[-1])
+    logits -= logits.max(axis=-1, keepdims=True)
+    weights = np.exp(logits)
+    maps.append(weights / weights.sum(axis=-1, keepdims=True))
+  return maps
+
+
+def to_grid(weights: np.ndarray, index_dims: Sequence[int],
+            permutation: Optional[np.ndarray] = None) -> np.ndarray:
+  """Weights over the byte array `[..., M]` laid out on the grid.
+
+  Input position i of a permuted run holds pixel `permutation[i]`, so its
+  weight is put back there. Returns `[..., *index_dims]`.
+  """
+  index_dims = tuple(int(n) for n in index_dims)
+  if weights.shape[-1] != math.prod(index_dims):
+    raise ValueError(f'weights over {weights.shape[-1]} inputs do not fit '
+                     f'the grid {index_dims}.')
+  if permutation is not None:
+    unpermuted = np.empty_like(weights)
+    unpermuted[..., np.asarray(permutation)] = weights
+    weights = unpermuted
+  return weights.reshape(*weights.shape[:-1], *index_dims)
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's `config.json` (as `experiments.evaluate` reads it)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir} a run '
+                            'directory made by experiments.train?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def attention_map_figure(image: np.ndarray, maps: Sequence[np.ndarray],
+                         latents: Sequence[int], *,
+                         title: str = '') -> plt.Figure:
+  """One image and, per cross-attend (rows), some latents' maps (columns).
+
+  Args:
+    image: `[H, W, C]` (C 1 or 3).
+    maps: per cross-attend, `[N, H, W]` weights (heads averaged).
+    latents: which latents to show.
+    title: the figure's title.
+
+  Returns:
+    A figure of `(1 + len(latents)) x len(maps)` panels of `CELL_INCHES`.
+  """
+  rows, cols = len(maps), 1 + len(latents)
+  fig, axes = plt.subplots(rows, cols, squeeze=False,
+                           figsize=(cols * CELL_INCHES, rows * CELL_INCHES),
+                           dpi=DPI)
+  shown = image[..., 0] if image.shape[-1] == 1 else np.clip(image, 0, 1)
+  for r, grid in enumerate(maps):
+    axes[r, 0].imshow(shown, cmap='gray_r' if shown.ndim == 2 else None)
+    axes[r, 0].set_title(f'cross-attend {r}', fontsize=7)
+    for c, latent in enumerate(latents, start=1):
+      axes[r, c].imshow(grid[latent], cmap='viridis')
+      axes[r, c].set_title(f'latent {latent}', fontsize=7)
+  for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  if title:
+    fig.suptitle(title, fontsize=8)
+  return fig
+
+
+def draw_attention_maps(workdir: str, out_dir: str, *, num_images: int = 4,
+                        num_latents: int = 4,
+                        step: Optional[int] = None) -> list[str]:
+  """Draws cross-attention maps of a run's checkpoint over eval images.
+
+  Args:
+    workdir: a run directory of a Perceiver with a 'grid' input.
+    out_dir: where `image_<i>.png` go (created).
+    num_images: how many evaluation images (the split's first ones).
+    num_latents: latents per cross-attend, spread evenly over N.
+    step: the checkpoint (default: the newest).
+
+  Returns:
+    The PNG paths.
+  """
+  # pylint: disable=g-import-not-at-top
+  from perceiver_jax.model import factory
+  from perceiver_jax.train import loop
+  # pylint: enable=g-import-not-at-top
+  for name, value in (('num_images', num_images),
+                      ('num_latents', num_latents)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'{name} must be a positive integer, got {value!r}.')
+  config = load_run_config(workdir)
+  input_config = config.model.input
+  if config.model.get('architecture', 'perceiver') != 'perceiver' or (
+      input_config.type != 'grid'):
+    raise ValueError('Attention maps need a Perceiver with a grid input; '
+                     f'{workdir} has architecture '
+                     f'{config.model.get("architecture", "perceiver")!r} and '
+                     f'input {input_config.type!r}.')
+  run = loop.Run(config, workdir, read_only=True)
+  try:
+    step = run.checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'No checkpoint in {run.checkpointer.directory}.')
+    batches = run.task.data.load(
+        config.evaluator.split, is_training=False,
+        batch_dims=run.batch_dims, config=config.data)
+    example = next(batches)
+    state = run.restore_state(example, step)
+  finally:
+    run.checkpointer.close()
+  flat = {k: np.asarray(v).reshape(-1, *np.shape(v)[len(run.batch_dims):])
+          for k, v in example.items()}
+  count = min(num_images, int(flat['mask'].sum()))
+  batch = {k: v[:count] for k, v in flat.items()}
+  maps = cross_attention_weights(run.forward, state.params, batch,
+                                 num_heads=config.model.num_cross_heads)
+  permutation = factory.input_permutation(input_config)
+  grids = [to_grid(m.mean(axis=1), input_config.index_dims, permutation)
+           for m in maps]  # Each [B, N, H, W].
+  num_latents = min(num_latents, grids[0].shape[1])
+  latents = np.linspace(0, grids[0].shape[1] - 1, num_latents).round()
+  latents = [int(i) for i in latents]
+  os.makedirs(out_dir, exist_ok=True)
+  paths = []
+  images = np.asarray(batch[input_config.key])
+  for i in range(count):
+    label = int(batch['label'][i]) if 'label' in batch else None
+    fig = attention_map_figure(
+        images[i], [g[i] for g in grids], latents,
+        title=f'{os.path.basename(os.path.normpath(workdir))} step {step}'
+        + ('' if label is None else f', label {label}'))
+    path = os.path.join(out_dir, f'image_{i}.png')
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    paths.append(path)
+  return paths
+
+
+def _records(workdir: str) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir} a run '
+                            'directory made by experiments.train?')
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _eval_key(workdir: str, records: Sequence[Mapping[str, Any]]) -> str:
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    evaluator = load_run_config(workdir).evaluator
+    return f'{evaluator.split}/{evaluator.metric}'
+  return next((k for r in records for k in r if k.endswith('/top1')), '')
+
+
+def _last_per_step(records, key):
+  """{step: value}; a resumed run's repeated steps keep the latest value."""
+  return {r['step']: r[key] for r in records if key in r}
+
+
+PLOT_SIZE = (10.0, 4.0)  # Inches: training loss | evaluation metric.
+
+
+def plot_runs(workdirs: Sequence[str], out: str, *,
+              labels: Optional[Sequence[str]] = None) -> str:
+  """Training loss and evaluation metric of several runs on one figure.
+
+  The PNG is `PLOT_SIZE * DPI` pixels: training loss (log scale) on the
+  left, the config's evaluation metric on the right, one line per run.
+  """
+  if not workdirs:
+    raise ValueError('plot_runs needs at least one run directory.')
+  labels = list(labels or [os.path.basename(os.path.normpath(w))
+                           for w in workdirs])
+  if len(labels) != len(workdirs):
+    raise ValueError(f'{len(labels)} labels for {len(workdirs)} runs.')
+  fig, (loss_ax, eval_ax) = plt.subplots(1, 2, figsize=PLOT_SIZE, dpi=DPI)
+  eval_names = set()
+  for workdir, label in zip(workdirs, labels):
+    records = _records(workdir)
+    loss = _last_per_step(records, 'train/loss')
+    if loss:
+      steps = sorted(loss)
+      loss_ax.plot(steps, [loss[s] for s in steps], label=label)
+    key = _eval_key(workdir, records)
+    metric = _last_per_step(records, key) if key else {}
+    if metric:
+      steps = sorted(metric)
+      eval_ax.plot(steps, [metric[s] for s in steps], marker='o',
+                   label=label)
+      eval_names.add(key)
+  loss_ax.set_yscale('log')
+  loss_ax.set_xlabel('step')
+  loss_ax.set_ylabel('training loss')
+  eval_ax.set_xlabel('step')
+  eval_ax.set_ylabel(' / '.join(sorted(eval_names)) or 'evaluation')
+  for ax in (loss_ax, eval_ax):
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=DPI)
+  plt.close(fig)
+  return out

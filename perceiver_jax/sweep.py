@@ -1,0 +1,514 @@
+"""Hyperparameter sweeps: points, their runs, and a table of results.
+
+A config file may define `get_hyper(h)` (or `get_hyper(h, arg)`, receiving
+the text after ':' in `--config=configs/x.py:arg`) returning a list of
+points, each a dict of config overrides such as
+`{'config.model.share_weights': False, 'config.seed': 1}`. `h` is this
+module; build the list with its helpers:
+
+  h.sweep('config.seed', [0, 1])                -> [{seed: 0}, {seed: 1}]
+  h.product([h.sweep(a, [1, 2]), h.sweep(b, ['x', 'y'])])
+      -> 4 points, a varying slowest
+  h.zip([h.sweep(a, [1, 2]), h.sweep(b, ['x', 'y'])])
+      -> [{a: 1, b: 'x'}, {a: 2, b: 'y'}]
+  h.fixed('config.train.num_steps', 300)        -> one point
+
+`run_sweep` trains each point in its own workdir `ROOT/<point name>` with
+`python -m experiments.train`; a point whose run exited successfully gets a
+marker (`sweep_point.json` with "finished": true) and is skipped when the
+sweep is run again, while an unfinished point is relaunched and resumes
+from its newest checkpoint. `summarize` writes `ROOT/summary.md` and
+`ROOT/summary.csv`.
+"""
+
+import builtins
+import csv
+import importlib.util
+import inspect
+import io
+import itertools
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+Point = dict[str, Any]
+
+SWEEP_FILE = 'sweep.json'  # ROOT/sweep.json: the config and the points.
+POINT_FILE = 'sweep_point.json'  # ROOT/<point>/sweep_point.json: status.
+LOG_FILE = 'train.log'  # ROOT/<point>/train.log: the run's output.
+
+
+def _check_key(key: str) -> str:
+  if not isinstance(key, str) or not re.fullmatch(
+      r'config(\.[A-Za-z_][A-Za-z0-9_]*)+', key):
+    raise ValueError(f"A sweep key must look like 'config.model.x', got "
+                     f'{key!r}.')
+  return key
+
+
+def sweep(key: str, values: Iterable[Any]) -> list[Point]:
+  """One point per value of the config field `key` ('config.a.b')."""
+  _check_key(key)
+  values = list(values)
+  if not values:
+    raise ValueError(f'h.sweep({key!r}, ...) got no values.')
+  return [{key: value} for value in values]
+
+
+def fixed(key: str, value: Any) -> list[Point]:
+  """A single point setting `key` to `value` (to combine with others)."""
+  return sweep(key, [value])
+
+
+def _merge(parts: Sequence[Point]) -> Point:
+  merged: Point = {}
+  for part in parts:
+    for key, value in part.items():
+      if key in merged:
+        raise ValueError(f'{key!r} is set by more than one of the combined '
+                         'sweeps.')
+      merged[key] = value
+  return merged
+
+
+def _check_sweeps(sweeps: Sequence[Sequence[Point]], what: str) -> None:
+  if not sweeps:
+    raise ValueError(f'h.{what} needs at least one sweep.')
+  for s in sweeps:
+    if not isinstance(s, (list, tuple)) or not all(
+        isinstance(p, dict) for p in s):
+      raise ValueError(f'h.{what} takes a list of sweeps (lists of dicts), '
+                       f'got {s!r}.')
+
+
+def product(sweeps: Sequence[Sequence[Point]]) -> list[Point]:
+  """Every combination of the sweeps' points, the first varying slowest."""
+  _check_sweeps(sweeps, 'product')
+  return [_merge(parts) for parts in itertools.product(*sweeps)]
+
+
+def zip(sweeps: Sequence[Sequence[Point]]) -> list[Point]:  # pylint: disable=redefined-builtin
+  """The i-th points of all sweeps merged; the sweeps must be equally long."""
+  _check_sweeps(sweeps, 'zip')
+  lengths = [len(s) for s in sweeps]
+  if len(set(lengths)) != 1:
+    raise ValueError(f'h.zip needs sweeps of equal length, got lengths '
+                     f'{lengths}.')
+  return [_merge(parts) for parts in builtins.zip(*sweeps)]
+
+
+def format_value(value: Any) -> str:
+  """A value as `--config.x=...` parses it back."""
+  if isinstance(value, (list, tuple)):
+    return '(' + ','.join(format_value(v) for v in value) + (
+        ',)' if len(value) == 1 else ')')
+  return str(value)
+
+
+def _short_keys(keys: Sequence[str]) -> dict[str, str]:
+  """Each key's last component, or more of it where the last is ambiguous."""
+  short = {}
+  for key in keys:
+    parts = key.split('.')[1:]
+    for n in range(1, len(parts) + 1):
+      name = '.'.join(parts[-n:])
+      if sum(1 for k in keys if k.split('.')[1:][-n:] == parts[-n:]) == 1:
+        break
+    short[key] = name
+  return short
+
+
+def point_name(point: Mapping[str, Any],
+               keys: Optional[Sequence[str]] = None) -> str:
+  """A directory name such as 'share_weights=False,seed=1'.
+
+  Args:
+    point: the point's overrides.
+    keys: all keys of the sweep (to shorten names consistently); default the
+      point's own.
+  """
+  keys = list(keys or point)
+  short = _short_keys(keys)
+  items = []
+  for key in keys:
+    if key in point:
+      value = re.sub(r'[^A-Za-z0-9_.+-]+', '_', format_value(point[key]))
+      items.append(f'{short[key]}={value.strip("_") or "_"}')
+  return ','.join(items) or 'default'
+
+
+def load_config_module(config: str):
+  """(module, arg) of a config spec 'path/to/config.py[:arg]'."""
+  path, _, arg = config.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Config file {path!r} not found.')
+  name = '_sweep_config_' + re.sub(r'\W', '_', os.path.abspath(path))
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module, arg
+
+
+def get_points(config: str) -> list[Point]:
+  """The points of the config's `get_hyper`, checked for unique names."""
+  module, arg = load_config_module(config)
+  get_hyper = getattr(module, 'get_hyper', None)
+  if get_hyper is None:
+    raise ValueError(f'{config.partition(":")[0]} defines no get_hyper(h).')
+  takes_arg = len(inspect.signature(get_hyper).parameters) > 1
+  points = get_hyper(sys.modules[__name__], arg) if takes_arg else get_hyper(
+      sys.modules[__name__])
+  points = [dict(p) for p in points]
+  if not points:
+    raise ValueError(f'get_hyper of {config!r} returned no points.')
+  for p in points:
+    for key in p:
+      _check_key(key)
+  names = [point_name(p, sweep_keys(points)) for p in points]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f'get_hyper of {config!r} repeats points: {duplicates}.')
+  return points
+
+
+def sweep_keys(points: Sequence[Point]) -> list[str]:
+  """The keys of all points, in order of first appearance."""
+  keys: list[str] = []
+  for p in points:
+    keys.extend(k for k in p if k not in keys)
+  return keys
+
+
+def point_command(config: str, point: Mapping[str, Any], workdir: str, *,
+                  python: str = sys.executable) -> list[str]:
+  """The training command of one point.
+
+  An override to None is left out: `ml_collections` flags cannot parse None
+  for a typed field, so None means "the config's default", which
+  `check_none_overrides` verifies is None.
+  """
+  return [python, '-m', 'experiments.train', f'--config={config}',
+          *(f'--{key}={format_value(value)}' for key, value in point.items()
+            if value is not None),
+          f'--workdir={workdir}']
+
+
+def check_none_overrides(config: str, points: Sequence[Point]) -> None:
+  """Raises ValueError if a point sets to None a field whose default is not.
+
+  Such a point could not be expressed on the command line (see
+  `point_command`).
+  """
+  keys = {k for p in points for k, v in p.items() if v is None}
+  if not keys:
+    return
+  module, arg = load_config_module(config)
+  base = module.get_config(arg) if arg else module.get_config()
+  for key in sorted(keys):
+    value = base
+    for part in key.split('.')[1:]:
+      if part not in value:
+        raise ValueError(f'{key} is not a field of {config!r}.')
+      value = value[part]
+    if value is not None:
+      raise ValueError(
+          f'A point sets {key}=None but its default in {config!r} is '
+          f'{value!r}; a sweep can only set a field to None where None is '
+          'its default.')
+
+
+def read_point_status(workdir: str) -> dict[str, Any]:
+  path = os.path.join(workdir, POINT_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path: str, payload: Mapping[str, Any]) -> None:
+  tmp = f'{path}.tmp.{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def is_finished(workdir: str) -> bool:
+  """Whether the sweep saw this point's run exit successfully."""
+  return bool(read_point_status(workdir).get('finished'))
+
+
+class _Launch:
+  """One running point: its process, log file and start time."""
+
+  def __init__(self, name: str, workdir: str, command: list[str],
+               point: Point, config: str):
+    os.makedirs(workdir, exist_ok=True)
+    self.name, self.workdir, self.command = name, workdir, command
+    self.status = read_point_status(workdir)
+    self.status.update(config=config, overrides=point, command=command,
+                       finished=False)
+    self.status['attempts'] = self.status.get('attempts', 0) + 1
+    _write_json(os.path.join(workdir, POINT_FILE), self.status)
+    self.log = open(os.path.join(workdir, LOG_FILE), 'a')
+    self.start = time.time()
+    self.process = subprocess.Popen(command, stdout=self.log,
+                                    stderr=subprocess.STDOUT)
+
+  def finish(self) -> int:
+    code = self.process.wait()
+    self.log.close()
+    elapsed = time.time() - self.start
+    self.status['wall_s'] = self.status.get('wall_s', 0.0) + elapsed
+    self.status['returncode'] = code
+    self.status['finished'] = code == 0
+    _write_json(os.path.join(self.workdir, POINT_FILE), self.status)
+    return code
+
+
+def run_sweep(config: str, root: str, *, parallel: int = 1,
+              dry_run: bool = False, python: str = sys.executable,
+              out=None) -> int:
+  """Runs every point of `config`'s `get_hyper` under `root`.
+
+  Args:
+    config: 'path/to/config.py[:arg]'.
+    root: the sweep's directory; point `p` runs in `root/<point_name(p)>`.
+    parallel: how many runs at once.
+    dry_run: print each point's command instead of running it.
+    python: the interpreter of the runs.
+    out: where progress lines go (default stdout).
+
+  Returns:
+    The number of points that failed (0 when all finished).
+  """
+  out = out or sys.stdout
+  if isinstance(parallel, bool) or not isinstance(parallel, int) or (
+      parallel < 1):
+    raise ValueError(f'parallel must be a positive integer, got {parallel!r}.')
+  points = get_points(config)
+  check_none_overrides(config, points)
+  keys = sweep_keys(points)
+  say = lambda line: print(line, file=out, flush=True)
+  todo = []
+  for point in points:
+    name = point_name(point, keys)
+    workdir = os.path.join(root, name)
+    command = point_command(config, point, workdir, python=python)
+    if dry_run:
+      say(' '.join(_quote(c) for c in command))
+    elif is_finished(workdir):
+      say(f'skipping {name}: finished')
+    else:
+      todo.append((name, workdir, command, point))
+  if dry_run:
+    return 0
+  os.makedirs(root, exist_ok=True)
+  _write_json(os.path.join(root, SWEEP_FILE), dict(
+      config=config, keys=keys, points=points,
+      names=[point_name(p, keys) for p in points]))
+
+  failed = 0
+  running: list[_Launch] = []
+  try:
+    while todo or running:
+      while todo and len(running) < parallel:
+        name, workdir, command, point = todo.pop(0)
+        resuming = os.path.isdir(os.path.join(workdir, 'checkpoints'))
+        say(f'{"resuming" if resuming else "running"} {name} '
+            f'(log: {os.path.join(workdir, LOG_FILE)})')
+        running.append(_Launch(name, workdir, command, point, config))
+      time.sleep(0.2)
+      for launch in [r for r in running if r.process.poll() is not None]:
+        running.remove(launch)
+        code = launch.finish()
+        if code == 0:
+          say(f'finished {launch.name} in {time.time() - launch.start:.0f} s')
+        else:
+          failed += 1
+          say(f'FAILED {launch.name} (exit code {code}); see '
+              f'{os.path.join(launch.workdir, LOG_FILE)}')
+  except KeyboardInterrupt:
+    for launch in running:
+      launch.process.terminate()
+      launch.finish()
+    say('interrupted; run the same command again to resume.')
+    raise
+  return failed
+
+
+def _quote(arg: str) -> str:
+  return arg if re.fullmatch(r'[\w@%+=:,./-]+', arg) else "'" + arg.replace(
+      "'", "'\\''") + "'"
+
+
+def _num_params(config) -> int:
+  """Parameter count of the run's model, from shapes only."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from perceiver_jax.model import factory
+  # pylint: enable=g-import-not-at-top
+  forward = factory.transform_classifier(config.model,
+                                         config.data.num_classes)
+  batch = factory.example_batch(config.model.input, 1)
+  shapes = jax.eval_shape(
+      lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=False),
+      batch)
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+
+def _read_metrics(workdir: str) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _point_dirs(root: str) -> list[tuple[str, Point]]:
+  """(name, overrides) of every point under root, in sweep order."""
+  sweep_path = os.path.join(root, SWEEP_FILE)
+  names = []
+  if os.path.exists(sweep_path):
+    with open(sweep_path) as f:
+      names = json.load(f).get('names', [])
+  found = sorted(d for d in os.listdir(root)
+                 if os.path.exists(os.path.join(root, d, POINT_FILE)))
+  ordered = [n for n in names if n in found] + [
+      n for n in found if n not in names]
+  return [(n, read_point_status(os.path.join(root, n)).get('overrides', {}))
+          for n in ordered]
+
+
+def summary_rows(root: str) -> tuple[list[str], list[dict[str, Any]], str]:
+  """(swept keys, one row per point, metric column), sorted by the metric.
+
+  Each row holds the swept values, `final` and `best` of the config's
+  evaluation metric (`config.evaluator.metric` on its split), `steps`,
+  `params`, `wall_s` (the sweep's wall time of the point's runs) and
+  `finished`. Rows without an evaluation sort last.
+  """
+  # pylint: disable=g-import-not-at-top
+  import ml_collections
+  # pylint: enable=g-import-not-at-top
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'No sweep directory {root!r}.')
+  points = _point_dirs(root)
+  if not points:
+    raise FileNotFoundError(f'{root!r} holds no sweep points '
+                            f'(no */{POINT_FILE}).')
+  keys = sweep_keys([p for _, p in points])
+  rows = []
+  metric_name, mode = None, 'max'
+  for name, overrides in points:
+    workdir = os.path.join(root, name)
+    status = read_point_status(workdir)
+    row: dict[str, Any] = dict(point=name, **{k: overrides.get(k)
+                                              for k in keys})
+    config_path = os.path.join(workdir, 'config.json')
+    final = best = params = None
+    steps = 0
+    if os.path.exists(config_path):
+      with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+      metric = config.evaluator.metric
+      mode = config.evaluator.get('metric_mode', 'max')
+      column = f'{config.evaluator.split}/{metric}'
+      metric_name = metric_name or column
+      records = _read_metrics(workdir)
+      values = [r[column] for r in records if column in r]
+      if values:
+        final = values[-1]
+        best = max(values) if mode == 'max' else min(values)
+      steps = max((r['step'] for r in records), default=0)
+      params = _num_params(config)
+    row.update(final=final, best=best, steps=steps, params=params,
+               wall_s=status.get('wall_s'),
+               finished=bool(status.get('finished')))
+    rows.append(row)
+  sign = -1 if mode == 'max' else 1
+  rows.sort(key=lambda r: (r['final'] is None,
+                           0 if r['final'] is None else sign * r['final']))
+  return keys, rows, metric_name or 'metric'
+
+
+class _Seconds(float):
+  """A wall time, shown in whole seconds."""
+
+
+def _cell(value: Any, swept: bool) -> str:
+  """A table cell; swept values show None as 'None', results as blank."""
+  if value is None:
+    return 'None' if swept else ''
+  if isinstance(value, _Seconds):
+    return f'{value:.0f}'
+  if isinstance(value, float) and not swept:
+    return f'{value:.4f}'
+  if isinstance(value, int) and not isinstance(value, bool) and not swept:
+    return f'{value:,}' if value >= 10_000 else str(value)
+  return format_value(value)
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]],
+              num_swept: int) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |',
+           '|' + '|'.join('---' for _ in header) + '|']
+  lines += ['| ' + ' | '.join(_cell(c, i < num_swept) for i, c in
+                              enumerate(row)) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def _seed_groups(keys, rows, short):
+  """Mean and std of `final` over 'config.seed' for each other setting."""
+  others = [k for k in keys if k != 'config.seed']
+  groups: dict[tuple, list] = {}
+  for row in rows:
+    if row['final'] is not None:
+      groups.setdefault(tuple(row[k] for k in others), []).append(row)
+  header = [short[k] for k in others] + [
+      'mean final', 'std', 'seeds', 'params']
+  table = []
+  for values, members in groups.items():
+    finals = [m['final'] for m in members]
+    table.append([*values, statistics.fmean(finals),
+                  statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                  len(finals), members[0]['params']])
+  return header, table
+
+
+def summarize(root: str) -> str:
+  """Writes `root/summary.md` and `root/summary.csv`; returns the Markdown."""
+  keys, rows, metric = summary_rows(root)
+  short = _short_keys(keys)
+  header = [short[k] for k in keys] + [
+      f'final {metric}', f'best {metric}', 'steps', 'params', 'wall (s)']
+  table = [[row[k] for k in keys] + [
+      row['final'], row['best'], row['steps'], row['params'],
+      None if row['wall_s'] is None else _Seconds(row['wall_s'])]
+           for row in rows]
+  text = _markdown(header, table, len(keys))
+  if 'config.seed' in keys and len(keys) > 1:
+    group_header, group_table = _seed_groups(keys, rows, short)
+    group_table.sort(key=lambda r: -r[len(keys) - 1])
+    text += f'\nOver seeds ({metric}, final):\n\n' + _markdown(
+        group_header, group_table, len(keys) - 1)
+  with open(os.path.join(root, 'summary.md'), 'w') as f:
+    f.write(text)
+  buffer = io.StringIO()
+  writer = csv.writer(buffer)
+  writer.writerow(['point', *keys, f'final {metric}', f'best {metric}',
+                   'steps', 'params', 'wall_s', 'finished'])
+  for row in rows:
+    writer.writerow([row['point'], *(format_value(row[k]) for k in keys),
+                     *('' if row[c] is None else row[c] for c in (
+                         'final', 'best', 'steps', 'params', 'wall_s',
+                         'finished'))])
+  with open(os.path.join(root, 'summary.csv'), 'w', newline='') as f:
+    f.write(buffer.getvalue())
+  return text
