@@ -10,6 +10,10 @@
   `max_resolution`, `learned_position_channels`,
   `learned_position_init_scale`, `permutation_seed` (None: no permutation).
 
+Type 'points' (point clouds, `batch[key]` `[B, P, 3]`): `num_bands`,
+`max_resolution` (mu per axis, 3 values) and `num_points` (P, which only
+`example_points_batch` uses; the adapter takes any P).
+
 Each modality registers its adapter builder in `ADAPTER_BUILDERS`.
 """
 
@@ -70,11 +74,48 @@ class _GridInput:
     return self._adapter(x), None
 
 
+class _PointsInput:
+  """Reads `batch[key]` `[B, P, 3]` through a `PointCloudAdapter`."""
+
+  def __init__(self, input_config: Mapping[str, Any]):
+    self._key = input_config['key']
+    self._adapter = adapters.PointCloudAdapter(
+        num_bands=input_config.get('num_bands', 64),
+        max_resolution=tuple(input_config['max_resolution']))
+
+  @property
+  def num_channels(self) -> int:
+    return self._adapter.num_channels
+
+  def __call__(self, batch: Batch, *, is_training: bool):
+    del is_training  # Augmentation happens in the data pipeline.
+    return self._adapter(batch[self._key]), None
+
+
+def example_points_batch(input_config: Mapping[str, Any],
+                         batch_size: int) -> dict[str, np.ndarray]:
+  """A zero batch shaped like the data of a 'points' input (for `init`).
+
+  Returns:
+    `{key: float32 [batch_size, num_points, 3]}`.
+  """
+  if input_config.get('type') != 'points':
+    raise ValueError(f'example_points_batch needs an input of type '
+                     f"'points', got {input_config.get('type')!r}.")
+  num_points = input_config.get('num_points')
+  if num_points is None or num_points < 1 or batch_size < 1:
+    raise ValueError(f'Need positive batch_size and input num_points, got '
+                     f'{batch_size} and {num_points!r}.')
+  return {input_config['key']: np.zeros((batch_size, int(num_points), 3),
+                                        np.float32)}
+
+
 # Adapter type -> builder taking `config.model.input`, returning an object
 # with `num_channels` (C) that maps (batch, is_training=...) to
 # (inputs [B, M, C], mask [B, M] or None). Built inside a Haiku transform.
 ADAPTER_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     'grid': _GridInput,
+    'points': _PointsInput,
 }
 
 
