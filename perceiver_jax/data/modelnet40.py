@@ -101,9 +101,26 @@ def _builder_args(config: ml_collections.ConfigDict
   return config.get('builder_config', 'official'), config.get('data_dir')
 
 
+class DatasetNotPreparedError(FileNotFoundError):
+  """`modelnet40/<config>` has not been built in the data dir."""
+
+
 def _builder(config: ml_collections.ConfigDict) -> builder_lib.Modelnet40:
+  """The prepared builder that `config` names; raises if it is not built."""
   builder_config, data_dir = _builder_args(config)
-  return builder_lib.Modelnet40(config=builder_config, data_dir=data_dir)
+  builder = builder_lib.Modelnet40(config=builder_config, data_dir=data_dir)
+  if not builder.is_prepared():
+    raise DatasetNotPreparedError(
+        f'ModelNet40 (TFDS modelnet40/{builder_config}) is not prepared in '
+        f'{builder.data_dir}. TFDS cannot download it; download '
+        f'{builder_lib.ROOT_NAMES[builder_config]}.zip into a folder DIR '
+        '(ModelNet40.zip: https://modelnet.cs.princeton.edu/) and run\n'
+        '  python -m perceiver_jax.data.modelnet40 --manual_dir=DIR '
+        f'--config={builder_config}'
+        + (f' --data_dir={data_dir}' if data_dir else '') +
+        '\nor try the pipeline on generated meshes with '
+        '--config=configs/modelnet40.py:runlocal,mock.')
+  return builder
 
 
 def _check_split(split: str) -> None:
@@ -153,7 +170,7 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
   """
   _check_split(split)
   builder_config, data_dir = _builder_args(config)
-  builder = builder_lib.Modelnet40(config=builder_config, data_dir=data_dir)
+  builder = _builder(config)
   process_index, process_count = jax.process_index(), jax.process_count()
   points, labels = _read_shard(builder_config, data_dir, split,
                                process_index, process_count)

@@ -4,14 +4,20 @@ The point-cloud analogue of the digits default: no download, generated in
 memory in seconds, yet not trivial. Each example is one primitive (see
 `CLASSES`) built as a trimesh mesh with random proportions (per-class
 parameters such as a cylinder's height-to-radius ratio or a torus's tube
-thickness, then an extra random stretch of up to about 20% per axis),
-random size and a uniformly random 3-D rotation, then point-sampled exactly
-as ModelNet40 is (`pointcloud.mesh_to_points`: area-weighted surface
-samples, zero-centred, scaled into [-1, 1]^3). The random proportions make
-classes overlap in bounding shape (a flat box, a short cylinder and a
-square pyramid can share a silhouette), so the model has to learn surface
-structure, and the random rotations mean it must learn that structure in
-any orientation.
+thickness, then an extra random stretch of up to 20% per axis), random
+size and a random rotation, then point-sampled exactly as ModelNet40 is
+(`pointcloud.mesh_to_points`: area-weighted surface samples, zero-centred,
+scaled into [-1, 1]^3). The random proportions make classes overlap in
+outline (a flat box and a short cylinder, a tall capsule and a rod-like
+cylinder), so the model has to learn surface structure, such as flat faces
+against curved ones.
+
+Rotation (`config.rotation`): 'z' (default) turns each shape about the
+vertical axis by a uniform angle, keeping it upright as ModelNet40's
+models are (aligned, upright CAD models; the paper found rotation
+augmentation did not help there); 'so3' rotates uniformly in 3-D, a much
+harder task for a small model. Size does not survive normalisation; it is
+drawn so that the meshes themselves vary as real ones do.
 
 Splits 'train' and 'test' are disjoint random streams of one seed
 (`config.split_seed`); example i of a split depends on (seed, split, i)
@@ -19,7 +25,8 @@ only, and its class is `i % num_classes`, so classes are balanced.
 
 Config fields (`config.data`): `num_classes` (<= len(CLASSES); the first
 ones are used), `num_train_examples`, `num_test_examples`, `num_points`,
-`split_seed`, `scale_range` (the training augmentation, as ModelNet40's).
+`split_seed`, `rotation`, `scale_range` (the training augmentation, as
+ModelNet40's).
 """
 
 import functools
@@ -52,13 +59,15 @@ def _octahedron() -> trimesh.Trimesh:
   return trimesh.Trimesh(vertices, faces, process=False)
 
 
-def _pyramid() -> trimesh.Trimesh:
-  """A square pyramid: base [-1, 1]^2 at z = -1, apex at (0, 0, 1)."""
-  vertices = np.array([[-1, -1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1],
-                       [0, 0, 1]], np.float64)
-  faces = np.array([[0, 2, 1], [0, 3, 2], [0, 1, 4], [1, 2, 4], [2, 3, 4],
-                    [3, 0, 4]])
-  return trimesh.Trimesh(vertices, faces, process=False)
+def _dome() -> trimesh.Trimesh:
+  """A closed hemisphere: unit radius, flat base at z = 0, top at z = 1."""
+  angles = np.linspace(0.0, np.pi / 2, 9)
+  # (radius, z) profile from the base centre out to the rim and over the
+  # arc to the top, revolved about z.
+  profile = np.concatenate([[[0.0, 0.0]],
+                            np.stack([np.cos(angles), np.sin(angles)], -1)[:-1],
+                            [[0.0, 1.0]]])
+  return trimesh.creation.revolve(profile, sections=32)
 
 
 def _prism() -> trimesh.Trimesh:
@@ -86,8 +95,8 @@ def _template(name: str) -> trimesh.Trimesh:
     return _tetrahedron()
   if name == 'octahedron':
     return _octahedron()
-  if name == 'pyramid':
-    return _pyramid()
+  if name == 'dome':
+    return _dome()
   if name == 'prism':
     return _prism()
   raise ValueError(f'No template for {name!r}.')
@@ -140,9 +149,9 @@ def _polyhedron(name: str) -> Callable[[np.random.Generator], trimesh.Trimesh]:
   return build
 
 
-def _pyramid_instance(rng):
-  return _scaled('pyramid', (1.0, 1.0, math.exp(rng.uniform(
-      math.log(0.5), math.log(2.0)))))
+def _dome_instance(rng):
+  # Height / radius between 0.5 and 1.5 (flat cap to tall dome).
+  return _scaled('dome', (1.0, 1.0, rng.uniform(0.5, 1.5)))
 
 
 def _prism_instance(rng):
@@ -161,7 +170,7 @@ CLASSES: tuple[tuple[str, Callable[[np.random.Generator], trimesh.Trimesh]],
                    ('capsule', _capsule),
                    ('tetrahedron', _polyhedron('tetrahedron')),
                    ('octahedron', _polyhedron('octahedron')),
-                   ('pyramid', _pyramid_instance),
+                   ('dome', _dome_instance),
                    ('prism', _prism_instance),
                )
 CLASS_NAMES = tuple(name for name, _ in CLASSES)
