@@ -323,3 +323,56 @@ class MultimodalAdapter(hk.Module):
         [jnp.broadcast_to(keep[:, None], (batch_size, array.shape[1]))
          for keep, array in zip(keeps, arrays)], axis=1)  # [B, M]
     return fused, mask
+
+class PointCloudAdapter(hk.Module):
+  """Point clouds: each point's Fourier features of its (x, y, z).
+
+  Maps points `[B, P, 3]` (coordinates in [-1, 1]) to `[B, P, C]` with
+  `C = 3 * (2K + 1)`: the coordinates themselves, then sines, then cosines
+  (`position_encoding.fourier_features`). The raw coordinates are not
+  concatenated again: the Fourier features already begin with them, so a
+  second copy would only duplicate 3 channels. Unlike a grid, the
+  positions are the data, so the features are computed from the traced
+  input on every call. P may differ between calls (the model is invariant
+  to the points' order and count).
+  """
+
+  def __init__(self,
+               *,
+               num_bands: int = 64,
+               max_resolution: Sequence[float] = (2240.0, 2240.0, 2240.0),
+               name: Optional[str] = 'point_cloud_adapter'):
+    """Builds the adapter.
+
+    Args:
+      num_bands: K, Fourier bands per axis.
+      max_resolution: mu per axis (3 values); the highest frequency of an
+        axis is mu / 2.
+      name: module name.
+    """
+    super().__init__(name=name)
+    if isinstance(num_bands, bool) or not isinstance(
+        num_bands, (int, np.integer)) or num_bands < 1:
+      raise ValueError(f'num_bands must be a positive integer, got '
+                       f'{num_bands!r}.')
+    max_resolution = tuple(float(mu) for mu in max_resolution)
+    if len(max_resolution) != 3 or not all(
+        np.isfinite(mu) and mu >= 2 for mu in max_resolution):
+      raise ValueError(f'max_resolution must be 3 finite values >= 2 (one '
+                       f'per axis), got {max_resolution}.')
+    self._num_bands = int(num_bands)
+    self._max_resolution = max_resolution
+
+  @property
+  def num_channels(self) -> int:
+    """C = 3 * (2K + 1)."""
+    return pe.num_fourier_channels(3, self._num_bands)
+
+  def __call__(self, points: jax.Array) -> jax.Array:
+    """Maps points `[B, P, 3]` to the byte array `[B, P, C]`."""
+    if points.ndim != 3 or points.shape[-1] != 3:
+      raise ValueError(f'Expected points of shape [batch, num_points, 3], '
+                       f'got {points.shape}.')
+    points = jnp.asarray(points)
+    return pe.fourier_features(points, self._num_bands,
+                               self._max_resolution).astype(points.dtype)

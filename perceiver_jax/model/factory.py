@@ -17,6 +17,10 @@ classifier: 'perceiver', or 'convnet', a small convolutional baseline
 (`convnet.ConvNet`) that reads a 'grid' input's image directly, with
 `config.model.convnet.channels` and the same pixel permutation.
 
+Type 'points' (point clouds, `batch[key]` `[B, P, 3]`): `num_bands`,
+`max_resolution` (mu per axis, 3 values) and `num_points` (P, which only
+`example_batch` uses; the adapter takes any P).
+
 Each modality registers its adapter builder in `ADAPTER_BUILDERS`.
 """
 
@@ -231,6 +235,24 @@ class _AudioVideoInput:
                          'video': self._video.byte_array(batch)},
                         is_training=is_training)
 
+class _PointsInput:
+  """Reads `batch[key]` `[B, P, 3]` through a `PointCloudAdapter`."""
+
+  def __init__(self, input_config: Mapping[str, Any]):
+    self._key = input_config['key']
+    self._adapter = adapters.PointCloudAdapter(
+        num_bands=input_config.get('num_bands', 64),
+        max_resolution=tuple(input_config['max_resolution']))
+
+  @property
+  def num_channels(self) -> int:
+    return self._adapter.num_channels
+
+  def __call__(self, batch: Batch, *, is_training: bool):
+    del is_training  # Augmentation happens in the data pipeline.
+    return self._adapter(batch[self._key]), None
+
+
 
 # Adapter type -> builder taking `config.model.input`, returning an object
 # with `num_channels` (C) that maps (batch, is_training=...) to
@@ -241,6 +263,7 @@ ADAPTER_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     'mel': _MelInput,
     'video': _VideoInput,
     'audio_video': _AudioVideoInput,
+    'points': _PointsInput,
 }
 
 
@@ -269,6 +292,14 @@ def _video_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   return {c.get('key', 'video'): (*(int(n) for n in c['index_dims']), 3)}
 
 
+def _points_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+  num_points = c.get('num_points')
+  if num_points is None or num_points < 1:
+    raise ValueError(f'config.model.input.num_points must be positive for '
+                     f'an example batch, got {num_points!r}.')
+  return {c['key']: (int(num_points), 3)}
+
+
 def _audio_video_shapes(c: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
   audio = {'raw_audio': _raw_audio_shapes, 'mel': _mel_shapes}[
       c['audio']['type']](c['audio'])
@@ -286,6 +317,7 @@ EXAMPLE_BATCH_BUILDERS: dict[
     'mel': lambda c, b: _entries(b, _mel_shapes(c)),
     'video': lambda c, b: _entries(b, _video_shapes(c)),
     'audio_video': lambda c, b: _entries(b, _audio_video_shapes(c)),
+    'points': lambda c, b: _entries(b, _points_shapes(c)),
 }
 
 

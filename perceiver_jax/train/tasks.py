@@ -32,6 +32,8 @@ TASKS: dict[str, Task] = {
         # 'train' is the loader's name for config.data.train_split
         # (balanced_train+unbalanced_train by default).
         Task('audioset', 'perceiver_jax.data.audioset'),
+        Task('modelnet40', 'perceiver_jax.data.modelnet40'),
+        Task('shapes', 'perceiver_jax.data.shapes'),
     )
 }
 

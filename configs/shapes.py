@@ -1,0 +1,86 @@
+r"""The embedded point-cloud default: procedurally generated 3-D shapes.
+
+Ten classes of primitives (sphere, box, cylinder, cone, torus, capsule,
+tetrahedron, octahedron, dome, triangular prism) with random proportions,
+size and rotation about the vertical axis, generated in memory in seconds
+and point-sampled as ModelNet40 is (`perceiver_jax/data/shapes.py`). A small
+Perceiver with the paper's point-cloud input (Fourier features of x, y, z)
+and structure (repeated cross-attends, shared latent Transformer) learns it
+in minutes on a 2-core CPU (measured numbers in the README):
+
+  python -m experiments.train --config=configs/shapes.py
+  python -m experiments.train --config=configs/shapes.py:runlocal
+
+Optimizer: AdamW with cosine decay, as the digits default (LAMB at the
+paper's rates learns small models slowly).
+"""
+
+import ml_collections
+
+from configs import common
+
+NUM_TRAIN_EXAMPLES = 10_000
+NUM_TEST_EXAMPLES = 1000
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  """Returns the shapes config for `arg` ('' or 'runlocal')."""
+  args = common.parse_arg(arg, flags=('runlocal',))
+  config = common.base_config()
+  config.task = 'shapes'
+  config.data = ml_collections.ConfigDict(dict(
+      num_classes=10,
+      num_train_examples=NUM_TRAIN_EXAMPLES,
+      num_test_examples=NUM_TEST_EXAMPLES,
+      num_points=256,
+      split_seed=0,
+      rotation='z',  # Upright, turned about z; 'so3' is much harder.
+      scale_range=(0.99, 1.01),  # The paper's ModelNet40 augmentation.
+  ))
+  config.model = common.perceiver_model(
+      num_blocks=2,
+      num_self_attends_per_block=2,
+      num_cross_attends=2,
+      num_latents=32,
+      num_latent_channels=64,
+      num_self_heads=4)
+  config.model.input = ml_collections.ConfigDict(dict(
+      type='points',
+      key='points',
+      num_points=config.data.get_ref('num_points'),
+      # Highest frequency 8: finer features than the spacing of 256 points
+      # on a unit-scale surface (about 0.1) would mostly add noise, and the
+      # cross-attend costs grow with C^2 (C = 3 * (2K + 1) = 51).
+      num_bands=8,
+      max_resolution=(16.0, 16.0, 16.0),
+  ))
+
+  config.train.batch_size = 64
+  config.train.num_steps = 600
+  config.train.log_every_steps = 100
+  config.train.eval_every_steps = 300
+  config.train.checkpoint_every_steps = 300
+
+  config.optimizer.name = 'adamw'
+  config.optimizer.learning_rate = 1e-3
+  config.optimizer.schedule = 'cosine'
+  config.optimizer.weight_decay = 1e-4
+  config.optimizer.eps = 1e-8
+
+  config.evaluator.split = 'test'
+  config.evaluator.batch_size = 250
+
+  if args['runlocal']:
+    config.data.num_train_examples = 64
+    config.data.num_test_examples = 32
+    config.data.num_points = 64
+    config.model.update(num_latents=8, num_latent_channels=16,
+                        num_self_heads=2)
+    config.model.input.num_bands = 4
+    config.train.batch_size = 16
+    config.train.num_steps = 6
+    config.train.log_every_steps = 2
+    config.train.eval_every_steps = 3
+    config.train.checkpoint_every_steps = 3
+    config.evaluator.batch_size = 16
+  return config
