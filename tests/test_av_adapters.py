@@ -73,8 +73,8 @@ def test_example_batch_shapes():
   assert {k: v.shape for k, v in batch.items()} == {
       'mel': (3, 96, 50), 'video': (3, 32, 224, 224, 3)}
   assert factory.example_batch(RAW, 1)['audio'].shape == (1, 61_440)
-  with pytest.raises(ValueError, match="'points'"):
-    factory.example_batch(dict(type='points'), 1)
+  with pytest.raises(ValueError, match="'mesh'"):
+    factory.example_batch(dict(type='mesh'), 1)
 
 
 def test_raw_audio_patches_and_time_features():
