@@ -404,6 +404,13 @@ def summary_rows(root: str) -> tuple[list[str], list[dict[str, Any]], str]:
     raise FileNotFoundError(f'{root!r} holds no sweep points '
                             f'(no */{POINT_FILE}).')
   keys = sweep_keys([p for _, p in points])
+  sweep_path = os.path.join(root, SWEEP_FILE)
+  if os.path.exists(sweep_path):
+    # The order the config gave (the points' files sort their keys).
+    with open(sweep_path) as f:
+      order = json.load(f).get('keys', [])
+    keys = [k for k in order if k in keys] + [k for k in keys
+                                              if k not in order]
   rows = []
   metric_name, mode = None, 'max'
   for name, overrides in points:
@@ -477,7 +484,7 @@ def _seed_groups(keys, rows, short):
   for values, members in groups.items():
     finals = [m['final'] for m in members]
     table.append([*values, statistics.fmean(finals),
-                  statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                  statistics.stdev(finals) if len(finals) > 1 else None,
                   len(finals), members[0]['params']])
   return header, table
 
