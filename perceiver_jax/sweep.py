@@ -321,9 +321,10 @@ def run_sweep(config: str, root: str, *, parallel: int = 1,
       while todo and len(running) < parallel:
         name, workdir, command, point = todo.pop(0)
         resuming = os.path.isdir(os.path.join(workdir, 'checkpoints'))
+        running.append(_Launch(name, workdir, command, point, config))
+        # Said once the run has started and its status file exists.
         say(f'{"resuming" if resuming else "running"} {name} '
             f'(log: {os.path.join(workdir, LOG_FILE)})')
-        running.append(_Launch(name, workdir, command, point, config))
       time.sleep(0.2)
       for launch in [r for r in running if r.process.poll() is not None]:
         running.remove(launch)
