@@ -321,9 +321,10 @@ def run_sweep(config: str, root: str, *, parallel: int = 1,
       while todo and len(running) < parallel:
         name, workdir, command, point = todo.pop(0)
         resuming = os.path.isdir(os.path.join(workdir, 'checkpoints'))
+        running.append(_Launch(name, workdir, command, point, config))
+        # Said once the run has started and its status file exists.
         say(f'{"resuming" if resuming else "running"} {name} '
             f'(log: {os.path.join(workdir, LOG_FILE)})')
-        running.append(_Launch(name, workdir, command, point, config))
       time.sleep(0.2)
       for launch in [r for r in running if r.process.poll() is not None]:
         running.remove(launch)
@@ -404,6 +405,13 @@ def summary_rows(root: str) -> tuple[list[str], list[dict[str, Any]], str]:
     raise FileNotFoundError(f'{root!r} holds no sweep points '
                             f'(no */{POINT_FILE}).')
   keys = sweep_keys([p for _, p in points])
+  sweep_path = os.path.join(root, SWEEP_FILE)
+  if os.path.exists(sweep_path):
+    # The order the config gave (the points' files sort their keys).
+    with open(sweep_path) as f:
+      order = json.load(f).get('keys', [])
+    keys = [k for k in order if k in keys] + [k for k in keys
+                                              if k not in order]
   rows = []
   metric_name, mode = None, 'max'
   for name, overrides in points:
@@ -477,7 +485,7 @@ def _seed_groups(keys, rows, short):
   for values, members in groups.items():
     finals = [m['final'] for m in members]
     table.append([*values, statistics.fmean(finals),
-                  statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                  statistics.stdev(finals) if len(finals) > 1 else None,
                   len(finals), members[0]['params']])
   return header, table
 
