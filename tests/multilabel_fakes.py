@@ -10,6 +10,7 @@ AudioSet loader's `local_clip * P + p`.
 from typing import Iterator, Sequence
 
 import numpy as np
+from sklearn import metrics as sk_metrics
 
 NUM_CLASSES = 5
 WINDOWS = 3
@@ -18,7 +19,7 @@ EMPTY_CLASS = 3
 
 def clip_logits_and_labels(num_clips: int, seed: int = 0
                            ) -> tuple[np.ndarray, np.ndarray]:
-  """Window logits `[num_clips, WINDOWS, K]` and clip labels `[num_clips, K]`."""
+  """Window logits `[clips, WINDOWS, K]` and clip labels `[clips, K]`."""
   rng = np.random.default_rng(seed)
   # Wide logits: averaging probabilities and averaging logits then rank
   # clips differently, so the test can tell which one the evaluator does.
@@ -81,7 +82,6 @@ class WindowData:
 
 def expected_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
   """mAP (scikit-learn, probabilities averaged per clip) and the loss."""
-  from sklearn import metrics as sk_metrics  # pylint: disable=g-import-not-at-top
   probs = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
   scores = probs.mean(axis=1)  # [clips, K]
   has_positive = labels.sum(axis=0) > 0
