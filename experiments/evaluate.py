@@ -41,8 +41,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   # pylint: disable=g-import-not-at-top
   from perceiver_jax.train import loop
+  from perceiver_jax.train import runtime
   from perceiver_jax.train import writers
   # pylint: enable=g-import-not-at-top
+  runtime.enable_compilation_cache()
   workdir = _WORKDIR.value
   config = load_run_config(workdir)
   if _CHECKPOINT.value:

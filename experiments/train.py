@@ -35,7 +35,11 @@ def main(argv):
     # Orbax logs every step of every save at INFO; progress lines are ours.
     logging.set_verbosity(logging.WARNING)
   # Imported after flag parsing so that `--help` stays fast.
-  from perceiver_jax.train import loop  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from perceiver_jax.train import loop
+  from perceiver_jax.train import runtime
+  # pylint: enable=g-import-not-at-top
+  runtime.enable_compilation_cache()
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config.task)
   loop.train_and_evaluate(config, workdir)
