@@ -57,7 +57,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       mixup_alpha=0.2,  # ASSUMED
       cutmix_alpha=1.0,  # ASSUMED
       shuffle_buffer=10_000,
+      # Random JPEGs per split that TFDS mock data yields (with `mock`).
+      mock_num_examples=20,
+      threadpool_size=0,  # tf.data threads; 0: all cores.
   ))
+  if args['mock']:
+    # Epochs (and so the step schedule) are those of the mock data.
+    config.data.num_train_examples = config.data.get_ref('mock_num_examples')
   config.model = common.perceiver_model()
   config.model.input = common.grid_input(
       key='image', index_dims=config.data.get_ref('image_shape'),

@@ -1,0 +1,382 @@
+"""ImageNet (ILSVRC-2012) from TFDS `imagenet2012`, for the data API.
+
+`load(split, is_training=..., batch_dims=..., config=config.data)` yields
+batches with
+  'image': float32 [*batch_dims, H, W, 3], normalised with ImageNet's mean
+           and stddev, H, W = `config.image_shape`;
+  'label': int32 [*batch_dims], or float32 [*batch_dims, num_classes] soft
+           labels in training when MixUp or CutMix is on;
+  'mask':  float32 [*batch_dims].
+
+Training: Inception crop decoded straight from the JPEG bytes, resize, flip,
+RandAugment, then MixUp/CutMix over the host batch (see `augment`).
+Evaluation: the central `eval_crop_fraction` crop, resized, nothing random.
+
+The data is read from `config.data_dir`, else `$TFDS_DATA_DIR`, else TFDS's
+default (~/tensorflow_datasets). TFDS cannot download ImageNet: prepare it
+once from the manual download with
+
+  python -m perceiver_jax.data.imagenet --manual_dir=DIR [--data_dir=DIR]
+
+(see `PREPARE_INSTRUCTIONS`). `config.mock` reads TFDS's mock data instead
+(`config.mock_num_examples` random JPEGs per split), so the whole path runs
+without the dataset.
+
+Config fields read (`config` is `config.data`): image_shape,
+eval_crop_fraction, randaugment_layers, randaugment_magnitude, mixup_alpha,
+cutmix_alpha, shuffle_buffer, data_dir, mock, num_classes, and optionally
+mock_num_examples (default 20) and threadpool_size (default 0: all cores).
+"""
+
+import argparse
+import functools
+import os
+from typing import Callable, Iterator, Optional, Sequence
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from perceiver_jax.data import augment
+from perceiver_jax.data import pipeline
+
+TFDS_NAME = 'imagenet2012'
+DEFAULT_MOCK_EXAMPLES = 20
+# Files per epoch read at once in training (an epoch's file order is
+# shuffled, and the examples of these files are interleaved).
+_TRAIN_CYCLE_LENGTH = 16
+
+PREPARE_INSTRUCTIONS = """\
+TFDS cannot download ImageNet; prepare it once from the official files:
+  1. Register at https://image-net.org/download-images and download
+     ILSVRC2012_img_train.tar (about 138 GB) and ILSVRC2012_img_val.tar
+     (about 6.3 GB).
+  2. Put both tar files, unextracted, in one folder, e.g. ~/imagenet_manual.
+  3. Build the TFDS dataset (needs about 150 GB more disk, a few hours):
+       python -m perceiver_jax.data.imagenet --manual_dir=~/imagenet_manual \\
+           --data_dir={data_dir}
+     (or, with apache-beam installed, `tfds build imagenet2012
+     --manual_dir=~/imagenet_manual --data_dir={data_dir}`).
+Then pass --config.data.data_dir={data_dir} or set TFDS_DATA_DIR. To try the
+pipeline without ImageNet, use TFDS mock data:
+  --config=configs/imagenet.py:runlocal,mock"""
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """ImageNet is not prepared for TFDS in the data directory."""
+
+
+def data_dir_of(config: ml_collections.ConfigDict) -> Optional[str]:
+  """`config.data_dir`, else `$TFDS_DATA_DIR`, else None (TFDS default)."""
+  data_dir = config.get('data_dir') or os.environ.get('TFDS_DATA_DIR')
+  return os.path.expanduser(data_dir) if data_dir else None
+
+
+def _prepared_builder(config: ml_collections.ConfigDict
+                      ) -> tfds.core.DatasetBuilder:
+  builder = tfds.builder(TFDS_NAME, data_dir=data_dir_of(config))
+  if not builder.is_prepared():
+    root = os.path.dirname(os.path.dirname(builder.data_dir))
+    raise DatasetNotPreparedError(
+        f'ImageNet (TFDS {TFDS_NAME!r} version {builder.version}) is not '
+        f'prepared in {root} (no {builder.data_dir}).\n'
+        + PREPARE_INSTRUCTIONS.format(data_dir=root))
+  return builder
+
+
+def _mock_examples(config: ml_collections.ConfigDict) -> int:
+  num = int(config.get('mock_num_examples', DEFAULT_MOCK_EXAMPLES))
+  if num < 1:
+    raise ValueError(f'mock_num_examples must be positive, got {num}.')
+  return num
+
+
+def num_examples(split: str, config: ml_collections.ConfigDict) -> int:
+  """Examples in `split` (all hosts); `mock_num_examples` in mock mode."""
+  if config.get('mock', False):
+    return _mock_examples(config)
+  builder = _prepared_builder(config)
+  try:
+    return builder.info.splits[split].num_examples
+  except (KeyError, ValueError) as e:
+    raise ValueError(f'Unknown ImageNet split {split!r}; prepared splits: '
+                     f'{sorted(builder.info.splits)}.') from e
+
+
+def _select(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+  return {'image': example['image'], 'label': example['label']}
+
+
+class Source:
+  """One host's records of a split.
+
+  Attributes:
+    make_epoch: `epoch_seed -> dataset`, one pass in a seeded order.
+    ordered: one pass in a fixed order (evaluation).
+    num_examples: records in this host's shard.
+    total_examples: records in the whole split (all hosts).
+  """
+
+  def __init__(self, make_epoch: pipeline.MakeEpoch, ordered: tf.data.Dataset,
+               num_examples: int, total_examples: int):
+    self.make_epoch = make_epoch
+    self.ordered = ordered
+    self.num_examples = num_examples
+    self.total_examples = total_examples
+
+  @classmethod
+  def from_records(cls, records: tf.data.Dataset, total_examples: int, *,
+                   process_index: int = 0, process_count: int = 1
+                   ) -> 'Source':
+    """A source over in-memory or generated records of a whole split.
+
+    Args:
+      records: {'image': JPEG bytes, 'label': int} examples, finite.
+      total_examples: how many `records` holds.
+      process_index, process_count: this host keeps every
+        `process_count`-th record, starting at `process_index`.
+    """
+    records = records.shard(process_count, process_index).map(_select)
+    return cls(lambda epoch_seed: records, records,
+               pipeline.shard_size(total_examples, process_index,
+                                   process_count), total_examples)
+
+
+def tfds_source(builder: tfds.core.DatasetBuilder, split: str,
+                 process_index: int, process_count: int) -> Source:
+  """Reads this host's slice of a prepared split straight from its files."""
+  try:
+    total = builder.info.splits[split].num_examples
+    split_info = builder.info.splits[
+        pipeline.host_split(split, process_index, process_count)]
+  except (KeyError, ValueError) as e:
+    raise ValueError(f'Unknown ImageNet split {split!r}; prepared splits: '
+                     f'{sorted(builder.info.splits)}.') from e
+  instructions = split_info.file_instructions
+  files = tf.data.Dataset.from_tensor_slices((
+      [os.fspath(i.filename) for i in instructions],
+      np.array([i.skip for i in instructions], np.int64),
+      np.array([-1 if i.take is None else i.take for i in instructions],
+               np.int64)))
+  features = builder.info.features
+  decoders = {'image': tfds.decode.SkipDecoding()}
+
+  def read(filename, skip, take):
+    return tf.data.TFRecordDataset(filename).skip(skip).take(take)
+
+  def parse(serialized):
+    return _select(features.deserialize_example(serialized,
+                                                 decoders=decoders))
+
+  def make_epoch(epoch_seed: tf.Tensor) -> tf.data.Dataset:
+    shuffled = files.shuffle(len(instructions), seed=epoch_seed,
+                             reshuffle_each_iteration=False)
+    records = shuffled.interleave(
+        read, cycle_length=min(_TRAIN_CYCLE_LENGTH, len(instructions)),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+  ordered = files.flat_map(read).map(parse,
+                                     num_parallel_calls=tf.data.AUTOTUNE)
+  return Source(make_epoch, ordered, split_info.num_examples, total)
+
+
+def _mock_source(split: str, config: ml_collections.ConfigDict,
+                 process_index: int, process_count: int) -> Source:
+  """TFDS mock data, sharded by example (mock data ignores split slices).
+
+  The mock context is entered only to build the dataset: the dataset holds
+  its own example generator, so iterating needs no patching, and leaving no
+  patch active keeps several loaders (train and eval) from interfering.
+  """
+  total = _mock_examples(config)
+  with tfds.testing.mock_data(num_examples=total):
+    records = tfds.builder(TFDS_NAME).as_dataset(
+        split=split, shuffle_files=False,
+        decoders={'image': tfds.decode.SkipDecoding()})
+  return Source.from_records(records, total, process_index=process_index,
+                            process_count=process_count)
+
+
+def _source(split: str, config: ml_collections.ConfigDict,
+            process_index: int, process_count: int) -> Source:
+  if config.get('mock', False):
+    return _mock_source(split, config, process_index, process_count)
+  return tfds_source(_prepared_builder(config), split, process_index,
+                      process_count)
+
+
+def _image_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  shape = tuple(int(n) for n in config.image_shape)
+  if len(shape) != 2 or min(shape) < 1:
+    raise ValueError(f'config.image_shape must be (height, width), got '
+                     f'{config.image_shape!r}.')
+  return shape
+
+
+@functools.lru_cache(maxsize=8)
+def _traced_train_augment(
+    image_shape: tuple[int, int], layers: int, magnitude: float
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+  """`augment.train_augment` as a tf.function traced once per process.
+
+  RandAugment's graph takes seconds to trace; tf.data would trace it anew
+  for every `load` (training and evaluation loaders, restarts, tests).
+  """
+  return tf.function(
+      lambda image, seed: augment.train_augment(
+          image, seed, randaugment_layers=layers,
+          randaugment_magnitude=magnitude),
+      input_signature=(tf.TensorSpec([*image_shape, 3], tf.uint8),
+                       tf.TensorSpec([2], tf.int64)))
+
+
+def training_batches(source: Source, config: ml_collections.ConfigDict, *,
+                     batch_dims: Sequence[int], seed: int, start_step: int,
+                     process_index: int) -> pipeline.BatchIterator:
+  """Training batches from a source (see `load`)."""
+  image_shape = _image_shape(config)
+  layers = int(config.randaugment_layers)
+  magnitude = float(config.randaugment_magnitude)
+  mixup_alpha = float(config.mixup_alpha or 0.0)
+  cutmix_alpha = float(config.cutmix_alpha or 0.0)
+  num_classes = int(config.num_classes)
+  # Checks the RandAugment settings now rather than inside tf.data.
+  if layers < 0 or not 0 <= magnitude <= 10:
+    raise ValueError(f'randaugment_layers must be >= 0 and '
+                     f'randaugment_magnitude in [0, 10], got {layers} and '
+                     f'{magnitude}.')
+
+  def decode(record, seed_):
+    return {'image': augment.train_crop(record['image'], seed_,
+                                        image_shape=image_shape),
+            'label': tf.cast(record['label'], tf.int32)}
+
+  augment_image = _traced_train_augment(image_shape, layers, magnitude)
+
+  def augment_fn(features, seed_):
+    return {'image': augment_image(features['image'], seed_),
+            'label': features['label']}
+
+  batch_fn = None
+  if mixup_alpha > 0 or cutmix_alpha > 0:
+    def batch_fn(batch, seed_):
+      images, labels = augment.mix_batch(
+          batch['image'], batch['label'], seed_, num_classes=num_classes,
+          mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+      return {'image': images, 'label': labels}
+
+  return pipeline.training_batches(
+      source.make_epoch, num_examples=source.num_examples,
+      batch_dims=batch_dims, decode_fn=decode, augment_fn=augment_fn,
+      batch_fn=batch_fn, seed=seed, start_step=start_step,
+      process_index=process_index,
+      shuffle_buffer=int(config.shuffle_buffer),
+      threadpool_size=int(config.get('threadpool_size', 0)))
+
+
+def evaluation_batches(source: Source, config: ml_collections.ConfigDict,
+                       *, batch_dims: Sequence[int], process_count: int
+                       ) -> pipeline.BatchIterator:
+  """Evaluation batches from a source (see `load`)."""
+  image_shape = _image_shape(config)
+  crop_fraction = float(config.eval_crop_fraction)
+  if not 0.0 < crop_fraction <= 1.0:
+    raise ValueError(f'eval_crop_fraction must be in (0, 1], got '
+                     f'{crop_fraction}.')
+
+  def preprocess(record):
+    return {'image': augment.eval_image(record['image'],
+                                        image_shape=image_shape,
+                                        crop_fraction=crop_fraction),
+            'label': tf.cast(record['label'], tf.int32)}
+
+  num_batches = pipeline.evaluation_num_batches(
+      source.total_examples, process_count,
+      pipeline.batch_size_of(batch_dims))
+  return pipeline.evaluation_batches(
+      source.ordered, batch_dims=batch_dims, preprocess_fn=preprocess,
+      num_batches=num_batches,
+      threadpool_size=int(config.get('threadpool_size', 0)))
+
+
+def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
+         config: ml_collections.ConfigDict, seed: int = 0,
+         start_step: int = 0, process_index: Optional[int] = None,
+         process_count: Optional[int] = None
+         ) -> Iterator[dict[str, np.ndarray]]:
+  """Batches of ImageNet `split` for this host (see the module docstring).
+
+  Args:
+    split: a TFDS split of imagenet2012 ('train', 'validation', or a slice
+      such as 'train[:10000]').
+    is_training: endless augmented stream (True) or one ordered pass.
+    batch_dims: leading dims of every array, e.g. [devices, per_device].
+    config: `config.data`.
+    seed: the data seed (shuffling and augmentation).
+    start_step: the first training batch (resumed runs).
+    process_index, process_count: this host; default from JAX.
+
+  Returns:
+    A `pipeline.BatchIterator` (its `num_skipped` counts training examples
+    dropped as undecodable). Every host yields the same number of
+    evaluation batches (extra ones are all padding).
+
+  Raises:
+    DatasetNotPreparedError: ImageNet is not prepared (the message says how
+      to prepare it).
+  """
+  pipeline.hide_gpus_from_tf()
+  process_index, process_count = pipeline.process_info(process_index,
+                                                       process_count)
+  pipeline.batch_size_of(batch_dims)
+  source = _source(split, config, process_index, process_count)
+  if is_training:
+    return training_batches(source, config, batch_dims=batch_dims, seed=seed,
+                            start_step=start_step,
+                            process_index=process_index)
+  return evaluation_batches(source, config, batch_dims=batch_dims,
+                            process_count=process_count)
+
+
+def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
+  """Builds TFDS imagenet2012 from the manual download; returns its path.
+
+  Args:
+    manual_dir: a folder holding ILSVRC2012_img_train.tar and/or
+      ILSVRC2012_img_val.tar (as downloaded, not extracted).
+    data_dir: where to write the dataset (default: $TFDS_DATA_DIR or TFDS's
+      default).
+
+  Raises:
+    FileNotFoundError: neither tar file is in `manual_dir`.
+  """
+  manual_dir = os.path.expanduser(manual_dir)
+  wanted = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+  if not any(os.path.exists(os.path.join(manual_dir, f)) for f in wanted):
+    raise FileNotFoundError(
+        f'Neither {wanted[0]} nor {wanted[1]} is in {manual_dir}.\n'
+        + PREPARE_INSTRUCTIONS.format(data_dir=data_dir or 'DATA_DIR'))
+  data_dir = os.path.expanduser(data_dir) if data_dir else None
+  builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return os.fspath(builder.data_dir)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  parser = argparse.ArgumentParser(
+      description='Prepare TFDS imagenet2012 from the manual download.')
+  parser.add_argument('--manual_dir', required=True,
+                      help='folder with ILSVRC2012_img_{train,val}.tar')
+  parser.add_argument('--data_dir', default=None,
+                      help='TFDS data dir (default: $TFDS_DATA_DIR or '
+                      '~/tensorflow_datasets)')
+  args = parser.parse_args(argv)
+  pipeline.hide_gpus_from_tf()
+  print(f'Prepared {prepare(args.manual_dir, args.data_dir)}')
+
+
+if __name__ == '__main__':
+  main()
