@@ -343,7 +343,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """Checks a finished step's loss; True if a stop was requested."""
     if metrics is None:
       return False
-    if (not bool(np.asarray(metrics['finite'][0])) and
+    # np.asarray first: indexing a device array would dispatch a gather.
+    if (not bool(np.asarray(metrics['finite'])[0]) and
         not config.train.skip_nonfinite_updates):
       good = run.checkpointer.latest_step()
       raise NonFiniteLossError(
@@ -353,7 +354,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              f'{run.checkpointer.directory}/{good}') +
           '. Set config.train.skip_nonfinite_updates=True to skip such '
           'updates instead.')
-    return bool(np.asarray(metrics['stop'][0]))
+    return bool(np.asarray(metrics['stop'])[0])
 
   def save(done, metrics=None):
     host_state = jax.tree.map(np.asarray, parallel.unreplicate(state))
@@ -383,8 +384,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if done % config.train.log_every_steps == 0 or is_last or stop_requested:
       stop_requested = inspect(pending, step) or stop_requested
       pending = None
-      scalars = jax.tree.map(lambda x: float(np.asarray(x[0])), metrics)
-      scalars['num_skipped'] = int(np.asarray(state.num_skipped[0]))
+      scalars = jax.tree.map(lambda x: float(np.asarray(x)[0]), metrics)
+      scalars['num_skipped'] = int(np.asarray(state.num_skipped)[0])
       scalars['skipped_inputs'] = int(scalars['skipped_inputs'])
       elapsed = time.time() - window_time
       steps_per_sec = (done - window_start) / max(elapsed, 1e-9)

@@ -61,7 +61,15 @@ def _leading_axis_sharding() -> jax.sharding.NamedSharding:
 
 def unreplicate(tree: PyTree) -> PyTree:
   """The first device's copy of a replicated pytree, as numpy arrays."""
-  return jax.tree.map(lambda x: np.asarray(jax.device_get(x[0])), tree)
+
+  def first(x):
+    if isinstance(x, jax.Array):
+      # Copies one device's buffer; `x[0]` would dispatch a gather per leaf
+      # (seconds for a model's state).
+      return np.asarray(x.addressable_shards[0].data).reshape(x.shape[1:])
+    return np.asarray(x)[0]
+
+  return jax.tree.map(first, tree)
 
 
 def shard(batch: PyTree) -> PyTree:
