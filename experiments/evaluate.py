@@ -10,10 +10,11 @@ line and writes them to `DIR/evaluations/<split>-step<N>.json` (or
 import json
 import os
 
-from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
+
+from perceiver_jax.train import launch
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.',
                                required=True)
@@ -36,10 +37,12 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise ValueError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+  launch.initialize_distributed()
   # pylint: disable=g-import-not-at-top
+  import jax
   from perceiver_jax.train import loop
   from perceiver_jax.train import runtime
   from perceiver_jax.train import writers
@@ -53,8 +56,9 @@ def main(argv):
     try:
       step = int(os.path.basename(checkpoint))
     except ValueError:
-      raise app.UsageError(f'--checkpoint must be a step directory such as '
-                           f'{workdir}/checkpoints/1000, got {checkpoint}.')
+      raise ValueError(f'--checkpoint must be a step directory such as '
+                       f'{workdir}/checkpoints/1000, got {checkpoint}.'
+                       ) from None
   else:
     checkpoint_dir, step = os.path.join(workdir, 'checkpoints'), None
   metrics = loop.evaluate_checkpoint(config, checkpoint_dir, step=step,
@@ -64,10 +68,11 @@ def main(argv):
       checkpoint_dir, str(metrics['step'])), **metrics}
   output = _OUTPUT.value or os.path.join(
       workdir, 'evaluations', f'{split}-step{metrics["step"]}.json')
-  os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-  writers.write_json(output, result)
-  print(json.dumps(result, sort_keys=True), flush=True)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    writers.write_json(output, result)
+    print(json.dumps(result, sort_keys=True), flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  launch.run(main)

@@ -7,21 +7,32 @@ it. Examples:
   python -m experiments.train --config=configs/imagenet.py:variant=permuted
   python -m experiments.train --config=configs/digits.py \
       --config.train.num_steps=3000 --workdir=runs/digits-long
+
+The config is checked (`perceiver_jax.train.validation`) before anything is
+written or compiled; a bad value ends the launch with one `error: ...` line
+and exit status 1 (`--traceback` for the full traceback). SIGTERM or SIGINT
+stops after the current step with a checkpoint and exit status 0.
+
+On several hosts, run the same command on every host with `--multihost`
+(cluster settings from the environment) or with `--coordinator_address`,
+`--num_processes` and `--process_id`, and a workdir they all share.
 """
 
 import os
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from perceiver_jax.train import launch
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/digits.py', 'Experiment config file.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Run directory (default: runs/<task>-<timestamp>).')
+    'workdir', None, 'Run directory (default: runs/<task>-<timestamp>; give '
+    'it explicitly on several hosts).')
 
 
 def default_workdir(task: str) -> str:
@@ -30,20 +41,26 @@ def default_workdir(task: str) -> str:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise ValueError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     # Orbax logs every step of every save at INFO; progress lines are ours.
     logging.set_verbosity(logging.WARNING)
+  multihost = launch.initialize_distributed()
+  if multihost and _WORKDIR.value is None:
+    raise ValueError('--workdir is required on several hosts (they must '
+                     'share it).')
   # Imported after flag parsing so that `--help` stays fast.
   # pylint: disable=g-import-not-at-top
   from perceiver_jax.train import loop
   from perceiver_jax.train import runtime
+  from perceiver_jax.train import validation
   # pylint: enable=g-import-not-at-top
   runtime.enable_compilation_cache()
   config = _CONFIG.value
+  validation.validate(config)
   workdir = _WORKDIR.value or default_workdir(config.task)
   loop.train_and_evaluate(config, workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  launch.run(main)

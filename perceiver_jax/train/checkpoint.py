@@ -1,17 +1,74 @@
 """Checkpoints with orbax: atomic, auto-resumed, the last few plus the best.
 
 A checkpoint is a directory `<workdir>/checkpoints/<step>/` written by orbax
-to a temporary name and renamed when complete, so a crash mid-save never
-leaves a half-written checkpoint under a step's name. Arrays are stored with
-orbax's array format (never pickle).
+to a temporary name (`<step>.orbax-checkpoint-tmp-*`) and renamed when
+complete, so a crash mid-save never leaves a half-written checkpoint under a
+step's name; such temporary directories are never listed as checkpoints and
+are removed when a run next opens the directory for writing. Arrays are
+stored with orbax's array format (never pickle).
+
+Faults:
+- A checkpoint that cannot be read (a truncated or missing file) is skipped
+  with a warning by `restore_newest`, which falls back to the next older
+  one. When an older one restores, the unreadable newer ones are moved aside
+  to `<directory>.corrupt/` (kept, never deleted) so that the resumed run
+  can write those steps again.
+- A save that fails (full disk, read-only file system) raises
+  `CheckpointWriteError` naming the directory and the previous checkpoint,
+  which the failed save never touches.
+
+In a multi-process run every process calls `save` and `restore*`: orbax
+writes host (numpy) arrays from process 0 only, and all processes read the
+same step.
 """
 
 import os
+import signal
+import time
 from typing import Any, Mapping, Optional
 
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 PyTree = Any
+
+# Test hook (tests/test_faults.py): when set to a step, the process kills
+# itself with SIGKILL while saving that step, after every file is written
+# and before the temporary directory is renamed: the worst moment to die.
+KILL_DURING_SAVE_ENV = 'PERCEIVER_JAX_TEST_SIGKILL_DURING_SAVE_OF_STEP'
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (full disk, permissions...)."""
+
+
+class CheckpointReadError(ValueError):
+  """No checkpoint of a directory could be restored."""
+
+
+class _KillBeforeRename(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """Orbax's atomic-rename protocol, dying just before the rename."""
+
+  async def finalize(self, *args, **kwargs):
+    if self._final_path.name == os.environ.get(KILL_DURING_SAVE_ENV):
+      os.kill(os.getpid(), signal.SIGKILL)
+    return await super().finalize(*args, **kwargs)
+
+
+def _sync(name: str) -> None:
+  """A barrier across processes (nothing to do on a single host)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _same_on_all_processes(value: int) -> bool:
+  if jax.process_count() == 1:
+    return True
+  values = multihost_utils.process_allgather(np.int64(value))
+  return bool(np.all(np.asarray(values) == value))
 
 
 class Checkpointer:
@@ -36,6 +93,7 @@ class Checkpointer:
     if best_mode not in ('max', 'min'):
       raise ValueError(f'best_mode must be "max" or "min", got {best_mode!r}.')
     self.directory = os.path.abspath(directory)
+    self._read_only = read_only
     policies = [ocp.checkpoint_managers.LatestN(keep)]
     if best_metric is not None:
       policies.append(ocp.checkpoint_managers.BestN(
@@ -46,6 +104,11 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         create=not read_only,
         read_only=read_only,
+        # Temporary directories of saves that never finished (the process
+        # was killed) are removed; they are never taken for checkpoints.
+        cleanup_tmp_directories=not read_only,
+        temporary_path_class=(_KillBeforeRename if os.environ.get(
+            KILL_DURING_SAVE_ENV) else None),
         # Synchronous saves: when save() returns, the checkpoint is complete.
         enable_async_checkpointing=False,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
@@ -62,13 +125,28 @@ class Checkpointer:
 
   def save(self, step: int, state: PyTree,
            metrics: Optional[Mapping[str, float]] = None) -> None:
-    """Writes `state` (host arrays) as the checkpoint of `step`."""
-    self._manager.save(
-        step, args=ocp.args.StandardSave(state),
-        metrics=None if metrics is None else {
-            k: float(v) for k, v in metrics.items()},
-        force=True)
-    self._manager.wait_until_finished()
+    """Writes `state` (host arrays) as the checkpoint of `step`.
+
+    Raises:
+      CheckpointWriteError: the write failed; earlier checkpoints are
+        untouched (orbax writes to a temporary directory).
+    """
+    previous = self.latest_step()
+    try:
+      self._manager.save(
+          step, args=ocp.args.StandardSave(state),
+          metrics=None if metrics is None else {
+              k: float(v) for k, v in metrics.items()},
+          force=True)
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      kept = ('no earlier checkpoint' if previous is None else
+              f'the previous checkpoint {self.directory}/{previous} is '
+              'untouched')
+      raise CheckpointWriteError(
+          f'Could not write the checkpoint of step {step} to '
+          f'{self.directory}: {type(e).__name__}: {e}. Free space or fix '
+          f'permissions there and relaunch; {kept}.') from e
 
   def restore(self, target: PyTree, step: Optional[int] = None) -> PyTree:
     """Restores the checkpoint of `step` (default: newest) shaped as `target`.
@@ -83,6 +161,64 @@ class Checkpointer:
           f'No checkpoint{"" if step is None else f" for step {step}"} in '
           f'{self.directory}.')
     return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+
+  def restore_newest(self, target: PyTree) -> tuple[Optional[PyTree],
+                                                    Optional[int]]:
+    """The newest checkpoint that restores, shaped as `target`.
+
+    Unreadable checkpoints are skipped with a warning. If an older one
+    restores (so the newer ones are damaged, not of another model), the
+    damaged ones are moved to `<directory>.corrupt/` unless the directory is
+    read-only. Every process restores the same step.
+
+    Returns:
+      `(state, step)`, or `(None, None)` when there is no checkpoint.
+
+    Raises:
+      CheckpointReadError: no checkpoint restores; the error of each is
+        given (nothing is moved).
+    """
+    failures = []
+    for step in reversed(self.all_steps()):
+      try:
+        state = self.restore(target, step)
+      except Exception as e:  # pylint: disable=broad-except
+        message = f'{type(e).__name__}: {str(e)[:300]}'
+        logging.warning('Checkpoint %s/%d is unreadable (%s); trying the '
+                        'previous one.', self.directory, step, message)
+        failures.append((step, message))
+        continue
+      if not _same_on_all_processes(step):
+        raise CheckpointReadError(
+            f'Processes restored different checkpoints of {self.directory} '
+            f'(this one step {step}); is the directory shared?')
+      if failures:
+        self._set_aside([s for s, _ in failures])
+      return state, step
+    if failures:
+      listed = '; '.join(f'step {s}: {m}' for s, m in failures)
+      raise CheckpointReadError(
+          f'No checkpoint in {self.directory} could be restored ({listed}). '
+          'If the config changed since they were written, use the original '
+          'config or a new workdir.')
+    return None, None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves unreadable step directories out of the way, keeping them."""
+    if self._read_only:
+      return
+    _sync('perceiver_jax_checkpoint_set_aside_start')
+    if jax.process_index() == 0:
+      corrupt = f'{self.directory}.corrupt'
+      os.makedirs(corrupt, exist_ok=True)
+      for step in steps:
+        target = os.path.join(
+            corrupt, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+        os.replace(os.path.join(self.directory, str(step)), target)
+        logging.warning('Moved unreadable checkpoint %s/%d to %s.',
+                        self.directory, step, target)
+    _sync('perceiver_jax_checkpoint_set_aside_done')
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.close()

@@ -33,6 +33,7 @@ from perceiver_jax.train import losses
 from perceiver_jax.train import optim
 from perceiver_jax.train import parallel
 from perceiver_jax.train import state as state_lib
+from perceiver_jax.train import stopping
 from perceiver_jax.train import tasks
 from perceiver_jax.train import writers
 
@@ -103,11 +104,19 @@ def train_step_fn(apply_fn: Callable[..., jax.Array],
   A non-finite loss or gradient never reaches the parameters: the update is
   skipped and counted in `state.num_skipped`. Whether the run then goes on
   is the loop's decision (`config.train.skip_nonfinite_updates`).
+
+  The optional `control` carries host-side facts into the step's
+  collectives, so that every process learns them without another
+  synchronisation: `'stop'` (int32 `[devices]`, 1 where this process was
+  asked to stop) comes back as `metrics['stop']`, the maximum over all
+  devices; `'skipped_inputs'` (int32 `[devices]`, this host's count of
+  undecodable inputs on its first device, 0 elsewhere) comes back summed
+  over all devices.
   """
   loss_type = loss_config['type']
   label_smoothing = loss_config.get('label_smoothing', 0.0)
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, control=None):
     rng = parallel.device_rng(state.rng, state.step)
 
     def loss_fn(params):
@@ -137,6 +146,10 @@ def train_step_fn(apply_fn: Callable[..., jax.Array],
         'learning_rate': schedule(state.step),
         'finite': finite,
     }
+    if control is not None:
+      metrics['stop'] = jax.lax.pmax(control['stop'], parallel.AXIS)
+      metrics['skipped_inputs'] = jax.lax.psum(control['skipped_inputs'],
+                                               parallel.AXIS)
     return new_state, metrics
 
   return train_step
@@ -218,13 +231,18 @@ class Run:
     return self.checkpointer.restore(target, step)
 
   def initial_or_restored_state(self, example_batch) -> TrainState:
-    """Restores the newest checkpoint if there is one, else initialises."""
-    step = self.checkpointer.latest_step()
-    if step is None:
-      return self.fresh_state(example_batch)
-    restored = self.restore_state(example_batch, step)
-    writers.console(f'Resumed from {self.checkpointer.directory}/{step} '
-                    f'(step {int(restored.step)}).')
+    """Restores the newest readable checkpoint, else initialises.
+
+    An unreadable newest checkpoint is skipped with a warning (see
+    `Checkpointer.restore_newest`) and the previous one restored.
+    """
+    target = jax.tree.map(np.asarray, self.fresh_state(example_batch))
+    restored, step = self.checkpointer.restore_newest(target)
+    if restored is None:
+      return target
+    if self.is_chief:
+      writers.console(f'Resumed from {self.checkpointer.directory}/{step} '
+                      f'(step {int(restored.step)}).')
     return restored
 
 
@@ -237,20 +255,52 @@ def _write_run_files(run: Run) -> None:
     np.save(os.path.join(run.workdir, 'permutation.npy'), permutation)
 
 
+def _control(stop: bool, skipped_inputs: int) -> dict[str, jax.Array]:
+  """The step's `control` input (see `train_step_fn`) for this host."""
+  num_devices = jax.local_device_count()
+  skipped = np.zeros([num_devices], np.int32)
+  skipped[0] = skipped_inputs
+  return parallel.shard({'stop': np.full([num_devices], int(stop), np.int32),
+                         'skipped_inputs': skipped})
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       *, stop_after_steps: Optional[int] = None
-                       ) -> dict[str, Any]:
+                       *, stop_after_steps: Optional[int] = None,
+                       return_state: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible) and evaluates.
+
+  SIGTERM or SIGINT during the call stops the run after the current step
+  with a checkpoint (all processes agree on the step); the result then has
+  'stopped' set to the signal's name.
 
   Args:
     config: the experiment config.
     workdir: the run's directory.
     stop_after_steps: stop (with a checkpoint) once this many steps have
       run in this call, before the run's end; for tests of resumption.
+    return_state: add this process's final `TrainState` (host arrays) to
+      the result under 'state'.
 
   Returns:
-    The last evaluation's metrics plus 'step' and 'num_skipped'.
+    The last evaluation's metrics plus 'step', 'num_skipped', 'stopped'
+    (None, or the signal that stopped the run) and 'checkpoint' (the last
+    checkpoint written or restored, or None).
+
+  Raises:
+    NonFiniteLossError: a non-finite loss or gradient, unless
+      `config.train.skip_nonfinite_updates`.
+    checkpoint_lib.CheckpointWriteError: a checkpoint could not be written.
   """
+  with stopping.StopSignals() as signals:
+    return _train_and_evaluate(config, workdir, signals,
+                               stop_after_steps=stop_after_steps,
+                               return_state=return_state)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        signals: stopping.StopSignals, *,
+                        stop_after_steps: Optional[int],
+                        return_state: bool) -> dict[str, Any]:
   run = Run(config, workdir)
   length = run.length
   if run.is_chief:
@@ -262,13 +312,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   first_batch = next(batches)
   state = run.initial_or_restored_state(first_batch)
   start_step = int(state.step)
+  if start_step != latest:
+    # The newest checkpoint was unreadable: read the data from the step of
+    # the one restored instead.
+    batches = run.train_batches(start_step=start_step)
+    first_batch = next(batches)
   num_params = state_lib.num_params(state.params)
   if run.is_chief:
     writers.console(
         f'Training {config.task} for {length.total_steps} steps '
         f'({length.steps_per_epoch:.1f} steps/epoch) with global batch '
-        f'{config.train.batch_size} on {jax.device_count()} device(s); '
-        f'{num_params:,} parameters; workdir {workdir}')
+        f'{config.train.batch_size} on {jax.device_count()} device(s) of '
+        f'{jax.process_count()} process(es); {num_params:,} parameters; '
+        f'workdir {workdir}')
 
   train_step = make_train_step(
       run.forward.apply, run.optimizer, run.schedule, config.loss)
@@ -276,54 +332,80 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state = parallel.replicate(state)
 
   eval_metrics: dict[str, Any] = {}
-  last_saved = start_step if latest else None
+  last_saved = start_step if start_step else None
   window_start, window_time = start_step, time.time()
-  pending_finite = None  # Checked one step late to keep dispatch async.
+  pending = None  # The previous step's metrics, read one step late.
   end_step = length.total_steps
   if stop_after_steps is not None:
     end_step = min(end_step, start_step + stop_after_steps)
 
-  def check_finite(metrics, step):
-    if metrics is None or bool(np.asarray(metrics['finite'][0])):
-      return
-    if config.train.skip_nonfinite_updates:
-      return
-    good = run.checkpointer.latest_step()
-    raise NonFiniteLossError(
-        f'Non-finite loss or gradient at step {step}; the update was not '
-        f'applied. Last good checkpoint: '
-        f'{"none" if good is None else f"{run.checkpointer.directory}/{good}"}'
-        '. Set config.train.skip_nonfinite_updates=True to skip such '
-        'updates instead.')
+  def inspect(metrics, step) -> bool:
+    """Checks a finished step's loss; True if a stop was requested."""
+    if metrics is None:
+      return False
+    # np.asarray first: indexing a device array would dispatch a gather.
+    if (not bool(np.asarray(metrics['finite'])[0]) and
+        not config.train.skip_nonfinite_updates):
+      good = run.checkpointer.latest_step()
+      raise NonFiniteLossError(
+          f'Non-finite loss or gradient at step {step}; the update was not '
+          'applied. Last good checkpoint: '
+          + ('none' if good is None else
+             f'{run.checkpointer.directory}/{good}') +
+          '. Set config.train.skip_nonfinite_updates=True to skip such '
+          'updates instead.')
+    return bool(np.asarray(metrics['stop'])[0])
 
+  def save(done, metrics=None):
+    host_state = jax.tree.map(np.asarray, parallel.unreplicate(state))
+    if jax.process_count() > 1:
+      # Only process 0's copy is written: make sure it is everyone's.
+      parallel.assert_same_on_all_hosts(host_state.params,
+                                        f'parameters at step {done}')
+    run.checkpointer.save(done, host_state, metrics=metrics)
+
+  stop_requested = False
   batch = first_batch
   for step in range(start_step, end_step):
     if step > start_step:
       batch = next(batches)
-    state, metrics = train_step(state, parallel.shard(batch))
-    check_finite(pending_finite, step - 1)
-    pending_finite = metrics
+    # Loaders built on data/pipeline.py count the inputs they could not
+    # decode (and dropped) in `num_skipped`.
+    skipped_inputs = int(getattr(batches, 'num_skipped', 0))
+    state, metrics = train_step(state, parallel.shard(batch),
+                                _control(signals.requested, skipped_inputs))
+    # Reading the previous step's flags waits for it, not for this one, so
+    # the host stays a step ahead of the devices.
+    stop_requested = inspect(pending, step - 1)
+    pending = metrics
     done = step + 1
     is_last = done == end_step
 
-    if done % config.train.log_every_steps == 0 or is_last:
-      check_finite(pending_finite, step)
-      pending_finite = None
-      scalars = jax.tree.map(lambda x: float(np.asarray(x[0])), metrics)
-      scalars['num_skipped'] = int(np.asarray(state.num_skipped[0]))
+    if done % config.train.log_every_steps == 0 or is_last or stop_requested:
+      stop_requested = inspect(pending, step) or stop_requested
+      pending = None
+      scalars = jax.tree.map(lambda x: float(np.asarray(x)[0]), metrics)
+      scalars['num_skipped'] = int(np.asarray(state.num_skipped)[0])
+      scalars['skipped_inputs'] = int(scalars['skipped_inputs'])
       elapsed = time.time() - window_time
       steps_per_sec = (done - window_start) / max(elapsed, 1e-9)
       scalars['steps_per_sec'] = steps_per_sec
       scalars['examples_per_sec'] = steps_per_sec * config.train.batch_size
-      del scalars['finite']
+      del scalars['finite'], scalars['stop']
       writer.write(done, scalars, prefix='train')
       if run.is_chief:
         eta = (length.total_steps - done) / max(steps_per_sec, 1e-9)
+        skipped_text = ''
+        if scalars['num_skipped']:
+          skipped_text += f'  skipped updates {scalars["num_skipped"]}'
+        if scalars['skipped_inputs']:
+          skipped_text += (f'  undecodable inputs '
+                           f'{scalars["skipped_inputs"]}')
         writers.console(
             f'step {done}/{length.total_steps}  loss {scalars["loss"]:.4f}  '
             f'lr {scalars["learning_rate"]:.2e}  '
             f'{scalars["examples_per_sec"]:.0f} ex/s  '
-            f'ETA {writers.format_duration(eta)}')
+            f'ETA {writers.format_duration(eta)}{skipped_text}')
       window_start, window_time = done, time.time()
 
     evaluated_now = False
@@ -336,25 +418,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           f'{k} {v}' for k, v in eval_metrics.items())
         writers.console(f'eval {evaluator.split} at step {done}: {shown}')
 
-    if done % config.train.checkpoint_every_steps == 0 or is_last:
-      host_state = jax.tree.map(np.asarray, parallel.unreplicate(state))
-      run.checkpointer.save(
-          done, host_state,
-          metrics={config.evaluator.metric: eval_metrics[
-              config.evaluator.metric]} if evaluated_now else None)
+    if (done % config.train.checkpoint_every_steps == 0 or is_last or
+        stop_requested):
+      save(done, metrics={config.evaluator.metric: eval_metrics[
+          config.evaluator.metric]} if evaluated_now else None)
       last_saved = done
 
     if evaluated_now or last_saved == done:
       # Throughput windows measure training steps only.
       window_start, window_time = done, time.time()
+    if stop_requested:
+      break
 
   writer.close()
   final_state = parallel.unreplicate(state)
-  if run.is_chief and last_saved is not None:
-    writers.console(f'Checkpoint: {run.checkpointer.directory}/{last_saved}')
+  checkpoint = (None if last_saved is None else
+                f'{run.checkpointer.directory}/{last_saved}')
+  stopped = None
+  if stop_requested:
+    stopped = signals.signal_name or 'a signal to another process'
+    if run.is_chief:
+      writers.console(
+          f'Stopped by {stopped} after step {last_saved}; checkpoint: '
+          f'{checkpoint}. Relaunch with the same workdir to resume.')
+  elif run.is_chief and checkpoint is not None:
+    writers.console(f'Checkpoint: {checkpoint}')
   run.checkpointer.close()
-  return {**eval_metrics, 'step': int(final_state.step),
-          'num_skipped': int(final_state.num_skipped)}
+  result = {**eval_metrics, 'step': int(final_state.step),
+            'num_skipped': int(final_state.num_skipped),
+            'stopped': stopped, 'checkpoint': checkpoint}
+  if return_state:
+    result['state'] = final_state
+  return result
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str,
@@ -373,13 +468,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str,
   """
   run = Run(config, workdir=os.path.dirname(checkpoint_dir),
             checkpoint_dir=checkpoint_dir, read_only=True)
-  step = run.checkpointer.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'No checkpoint in {run.checkpointer.directory}.')
   example = next(run.task.data.load(
       config.evaluator.split if split is None else split, is_training=False,
       batch_dims=run.batch_dims, config=config.data))
-  state = run.restore_state(example, step)
+  if step is None:
+    # The newest readable checkpoint (an unreadable one is skipped with a
+    # warning, and left where it is: evaluation writes nothing there).
+    target = jax.tree.map(np.asarray, run.fresh_state(example))
+    state, step = run.checkpointer.restore_newest(target)
+    if state is None:
+      raise FileNotFoundError(
+          f'No checkpoint in {run.checkpointer.directory}.')
+  else:
+    state = run.restore_state(example, step)
   metrics = run.evaluator(split).run(parallel.replicate(state.params))
   run.checkpointer.close()
   return {**metrics, 'step': int(state.step)}
