@@ -32,9 +32,24 @@ def linear(output_size: int, name: str) -> hk.Linear:
       name=name)
 
 
+class Float32LayerNorm(hk.LayerNorm):
+  """`hk.LayerNorm` whose statistics and affine map are computed in float32.
+
+  The result has the input's dtype. In float32 this is `hk.LayerNorm`
+  exactly; in bfloat16 the mean and variance over a wide channel axis keep
+  their precision (the parameters stay float32, see `Perceiver(precision)`).
+  """
+
+  def __call__(self, inputs: jax.Array, *args, **kwargs) -> jax.Array:
+    if inputs.dtype == jnp.float32:
+      return super().__call__(inputs, *args, **kwargs)
+    out = super().__call__(inputs.astype(jnp.float32), *args, **kwargs)
+    return out.astype(inputs.dtype)
+
+
 def layer_norm(name: str) -> hk.LayerNorm:
   """LayerNorm over the channel axis with scale, offset and eps 1e-5."""
-  return hk.LayerNorm(
+  return Float32LayerNorm(
       axis=-1,
       create_scale=True,
       create_offset=True,
@@ -101,9 +116,11 @@ def scaled_dot_product_attention(
         queries, keys, values, mask=mask, scale=scale)
 
   # The reference path materialises the [B, H, N, M] weights and nothing
-  # larger; the softmax runs in float32 whatever the compute dtype.
-  logits = jnp.einsum('bnhd,bmhd->bhnm', queries, keys)
-  logits = logits.astype(jnp.float32) * scale
+  # larger; the logits accumulate and the softmax runs in float32 whatever
+  # the compute dtype (a no-op in float32).
+  logits = jnp.einsum('bnhd,bmhd->bhnm', queries, keys,
+                      preferred_element_type=jnp.float32)
+  logits = logits * scale
   if key_mask is not None:
     logits = jnp.where(key_mask[:, None, None, :], logits,
                        jnp.finfo(jnp.float32).min)
