@@ -32,29 +32,34 @@ def linear(output_size: int, name: str) -> hk.Linear:
       name=name)
 
 
-class Float32LayerNorm(hk.LayerNorm):
-  """`hk.LayerNorm` whose statistics and affine map are computed in float32.
+class Float32LayerNorm:
+  """An `hk.LayerNorm` applied to float32 values; the result has the input's
+  dtype.
 
-  The result has the input's dtype. In float32 this is `hk.LayerNorm`
-  exactly; in bfloat16 the mean and variance over a wide channel axis keep
-  their precision (the parameters stay float32, see `Perceiver(precision)`).
+  In float32 this is the `hk.LayerNorm` call itself; in bfloat16 the mean,
+  variance and affine map run in float32, so the statistics over a wide
+  channel axis keep their precision (the parameters stay float32, see
+  `Perceiver(precision)`). A wrapper, not a subclass, so that the module
+  and its parameters are exactly `hk.LayerNorm`'s.
   """
 
-  def __call__(self, inputs: jax.Array, *args, **kwargs) -> jax.Array:
+  def __init__(self, norm: hk.LayerNorm):
+    self.norm = norm
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
     if inputs.dtype == jnp.float32:
-      return super().__call__(inputs, *args, **kwargs)
-    out = super().__call__(inputs.astype(jnp.float32), *args, **kwargs)
-    return out.astype(inputs.dtype)
+      return self.norm(inputs)
+    return self.norm(inputs.astype(jnp.float32)).astype(inputs.dtype)
 
 
-def layer_norm(name: str) -> hk.LayerNorm:
+def layer_norm(name: str) -> Float32LayerNorm:
   """LayerNorm over the channel axis with scale, offset and eps 1e-5."""
-  return Float32LayerNorm(
+  return Float32LayerNorm(hk.LayerNorm(
       axis=-1,
       create_scale=True,
       create_offset=True,
       eps=LAYER_NORM_EPS,
-      name=name)
+      name=name))
 
 
 def check_positive_int(value, what: str) -> int:
