@@ -79,6 +79,13 @@ def perceiver_model(**overrides: Any) -> ml_collections.ConfigDict:
       # Same outputs as the paper's nominal path, fewer FLOPs (the shared
       # cross-attends' input LayerNorm and K/V computed once per forward).
       reuse_shared_keys_values=True,
+      # Execution modes (same parameters and outputs; see
+      # perceiver_jax.model.perceiver): repeated shared blocks under a scan
+      # (compile time independent of depth), 'float32' or 'bfloat16'
+      # compute, and 'none' or 'block' rematerialisation.
+      scan_blocks=False,
+      precision='float32',
+      remat='none',
   ))
   model.update(overrides)
   return model

@@ -32,14 +32,34 @@ def linear(output_size: int, name: str) -> hk.Linear:
       name=name)
 
 
-def layer_norm(name: str) -> hk.LayerNorm:
+class Float32LayerNorm:
+  """An `hk.LayerNorm` applied to float32 values; the result has the input's
+  dtype.
+
+  In float32 this is the `hk.LayerNorm` call itself; in bfloat16 the mean,
+  variance and affine map run in float32, so the statistics over a wide
+  channel axis keep their precision (the parameters stay float32, see
+  `Perceiver(precision)`). A wrapper, not a subclass, so that the module
+  and its parameters are exactly `hk.LayerNorm`'s.
+  """
+
+  def __init__(self, norm: hk.LayerNorm):
+    self.norm = norm
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    if inputs.dtype == jnp.float32:
+      return self.norm(inputs)
+    return self.norm(inputs.astype(jnp.float32)).astype(inputs.dtype)
+
+
+def layer_norm(name: str) -> Float32LayerNorm:
   """LayerNorm over the channel axis with scale, offset and eps 1e-5."""
-  return hk.LayerNorm(
+  return Float32LayerNorm(hk.LayerNorm(
       axis=-1,
       create_scale=True,
       create_offset=True,
       eps=LAYER_NORM_EPS,
-      name=name)
+      name=name))
 
 
 def check_positive_int(value, what: str) -> int:
@@ -101,9 +121,11 @@ def scaled_dot_product_attention(
         queries, keys, values, mask=mask, scale=scale)
 
   # The reference path materialises the [B, H, N, M] weights and nothing
-  # larger; the softmax runs in float32 whatever the compute dtype.
-  logits = jnp.einsum('bnhd,bmhd->bhnm', queries, keys)
-  logits = logits.astype(jnp.float32) * scale
+  # larger; the logits accumulate and the softmax runs in float32 whatever
+  # the compute dtype (a no-op in float32).
+  logits = jnp.einsum('bnhd,bmhd->bhnm', queries, keys,
+                      preferred_element_type=jnp.float32)
+  logits = logits * scale
   if key_mask is not None:
     logits = jnp.where(key_mask[:, None, None, :], logits,
                        jnp.finfo(jnp.float32).min)

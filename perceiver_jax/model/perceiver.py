@@ -10,6 +10,20 @@ Parameter names (stable; weight-decay masks and checkpoints rely on them):
 `perceiver/latents`, `perceiver/cross_attend_<set>/...`,
 `perceiver/latent_transformer_<set>/self_attend_<i>/...`, where `<set>` numbers
 the distinct weight sets; and `classification_head/...`.
+
+Execution modes (the parameters, their names and the outputs are the same in
+every mode, up to float rounding; bfloat16 within its own precision):
+- `scan_blocks`: a run of repeated steps with shared weights (the headline's
+  cross-attend 1 + latent Transformer 0, seven times) runs as one
+  `hk.scan` whose body closes over the shared parameters, so the traced and
+  compiled program does not grow with depth.
+- `remat='block'`: every cross-attend and latent Transformer is
+  rematerialised in the backward pass (`hk.remat`): activation memory per
+  block instead of per layer, for about one more forward of compute.
+- `precision='bfloat16'`: parameters stay float32 and are cast to bfloat16
+  where used; inputs and latents are bfloat16; LayerNorm statistics,
+  attention logits and softmax are float32; the encoder returns float32, so
+  the head's logits and the loss are float32.
 """
 
 import dataclasses
@@ -23,6 +37,9 @@ import jax.numpy as jnp
 from perceiver_jax.model import attention as attention_lib
 
 PLACEMENTS = ('interleaved', 'start')
+PRECISIONS = ('float32', 'bfloat16')
+REMAT_POLICIES = ('none', 'block')
+_COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +115,72 @@ def schedule(*, num_blocks: int, num_self_attends_per_block: int,
   return steps
 
 
+@dataclasses.dataclass(frozen=True)
+class Segment:
+  """`repeats` consecutive runs of the steps `unit` (a scan when > 1)."""
+  unit: tuple[Step, ...]
+  repeats: int
+
+
+def _signature(steps) -> tuple[tuple[str, int], ...]:
+  return tuple((s.kind, s.weight_set) for s in steps)
+
+
+def scan_segments(steps: list[Step]) -> list[Segment]:
+  """Splits a schedule into runs of a repeated unit of steps.
+
+  Two steps are the same computation when they have the same kind and
+  weight set, so a unit repeated back to back can run as a scan. Greedy
+  from the front: at each position the unit that covers the most steps
+  (at least two repeats; the shortest such unit on ties) is taken, else a
+  single step. The headline `C0 L0 C1 L0 ... C1 L0` becomes `[C0] x1,
+  [L0 C1] x7, [L0] x1`; without weight sharing nothing repeats.
+
+  Args:
+    steps: a schedule, as returned by `schedule`.
+
+  Returns:
+    Segments whose units, repeated and concatenated, give `steps`.
+  """
+  signature = _signature(steps)
+  segments = []
+  i = 0
+  while i < len(steps):
+    best_period, best_repeats = 1, 1
+    for period in range(1, (len(steps) - i) // 2 + 1):
+      unit = signature[i:i + period]
+      repeats = 1
+      while signature[i + repeats * period:
+                      i + (repeats + 1) * period] == unit:
+        repeats += 1
+      if repeats > 1 and repeats * period > best_repeats * best_period:
+        best_period, best_repeats = period, repeats
+    segments.append(Segment(tuple(steps[i:i + best_period]), best_repeats))
+    i += best_period * best_repeats
+  return segments
+
+
+def _float32_creator(next_creator, shape, dtype, init, context):
+  """Creates every parameter in float32 (Haiku's Linear would follow the
+  dtype of its inputs)."""
+  del context
+  if jnp.issubdtype(dtype, jnp.floating):
+    dtype = jnp.float32
+  return next_creator(shape, dtype, init)
+
+
+def _cast_parameters_getter(dtype):
+  """A Haiku getter casting float32 parameters to `dtype`, LayerNorms not."""
+
+  def getter(next_getter, value, context):
+    if (value.dtype == jnp.float32 and
+        not isinstance(context.module, hk.LayerNorm)):
+      value = value.astype(dtype)
+    return next_getter(value)
+
+  return getter
+
+
 class Perceiver(hk.Module):
   """Latents that iteratively cross-attend to a byte array and self-attend.
 
@@ -119,6 +202,9 @@ class Perceiver(hk.Module):
                dropout: float = 0.0,
                attention_impl: str = 'einsum',
                reuse_shared_keys_values: bool = True,
+               scan_blocks: bool = False,
+               precision: str = 'float32',
+               remat: str = 'none',
                input_channels: Optional[int] = None,
                name: Optional[str] = 'perceiver'):
     """Builds the encoder.
@@ -140,6 +226,10 @@ class Perceiver(hk.Module):
       reuse_shared_keys_values: compute the input LayerNorm and key/value
         projections once for all cross-attends that share weights (the same
         outputs; fewer FLOPs than the paper's nominal count).
+      scan_blocks: run repeated shared steps under `hk.scan` (see module
+        docstring); compile time then does not grow with depth.
+      precision: 'float32' or 'bfloat16' compute (parameters stay float32).
+      remat: 'none' or 'block' (rematerialise each block in the backward).
       input_channels: C; when given, inputs with another channel count are
         rejected with a clear error (otherwise taken from the first call).
       name: module name.
@@ -172,6 +262,20 @@ class Perceiver(hk.Module):
       raise ValueError(f'attention_impl must be one of '
                        f'{attention_lib.ATTENTION_IMPLS}, got '
                        f'{attention_impl!r}.')
+    if not isinstance(scan_blocks, bool):
+      raise ValueError(f'scan_blocks must be a bool, got {scan_blocks!r}.')
+    if not isinstance(reuse_shared_keys_values, bool):
+      raise ValueError(f'reuse_shared_keys_values must be a bool, got '
+                       f'{reuse_shared_keys_values!r}.')
+    if precision not in PRECISIONS:
+      raise ValueError(f'precision must be one of {PRECISIONS}, got '
+                       f'{precision!r}.')
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f'remat must be one of {REMAT_POLICIES}, got '
+                       f'{remat!r}.')
+    self._scan_blocks = scan_blocks
+    self._precision = precision
+    self._remat = remat
     self._num_self_attends_per_block = num_self_attends_per_block
     self._num_cross_heads = num_cross_heads
     self._num_self_heads = num_self_heads
@@ -215,8 +319,22 @@ class Perceiver(hk.Module):
                *,
                input_mask: Optional[jax.Array] = None,
                is_training: bool) -> jax.Array:
-    """Encodes inputs `[B, M, C]` (mask `[B, M]`) into latents `[B, N, D]`."""
+    """Encodes inputs `[B, M, C]` (mask `[B, M]`) into latents `[B, N, D]`.
+
+    The latents are float32 whatever `precision` is.
+    """
     self._check_inputs(inputs, input_mask)
+    if self._precision == 'float32':
+      return self._encode(inputs, input_mask, is_training)
+    dtype = _COMPUTE_DTYPES[self._precision]
+    with hk.custom_creator(_float32_creator), hk.custom_getter(
+        _cast_parameters_getter(dtype)):
+      latents = self._encode(inputs.astype(dtype), input_mask, is_training)
+    return latents.astype(jnp.float32)
+
+  @hk.name_like('__call__')  # Parameter names as if built in __call__.
+  def _encode(self, inputs: jax.Array, input_mask: Optional[jax.Array],
+              is_training: bool) -> jax.Array:
     batch_size, _, input_channels = inputs.shape
     latents = hk.get_parameter(
         'latents', [self._num_latents, self._num_latent_channels],
@@ -228,7 +346,8 @@ class Perceiver(hk.Module):
     cross_attends = {}
     latent_transformers = {}
     shared_keys_values = {}
-    for step in self._schedule:
+
+    def module_of(step):
       if step.kind == 'cross_attend':
         if step.weight_set not in cross_attends:
           cross_attends[step.weight_set] = attention_lib.CrossAttendBlock(
@@ -238,30 +357,63 @@ class Perceiver(hk.Module):
               dropout=self._dropout,
               attention_impl=self._attention_impl,
               name=f'cross_attend_{step.weight_set}')
-        block = cross_attends[step.weight_set]
+        return cross_attends[step.weight_set]
+      if step.weight_set not in latent_transformers:
+        latent_transformers[step.weight_set] = (
+            attention_lib.LatentTransformer(
+                num_layers=self._num_self_attends_per_block,
+                num_heads=self._num_self_heads,
+                widening_factor=self._widening_factor,
+                dropout=self._dropout,
+                attention_impl=self._attention_impl,
+                name=f'latent_transformer_{step.weight_set}'))
+      return latent_transformers[step.weight_set]
+
+    def keys_values_of(step):
+      # Computed outside any scan, so that a scanned cross-attend closes
+      # over them like over its weights. A cross-attend whose weights no
+      # other step uses gains nothing from the cache but loses nothing.
+      if step.weight_set not in shared_keys_values:
+        shared_keys_values[step.weight_set] = module_of(step).keys_values(
+            inputs)
+      return shared_keys_values[step.weight_set]
+
+    def run_step(step, latents):
+      block = module_of(step)
+      if step.kind == 'cross_attend':
         if self._reuse_shared_keys_values:
-          # A cross-attend whose weights no other step uses gains nothing
-          # from the cache but loses nothing either.
-          if step.weight_set not in shared_keys_values:
-            shared_keys_values[step.weight_set] = block.keys_values(inputs)
-          latents = block(latents, keys_values=shared_keys_values[
-              step.weight_set], input_mask=input_mask,
-                          is_training=is_training)
+          kv = keys_values_of(step)
+          call = lambda z: block(z, keys_values=kv, input_mask=input_mask,
+                                 is_training=is_training)
         else:
-          latents = block(latents, inputs, input_mask=input_mask,
-                          is_training=is_training)
+          call = lambda z: block(z, inputs, input_mask=input_mask,
+                                 is_training=is_training)
       else:
-        if step.weight_set not in latent_transformers:
-          latent_transformers[step.weight_set] = (
-              attention_lib.LatentTransformer(
-                  num_layers=self._num_self_attends_per_block,
-                  num_heads=self._num_self_heads,
-                  widening_factor=self._widening_factor,
-                  dropout=self._dropout,
-                  attention_impl=self._attention_impl,
-                  name=f'latent_transformer_{step.weight_set}'))
-        latents = latent_transformers[step.weight_set](
-            latents, is_training=is_training)
+        call = lambda z: block(z, is_training=is_training)
+      if self._remat == 'block':
+        call = hk.remat(call)
+      return call(latents)
+
+    if self._scan_blocks:
+      segments = scan_segments(self._schedule)
+    else:
+      segments = [Segment((step,), 1) for step in self._schedule]
+    for segment in segments:
+      if segment.repeats == 1:
+        for step in segment.unit:
+          latents = run_step(step, latents)
+        continue
+      for step in segment.unit:
+        module_of(step)
+        if step.kind == 'cross_attend' and self._reuse_shared_keys_values:
+          keys_values_of(step)
+
+      def body(z, _, unit=segment.unit):
+        for step in unit:
+          z = run_step(step, z)
+        return z, None
+
+      latents, _ = hk.scan(body, latents, None, length=segment.repeats)
     return latents
 
 
@@ -276,7 +428,7 @@ class ClassificationHead(hk.Module):
 
   def __call__(self, latents: jax.Array) -> jax.Array:
     """Maps latents `[B, N, D]` to logits `[B, num_classes]`."""
-    pooled = jnp.mean(latents, axis=1)  # [B, D]
+    pooled = jnp.mean(latents.astype(jnp.float32), axis=1)  # [B, D]
     return hk.Linear(
         self._num_classes, w_init=jnp.zeros, b_init=jnp.zeros,
         name='logits')(pooled)
@@ -288,7 +440,7 @@ ENCODER_FIELDS = (
     'cross_attend_placement', 'share_weights', 'num_latents',
     'num_latent_channels', 'num_cross_heads', 'num_self_heads',
     'widening_factor', 'dropout', 'attention_impl',
-    'reuse_shared_keys_values')
+    'reuse_shared_keys_values', 'scan_blocks', 'precision', 'remat')
 
 
 def encoder_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
