@@ -29,6 +29,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       num_train_examples=NUM_TRAIN_EXAMPLES,
       test_fraction=0.2,
       split_seed=0,
+      max_shift=0,  # Training images move by up to this many pixels.
   ))
   config.model = common.perceiver_model(
       num_blocks=2,

@@ -49,7 +49,6 @@ import time
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 

@@ -12,7 +12,6 @@ import os
 
 from absl import flags
 from absl import logging
-import ml_collections
 
 from perceiver_jax.train import launch
 
@@ -25,16 +24,6 @@ _SPLIT = flags.DEFINE_string('split', None, 'The split to evaluate.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON.')
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was launched with (its `config.json`)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir} a run '
-                            'directory made by experiments.train?')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
@@ -44,12 +33,13 @@ def main(argv):
   # pylint: disable=g-import-not-at-top
   import jax
   from perceiver_jax.train import loop
+  from perceiver_jax.train import run_config
   from perceiver_jax.train import runtime
   from perceiver_jax.train import writers
   # pylint: enable=g-import-not-at-top
   runtime.enable_compilation_cache()
   workdir = _WORKDIR.value
-  config = load_run_config(workdir)
+  config = run_config.read(workdir)
   if _CHECKPOINT.value:
     checkpoint = os.path.abspath(_CHECKPOINT.value.rstrip('/'))
     checkpoint_dir = os.path.dirname(checkpoint)

@@ -10,7 +10,6 @@ values record the keys once; each later query is paired with the newest
 keys of its weight set.
 """
 
-import json
 import math
 import os
 import re
@@ -19,11 +18,13 @@ from typing import Any, Mapping, Optional, Sequence
 import haiku as hk
 import jax
 import matplotlib
-import ml_collections
 import numpy as np
 
 matplotlib.use('Agg')  # Files only, no display.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+from perceiver_jax.train import run_config  # pylint: disable=g-bad-import-order
+from perceiver_jax.train import writers  # pylint: disable=g-bad-import-order
 
 _CROSS_LINEAR = re.compile(r'(?:^|/)(cross_attend_\d+)/attention/(query|key)$')
 CELL_INCHES = 1.6  # Each panel of an attention-map figure.
@@ -103,16 +104,6 @@ def to_grid(weights: np.ndarray, index_dims: Sequence[int],
   return weights.reshape(*weights.shape[:-1], *index_dims)
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's `config.json` (as `experiments.evaluate` reads it)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir} a run '
-                            'directory made by experiments.train?')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def attention_map_figure(image: np.ndarray, maps: Sequence[np.ndarray],
                          latents: Sequence[int], *,
                          title: str = '') -> plt.Figure:
@@ -169,7 +160,7 @@ def draw_attention_maps(workdir: str, out_dir: str, *, num_images: int = 4,
                       ('num_latents', num_latents)):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f'{name} must be a positive integer, got {value!r}.')
-  config = load_run_config(workdir)
+  config = run_config.read(workdir)
   input_config = config.model.input
   if config.model.get('architecture', 'perceiver') != 'perceiver' or (
       input_config.type != 'grid'):
@@ -217,19 +208,9 @@ def draw_attention_maps(workdir: str, out_dir: str, *, num_images: int = 4,
   return paths
 
 
-def _records(workdir: str) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir} a run '
-                            'directory made by experiments.train?')
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def _eval_key(workdir: str, records: Sequence[Mapping[str, Any]]) -> str:
-  path = os.path.join(workdir, 'config.json')
-  if os.path.exists(path):
-    evaluator = load_run_config(workdir).evaluator
+  if run_config.exists(workdir):
+    evaluator = run_config.read(workdir).evaluator
     return f'{evaluator.split}/{evaluator.metric}'
   return next((k for r in records for k in r if k.endswith('/top1')), '')
 
@@ -258,7 +239,7 @@ def plot_runs(workdirs: Sequence[str], out: str, *,
   fig, (loss_ax, eval_ax) = plt.subplots(1, 2, figsize=PLOT_SIZE, dpi=DPI)
   eval_names = set()
   for workdir, label in zip(workdirs, labels):
-    records = _records(workdir)
+    records = writers.read_metrics(workdir)
     loss = _last_per_step(records, 'train/loss')
     if loss:
       steps = sorted(loss)

@@ -37,6 +37,9 @@ import sys
 import time
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from perceiver_jax.train import run_config
+from perceiver_jax.train import writers
+
 Point = dict[str, Any]
 
 SWEEP_FILE = 'sweep.json'  # ROOT/sweep.json: the config and the points.
@@ -364,14 +367,6 @@ def _num_params(config) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)))
 
 
-def _read_metrics(workdir: str) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def _point_dirs(root: str) -> list[tuple[str, Point]]:
   """(name, overrides) of every point under root, in sweep order."""
   sweep_path = os.path.join(root, SWEEP_FILE)
@@ -395,9 +390,6 @@ def summary_rows(root: str) -> tuple[list[str], list[dict[str, Any]], str]:
   `params`, `wall_s` (the sweep's wall time of the point's runs) and
   `finished`. Rows without an evaluation sort last.
   """
-  # pylint: disable=g-import-not-at-top
-  import ml_collections
-  # pylint: enable=g-import-not-at-top
   if not os.path.isdir(root):
     raise FileNotFoundError(f'No sweep directory {root!r}.')
   points = _point_dirs(root)
@@ -419,17 +411,16 @@ def summary_rows(root: str) -> tuple[list[str], list[dict[str, Any]], str]:
     status = read_point_status(workdir)
     row: dict[str, Any] = dict(point=name, **{k: overrides.get(k)
                                               for k in keys})
-    config_path = os.path.join(workdir, 'config.json')
     final = best = params = None
     steps = 0
-    if os.path.exists(config_path):
-      with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    if run_config.exists(workdir):
+      config = run_config.read(workdir)
       metric = config.evaluator.metric
       mode = config.evaluator.get('metric_mode', 'max')
       column = f'{config.evaluator.split}/{metric}'
       metric_name = metric_name or column
-      records = _read_metrics(workdir)
+      records = (writers.read_metrics(workdir) if os.path.exists(
+          os.path.join(workdir, writers.METRICS_FILE)) else [])
       values = [r[column] for r in records if column in r]
       if values:
         final = values[-1]

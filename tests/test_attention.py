@@ -300,7 +300,7 @@ def test_self_attend_rejects_heads_that_do_not_divide_latents():
 def test_non_positive_integers_are_named(value):
   with pytest.raises(ValueError, match=f'widening_factor.*{value!r}'):
     build(lambda: attention.MLP(widening_factor=value))
-  with pytest.raises(ValueError, match=f'num_layers|num_self_attends'):
+  with pytest.raises(ValueError, match='num_layers|num_self_attends'):
     build(lambda: attention.LatentTransformer(num_layers=value))
 
 

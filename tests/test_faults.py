@@ -200,6 +200,13 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(tmp_path,
   assert _steps(workdir) == [3, 6]
 
 
+def _tmpfs_pages(directory):
+  """The 4 KiB pages the files under `directory` would take on a tmpfs."""
+  sizes = [os.path.getsize(os.path.join(root, name))
+           for root, _, names in os.walk(directory) for name in names]
+  return sum(-(-size // 4096) for size in sizes)
+
+
 def _mount_tmpfs(path, size):
   os.makedirs(path)
   result = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}',
@@ -212,11 +219,13 @@ def _mount_tmpfs(path, size):
 def test_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(
     tmp_path, reference):
   # A real full disk: the checkpoints live on a tmpfs that holds one
-  # checkpoint (about 370 KiB) but not two. (chmod cannot refuse root, who
-  # runs these tests; a full file system refuses everyone.)
+  # checkpoint but not two: 1.5 times the reference run's first one, in
+  # tmpfs's 4 KiB pages. (chmod cannot refuse root, who runs these tests; a
+  # full file system refuses everyone.)
   workdir = tmp_path / 'run'
   checkpoints = workdir / 'checkpoints'
-  _mount_tmpfs(checkpoints, '600k')
+  one_checkpoint = _tmpfs_pages(os.path.join(reference[0], 'checkpoints', '3'))
+  _mount_tmpfs(checkpoints, f'{one_checkpoint * 4 * 3 // 2}k')
   try:
     with pytest.raises(checkpoint_lib.CheckpointWriteError) as error:
       loop.train_and_evaluate(_config(), str(workdir))

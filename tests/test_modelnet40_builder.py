@@ -12,7 +12,6 @@ import pytest
 import trimesh
 
 from perceiver_jax.data import modelnet40
-from perceiver_jax.data import pointcloud
 from perceiver_jax.data.builders import modelnet40 as builder_lib
 
 NUM_POINTS = builder_lib.DEFAULT_NUM_POINTS

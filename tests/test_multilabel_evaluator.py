@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import ml_collections
-import numpy as np
 import pytest
 
 from perceiver_jax.train import evaluators

@@ -1,7 +1,6 @@
 """Tests of the Perceiver encoder, its schedule and sharing, and the head."""
 
 import functools
-import math
 
 import haiku as hk
 import jax

@@ -4,7 +4,6 @@ import math
 
 import haiku as hk
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

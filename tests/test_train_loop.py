@@ -13,7 +13,7 @@ import pytest
 
 from configs import digits as digits_config
 from perceiver_jax.data import digits
-from perceiver_jax.data import numpy_pipeline
+from perceiver_jax.data import in_memory
 from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import evaluators
 from perceiver_jax.train import loop
@@ -109,7 +109,7 @@ class _CountingData:
     # Examples 0..9 hold a wrong 'prediction'; the rest the right one.
     predicted = labels.copy()
     predicted[:10] = (labels[:10] + 1) % 4
-    return numpy_pipeline.evaluation_batches(
+    return in_memory.eval_batches(
         {'image': predicted, 'label': labels}, batch_dims=batch_dims)
 
 

@@ -6,10 +6,12 @@ stratified shuffle with a fixed seed (`config.split_seed`,
 `config.test_fraction`).
 
 Batches: 'image' float32 `[*batch_dims, 8, 8, 1]` in [0, 1], 'label' int32
-`[*batch_dims]`, 'mask' float32 `[*batch_dims]`.
+`[*batch_dims]`, 'mask' float32 `[*batch_dims]`. Training images are moved
+by up to `config.max_shift` pixels along each axis (`random_shift`).
 """
 
 import functools
+import math
 from typing import Any, Iterator, Mapping, Sequence
 
 import jax
@@ -17,7 +19,7 @@ import numpy as np
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
-from perceiver_jax.data import numpy_pipeline
+from perceiver_jax.data import in_memory
 
 SPLITS = ('train', 'test')
 
@@ -43,6 +45,32 @@ def _arrays(split: str, config: Mapping[str, Any]):
                        int(config['split_seed']))[split]
 
 
+def random_shift(images: np.ndarray, rng: np.random.Generator,
+                 max_shift: int) -> np.ndarray:
+  """Moves each image by its own random offset, filling with zeros.
+
+  Args:
+    images: `[b, H, W, C]`.
+    rng: draws the offsets, each uniform in `[-max_shift, max_shift]`.
+    max_shift: the largest move in pixels along each axis (>= 0).
+
+  Returns:
+    `[b, H, W, C]`: image `i` moved down by `dy_i` and right by `dx_i`
+    pixels (negative: up, left); what moves out of the frame is lost.
+  """
+  if max_shift < 0:
+    raise ValueError(f'max_shift must be >= 0, got {max_shift}.')
+  batch, height, width, _ = images.shape
+  offsets = rng.integers(-max_shift, max_shift + 1, size=(2, batch))
+  padded = np.pad(images, ((0, 0), (max_shift, max_shift),
+                           (max_shift, max_shift), (0, 0)))
+  # Output pixel (r, c) of image i reads input pixel (r - dy_i, c - dx_i).
+  rows = np.arange(height)[None] + max_shift - offsets[0][:, None]
+  cols = np.arange(width)[None] + max_shift - offsets[1][:, None]
+  return padded[np.arange(batch)[:, None, None], rows[:, :, None],
+                cols[:, None, :]]
+
+
 def num_examples(split: str, config: Mapping[str, Any]) -> int:
   """Examples in the whole split."""
   return len(_arrays(split, config)[1])
@@ -60,17 +88,30 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
       the last batch padded and masked.
     batch_dims: leading dims of every array; their product is this host's
       batch.
-    config: `config.data`.
-    seed: seeds the shuffle.
+    config: `config.data` (`test_fraction`, `split_seed`, optional
+      `max_shift`, default 0).
+    seed: seeds the shuffle and the shifts.
     start_step: the first training step to produce (resumption).
   """
   images, labels = _arrays(split, config)
   examples = {'image': images, 'label': labels}
+  process_index, process_count = jax.process_index(), jax.process_count()
   if is_training:
-    return numpy_pipeline.training_batches(
+    # 1,797 small images: every host holds them all, so the global batches
+    # do not depend on how many hosts share them.
+    max_shift = int(config.get('max_shift', 0) or 0)
+
+    def augment(batch, rng):
+      batch['image'] = random_shift(batch['image'], rng, max_shift)
+      return batch
+
+    return in_memory.replicated_train_batches(
         examples, batch_dims=batch_dims, seed=seed, start_step=start_step,
-        process_index=jax.process_index(),
-        process_count=jax.process_count())
-  return numpy_pipeline.evaluation_batches(
-      examples, batch_dims=batch_dims, process_index=jax.process_index(),
-      process_count=jax.process_count())
+        process_index=process_index, process_count=process_count,
+        augment=augment if max_shift else None)
+  shard = in_memory.host_shard(len(labels), process_index, process_count)
+  batch_size = math.prod(in_memory.check_batch_dims(batch_dims))
+  return in_memory.eval_batches(
+      {k: v[shard] for k, v in examples.items()}, batch_dims=batch_dims,
+      num_batches=in_memory.num_eval_batches(len(labels), batch_size,
+                                             process_count))

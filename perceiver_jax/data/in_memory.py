@@ -1,22 +1,27 @@
 """Batches from datasets held in memory as numpy arrays (the data API).
 
-For datasets small enough to hold whole on each host (point clouds of
-ModelNet40: 9,843 x 2,048 x 3 float32 is 240 MB; the generated shapes),
-plain numpy gives exactly reproducible order and augmentation with no
-tf.data state:
+For datasets small enough to hold in host memory (scikit-learn's digits,
+the generated shapes, ModelNet40's point clouds: 9,843 x 2,048 x 3 float32
+is 240 MB), plain numpy gives exactly reproducible order and augmentation
+with no tf.data state. Training streams are endless and a pure function of
+(seed, step), so starting at `start_step` equals skipping that many batches:
 
-- `train_batches`: infinite; batch `s` is a pure function of (seed,
-  process index, s), so starting at `start_step` equals skipping that many
-  batches. Examples are drawn epoch by epoch, each epoch a fresh
-  permutation of this host's shard; `augment` gets a generator seeded by
-  (seed, process, step).
-- `eval_batches`: finite, every example once in stored order, the last
-  batch padded with zeros and masked out. Every host yields the same number
-  of batches (that of the largest shard), so collective evaluation steps
-  stay in lockstep across hosts.
-- `host_shard`: the contiguous part of a split that a process reads.
+- `train_batches`: each host holds its own shard (`host_shard`) and walks
+  its own epoch permutations of it. For datasets too large to copy to
+  every host.
+- `replicated_train_batches`: every host holds the whole split; one global
+  stream of epoch permutations is cut into global batches, each augmented
+  whole, and host `h` takes slice `h` of each. The global batches are then
+  the same however many hosts share them (a run on 2 hosts of 2 devices
+  sees exactly the batches of a run on 1 host of 4).
+- `eval_batches`: finite, every example of a host's shard once in stored
+  order, the last batch padded with zeros and masked out. Every host yields
+  the same number of batches (`num_eval_batches`: that of the largest
+  shard), so collective evaluation steps stay in lockstep across hosts.
 
-TODO(unify): keep in step with the generic helpers of `pipeline.py`.
+Augmentation (`augment(batch, rng)` on flat `[b, ...]` arrays) draws from a
+generator seeded by the seed and the step (and the host, for sharded
+streams), never shared with the shuffle.
 """
 
 import math
@@ -59,6 +64,11 @@ def host_shard(num_examples: int, process_index: int,
   return slice(start, start + base + (process_index < extra))
 
 
+def _check_start_step(start_step: int) -> None:
+  if start_step < 0:
+    raise ValueError(f'start_step must be >= 0, got {start_step}.')
+
+
 def _num_examples(arrays: Arrays) -> int:
   sizes = {k: len(v) for k, v in arrays.items()}
   if not sizes or len(set(sizes.values())) != 1:
@@ -72,17 +82,63 @@ def _shape(batch: dict[str, np.ndarray], batch_dims: tuple[int, ...]
   return {k: v.reshape(batch_dims + v.shape[1:]) for k, v in batch.items()}
 
 
-def _epoch_order(num_examples: int, seed: int, process_index: int,
-                 epoch: int) -> np.ndarray:
-  rng = np.random.default_rng([seed, process_index, _SHUFFLE_STREAM, epoch])
-  return rng.permutation(num_examples)
+class _EpochOrders:
+  """An endless stream of example indices: one permutation per epoch.
+
+  Position `p` of the stream is example `permutation(key, p // n)[p % n]`;
+  the permutations are a pure function of `key` and the epoch.
+  """
+
+  def __init__(self, num_examples: int, key: Sequence[int]):
+    self._num_examples = num_examples
+    self._key = list(key)
+    self._cache: dict[int, np.ndarray] = {}
+
+  def _order(self, epoch: int) -> np.ndarray:
+    if epoch not in self._cache:
+      # Batches move forward, so older epochs are never asked for again.
+      self._cache = {e: o for e, o in self._cache.items() if e >= epoch - 1}
+      self._cache[epoch] = np.random.default_rng(
+          self._key + [epoch]).permutation(self._num_examples)
+    return self._cache[epoch]
+
+  def take(self, first: int, count: int) -> np.ndarray:
+    """The examples at stream positions `first .. first + count - 1`."""
+    positions = np.arange(first, first + count)
+    epochs, offsets = np.divmod(positions, self._num_examples)
+    return np.array([self._order(int(e))[o] for e, o in zip(epochs, offsets)],
+                    dtype=np.int64)
+
+
+def _stream(arrays: Arrays, orders: _EpochOrders, *,
+            batch_dims: tuple[int, ...], num_hosts: int, host: int,
+            augment_key: Sequence[int], start_step: int,
+            augment: Optional[Augment]) -> Iterator[dict[str, np.ndarray]]:
+  """Training batches of `orders`: global batches, this host's slice.
+
+  Step `s` reads the `num_hosts * b` stream positions from `s * num_hosts *
+  b` (b: the host batch), augments them with a generator seeded by
+  `augment_key + [s]` and keeps slice `host` of `num_hosts`.
+  """
+  host_batch = math.prod(batch_dims)
+  keep = slice(host * host_batch, (host + 1) * host_batch)
+  step = start_step
+  while True:
+    rows = orders.take(step * num_hosts * host_batch, num_hosts * host_batch)
+    batch = {k: v[rows] for k, v in arrays.items()}
+    if augment is not None:
+      batch = augment(batch, np.random.default_rng(list(augment_key) + [step]))
+    batch = {k: v[keep] for k, v in batch.items()}
+    batch['mask'] = np.ones((host_batch,), np.float32)
+    yield _shape(batch, batch_dims)
+    step += 1
 
 
 def train_batches(arrays: Arrays, *, batch_dims: Sequence[int], seed: int,
                   start_step: int = 0, process_index: int = 0,
                   augment: Optional[Augment] = None
                   ) -> Iterator[dict[str, np.ndarray]]:
-  """Infinite shuffled (and augmented) batches of this host's examples.
+  """Infinite shuffled (and augmented) batches of this host's shard.
 
   Args:
     arrays: name -> `[n, ...]` arrays of this host's shard.
@@ -98,31 +154,47 @@ def train_batches(arrays: Arrays, *, batch_dims: Sequence[int], seed: int,
     The arrays as `[*batch_dims, ...]`, plus `'mask'` float32 ones.
   """
   batch_dims = check_batch_dims(batch_dims)
-  num_examples = _num_examples(arrays)
-  if start_step < 0:
-    raise ValueError(f'start_step must be >= 0, got {start_step}.')
-  batch_size = math.prod(batch_dims)
-  step = start_step
-  cached_epoch, order = -1, None
-  while True:
-    indices = []
-    position = step * batch_size
-    while len(indices) < batch_size:
-      epoch, offset = divmod(position, num_examples)
-      if epoch != cached_epoch:
-        cached_epoch = epoch
-        order = _epoch_order(num_examples, seed, process_index, epoch)
-      take = min(batch_size - len(indices), num_examples - offset)
-      indices.extend(order[offset:offset + take])
-      position += take
-    batch = {k: v[np.asarray(indices)] for k, v in arrays.items()}
-    if augment is not None:
-      rng = np.random.default_rng(
-          [seed, process_index, _AUGMENT_STREAM, step])
-      batch = augment(batch, rng)
-    batch['mask'] = np.ones((batch_size,), np.float32)
-    yield _shape(batch, batch_dims)
-    step += 1
+  _check_start_step(start_step)
+  orders = _EpochOrders(_num_examples(arrays),
+                        (seed, process_index, _SHUFFLE_STREAM))
+  return _stream(arrays, orders, batch_dims=batch_dims, num_hosts=1, host=0,
+                 augment_key=(seed, process_index, _AUGMENT_STREAM),
+                 start_step=start_step, augment=augment)
+
+
+def replicated_train_batches(arrays: Arrays, *, batch_dims: Sequence[int],
+                             seed: int, start_step: int = 0,
+                             process_index: int = 0, process_count: int = 1,
+                             augment: Optional[Augment] = None
+                             ) -> Iterator[dict[str, np.ndarray]]:
+  """This host's slice of global batches drawn from the whole split.
+
+  Args:
+    arrays: name -> `[n, ...]` arrays of the whole split (on every host).
+    batch_dims: leading dims of every batch array; their product is the
+      host batch size, the same on every host.
+    seed: the data seed.
+    start_step: the first batch's index (resumption).
+    process_index: this host's index.
+    process_count: the number of hosts.
+    augment: optional `augment(batch, rng) -> batch` on flat `[b, ...]`
+      arrays; it sees the whole global batch.
+
+  Yields:
+    The arrays as `[*batch_dims, ...]`, plus `'mask'` float32 ones.
+  """
+  batch_dims = check_batch_dims(batch_dims)
+  _check_start_step(start_step)
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} is not in '
+                     f'[0, {process_count}).')
+  orders = _EpochOrders(_num_examples(arrays), (seed, _SHUFFLE_STREAM))
+  # Every host reads and augments the whole global batch (the data are
+  # small), so that augmentation too is independent of the host count.
+  return _stream(arrays, orders, batch_dims=batch_dims,
+                 num_hosts=process_count, host=process_index,
+                 augment_key=(seed, _AUGMENT_STREAM), start_step=start_step,
+                 augment=augment)
 
 
 def num_eval_batches(total_examples: int, batch_size: int,

@@ -32,6 +32,7 @@ from perceiver_jax.train import evaluators
 from perceiver_jax.train import losses
 from perceiver_jax.train import optim
 from perceiver_jax.train import parallel
+from perceiver_jax.train import run_config
 from perceiver_jax.train import state as state_lib
 from perceiver_jax.train import stopping
 from perceiver_jax.train import tasks
@@ -248,8 +249,7 @@ class Run:
 
 def _write_run_files(run: Run) -> None:
   os.makedirs(run.workdir, exist_ok=True)
-  with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
-    f.write(run.config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  run_config.write(run.workdir, run.config)
   permutation = factory.input_permutation(run.config.model.input)
   if permutation is not None:
     np.save(os.path.join(run.workdir, 'permutation.npy'), permutation)

@@ -10,7 +10,6 @@ import math
 from typing import Any, Mapping
 
 import haiku as hk
-import jax
 import optax
 
 OPTIMIZERS = ('lamb', 'adamw', 'adam', 'sgd')

@@ -10,6 +10,8 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
+METRICS_FILE = 'metrics.jsonl'
+
 
 def console(message: str) -> None:
   """One line for the person watching the run."""
@@ -33,7 +35,7 @@ class MetricWriter:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    self._jsonl = open(os.path.join(workdir, METRICS_FILE), 'a')
     if tensorboard:
       # TensorFlow is imported only here, and kept off any GPU.
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -66,6 +68,21 @@ class MetricWriter:
     if self._summary is not None:
       self._summary.close()
       self._summary = None
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """Every record of a run's `metrics.jsonl`, in the order written.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no metrics (not a run directory, or
+      a run that has not logged yet).
+  """
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} not found: is {workdir} a run '
+                            'directory made by experiments.train?')
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def write_json(path: str, payload: Mapping[str, Any]) -> None:
