@@ -56,10 +56,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   ))
 
   config.train.batch_size = 64
-  config.train.num_steps = 600
+  config.train.num_steps = 800
   config.train.log_every_steps = 100
-  config.train.eval_every_steps = 300
-  config.train.checkpoint_every_steps = 300
+  config.train.eval_every_steps = 400
+  config.train.checkpoint_every_steps = 400
 
   config.optimizer.name = 'adamw'
   config.optimizer.learning_rate = 1e-3

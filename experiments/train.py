@@ -11,7 +11,7 @@ it. Examples:
 The config is checked (`perceiver_jax.train.validation`) before anything is
 written or compiled; a bad value ends the launch with one `error: ...` line
 and exit status 1 (`--traceback` for the full traceback). SIGTERM or SIGINT
-stops after the current step with a checkpoint and exit status 0.
+stops within a step or two, with a checkpoint and exit status 0.
 
 On several hosts, run the same command on every host with `--multihost`
 (cluster settings from the environment) or with `--coordinator_address`,
@@ -57,7 +57,7 @@ def main(argv):
   # pylint: enable=g-import-not-at-top
   runtime.enable_compilation_cache()
   config = _CONFIG.value
-  validation.validate(config)
+  validation.validate_everywhere(config)
   workdir = _WORKDIR.value or default_workdir(config.task)
   loop.train_and_evaluate(config, workdir)
 

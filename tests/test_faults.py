@@ -124,13 +124,13 @@ def test_sigint_in_process_stops_at_an_agreed_step(tmp_path):
   fault_data.register()
   config = fault_data.config(signal_at_step=2)
   result = loop.train_and_evaluate(config, str(tmp_path))
-  # SIGINT while reading step 2's batch: step 2 carries the request through
-  # its collectives, the loop reads it while step 3 runs, and stops after
-  # step 3 (4 steps done).
+  # SIGINT while reading batch 2 (0-based): step 3 carries the request
+  # through its collectives; step 3 is a checkpoint step, so the loop waits
+  # for it, reads the request and stops there, saving at once.
   assert result['stopped'] == 'SIGINT'
-  assert result['step'] == 4
-  assert result['checkpoint'] == f'{tmp_path}/checkpoints/4'
-  assert _steps(tmp_path) == [3, 4]
+  assert result['step'] == 3
+  assert result['checkpoint'] == f'{tmp_path}/checkpoints/3'
+  assert _steps(tmp_path) == [3]
   # The handlers are gone after the run: SIGINT interrupts again.
   assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -271,6 +271,18 @@ def test_nan_skip_mode_skips_and_counts(tmp_path):
   assert skipped == {2: 0, 4: 1, 6: 1}
 
 
+def test_nan_at_a_checkpoint_step_is_never_saved(tmp_path):
+  # Step 3 (batch index 2) is a checkpoint step but not a log step: the
+  # refused update must be caught before the save, not after it.
+  fault_data.register()
+  with pytest.raises(loop.NonFiniteLossError) as error:
+    loop.train_and_evaluate(fault_data.config(nan_at_step=2), str(tmp_path))
+  assert str(error.value).startswith(
+      'Non-finite loss or gradient at step 3; the update was not applied. '
+      'Last good checkpoint: none.')
+  assert _steps(tmp_path) == []
+
+
 def _error_lines(stderr):
   assert 'Traceback' not in stderr, stderr
   return [line for line in stderr.splitlines() if line.startswith('error:')]
@@ -304,6 +316,9 @@ def test_undecodable_jpegs_are_skipped_and_counted(tmp_path, capsys):
     (lambda c: c.update(task='digitz'), "Unknown config.task 'digitz'"),
     (lambda c: c.evaluator.update(split='validation'),
      "Unknown digits split 'validation'"),
+    (lambda c: c.evaluator.update(metric='top_1'),
+     "config.evaluator.metric must be one of the classification evaluator's "
+     "metrics ['top1', 'top5', 'loss', 'num_examples'], got 'top_1'"),
 ])
 def test_validate_names_the_bad_value(change, message):
   config = _config()
@@ -347,7 +362,7 @@ def test_command_line_errors_are_one_line(tmp_path):
       'error: ValueError: num_self_heads=3 does not divide')
   assert "Unknown variant 'fourierr'; choose one of" in errors['variant']
   assert errors['nan'] == (
-      'error: NonFiniteLossError: Non-finite loss or gradient at step 3; '
+      'error: NonFiniteLossError: Non-finite loss or gradient at step 4; '
       'the update was not applied. Last good checkpoint: '
       f'{tmp_path}/nan/checkpoints/3. Set config.train.skip_nonfinite_'
       'updates=True to skip such updates instead.')

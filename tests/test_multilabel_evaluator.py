@@ -46,6 +46,8 @@ def test_map_of_clip_averaged_probabilities_matches_sklearn():
   # The data tell probability averaging from logit averaging apart.
   assert abs(expected['map'] - expected['logit_average_map']) > 1e-3
   metrics = _run(_config(), data)
+  assert sorted(metrics) == sorted(
+      evaluators.MultilabelMapEvaluator.metric_names(_config()))
   assert metrics['map'] == pytest.approx(expected['map'], abs=1e-6)
   assert metrics['loss'] == pytest.approx(expected['loss'], rel=1e-5)
   assert metrics['num_examples'] == NUM_CLIPS

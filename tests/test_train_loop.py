@@ -123,6 +123,7 @@ def test_evaluator_counts_every_example_once():
       config=config, apply_fn=apply_fn, data_module=_CountingData,
       batch_dims=(8, 1))  # 37 examples in batches of 8: 5 batches, 3 padded.
   metrics = evaluator.run(parallel.replicate({}))
+  assert list(metrics) == list(evaluator.metric_names(config))
   assert metrics['num_examples'] == 37
   assert metrics['top1'] == pytest.approx(27 / 37)
   # Wrong predictions rank the true class second of four: all in the top 4.

@@ -71,6 +71,13 @@ def _same_on_all_processes(value: int) -> bool:
   return bool(np.all(np.asarray(values) == value))
 
 
+def _true_on_all_processes(value: bool) -> bool:
+  if jax.process_count() == 1:
+    return value
+  values = multihost_utils.process_allgather(np.int32(value))
+  return bool(np.all(np.asarray(values)))
+
+
 class Checkpointer:
   """Saves and restores the training state of one workdir."""
 
@@ -179,19 +186,31 @@ class Checkpointer:
         given (nothing is moved).
     """
     failures = []
-    for step in reversed(self.all_steps()):
+    steps = self.all_steps()
+    # Every process must try the same steps in the same order: each try
+    # below ends in a collective.
+    if not (_same_on_all_processes(len(steps)) and
+            _same_on_all_processes(steps[-1] if steps else -1)):
+      raise CheckpointReadError(
+          f'Processes see different checkpoints in {self.directory} (this '
+          f'one steps {steps}); is the directory shared?')
+    for step in reversed(steps):
+      message = None
       try:
         state = self.restore(target, step)
       except Exception as e:  # pylint: disable=broad-except
+        # Damage shows up as many kinds of error (tensorstore, orbax
+        # metadata, missing files); all mean this step cannot be used.
         message = f'{type(e).__name__}: {str(e)[:300]}'
-        logging.warning('Checkpoint %s/%d is unreadable (%s); trying the '
-                        'previous one.', self.directory, step, message)
+      # A step counts only if every process read it.
+      if not _true_on_all_processes(message is None):
+        message = message or 'unreadable on another process'
+        logging.warning('Checkpoint %s/%d is unreadable (%s); %s.',
+                        self.directory, step, message,
+                        'trying the previous one' if step != steps[0] else
+                        'it was the oldest')
         failures.append((step, message))
         continue
-      if not _same_on_all_processes(step):
-        raise CheckpointReadError(
-            f'Processes restored different checkpoints of {self.directory} '
-            f'(this one step {step}); is the directory shared?')
       if failures:
         self._set_aside([s for s, _ in failures])
       return state, step
@@ -208,16 +227,26 @@ class Checkpointer:
     if self._read_only:
       return
     _sync('perceiver_jax_checkpoint_set_aside_start')
+    error = None
     if jax.process_index() == 0:
       corrupt = f'{self.directory}.corrupt'
-      os.makedirs(corrupt, exist_ok=True)
-      for step in steps:
-        target = os.path.join(
-            corrupt, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-        os.replace(os.path.join(self.directory, str(step)), target)
-        logging.warning('Moved unreadable checkpoint %s/%d to %s.',
-                        self.directory, step, target)
-    _sync('perceiver_jax_checkpoint_set_aside_done')
+      try:
+        os.makedirs(corrupt, exist_ok=True)
+        for step in steps:
+          target = os.path.join(
+              corrupt, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+          os.replace(os.path.join(self.directory, str(step)), target)
+          logging.warning('Moved unreadable checkpoint %s/%d to %s.',
+                          self.directory, step, target)
+      except OSError as e:
+        error = e
+    # Every process learns of a failure on process 0 (none waits forever).
+    if not _true_on_all_processes(error is None):
+      raise CheckpointWriteError(
+          f'Could not move the unreadable checkpoints {steps} of '
+          f'{self.directory} aside to {self.directory}.corrupt'
+          + (f': {type(error).__name__}: {error}' if error else
+             ' (see process 0)') + '; nothing was deleted.') from error
     self._manager.reload()
 
   def close(self) -> None:

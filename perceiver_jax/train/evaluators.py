@@ -74,6 +74,12 @@ def num_batches(num_examples: int, *, max_examples: Optional[int],
 class ClassificationEvaluator:
   """Top-1 and top-5 accuracy and mean cross-entropy (no label smoothing)."""
 
+  @staticmethod
+  def metric_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The keys of `run`'s result for `config`."""
+    return ('top1', f'top{min(5, config.data.num_classes)}', 'loss',
+            'num_examples')
+
   def __init__(self, *, config: ml_collections.ConfigDict, apply_fn: ApplyFn,
                data_module: Any, batch_dims: Sequence[int],
                split: Optional[str] = None):
@@ -136,7 +142,8 @@ class ClassificationEvaluator:
     totals = None
     for batch in _padded_to(self._batches(), self._num_batches()):
       sums = self._eval_step(params, parallel.shard(batch))
-      sums = jax.tree.map(lambda x: float(x[0]), sums)
+      # np.asarray first: indexing a device array would dispatch a gather.
+      sums = jax.tree.map(lambda x: float(np.asarray(x)[0]), sums)
       totals = sums if totals is None else jax.tree.map(
           lambda a, b: a + b, totals, sums)
     count = totals['num_examples']
@@ -208,6 +215,13 @@ class MultilabelMapEvaluator:
   Hosts evaluate disjoint clips; their per-clip scores are gathered so that
   every host returns the same metrics over all clips.
   """
+
+  @staticmethod
+  def metric_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The keys of `run`'s result."""
+    del config
+    return ('map', 'loss', 'num_examples', 'num_windows',
+            'num_classes_without_positives')
 
   def __init__(self, *, config: ml_collections.ConfigDict, apply_fn: ApplyFn,
                data_module: Any, batch_dims: Sequence[int],

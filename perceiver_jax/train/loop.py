@@ -303,9 +303,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         return_state: bool) -> dict[str, Any]:
   run = Run(config, workdir)
   length = run.length
-  if run.is_chief:
-    _write_run_files(run)
-  writer = writers.MetricWriter(workdir, enabled=run.is_chief)
 
   latest = run.checkpointer.latest_step() or 0
   batches = run.train_batches(start_step=latest)
@@ -317,6 +314,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # the one restored instead.
     batches = run.train_batches(start_step=start_step)
     first_batch = next(batches)
+  if run.is_chief:
+    # Only now: a config that cannot restore the run's checkpoints must not
+    # replace the one that can.
+    _write_run_files(run)
+  writer = writers.MetricWriter(workdir, enabled=run.is_chief)
   num_params = state_lib.num_params(state.params)
   if run.is_chief:
     writers.console(
@@ -340,7 +342,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     end_step = min(end_step, start_step + stop_after_steps)
 
   def inspect(metrics, step) -> bool:
-    """Checks a finished step's loss; True if a stop was requested."""
+    """Checks finished step `step`'s loss; True if a stop was requested.
+
+    `step` counts from 1, as progress lines and checkpoints do.
+    """
     if metrics is None:
       return False
     # np.asarray first: indexing a device array would dispatch a gather.
@@ -376,14 +381,24 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 _control(signals.requested, skipped_inputs))
     # Reading the previous step's flags waits for it, not for this one, so
     # the host stays a step ahead of the devices.
-    stop_requested = inspect(pending, step - 1)
+    stop_requested = inspect(pending, step)
     pending = metrics
     done = step + 1
     is_last = done == end_step
-
-    if done % config.train.log_every_steps == 0 or is_last or stop_requested:
-      stop_requested = inspect(pending, step) or stop_requested
+    should_log = done % config.train.log_every_steps == 0 or is_last
+    should_evaluate = (done % config.train.eval_every_steps == 0 or
+                       done == length.total_steps)
+    should_save = done % config.train.checkpoint_every_steps == 0 or is_last
+    if should_log or should_evaluate or should_save or stop_requested:
+      # Wait for this step: never log, evaluate or checkpoint a step whose
+      # update was refused for a non-finite loss.
+      stop_requested = inspect(pending, done) or stop_requested
       pending = None
+    if stop_requested:
+      # Save at once: an evaluation could outlast a preemption's grace.
+      should_log, should_evaluate, should_save = True, False, True
+
+    if should_log:
       scalars = jax.tree.map(lambda x: float(np.asarray(x)[0]), metrics)
       scalars['num_skipped'] = int(np.asarray(state.num_skipped)[0])
       scalars['skipped_inputs'] = int(scalars['skipped_inputs'])
@@ -409,7 +424,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       window_start, window_time = done, time.time()
 
     evaluated_now = False
-    if done % config.train.eval_every_steps == 0 or done == length.total_steps:
+    if should_evaluate:
       eval_metrics = evaluator.run(state.params)
       evaluated_now = True
       writer.write(done, eval_metrics, prefix=evaluator.split)
@@ -418,8 +433,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           f'{k} {v}' for k, v in eval_metrics.items())
         writers.console(f'eval {evaluator.split} at step {done}: {shown}')
 
-    if (done % config.train.checkpoint_every_steps == 0 or is_last or
-        stop_requested):
+    if should_save:
       save(done, metrics={config.evaluator.metric: eval_metrics[
           config.evaluator.metric]} if evaluated_now else None)
       last_saved = done

@@ -98,12 +98,6 @@ def device_rng(base_key: jax.Array, step: jax.Array) -> jax.Array:
   return jax.random.fold_in(step_key, jax.lax.axis_index(AXIS))
 
 
-def host_seed(seed: int) -> int:
-  """A seed for host-side randomness that differs between hosts."""
-  return int(np.random.SeedSequence([seed, jax.process_index()]
-                                    ).generate_state(1)[0])
-
-
 def assert_same_on_all_hosts(tree: PyTree, what: str) -> None:
   """Raises unless every process holds bit-identical host arrays `tree`.
 

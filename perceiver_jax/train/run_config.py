@@ -24,9 +24,15 @@ def exists(workdir: str) -> bool:
 
 
 def write(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes `config` as sorted, indented JSON into `workdir`."""
-  with open(path(workdir), 'w') as f:
+  """Writes `config` as sorted, indented JSON into `workdir`.
+
+  The file is written beside its place and renamed into it, so a kill
+  mid-write leaves the previous config whole.
+  """
+  temporary = path(workdir) + '.tmp'
+  with open(temporary, 'w') as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  os.replace(temporary, path(workdir))
 
 
 def read(workdir: str) -> ml_collections.ConfigDict:

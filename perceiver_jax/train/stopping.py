@@ -1,8 +1,9 @@
 """Stopping a run cleanly on SIGTERM or SIGINT (preemption, Ctrl-C).
 
 `StopSignals` turns the first SIGTERM or SIGINT into a request that the
-training loop reads between steps: it finishes the step in flight, writes a
-checkpoint and returns. A second SIGINT interrupts at once (KeyboardInterrupt)
+training loop passes into the next step it dispatches and reads back when
+that step is done (one or two steps after the signal): it then writes a
+checkpoint at once, without evaluating, and returns. A second SIGINT interrupts at once (KeyboardInterrupt)
 for someone who really wants out. The handlers only set a flag, so they are
 safe wherever the signal lands (inside XLA, a save or data loading).
 

@@ -20,6 +20,7 @@ inside a compiled step:
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -70,6 +71,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f'config.evaluator.type must be one of '
                      f'{sorted(evaluators.EVALUATORS)}, got '
                      f'{config.evaluator.type!r}.')
+  metric_names = evaluators.EVALUATORS[config.evaluator.type].metric_names(
+      config)
+  if config.evaluator.metric not in metric_names:
+    raise ValueError(f'config.evaluator.metric must be one of the '
+                     f'{config.evaluator.type} evaluator\'s metrics '
+                     f'{list(metric_names)}, got {config.evaluator.metric!r}.')
   if config.evaluator.metric_mode not in ('max', 'min'):
     raise ValueError(f'config.evaluator.metric_mode must be "max" or "min", '
                      f'got {config.evaluator.metric_mode!r}.')
@@ -98,3 +105,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
       lambda key, b: forward.init(key, b, is_training=True),
       jax.random.PRNGKey(0), example)
   jax.eval_shape(optimizer.init, params)
+
+
+def validate_everywhere(config: ml_collections.ConfigDict) -> None:
+  """`validate` on every process; all fail together if any one does.
+
+  A problem seen by one host only (its data directory is missing, say)
+  would otherwise leave the others waiting in the run's first collective.
+
+  Raises:
+    The local problem where there is one; elsewhere, a ValueError naming
+    the processes that found one.
+  """
+  problem = None
+  try:
+    validate(config)
+  except (ValueError, FileNotFoundError) as e:
+    problem = e
+  if jax.process_count() > 1:
+    failed = np.asarray(multihost_utils.process_allgather(
+        np.int32(problem is not None))).ravel()
+    if failed.any() and problem is None:
+      raise ValueError(
+          f'The config failed its checks on process(es) '
+          f'{np.flatnonzero(failed).tolist()}; see their errors.')
+  if problem is not None:
+    raise problem
