@@ -24,7 +24,9 @@ Every result is one JSON line on stdout. Modes:
 
 Times are measured after warm-up: `compile_seconds` is lowering plus XLA
 compilation of the step; `step_seconds` the mean wall time of `--steps`
-steps after `--warmup` steps. Memory: on accelerators the device's peak
+steps after `--warmup` steps (`step_seconds_min`, `step_seconds_median`:
+of the steps timed one by one; on a shared machine the minimum is the
+least disturbed). Memory: on accelerators the device's peak
 (`device.memory_stats()`); on CPU the process's peak resident set (from
 `resource.getrusage`, compilation included); and everywhere
 `xla_memory_bytes`, XLA's plan for the compiled step (arguments, outputs
@@ -184,9 +186,12 @@ def _num_inputs_of(config: ml_collections.ConfigDict) -> int:
 
 
 def _time_steps(step, args, *, steps: int, warmup: int, carry_first: bool):
-  """Mean seconds per call after `warmup` calls; returns (seconds, result).
+  """Times `steps` calls after `warmup`; returns (times, result).
 
-  With `steps=0` nothing runs (compile-time measurements): (None, None).
+  `times` holds `mean`, `min` and `median` seconds per call, each call
+  waited for on its own: on a shared machine the minimum is the least
+  disturbed figure. With `steps=0` nothing runs (compile-time
+  measurements): (None, None).
   """
   if steps == 0:
     return None, None
@@ -196,13 +201,24 @@ def _time_steps(step, args, *, steps: int, warmup: int, carry_first: bool):
     if carry_first:
       args = (result[0], *args[1:])
   jax.block_until_ready(result)
-  start = time.perf_counter()
+  seconds = []
   for _ in range(steps):
+    start = time.perf_counter()
     result = step(*args)
     if carry_first:
       args = (result[0], *args[1:])
-  jax.block_until_ready(result)
-  return (time.perf_counter() - start) / steps, result
+    jax.block_until_ready(result)
+    seconds.append(time.perf_counter() - start)
+  return dict(mean=float(np.mean(seconds)), min=float(np.min(seconds)),
+              median=float(np.median(seconds))), result
+
+
+def _step_fields(times: Optional[Mapping[str, float]]) -> dict[str, Any]:
+  if times is None:
+    return dict(step_seconds=None, step_seconds_min=None,
+                step_seconds_median=None)
+  return dict(step_seconds=times['mean'], step_seconds_min=times['min'],
+              step_seconds_median=times['median'])
 
 
 def _rates(step_seconds: Optional[float], batch_size: int
@@ -284,16 +300,17 @@ def benchmark_train(config: ml_collections.ConfigDict, *, steps: int = 5,
   lower_seconds = time.perf_counter() - start
   compiled = lowered.compile(compiler_options=dict(compiler_options or {}))
   compile_seconds = time.perf_counter() - start
-  step_seconds, outputs = _time_steps(
+  times, outputs = _time_steps(
       compiled, (state, sharded), steps=steps, warmup=warmup,
       carry_first=True)
+  step_seconds = None if times is None else times['mean']
   state, metrics = outputs or (None, None)
   del state
   loss = None if metrics is None else float(np.asarray(metrics['loss'])[0])
   result = dict(mode='train', batch_size=batch_size,
                 num_inputs=_num_inputs_of(config), params=int(num_params),
                 lower_seconds=lower_seconds, compile_seconds=compile_seconds,
-                step_seconds=step_seconds, **_rates(step_seconds, batch_size),
+                **_step_fields(times), **_rates(step_seconds, batch_size),
                 loss=loss,
                 steps=steps, warmup=warmup,
                 compiler_options=dict(compiler_options or {}),
@@ -321,13 +338,13 @@ def benchmark_forward(config: ml_collections.ConfigDict, *, steps: int = 5,
   lower_seconds = time.perf_counter() - start
   compiled = lowered.compile(compiler_options=dict(compiler_options or {}))
   compile_seconds = time.perf_counter() - start
-  step_seconds, logits = _time_steps(compiled, (params, None, batch),
-                                     steps=steps, warmup=warmup,
-                                     carry_first=False)
+  times, logits = _time_steps(compiled, (params, None, batch),
+                              steps=steps, warmup=warmup, carry_first=False)
+  step_seconds = None if times is None else times['mean']
   result = dict(mode='forward', batch_size=batch_size,
                 num_inputs=_num_inputs_of(config), params=int(num_params),
                 lower_seconds=lower_seconds, compile_seconds=compile_seconds,
-                step_seconds=step_seconds, **_rates(step_seconds, batch_size),
+                **_step_fields(times), **_rates(step_seconds, batch_size),
                 logits_finite=None if logits is None else bool(
                     np.isfinite(np.asarray(logits)).all()),
                 steps=steps, warmup=warmup,

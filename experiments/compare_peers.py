@@ -100,12 +100,13 @@ def _torch_train_step_time(model, images, labels, steps: int,
 
 
 def _torch_forward_flops(model, images) -> Optional[int]:
-  import torch  # pylint: disable=g-import-not-at-top
   try:
     from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
-  with torch.no_grad(), FlopCounterMode(display=False) as counter:
+  # Not under torch.no_grad(): torch 2.13's FlopCounterMode tracks modules
+  # with backward hooks, which fail on tensors that need no gradient.
+  with FlopCounterMode(display=False) as counter:
     model(images[:1])
   return int(counter.get_total_flops())
 

@@ -167,3 +167,19 @@ def test_permuted_pixels_with_their_features_leave_logits_unchanged():
   shuffled = {'image': batch['image'].reshape(2, 64, 1)[:, perm].reshape(
       2, 8, 8, 1)}
   assert np.abs(apply_plain(params, shuffled) - logits).max() > 1e-3
+
+
+def test_fourier_features_are_behind_an_optimization_barrier():
+  """The constant features reach the program through an optimization
+  barrier, so that XLA cannot constant-fold the work downstream of them
+  (slow compiles at batch 1); the values are unchanged (tests above)."""
+  f = hk.transform(lambda x: adapters.GridAdapter(x.shape[1:-1])(x))
+  x = jnp.zeros((1, 4, 4, 3))
+  params = f.init(jax.random.PRNGKey(0), x)
+  hlo = jax.jit(f.apply).lower(params, None, x).as_text()
+  assert 'optimization_barrier' in hlo
+  learned = hk.transform(lambda x: adapters.GridAdapter(
+      x.shape[1:-1], position_encoding='learned')(x))
+  params = learned.init(jax.random.PRNGKey(0), x)
+  assert 'optimization_barrier' not in jax.jit(learned.apply).lower(
+      params, None, x).as_text()

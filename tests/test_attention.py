@@ -196,6 +196,49 @@ def test_linear_initialisers():
   assert np.abs(w).max() <= 2 * 0.05 / 0.87962566 + 1e-6
 
 
+def test_flat_linear_equals_hk_linear_in_parameters_values_and_gradients():
+  """FlatLinear only reshapes: hk.Linear's parameter tree, outputs and
+  gradients (against a float64 numpy matmul), on 3D and 4D inputs."""
+  x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(
+      np.float32)
+  for inputs in (x, x[0]):
+    flat = hk.transform(lambda v: attention.linear(6, 'proj')(v))
+    plain = hk.transform(lambda v: hk.Linear(6, name='proj')(v))
+    params = flat.init(jax.random.PRNGKey(0), inputs)
+    assert (jax.tree.map(jnp.shape, params) ==
+            jax.tree.map(jnp.shape, plain.init(jax.random.PRNGKey(0),
+                                               inputs)))
+    params = random_params(params, seed=1)
+    w, b = f64(params['proj']['w']), f64(params['proj']['b'])
+    out = np.asarray(jit(flat.apply)(params, None, inputs))
+    assert out.shape == (*inputs.shape[:-1], 6)
+    np.testing.assert_allclose(out, f64(inputs) @ w + b, atol=1e-5)
+    # d/dw of sum(out * g) = sum over leading axes of x^T g.
+    g = np.random.default_rng(2).standard_normal(out.shape)
+    grads = jax.grad(lambda p: jnp.sum(flat.apply(p, None, inputs) * g))(
+        params)
+    lead = tuple(range(inputs.ndim - 1))
+    np.testing.assert_allclose(
+        grads['proj']['w'],
+        np.tensordot(f64(inputs), g, axes=(lead, lead)), atol=1e-4)
+    np.testing.assert_allclose(grads['proj']['b'], g.sum(lead), atol=1e-4)
+
+
+def test_flat_linear_weight_gradient_contracts_one_axis():
+  """The point of FlatLinear: the weight gradient's dot_general contracts a
+  single axis (batch and positions folded), not two."""
+  f = hk.transform(lambda v: attention.linear(6, 'proj')(v))
+  x = jnp.ones((2, 3, 5))
+  params = f.init(jax.random.PRNGKey(0), x)
+  jaxpr = jax.make_jaxpr(jax.grad(
+      lambda p: jnp.sum(f.apply(p, None, x) ** 2)))(params)
+  contractions = [eqn.params['dimension_numbers'][0]
+                  for eqn in jaxpr.jaxpr.eqns
+                  if eqn.primitive.name == 'dot_general']
+  assert contractions  # Forward and weight-gradient matmuls.
+  assert all(len(lhs) == 1 and len(rhs) == 1 for lhs, rhs in contractions)
+
+
 def test_block_parameters_start_as_the_paper_says():
   f = hk.transform(lambda z, x: attention.CrossAttendBlock(
       input_channels=6, name='cross')(z, x, is_training=False))

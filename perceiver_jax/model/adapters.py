@@ -110,9 +110,14 @@ class GridAdapter(hk.Module):
     batch_size = x.shape[0]
     inputs = x.reshape(batch_size, self._num_positions, x.shape[-1])
     if self._position_encoding == 'fourier':
-      positions = jnp.broadcast_to(
-          jnp.asarray(self._fourier, x.dtype),
-          (batch_size, *self._fourier.shape))
+      # The features are a constant of the program. Without the barrier
+      # (an identity) XLA constant-folds the work downstream of them, e.g.
+      # the input LayerNorm's sums over their channels at batch 1, taking
+      # seconds per fold for a 224x224 grid at compile time.
+      features = jax.lax.optimization_barrier(
+          jnp.asarray(self._fourier, x.dtype))
+      positions = jnp.broadcast_to(features,
+                                   (batch_size, *self._fourier.shape))
     elif self._position_encoding == 'learned':
       positions = pe.LearnedPositions(
           self._num_positions, self._learned_channels,

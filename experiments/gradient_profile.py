@@ -1,0 +1,141 @@
+r"""Forward against gradient time of a config's model, and where it goes.
+
+  python -m experiments.gradient_profile --config=configs/digits.py \
+      [--batch_size=64] [--calls=10] [--top=25] [--hlo_dir=/tmp/hlo]
+
+Jits the training loss (softmax cross-entropy of the classifier's logits,
+`is_training=True`) and its gradient with respect to the parameters, on
+one device and a synthetic batch, and prints one JSON line: compile
+seconds, min and median seconds per call of each, their ratio, and the
+1-minute load average. With `--top=K` it then runs the gradient under
+`jax.profiler` and prints the K XLA operations (thunks) that took the most
+time per call, summed over threads, each with its HLO instruction name and
+the `op_name` of the JAX operation it came from; `--hlo_dir` writes both
+optimised HLO modules, so that an expensive fusion can be read in full.
+This is how the transposing copies of `perceiver_jax.model.attention.
+FlatLinear`'s docstring were found.
+"""
+
+import collections
+import glob
+import json
+import os
+import re
+import tempfile
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+import optax
+from ml_collections import config_flags
+
+from experiments import benchmark
+from perceiver_jax.model import factory
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', 'configs/digits.py', 'The experiment config file.',
+    lock_config=True)
+_BATCH_SIZE = flags.DEFINE_integer(
+    'batch_size', None, 'Batch size (default: config.train.batch_size).')
+_CALLS = flags.DEFINE_integer('calls', 10, 'Timed calls of each program.')
+_TOP = flags.DEFINE_integer('top', 0, 'Profile the gradient: print the K '
+                            'costliest XLA operations (0: no profile).')
+_HLO_DIR = flags.DEFINE_string('hlo_dir', None,
+                               'Write the optimised HLO of both programs.')
+
+
+def _time_calls(compiled, args, calls: int) -> list[float]:
+  jax.block_until_ready(compiled(*args))
+  seconds = []
+  for _ in range(calls):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    seconds.append(time.perf_counter() - start)
+  return seconds
+
+
+def _op_names(hlo_text: str) -> dict[str, str]:
+  """HLO instruction name -> the JAX op_name in its metadata."""
+  names = {}
+  for line in hlo_text.splitlines():
+    match = re.match(r'\s*(?:ROOT )?%(\S+) = .*?op_name="([^"]*)"', line)
+    if match:
+      names[match.group(1)] = match.group(2)
+  return names
+
+
+def profile_top(compiled, args, hlo_text: str, calls: int,
+                top: int) -> list[dict[str, Any]]:
+  """The `top` XLA operations by time per call (summed over threads)."""
+  from jax._src.lib import _profile_data  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as directory:
+    with jax.profiler.trace(directory):
+      for _ in range(calls):
+        jax.block_until_ready(compiled(*args))
+    path = glob.glob(os.path.join(directory, '**', '*.xplane.pb'),
+                     recursive=True)[0]
+    profile = _profile_data.ProfileData.from_file(path)
+    totals = collections.Counter()
+    for plane in profile.planes:
+      if not plane.name.startswith('/host'):
+        continue
+      for line in plane.lines:
+        for event in line.events:
+          # XLA's operations carry their HLO names (`dot.3`, `ynn_fusion`);
+          # Python frames, executor spans and client calls do not.
+          if re.fullmatch(r'[\w\-]+(\.\d+)?', event.name) and (
+              'python' not in line.name.lower()):
+            totals[event.name] += event.duration_ns
+  names = _op_names(hlo_text)
+  return [dict(op=name, ms_per_call=round(ns / 1e6 / calls, 3),
+               jax_op=names.get(name))
+          for name, ns in totals.most_common(top)]
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  config = _CONFIG.value
+  batch_size = _BATCH_SIZE.value or config.train.batch_size
+  forward = factory.transform_classifier(config.model,
+                                         config.data.num_classes)
+  batch = benchmark.synthetic_batch(config, (batch_size,))
+  labels = batch.pop('label')
+  del batch['mask']
+  params = jax.jit(lambda key, b: forward.init(key, b, is_training=True))(
+      jax.random.PRNGKey(0), batch)
+
+  def loss(p, b):
+    logits = forward.apply(p, jax.random.PRNGKey(1), b, is_training=True)
+    return optax.softmax_cross_entropy_with_integer_labels(
+        logits, labels).mean()
+
+  result = dict(batch_size=batch_size)
+  compiled = {}
+  for name, fn in (('forward', loss), ('gradient', jax.grad(loss))):
+    start = time.perf_counter()
+    compiled[name] = jax.jit(fn).lower(params, batch).compile()
+    result[f'{name}_compile_seconds'] = round(time.perf_counter() - start, 2)
+    seconds = _time_calls(compiled[name], (params, batch), _CALLS.value)
+    result[f'{name}_seconds_min'] = min(seconds)
+    result[f'{name}_seconds_median'] = float(np.median(seconds))
+    if _HLO_DIR.value:
+      os.makedirs(_HLO_DIR.value, exist_ok=True)
+      with open(os.path.join(_HLO_DIR.value, f'{name}.hlo.txt'), 'w') as f:
+        f.write(compiled[name].as_text())
+  result['gradient_over_forward_min'] = (
+      result['gradient_seconds_min'] / result['forward_seconds_min'])
+  result['load_average_1m'] = round(os.getloadavg()[0], 2)
+  print(json.dumps(result), flush=True)
+  if _TOP.value:
+    for row in profile_top(compiled['gradient'], (params, batch),
+                           compiled['gradient'].as_text(), _CALLS.value,
+                           _TOP.value):
+      print(json.dumps(row), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
