@@ -65,6 +65,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     # Epochs (and so the step schedule) are those of the mock data.
     config.data.num_train_examples = config.data.get_ref('mock_num_examples')
   config.model = common.perceiver_model()
+  # The 7 repeated shared steps run under one scan: the train step compiles
+  # in about 31 s on 2 CPU cores instead of 458 s (README, Performance).
+  config.model.scan_blocks = True
   config.model.input = common.grid_input(
       key='image', index_dims=config.data.get_ref('image_shape'),
       raw_channels=3, num_bands=64,
