@@ -29,6 +29,10 @@ def main(argv):
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+    # Orbax warns that the directory is read-only: we opened it so.
+    logging.get_absl_logger().addFilter(
+        lambda record: not (record.filename == 'checkpoint_manager.py' and
+                            'read' in record.getMessage().lower()))
   launch.initialize_distributed()
   # pylint: disable=g-import-not-at-top
   import jax

@@ -23,13 +23,11 @@ import time
 
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from perceiver_jax.train import launch
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/digits.py', 'Experiment config file.',
-    lock_config=True)
+_CONFIG = launch.define_config_flag('configs/digits.py',
+                                    'Experiment config file.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory (default: runs/<task>-<timestamp>; give '
     'it explicitly on several hosts).')

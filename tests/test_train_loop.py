@@ -162,9 +162,18 @@ def test_config_typo_fails_naming_the_key(tmp_path):
                        '--config=configs/digits.py:runlocal',
                        '--config.train.batch_sise=32',
                        f'--workdir={tmp_path}')
-  assert result.returncode != 0
-  assert 'batch_sise' in result.stderr
+  assert result.returncode == 1
+  assert result.stderr.strip() == (
+      'error: Unknown config field in an override: \'batch_sise\' Did you '
+      'mean "batch_size" instead of "batch_sise"? (--traceback for details)')
   assert not os.path.exists(tmp_path / 'checkpoints')
+  # The same when the override is of the default config (loaded while the
+  # flag is defined, before the command line is parsed).
+  result = _run_module('experiments.train', '--config.train.batch_sise=32',
+                       f'--workdir={tmp_path}')
+  assert result.returncode == 1
+  assert result.stderr.strip().startswith(
+      "error: Unknown config field in an override: 'batch_sise'")
 
 
 def test_unknown_config_flag_fails_naming_it():

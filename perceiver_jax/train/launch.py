@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 _MULTIHOST = flags.DEFINE_bool(
     'multihost', False, 'Join a multi-process run with '
@@ -56,6 +57,32 @@ def _flag_error_message(error: Exception) -> str:
   return ' '.join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def define_config_flag(default: str, help_text: str) -> flags.FlagHolder:
+  """`--config` (locked), with a mistyped override of it in one line.
+
+  ml_collections loads the default config file, and applies `--config.x=y`
+  overrides from the command line, when the flag is defined: a mistyped
+  field of the default config fails there, before `run` can catch it.
+  """
+  try:
+    return config_flags.DEFINE_config_file('config', default, help_text,
+                                           lock_config=True)
+  except (AttributeError, KeyError) as e:
+    if '--traceback' in sys.argv:
+      raise
+    _fail(_unknown_field_message(e))
+    raise  # Not reached.
+
+
+def _unknown_field_message(error: Exception) -> str:
+  """ConfigDict's (nested) unknown-field error as one line."""
+  while error.args and isinstance(error.args[0], Exception):
+    error = error.args[0]
+  text = str(error.args[0]) if error.args else str(error)
+  return ('Unknown config field in an override: ' +
+          ' '.join(text.split()) + ' (--traceback for details)')
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """`app.run`'s flag parser, reporting bad flags in one line."""
   try:
@@ -64,6 +91,11 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     if '--traceback' in argv:
       raise
     _fail(f'{_flag_error_message(e)} (--helpshort lists the flags)')
+  except (AttributeError, KeyError) as e:
+    # A `--config.x=y` override naming no field of the config.
+    if '--traceback' in argv:
+      raise
+    _fail(_unknown_field_message(e))
   return []  # Not reached.
 
 
