@@ -384,6 +384,25 @@ def test_no_pickle_anywhere_in_the_package():
       'StandardSave', 'StandardRestore']
 
 
+@pytest.mark.parametrize('environment, expected', [
+    ({}, None),
+    # An sbatch script running one process: SLURM_NTASKS alone.
+    ({'SLURM_NTASKS': '4'}, None),
+    ({'SLURM_NTASKS': '4', 'SLURM_STEP_NUM_TASKS': '4'}, 'SLURM'),
+    ({'SLURM_STEP_NUM_TASKS': '1'}, None),
+    ({'OMPI_COMM_WORLD_SIZE': '2'}, 'Open MPI'),
+    ({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'}, 'JAX_COORDINATOR_ADDRESS'),
+])
+def test_cluster_environment_is_detected_only_with_several_tasks(
+    monkeypatch, environment, expected):
+  for name in ('SLURM_NTASKS', 'SLURM_STEP_NUM_TASKS', 'OMPI_COMM_WORLD_SIZE',
+               'JAX_COORDINATOR_ADDRESS'):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in environment.items():
+    monkeypatch.setenv(name, value)
+  assert launch.cluster_environment() == expected
+
+
 def test_multihost_flags_must_come_together():
   try:
     flags.FLAGS(['prog', '--num_processes=2', '--process_id=0'])

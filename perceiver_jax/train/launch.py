@@ -126,7 +126,9 @@ def cluster_environment() -> Optional[str]:
   """The multi-process launcher seen in the environment, or None."""
   if os.environ.get('JAX_COORDINATOR_ADDRESS'):
     return 'JAX_COORDINATOR_ADDRESS'
-  if int(os.environ.get('SLURM_NTASKS', '1') or 1) > 1:
+  # Set by `srun` for the tasks of a job step; SLURM_NTASKS alone is also
+  # set in an `sbatch` script that runs a single process.
+  if int(os.environ.get('SLURM_STEP_NUM_TASKS', '1') or 1) > 1:
     return 'SLURM'
   if int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1') or 1) > 1:
     return 'Open MPI'
