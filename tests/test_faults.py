@@ -169,6 +169,17 @@ def _largest_array_file(step_dir):
   return max(files, key=os.path.getsize)
 
 
+def test_evaluation_needs_only_the_evaluation_batch_to_divide(reference):
+  # Trained with 16 examples a step on 8 devices; evaluated where the
+  # training batch would not divide (12 on 8 devices): only the evaluation
+  # batch is read, so this works and gives the same metrics.
+  checkpoints = os.path.join(reference[0], 'checkpoints')
+  expected = loop.evaluate_checkpoint(_config(), checkpoints)
+  config = _config()
+  config.train.batch_size = 12
+  assert loop.evaluate_checkpoint(config, checkpoints) == expected
+
+
 def test_corrupt_latest_checkpoint_falls_back_and_is_kept(tmp_path,
                                                            reference,
                                                            capsys):

@@ -195,7 +195,11 @@ class Run:
     self.is_chief = jax.process_index() == 0
     self.length = run_length(config)
     self.task = tasks.get_task(config.task)
-    self.batch_dims = parallel.local_batch_dims(config.train.batch_size)
+    # `[devices, per_device]` of the batches this run reads: an evaluation
+    # (read-only) reads evaluation batches only, so a machine whose device
+    # count does not divide the training batch can still evaluate.
+    self.batch_dims = parallel.local_batch_dims(
+        config.evaluator.batch_size if read_only else config.train.batch_size)
     self.schedule = optim.learning_rate_schedule(
         config.optimizer, total_steps=self.length.total_steps,
         steps_per_epoch=self.length.steps_per_epoch)
