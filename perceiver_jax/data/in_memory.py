@@ -197,6 +197,35 @@ def replicated_train_batches(arrays: Arrays, *, batch_dims: Sequence[int],
                  augment=augment)
 
 
+def shard_batches(arrays: Arrays, *, total_examples: int, is_training: bool,
+                  batch_dims: Sequence[int], seed: int, start_step: int,
+                  process_index: int, process_count: int,
+                  augment: Optional[Augment] = None
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """The data API's batches of this host's shard of a split.
+
+  Args:
+    arrays: name -> `[n, ...]` arrays of this host's shard.
+    total_examples: the whole split's size (all hosts).
+    is_training: `train_batches` if True, else `eval_batches` with as many
+      batches on every host.
+    batch_dims: leading dims of every batch array.
+    seed: the data seed (training).
+    start_step: the first batch's index (training).
+    process_index: this host's index.
+    process_count: the number of hosts.
+    augment: optional training augmentation (see `train_batches`).
+  """
+  if is_training:
+    return train_batches(arrays, batch_dims=batch_dims, seed=seed,
+                         start_step=start_step, process_index=process_index,
+                         augment=augment)
+  batch_size = math.prod(check_batch_dims(batch_dims))
+  return eval_batches(arrays, batch_dims=batch_dims,
+                      num_batches=num_eval_batches(total_examples, batch_size,
+                                                   process_count))
+
+
 def num_eval_batches(total_examples: int, batch_size: int,
                      process_count: int) -> int:
   """Batches each host yields: enough for the largest host shard."""

@@ -24,7 +24,6 @@ Prepare the real data once (see the builder's docstring for the layout):
 
 import atexit
 import functools
-import math
 import os
 import shutil
 import tempfile
@@ -181,27 +180,16 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
                      f'points stored per shape), got {num_points}.')
   if num_points < stored:
     points = pointcloud.normalize(points[:, :num_points])
-  arrays = {'points': points, 'label': labels}
-  batch_size = math.prod(in_memory.check_batch_dims(batch_dims))
-  if is_training:
-    if len(labels) == 0:
-      raise ValueError(f'No {split} examples for process {process_index}.')
-    scale_range = tuple(config.get('scale_range',
-                                   pointcloud.DEFAULT_SCALE_RANGE))
-
-    def augment(batch, rng):
-      batch['points'] = pointcloud.augment_scale(batch['points'], rng,
-                                                 scale_range)
-      return batch
-
-    return in_memory.train_batches(
-        arrays, batch_dims=batch_dims, seed=seed, start_step=start_step,
-        process_index=process_index, augment=augment)
-  total = builder.info.splits[split].num_examples
-  return in_memory.eval_batches(
-      arrays, batch_dims=batch_dims,
-      num_batches=in_memory.num_eval_batches(total, batch_size,
-                                             process_count))
+  if is_training and len(labels) == 0:
+    raise ValueError(f'No {split} examples for process {process_index}.')
+  return in_memory.shard_batches(
+      {'points': points, 'label': labels},
+      total_examples=builder.info.splits[split].num_examples,
+      is_training=is_training, batch_dims=batch_dims, seed=seed,
+      start_step=start_step, process_index=process_index,
+      process_count=process_count,
+      augment=pointcloud.scale_augmentation(tuple(config.get(
+          'scale_range', pointcloud.DEFAULT_SCALE_RANGE))))
 
 
 def main(argv: list[str]) -> None:

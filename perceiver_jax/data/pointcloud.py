@@ -228,6 +228,17 @@ def augment_scale(points: np.ndarray, rng: np.random.Generator,
   return normalize(points * factors)
 
 
+def scale_augmentation(scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE):
+  """`augment(batch, rng)` applying `augment_scale` to `batch['points']`."""
+
+  def augment(batch: dict[str, np.ndarray], rng: np.random.Generator
+              ) -> dict[str, np.ndarray]:
+    batch['points'] = augment_scale(batch['points'], rng, scale_range)
+    return batch
+
+  return augment
+
+
 def mesh_to_points(mesh: trimesh.Trimesh, num_points: int,
                    seed: Union[int, np.random.Generator]) -> np.ndarray:
   """`normalize(sample_surface(mesh, num_points, seed))`: float32 `[P, 3]`."""

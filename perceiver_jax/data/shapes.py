@@ -302,21 +302,10 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
                                  config.get('rotation', 'z'))
   process_index, process_count = jax.process_index(), jax.process_count()
   shard = in_memory.host_shard(total, process_index, process_count)
-  arrays = {'points': points[shard], 'label': labels[shard]}
-  if is_training:
-    scale_range = tuple(config.get('scale_range',
-                                   pointcloud.DEFAULT_SCALE_RANGE))
-
-    def augment(batch, rng):
-      batch['points'] = pointcloud.augment_scale(batch['points'], rng,
-                                                 scale_range)
-      return batch
-
-    return in_memory.train_batches(
-        arrays, batch_dims=batch_dims, seed=seed, start_step=start_step,
-        process_index=process_index, augment=augment)
-  batch_size = math.prod(in_memory.check_batch_dims(batch_dims))
-  return in_memory.eval_batches(
-      arrays, batch_dims=batch_dims,
-      num_batches=in_memory.num_eval_batches(total, batch_size,
-                                             process_count))
+  return in_memory.shard_batches(
+      {'points': points[shard], 'label': labels[shard]},
+      total_examples=total, is_training=is_training, batch_dims=batch_dims,
+      seed=seed, start_step=start_step, process_index=process_index,
+      process_count=process_count,
+      augment=pointcloud.scale_augmentation(tuple(config.get(
+          'scale_range', pointcloud.DEFAULT_SCALE_RANGE))))
