@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(PY) -m experiments.train
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info
