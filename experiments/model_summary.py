@@ -88,6 +88,10 @@ def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """
   num_classes = config.data.num_classes
   model_config = config.model.copy_and_resolve_references()
+  with model_config.unlocked():
+    # The FLOPs are the model's, whatever its execution mode; and XLA's cost
+    # analysis counts the body of a scan once, not once per iteration.
+    model_config.scan_blocks = False
   batch_shapes = factory.example_batch(model_config.input, 1)
 
   flops = {}

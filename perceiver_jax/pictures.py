@@ -51,8 +51,11 @@ def cross_attention_weights(forward: hk.Transformed, params: hk.Params,
 
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
+    # Only the module's own `__call__`: a subclass (FlatLinear) calls its
+    # parent's on flattened inputs, which is intercepted too.
     if (context.method_name == '__call__' and
-        isinstance(context.module, hk.Linear)):
+        isinstance(context.module, hk.Linear) and
+        context.orig_class is type(context.module)):
       match = _CROSS_LINEAR.search(context.module.module_name)
       if match:
         if isinstance(out, jax.core.Tracer):

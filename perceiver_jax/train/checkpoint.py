@@ -23,6 +23,7 @@ same step.
 """
 
 import os
+import shutil
 import signal
 import time
 from typing import Any, Mapping, Optional
@@ -78,6 +79,25 @@ def _true_on_all_processes(value: bool) -> bool:
   return bool(np.all(np.asarray(values)))
 
 
+# Orbax writes step N into `N<TMP_MARKER><time>` and renames it when done.
+TMP_MARKER = '.orbax-checkpoint-tmp'
+
+
+def _remove_unfinished_saves(directory: str) -> None:
+  """Deletes the temporary directories of saves that never finished.
+
+  They are left by a process killed mid-save and are never taken for
+  checkpoints; process 0 deletes them while the others wait.
+  """
+  if jax.process_index() == 0:
+    for name in os.listdir(directory):
+      if TMP_MARKER in name:
+        logging.warning('Removing %s/%s, a save that never finished.',
+                        directory, name)
+        shutil.rmtree(os.path.join(directory, name))
+  _sync('perceiver_jax_checkpoint_removed_unfinished_saves')
+
+
 class Checkpointer:
   """Saves and restores the training state of one workdir."""
 
@@ -111,9 +131,10 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         create=not read_only,
         read_only=read_only,
-        # Temporary directories of saves that never finished (the process
-        # was killed) are removed; they are never taken for checkpoints.
-        cleanup_tmp_directories=not read_only,
+        # Unfinished saves are removed by `_remove_unfinished_saves`, here
+        # and now: orbax's own clean-up runs in a background thread, where
+        # file-system mocks of other code (TFDS mock data) can reach it.
+        cleanup_tmp_directories=False,
         temporary_path_class=(_KillBeforeRename if os.environ.get(
             KILL_DURING_SAVE_ENV) else None),
         # Synchronous saves: when save() returns, the checkpoint is complete.
@@ -121,6 +142,8 @@ class Checkpointer:
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
             policies))
     self._manager = ocp.CheckpointManager(self.directory, options=options)
+    if not read_only:
+      _remove_unfinished_saves(self.directory)
 
   def latest_step(self) -> Optional[int]:
     """The newest complete checkpoint's step, or None."""
