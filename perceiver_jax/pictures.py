@@ -52,8 +52,10 @@ def cross_attention_weights(forward: hk.Transformed, params: hk.Params,
 
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
+    # A FlatLinear's __call__ runs hk.Linear's on the flattened [B * T, C]
+    # inputs: both are intercepted; the outer one gives [B, T, C].
     if (context.method_name == '__call__' and
-        isinstance(context.module, hk.Linear)):
+        isinstance(context.module, hk.Linear) and np.ndim(out) == 3):
       match = _CROSS_LINEAR.search(context.module.module_name)
       if match:
         if isinstance(out, jax.core.Tracer):
