@@ -79,6 +79,9 @@ def perceiver_model(**overrides: Any) -> ml_collections.ConfigDict:
       # Same outputs as the paper's nominal path, fewer FLOPs (the shared
       # cross-attends' input LayerNorm and K/V computed once per forward).
       reuse_shared_keys_values=True,
+      # Same outputs, fewer FLOPs when inputs outnumber latents: one-head
+      # cross-attends project the queries instead of the M inputs.
+      absorb_cross_attend_projections=True,
       # Execution modes (same parameters and outputs; see
       # perceiver_jax.model.perceiver): repeated shared blocks under a scan
       # (compile time independent of depth), 'float32' or 'bfloat16'

@@ -250,7 +250,8 @@ def _model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
   model = config.model
   return {k: model.get(k) for k in (
       'precision', 'attention_impl', 'scan_blocks', 'remat',
-      'reuse_shared_keys_values', 'num_blocks', 'num_self_attends_per_block',
+      'reuse_shared_keys_values', 'absorb_cross_attend_projections',
+      'num_blocks', 'num_self_attends_per_block',
       'num_latents', 'num_latent_channels')}
 
 

@@ -37,7 +37,8 @@ def cross_attention_weights(forward: hk.Transformed, params: hk.Params,
   """Each cross-attend's attention weights, in execution order.
 
   Args:
-    forward: the classifier (`factory.transform_classifier`).
+    forward: the classifier (`factory.transform_classifier`), built with
+      `absorb_cross_attend_projections=False` (the keys are recorded).
     params: its parameters.
     batch: a batch with leading dim B.
     num_heads: `config.model.num_cross_heads`.
@@ -72,7 +73,9 @@ def cross_attention_weights(forward: hk.Transformed, params: hk.Params,
   with hk.intercept_methods(record):
     forward.apply(params, None, batch, is_training=False)
   if not pairs:
-    raise ValueError('The model ran no cross-attend (is it a Perceiver?).')
+    raise ValueError(
+        'No cross-attend key Linear ran: is it a Perceiver, built with '
+        'absorb_cross_attend_projections=False?')
   maps = []
   for queries, keys in pairs:
     q = np.asarray(queries, np.float32)  # [B, N, C]
@@ -187,7 +190,14 @@ def draw_attention_maps(workdir: str, out_dir: str, *, num_images: int = 4,
           for k, v in example.items()}
   count = min(num_images, int(flat['mask'].sum()))
   batch = {k: v[:count] for k, v in flat.items()}
-  maps = cross_attention_weights(run.forward, state.params, batch,
+  # The recorder reads the key Linears' outputs, so the keys are projected
+  # from the inputs (same parameters and weights as the absorbed path).
+  model_config = config.model.copy_and_resolve_references()
+  with model_config.unlocked():
+    model_config.absorb_cross_attend_projections = False
+  forward = factory.transform_classifier(model_config,
+                                         config.data.num_classes)
+  maps = cross_attention_weights(forward, state.params, batch,
                                  num_heads=config.model.num_cross_heads)
   permutation = factory.input_permutation(input_config)
   grids = [to_grid(m.mean(axis=1), input_config.index_dims, permutation)

@@ -261,6 +261,116 @@ def test_block_parameters_start_as_the_paper_says():
 
 
 # ----------------------------------------------------------------------------
+# Key/value projections absorbed into the queries (one head).
+
+
+def _absorb_fn(absorb, impl='einsum', heads=1, dropout=0.0):
+  def fn(z, x, mask, is_training=False):
+    block = attention.CrossAttendBlock(
+        input_channels=6, num_heads=heads, attention_impl=impl,
+        dropout=dropout, absorb_projections=absorb, name='cross')
+    direct = block(z, x, input_mask=mask, is_training=is_training)
+    cached = block(z, keys_values=block.keys_values(x), input_mask=mask,
+                   is_training=is_training)
+    return direct, cached
+  return hk.transform(fn)
+
+
+def _absorb_data():
+  rng = np.random.default_rng(21)
+  z = rng.standard_normal((2, 4, 8)).astype(np.float32)
+  x = rng.standard_normal((2, 9, 6)).astype(np.float32)
+  mask = rng.uniform(size=(2, 9)) > 0.3
+  mask[:, 0] = True
+  return z, x, mask
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_absorbed_projections_match_numpy(impl):
+  """Random weights and biases (the key bias included), a key mask: the
+  block with K/V projections on the query side equals the numpy block that
+  projects the inputs."""
+  z, x, mask = _absorb_data()
+  plain, absorbed = _absorb_fn(False, impl), _absorb_fn(True, impl)
+  # Same parameters, created in the same order: same initial values.
+  init_plain = jit(plain.init)(jax.random.PRNGKey(0), z, x, mask)
+  init_absorbed = jit(absorbed.init)(jax.random.PRNGKey(0), z, x, mask)
+  assert jax.tree.structure(init_plain) == jax.tree.structure(init_absorbed)
+  jax.tree.map(np.testing.assert_array_equal, init_plain, init_absorbed)
+  params = random_params(init_shapes(absorbed, z, x, mask), seed=22,
+                         scale=0.5)
+  assert np.abs(params['cross/attention/key']['b']).min() > 0
+  expected = np_cross_attend_block(params, 'cross', f64(z), f64(x), 1, mask)
+  direct, cached = jit(absorbed.apply)(params, None, z, x, mask)
+  np.testing.assert_allclose(direct, expected, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(cached, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_absorbed_projections_have_the_plain_gradients():
+  z, x, mask = _absorb_data()
+  params = random_params(init_shapes(_absorb_fn(True), z, x, mask), seed=23,
+                         scale=0.5)
+  weights = np.random.default_rng(24).standard_normal((2, 4, 8))
+
+  def loss(absorb):
+    f = _absorb_fn(absorb)
+    return lambda p: sum(jnp.sum(out * weights)
+                         for out in f.apply(p, None, z, x, mask))
+
+  plain = jit(jax.grad(loss(False)))(params)
+  absorbed = jit(jax.grad(loss(True)))(params)
+  for module in params:
+    for name in params[module]:
+      np.testing.assert_allclose(absorbed[module][name], plain[module][name],
+                                 atol=2e-4, rtol=2e-4,
+                                 err_msg=f'{module}/{name}')
+  # The softmax cancels the key bias, so its gradient is zero in both.
+  np.testing.assert_allclose(plain['cross/attention/key']['b'], 0.0,
+                             atol=1e-4)
+
+
+def test_absorbed_projections_do_not_project_the_inputs():
+  """No matmul has the B * M input rows on one side and a weight on the
+  other; the plain block has two (keys and values)."""
+  z, x, mask = _absorb_data()
+
+  def input_projections(absorb):
+    f = _absorb_fn(absorb)
+    params = init_shapes(f, z, x, mask)
+    jaxpr = jax.make_jaxpr(lambda p: f.apply(p, None, z, x, mask))(params)
+    return sum(eqn.primitive.name == 'dot_general' and
+               eqn.invars[0].aval.shape == (2 * 9, 6) and
+               eqn.invars[1].aval.shape == (6, 6)
+               for eqn in jaxpr.jaxpr.eqns)
+
+  # Direct and cached calls: 2 projections each in the plain block.
+  assert input_projections(False) == 4
+  assert input_projections(True) == 0
+
+
+def test_absorbed_projections_fall_back_with_attention_dropout():
+  """Training with dropout on the weights (rows no longer sum to 1) projects
+  K and V: the same outputs as the plain block for the same rng; with more
+  than one head the option does nothing."""
+  z, x, mask = _absorb_data()
+  for heads, dropout, is_training in ((1, 0.5, True), (2, 0.0, False)):
+    plain = _absorb_fn(False, heads=heads, dropout=dropout)
+    absorbed = _absorb_fn(True, heads=heads, dropout=dropout)
+    params = random_params(init_shapes(plain, z, x, mask), seed=25,
+                           scale=0.5)
+    run = lambda f: jit(f.apply, static_argnums=5)(  # pylint: disable=cell-var-from-loop
+        params, jax.random.PRNGKey(4), z, x, mask, is_training)
+    for got, want in zip(run(absorbed), run(plain)):
+      np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_absorb_projections_must_be_a_bool():
+  with pytest.raises(ValueError, match='absorb_projections must be a bool'):
+    build(lambda: attention.CrossAttendBlock(input_channels=6,
+                                             absorb_projections='yes'))
+
+
+# ----------------------------------------------------------------------------
 # Dropout.
 
 

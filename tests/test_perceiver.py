@@ -292,11 +292,33 @@ def test_reusing_shared_keys_values_gives_identical_outputs():
   # And reuse does skip work: 4 fewer key/value projections (cross-attends 1
   # and 2 share one set, computed once instead of twice... per K and V).
   def num_matmuls(reuse):
-    fn = functools.partial(classifier(reuse_shared_keys_values=reuse).apply,
-                           params, None, x)
+    # Projections of the inputs (the absorbed path has none to reuse).
+    fn = functools.partial(
+        classifier(reuse_shared_keys_values=reuse,
+                   absorb_cross_attend_projections=False).apply,
+        params, None, x)
     return sum(eqn.primitive.name == 'dot_general'
                for eqn in jax.make_jaxpr(fn)().jaxpr.eqns)
   assert num_matmuls(False) - num_matmuls(True) == 2
+
+
+def test_absorbed_cross_attend_projections_give_identical_outputs():
+  """TINY's one-head cross-attends with K/V projections on the query side
+  (the default) against the plain path: same parameters, same logits with
+  and without a key mask, with and without K/V reuse."""
+  params = tiny_params()
+  x = inputs()
+  assert jax.tree.structure(
+      init_shapes(absorb_cross_attend_projections=False)) == (
+          jax.tree.structure(params))
+  mask = np.array([[1, 1, 0, 1, 0, 1, 1], [0, 1, 1, 1, 1, 1, 0]], bool)
+  for m in (None, mask):
+    for reuse in (True, False):
+      np.testing.assert_allclose(
+          apply(params, x, m, reuse_shared_keys_values=reuse),
+          apply(params, x, m, reuse_shared_keys_values=reuse,
+                absorb_cross_attend_projections=False),
+          atol=1e-5, rtol=1e-5)
 
 
 def test_attention_implementations_agree_with_a_key_mask():

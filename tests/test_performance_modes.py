@@ -149,8 +149,15 @@ def test_scan_and_remat_match_the_plain_path(overrides):
   other_logits, other_grads = run(**overrides)
   np.testing.assert_allclose(other_logits, logits, atol=1e-5, rtol=1e-5)
   assert max_diff(other_grads, grads) <= 1e-5 * max(1.0, max_abs(grads))
-  # Every parameter gets a gradient (the scanned shared sets included).
-  assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(other_grads))
+  # Every parameter gets a gradient (the scanned shared sets included),
+  # except the cross-attends' key biases: the softmax cancels them, so their
+  # gradient is zero (exactly so with the K/V projections absorbed into the
+  # queries, the default for one head; see test_attention.py).
+  for module, leaves in other_grads.items():
+    for name, g in leaves.items():
+      if not (name == 'b' and module.endswith('/attention/key') and
+              '/cross_attend_' in module):
+        assert np.abs(g).max() > 0, f'{module}/{name}'
 
 
 def test_scan_program_does_not_grow_with_depth():

@@ -39,6 +39,7 @@ def _layer_norm(x, p):
 def test_first_cross_attend_weights_match_a_hand_computation():
   config = digits_config.get_config('runlocal')
   config.model.num_cross_heads = 1
+  config.model.absorb_cross_attend_projections = False  # Keys recorded.
   forward = factory.transform_classifier(config.model, 10)
   rng = np.random.default_rng(0)
   batch = {'image': rng.uniform(0, 1, (3, 8, 8, 1)).astype(np.float32)}

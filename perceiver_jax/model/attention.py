@@ -42,6 +42,19 @@ class FlatLinear(hk.Linear):
     outputs = super().__call__(flat, precision=precision)
     return outputs.reshape(*inputs.shape[:-1], outputs.shape[-1])
 
+  def parameters(self, input_size: int,
+                 dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+    """The weight `[input_size, output_size]` and bias `[output_size]` that
+    `__call__` on inputs of width `input_size` would use (same names, shapes
+    and initialisers), without applying them."""
+    if not self.with_bias or self.w_init is None:
+      raise ValueError('parameters() needs a Linear built by linear(): with '
+                       'a bias and an explicit w_init.')
+    w = hk.get_parameter('w', [input_size, self.output_size], dtype,
+                         init=self.w_init)
+    b = hk.get_parameter('b', [self.output_size], dtype, init=self.b_init)
+    return w, b
+
 
 def linear(output_size: int, name: str) -> hk.Linear:
   """A Linear layer (`FlatLinear`) with the paper's initialisers."""
@@ -114,6 +127,7 @@ def scaled_dot_product_attention(
     impl: str = 'einsum',
     dropout_rate: float = 0.0,
     is_training: bool = False,
+    scale: Optional[float] = None,
 ) -> jax.Array:
   """Multi-head attention of queries over keys, softmax over the key axis.
 
@@ -127,6 +141,7 @@ def scaled_dot_product_attention(
       attention where the backend offers it).
     dropout_rate: dropout on the attention weights (training only).
     is_training: whether dropout applies.
+    scale: multiplies the logits; default `1 / sqrt(Dqk)`.
 
   Returns:
     `[B, N, H, Dv]`.
@@ -134,7 +149,8 @@ def scaled_dot_product_attention(
   if impl not in ATTENTION_IMPLS:
     raise ValueError(
         f'attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}.')
-  scale = 1.0 / math.sqrt(queries.shape[-1])
+  if scale is None:
+    scale = 1.0 / math.sqrt(queries.shape[-1])
   use_dropout = dropout_rate > 0.0 and is_training
   if impl == 'dot_product' and not use_dropout:
     mask = None if key_mask is None else key_mask[:, None, None, :]
@@ -162,6 +178,20 @@ class KeysValues(NamedTuple):
   """
   keys: jax.Array
   values: jax.Array
+
+
+class UnprojectedKeysValues(NamedTuple):
+  """Normalised key/value inputs `[B, M, Ckv]` and the key and value
+  Linears' parameters (`[Ckv, Dqk]`, `[Dqk]`, `[Ckv, Dv]`, `[Dv]`), for
+  one-head attention that applies the projections on the query side.
+
+  Computed once and handed to several cross-attends that share weights.
+  """
+  inputs: jax.Array
+  key_w: jax.Array
+  key_b: jax.Array
+  value_w: jax.Array
+  value_b: jax.Array
 
 
 class Attention(hk.Module):
@@ -212,25 +242,88 @@ class Attention(hk.Module):
     return x.reshape(*x.shape[:-1], self._num_heads, -1)
 
   @hk.name_like('__call__')
-  def keys_values(self, inputs_kv: jax.Array) -> KeysValues:
-    """Projects the (already normalised) key/value inputs `[B, M, Ckv]`."""
-    keys = linear(self._qk_channels, 'key')(inputs_kv)  # [B, M, Dqk]
-    values = linear(self._v_channels, 'value')(inputs_kv)  # [B, M, Dv]
+  def keys_values(self, inputs_kv: jax.Array, *,
+                  absorb_projections: bool = False
+                  ) -> KeysValues | UnprojectedKeysValues:
+    """Projects the (already normalised) key/value inputs `[B, M, Ckv]`.
+
+    With `absorb_projections` and one head, returns the inputs and the
+    projections' parameters unapplied instead (`UnprojectedKeysValues`;
+    see `__call__`); the parameters are the same either way.
+    """
+    key = linear(self._qk_channels, 'key')
+    value = linear(self._v_channels, 'value')
+    if absorb_projections and self._num_heads == 1:
+      size, dtype = inputs_kv.shape[-1], inputs_kv.dtype
+      return UnprojectedKeysValues(inputs_kv, *key.parameters(size, dtype),
+                                   *value.parameters(size, dtype))
+    keys = key(inputs_kv)  # [B, M, Dqk]
+    values = value(inputs_kv)  # [B, M, Dv]
     return KeysValues(self._split_heads(keys), self._split_heads(values))
+
+  def _attend_unprojected(self, queries: jax.Array,
+                          kv: UnprojectedKeysValues,
+                          key_mask: Optional[jax.Array],
+                          is_training: bool) -> jax.Array:
+    """One-head attention with the K/V projections moved to the queries.
+
+    With inputs X `[B, M, C]`, `K = X Wk + bk` and `V = X Wv + bv`:
+    `Q K^T = (Q Wk^T) X^T + (Q bk) 1^T`, and the last term adds the same
+    value to all of a query's logits, which the softmax cancels (also under
+    a key mask); and `P V = (P X) Wv + bv` because each row of the weights
+    P sums to 1. So the logits and weighted sum run on X, and the
+    projections act on N queries instead of M inputs: for M >> N this
+    saves `4 B M C Dqk` FLOPs per forward and as much again in the
+    backward, with the same outputs up to float rounding. The softmax
+    scale stays `1 / sqrt(Dqk)`. With dropout on the weights the rows do
+    not sum to 1, so training with attention dropout projects K and V.
+
+    Args:
+      queries: `[B, N, Dqk]` (after the query Linear).
+      kv: from `keys_values(..., absorb_projections=True)`.
+      key_mask: optional `[B, M]` booleans.
+      is_training: enables dropout.
+
+    Returns:
+      `[B, N, Dv]`.
+    """
+    x = kv.inputs
+    if self._dropout_rate > 0.0 and is_training:
+      flat = x.reshape(-1, x.shape[-1])  # One contracting axis.
+      keys = (flat @ kv.key_w + kv.key_b).reshape(*x.shape[:2], -1)
+      values = (flat @ kv.value_w + kv.value_b).reshape(*x.shape[:2], -1)
+      attended = scaled_dot_product_attention(
+          queries[:, :, None], keys[:, :, None], values[:, :, None],
+          key_mask=key_mask, impl=self._impl,
+          dropout_rate=self._dropout_rate, is_training=is_training)
+      return attended[:, :, 0]
+    batch, num_queries, qk_channels = queries.shape
+    # [B * N, Dqk] x [Dqk, C]: one contracting axis (see FlatLinear).
+    queries_in = (queries.reshape(-1, qk_channels) @ kv.key_w.T).reshape(
+        batch, num_queries, 1, -1)  # [B, N, 1, C]
+    pooled = scaled_dot_product_attention(
+        queries_in, x[:, :, None], x[:, :, None], key_mask=key_mask,
+        impl=self._impl, scale=1.0 / math.sqrt(qk_channels))  # [B, N, 1, C]
+    pooled = pooled.reshape(batch * num_queries, -1)
+    return (pooled @ kv.value_w + kv.value_b).reshape(batch, num_queries, -1)
 
   def __call__(self,
                inputs_q: jax.Array,
-               keys_values: KeysValues,
+               keys_values: KeysValues | UnprojectedKeysValues,
                *,
                key_mask: Optional[jax.Array] = None,
                is_training: bool) -> jax.Array:
-    """Attends from `inputs_q` `[B, N, Cq]` to projected keys and values.
+    """Attends from `inputs_q` `[B, N, Cq]` to keys and values.
 
     Returns:
       `[B, N, output_channels]`.
     """
-    queries = self._split_heads(
-        linear(self._qk_channels, 'query')(inputs_q))  # [B, N, H, Dh]
+    queries = linear(self._qk_channels, 'query')(inputs_q)  # [B, N, Dqk]
+    if isinstance(keys_values, UnprojectedKeysValues):
+      attended = self._attend_unprojected(queries, keys_values, key_mask,
+                                          is_training)  # [B, N, Dv]
+      return linear(self._output_channels, 'output')(attended)
+    queries = self._split_heads(queries)  # [B, N, H, Dh]
     attended = scaled_dot_product_attention(
         queries,
         keys_values.keys,
@@ -271,7 +364,10 @@ class CrossAttendBlock(hk.Module):
   `num_heads`); the attention output is projected back to the latent width D.
   The inputs' LayerNorm and key/value projections are exposed separately
   (`keys_values`) so that cross-attends sharing these weights can compute
-  them once per forward pass.
+  them once per forward pass. With `absorb_projections` and one head the
+  key/value projections act on the queries' side instead
+  (`Attention._attend_unprojected`): same parameters and outputs, fewer
+  FLOPs when there are more inputs than latents.
   """
 
   def __init__(self,
@@ -281,10 +377,15 @@ class CrossAttendBlock(hk.Module):
                widening_factor: int = 1,
                dropout: float = 0.0,
                attention_impl: str = 'einsum',
+               absorb_projections: bool = False,
                name: Optional[str] = None):
     super().__init__(name=name)
     self._input_channels = check_positive_int(input_channels,
                                               'input_channels')
+    if not isinstance(absorb_projections, bool):
+      raise ValueError(f'absorb_projections must be a bool, got '
+                       f'{absorb_projections!r}.')
+    self._absorb_projections = absorb_projections
     self._num_heads = check_positive_int(num_heads, 'num_cross_heads')
     if input_channels % num_heads:
       raise ValueError(
@@ -308,7 +409,8 @@ class CrossAttendBlock(hk.Module):
         name='attention')
 
   @hk.name_like('__call__')
-  def keys_values(self, inputs: jax.Array) -> KeysValues:
+  def keys_values(self, inputs: jax.Array
+                  ) -> KeysValues | UnprojectedKeysValues:
     """LayerNorm and key/value projections of the inputs `[B, M, C]`."""
     if inputs.shape[-1] != self._input_channels:
       raise ValueError(
@@ -316,13 +418,15 @@ class CrossAttendBlock(hk.Module):
           f'channels, but this cross-attend was built for '
           f'{self._input_channels} input channels.')
     normed = layer_norm('input_norm')(inputs)  # [B, M, C]
-    return self._attention(None).keys_values(normed)
+    return self._attention(None).keys_values(
+        normed, absorb_projections=self._absorb_projections)
 
   def __call__(self,
                latents: jax.Array,
                inputs: Optional[jax.Array] = None,
                *,
-               keys_values: Optional[KeysValues] = None,
+               keys_values: Optional[
+                   KeysValues | UnprojectedKeysValues] = None,
                input_mask: Optional[jax.Array] = None,
                is_training: bool) -> jax.Array:
     """Updates latents `[B, N, D]` from inputs `[B, M, C]` (or their K/V).

@@ -202,6 +202,7 @@ class Perceiver(hk.Module):
                dropout: float = 0.0,
                attention_impl: str = 'einsum',
                reuse_shared_keys_values: bool = True,
+               absorb_cross_attend_projections: bool = True,
                scan_blocks: bool = False,
                precision: str = 'float32',
                remat: str = 'none',
@@ -226,6 +227,11 @@ class Perceiver(hk.Module):
       reuse_shared_keys_values: compute the input LayerNorm and key/value
         projections once for all cross-attends that share weights (the same
         outputs; fewer FLOPs than the paper's nominal count).
+      absorb_cross_attend_projections: one-head cross-attends apply their
+        key/value projections to the queries' side instead of the M inputs
+        (`attention.Attention._attend_unprojected`; same parameters and
+        outputs, up to float rounding; fewer FLOPs when M > N). Ignored for
+        multi-head cross-attends, where it would cost more.
       scan_blocks: run repeated shared steps under `hk.scan` (see module
         docstring); compile time then does not grow with depth.
       precision: 'float32' or 'bfloat16' compute (parameters stay float32).
@@ -267,6 +273,9 @@ class Perceiver(hk.Module):
     if not isinstance(reuse_shared_keys_values, bool):
       raise ValueError(f'reuse_shared_keys_values must be a bool, got '
                        f'{reuse_shared_keys_values!r}.')
+    if not isinstance(absorb_cross_attend_projections, bool):
+      raise ValueError(f'absorb_cross_attend_projections must be a bool, got '
+                       f'{absorb_cross_attend_projections!r}.')
     if precision not in PRECISIONS:
       raise ValueError(f'precision must be one of {PRECISIONS}, got '
                        f'{precision!r}.')
@@ -283,6 +292,7 @@ class Perceiver(hk.Module):
     self._dropout = attention_lib.check_dropout(dropout)
     self._attention_impl = attention_impl
     self._reuse_shared_keys_values = reuse_shared_keys_values
+    self._absorb_cross_attend_projections = absorb_cross_attend_projections
     self._input_channels = input_channels
 
   @property
@@ -356,6 +366,7 @@ class Perceiver(hk.Module):
               widening_factor=self._widening_factor,
               dropout=self._dropout,
               attention_impl=self._attention_impl,
+              absorb_projections=self._absorb_cross_attend_projections,
               name=f'cross_attend_{step.weight_set}')
         return cross_attends[step.weight_set]
       if step.weight_set not in latent_transformers:
@@ -440,7 +451,8 @@ ENCODER_FIELDS = (
     'cross_attend_placement', 'share_weights', 'num_latents',
     'num_latent_channels', 'num_cross_heads', 'num_self_heads',
     'widening_factor', 'dropout', 'attention_impl',
-    'reuse_shared_keys_values', 'scan_blocks', 'precision', 'remat')
+    'reuse_shared_keys_values', 'absorb_cross_attend_projections',
+    'scan_blocks', 'precision', 'remat')
 
 
 def encoder_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
