@@ -33,7 +33,7 @@ class FlatLinear(hk.Linear):
   later LayerNorm), recomputing it, with strided reads, once per weight
   gradient. With one contracting axis `dy` is read as it is stored. On the
   digits model (batch 64) this cuts the gradient's time by about 40%
-  (docs/sections/performance.md).
+  (README, Performance).
   """
 
   def __call__(self, inputs: jax.Array, *,
