@@ -234,14 +234,6 @@ def read_point_status(workdir: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def _write_json(path: str, payload: Mapping[str, Any]) -> None:
-  tmp = f'{path}.tmp.{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
-
-
 def is_finished(workdir: str) -> bool:
   """Whether the sweep saw this point's run exit successfully."""
   return bool(read_point_status(workdir).get('finished'))
@@ -258,7 +250,7 @@ class _Launch:
     self.status.update(config=config, overrides=point, command=command,
                        finished=False)
     self.status['attempts'] = self.status.get('attempts', 0) + 1
-    _write_json(os.path.join(workdir, POINT_FILE), self.status)
+    writers.write_json(os.path.join(workdir, POINT_FILE), self.status)
     self.log = open(os.path.join(workdir, LOG_FILE), 'a')
     self.start = time.time()
     self.process = subprocess.Popen(command, stdout=self.log,
@@ -271,7 +263,7 @@ class _Launch:
     self.status['wall_s'] = self.status.get('wall_s', 0.0) + elapsed
     self.status['returncode'] = code
     self.status['finished'] = code == 0
-    _write_json(os.path.join(self.workdir, POINT_FILE), self.status)
+    writers.write_json(os.path.join(self.workdir, POINT_FILE), self.status)
     return code
 
 
@@ -313,7 +305,7 @@ def run_sweep(config: str, root: str, *, parallel: int = 1,
   if dry_run:
     return 0
   os.makedirs(root, exist_ok=True)
-  _write_json(os.path.join(root, SWEEP_FILE), dict(
+  writers.write_json(os.path.join(root, SWEEP_FILE), dict(
       config=config, keys=keys, points=points,
       names=[point_name(p, keys) for p in points]))
 
