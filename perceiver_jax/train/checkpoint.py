@@ -34,6 +34,8 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from perceiver_jax.train import parallel
+
 PyTree = Any
 
 # Test hook (tests/test_faults.py): when set to a step, the process kills
@@ -66,17 +68,11 @@ def _sync(name: str) -> None:
 
 
 def _same_on_all_processes(value: int) -> bool:
-  if jax.process_count() == 1:
-    return True
-  values = multihost_utils.process_allgather(np.int64(value))
-  return bool(np.all(np.asarray(values) == value))
+  return bool(np.all(parallel.gather_from_hosts(value) == value))
 
 
 def _true_on_all_processes(value: bool) -> bool:
-  if jax.process_count() == 1:
-    return value
-  values = multihost_utils.process_allgather(np.int32(value))
-  return bool(np.all(np.asarray(values)))
+  return bool(np.all(parallel.gather_from_hosts(int(value))))
 
 
 # Orbax writes step N into `N<TMP_MARKER><time>` and renames it when done.

@@ -98,6 +98,17 @@ def device_rng(base_key: jax.Array, step: jax.Array) -> jax.Array:
   return jax.random.fold_in(step_key, jax.lax.axis_index(AXIS))
 
 
+def gather_from_hosts(value: int) -> np.ndarray:
+  """Every process's `value`: int64 `[process_count]`, indexed by process.
+
+  A collective: every process must call it, in the same order.
+  """
+  if jax.process_count() == 1:
+    return np.array([value], np.int64)
+  return np.asarray(multihost_utils.process_allgather(np.int64(value))
+                    ).reshape(-1)
+
+
 def assert_same_on_all_hosts(tree: PyTree, what: str) -> None:
   """Raises unless every process holds bit-identical host arrays `tree`.
 

@@ -10,6 +10,8 @@ import os
 
 import ml_collections
 
+from perceiver_jax.train import writers
+
 FILE_NAME = 'config.json'
 
 
@@ -26,13 +28,10 @@ def exists(workdir: str) -> bool:
 def write(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Writes `config` as sorted, indented JSON into `workdir`.
 
-  The file is written beside its place and renamed into it, so a kill
-  mid-write leaves the previous config whole.
+  Atomically (`writers.write_json`): a kill mid-write leaves the previous
+  config whole.
   """
-  temporary = path(workdir) + '.tmp'
-  with open(temporary, 'w') as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
-  os.replace(temporary, path(workdir))
+  writers.write_json(path(workdir), json.loads(config.to_json_best_effort()))
 
 
 def read(workdir: str) -> ml_collections.ConfigDict:

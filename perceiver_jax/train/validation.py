@@ -20,7 +20,6 @@ inside a compiled step:
 from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -122,12 +121,10 @@ def validate_everywhere(config: ml_collections.ConfigDict) -> None:
     validate(config)
   except (ValueError, FileNotFoundError) as e:
     problem = e
-  if jax.process_count() > 1:
-    failed = np.asarray(multihost_utils.process_allgather(
-        np.int32(problem is not None))).ravel()
-    if failed.any() and problem is None:
-      raise ValueError(
-          f'The config failed its checks on process(es) '
-          f'{np.flatnonzero(failed).tolist()}; see their errors.')
+  failed = parallel.gather_from_hosts(int(problem is not None))
+  if failed.any() and problem is None:
+    raise ValueError(
+        f'The config failed its checks on process(es) '
+        f'{np.flatnonzero(failed).tolist()}; see their errors.')
   if problem is not None:
     raise problem
