@@ -348,6 +348,30 @@ def test_absorbed_projections_do_not_project_the_inputs():
   assert input_projections(True) == 0
 
 
+def test_absorbed_projections_compute_no_input_sized_gradient():
+  """The gradient with respect to the parameters produces no `[B, M, C]`
+  array by a matmul: the inputs' LayerNorm output, keys and values have no
+  gradient to compute when the LayerNorm's scale and offset act on the
+  query side. The plain block computes several (d keys, d values, d of the
+  LayerNorm output)."""
+  z, x, mask = _absorb_data()
+  input_size = x.size  # 2 * 9 * 6 = 108, no other array of the block's.
+
+  def input_sized_matmuls(absorb):
+    f = _absorb_fn(absorb)
+    params = init_shapes(f, z, x, mask)
+    loss = lambda p: sum(jnp.sum(out) for out in f.apply(p, None, z, x, mask))
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(params)
+    count = 0
+    for eqn in jaxpr.jaxpr.eqns:
+      count += (eqn.primitive.name == 'dot_general' and
+                eqn.outvars[0].aval.size == input_size)
+    return count
+
+  assert input_sized_matmuls(False) >= 4
+  assert input_sized_matmuls(True) == 0
+
+
 def test_absorbed_projections_fall_back_with_attention_dropout():
   """Training with dropout on the weights (rows no longer sum to 1) projects
   K and V: the same outputs as the plain block for the same rng; with more

@@ -66,6 +66,19 @@ def linear(output_size: int, name: str) -> hk.Linear:
       name=name)
 
 
+class ChannelLayerNorm(hk.LayerNorm):
+  """`hk.LayerNorm` over the last axis that can also hand out its scale and
+  offset unapplied (same names, shapes, dtype and initialisers)."""
+
+  def parameters(self, channels: int) -> tuple[jax.Array, jax.Array]:
+    """The scale `[channels]` and offset `[channels]`, float32."""
+    scale = hk.get_parameter('scale', [channels], jnp.float32,
+                             init=self.scale_init)
+    offset = hk.get_parameter('offset', [channels], jnp.float32,
+                              init=self.offset_init)
+    return scale, offset
+
+
 class Float32LayerNorm:
   """An `hk.LayerNorm` applied to float32 values; the result has the input's
   dtype.
@@ -77,7 +90,7 @@ class Float32LayerNorm:
   and its parameters are exactly `hk.LayerNorm`'s.
   """
 
-  def __init__(self, norm: hk.LayerNorm):
+  def __init__(self, norm: ChannelLayerNorm):
     self.norm = norm
 
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -85,10 +98,25 @@ class Float32LayerNorm:
       return self.norm(inputs)
     return self.norm(inputs.astype(jnp.float32)).astype(inputs.dtype)
 
+  def standardize(self, inputs: jax.Array) -> jax.Array:
+    """`(x - mean) / sqrt(var + eps)` over the channel axis: the LayerNorm
+    without its scale and offset (statistics in float32, result in the
+    input's dtype). It involves no parameter, so a gradient with respect to
+    the parameters never flows back into it."""
+    x = inputs.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    variance = jnp.var(x, axis=-1, keepdims=True)
+    standardized = (x - mean) * jax.lax.rsqrt(variance + self.norm.eps)
+    return standardized.astype(inputs.dtype)
+
+  def parameters(self, channels: int) -> tuple[jax.Array, jax.Array]:
+    """The scale and offset `[channels]` that `__call__` would apply."""
+    return self.norm.parameters(channels)
+
 
 def layer_norm(name: str) -> Float32LayerNorm:
   """LayerNorm over the channel axis with scale, offset and eps 1e-5."""
-  return Float32LayerNorm(hk.LayerNorm(
+  return Float32LayerNorm(ChannelLayerNorm(
       axis=-1,
       create_scale=True,
       create_offset=True,
@@ -181,17 +209,34 @@ class KeysValues(NamedTuple):
 
 
 class UnprojectedKeysValues(NamedTuple):
-  """Normalised key/value inputs `[B, M, Ckv]` and the key and value
-  Linears' parameters (`[Ckv, Dqk]`, `[Dqk]`, `[Ckv, Dv]`, `[Dv]`), for
-  one-head attention that applies the projections on the query side.
+  """Key/value inputs for one-head attention that applies the inputs'
+  LayerNorm affine map and the key/value projections on the query side.
+
+  Attributes:
+    standardized: the inputs standardised over channels (the LayerNorm
+      without scale and offset, `Float32LayerNorm.standardize`), `[B, M, C]`.
+    norm_scale: the LayerNorm's scale `[C]` (float32).
+    norm_offset: the LayerNorm's offset `[C]` (float32).
+    key_w: `[C, Dqk]`.
+    key_b: `[Dqk]`.
+    value_w: `[C, Dv]`.
+    value_b: `[Dv]`.
 
   Computed once and handed to several cross-attends that share weights.
   """
-  inputs: jax.Array
+  standardized: jax.Array
+  norm_scale: jax.Array
+  norm_offset: jax.Array
   key_w: jax.Array
   key_b: jax.Array
   value_w: jax.Array
   value_b: jax.Array
+
+  def normalized(self) -> jax.Array:
+    """The LayerNorm's output `[B, M, C]`, in the inputs' dtype."""
+    x = self.standardized
+    return (x.astype(jnp.float32) * self.norm_scale +
+            self.norm_offset).astype(x.dtype)
 
 
 class Attention(hk.Module):
@@ -242,53 +287,58 @@ class Attention(hk.Module):
     return x.reshape(*x.shape[:-1], self._num_heads, -1)
 
   @hk.name_like('__call__')
-  def keys_values(self, inputs_kv: jax.Array, *,
-                  absorb_projections: bool = False
-                  ) -> KeysValues | UnprojectedKeysValues:
-    """Projects the (already normalised) key/value inputs `[B, M, Ckv]`.
-
-    With `absorb_projections` and one head, returns the inputs and the
-    projections' parameters unapplied instead (`UnprojectedKeysValues`;
-    see `__call__`); the parameters are the same either way.
-    """
-    key = linear(self._qk_channels, 'key')
-    value = linear(self._v_channels, 'value')
-    if absorb_projections and self._num_heads == 1:
-      size, dtype = inputs_kv.shape[-1], inputs_kv.dtype
-      return UnprojectedKeysValues(inputs_kv, *key.parameters(size, dtype),
-                                   *value.parameters(size, dtype))
-    keys = key(inputs_kv)  # [B, M, Dqk]
-    values = value(inputs_kv)  # [B, M, Dv]
+  def keys_values(self, inputs_kv: jax.Array) -> KeysValues:
+    """Projects the (already normalised) key/value inputs `[B, M, Ckv]`."""
+    keys = linear(self._qk_channels, 'key')(inputs_kv)  # [B, M, Dqk]
+    values = linear(self._v_channels, 'value')(inputs_kv)  # [B, M, Dv]
     return KeysValues(self._split_heads(keys), self._split_heads(values))
+
+  @hk.name_like('__call__')
+  def projection_parameters(
+      self, input_channels: int, dtype: jnp.dtype
+  ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The key and value Linears' parameters that `keys_values` would use
+    on inputs of width `input_channels`: `(key_w, key_b, value_w, value_b)`.
+    """
+    return (*linear(self._qk_channels, 'key').parameters(input_channels,
+                                                         dtype),
+            *linear(self._v_channels, 'value').parameters(input_channels,
+                                                          dtype))
 
   def _attend_unprojected(self, queries: jax.Array,
                           kv: UnprojectedKeysValues,
                           key_mask: Optional[jax.Array],
                           is_training: bool) -> jax.Array:
-    """One-head attention with the K/V projections moved to the queries.
+    """One-head attention with the inputs' LayerNorm affine map and the K/V
+    projections moved to the queries.
 
-    With inputs X `[B, M, C]`, `K = X Wk + bk` and `V = X Wv + bv`:
-    `Q K^T = (Q Wk^T) X^T + (Q bk) 1^T`, and the last term adds the same
-    value to all of a query's logits, which the softmax cancels (also under
-    a key mask); and `P V = (P X) Wv + bv` because each row of the weights
-    P sums to 1. So the logits and weighted sum run on X, and the
-    projections act on N queries instead of M inputs: for M >> N this
-    saves `4 B M C Dqk` FLOPs per forward and as much again in the
-    backward, with the same outputs up to float rounding. The softmax
-    scale stays `1 / sqrt(Dqk)`. With dropout on the weights the rows do
-    not sum to 1, so training with attention dropout projects K and V.
+    With standardised inputs S `[B, M, C]`, the LayerNorm output is
+    `X = S diag(g) + 1 o^T` (scale g, offset o), `K = X Wk + bk` and
+    `V = X Wv + bv`. Then `Q K^T = ((Q Wk^T) diag(g)) S^T` plus, for each
+    query, one value added to all its logits (`Q Wk^T o + Q bk`), which the
+    softmax cancels (also under a key mask); and, because each row of the
+    weights P sums to 1, `P V = ((P S) diag(g) + 1 o^T) Wv + bv`. So the
+    logits and weighted sum run on S, which involves no parameter, and
+    every parameter acts on the N queries instead of the M inputs: for
+    M >> N this saves the `4 B M C Dqk` FLOPs of the projections in the
+    forward, and in the backward the gradients of the projections and of
+    the LayerNorm output `[B, M, C]` (two more `[B, N, M] x [B, M, C]`
+    matmuls and the LayerNorm's backward over the inputs). Same outputs up
+    to float rounding; the softmax scale stays `1 / sqrt(Dqk)`. With
+    dropout on the weights the rows do not sum to 1, so training with
+    attention dropout projects K and V.
 
     Args:
       queries: `[B, N, Dqk]` (after the query Linear).
-      kv: from `keys_values(..., absorb_projections=True)`.
+      kv: from `CrossAttendBlock.keys_values` with absorbed projections.
       key_mask: optional `[B, M]` booleans.
       is_training: enables dropout.
 
     Returns:
       `[B, N, Dv]`.
     """
-    x = kv.inputs
     if self._dropout_rate > 0.0 and is_training:
+      x = kv.normalized()
       flat = x.reshape(-1, x.shape[-1])  # One contracting axis.
       keys = (flat @ kv.key_w + kv.key_b).reshape(*x.shape[:2], -1)
       values = (flat @ kv.value_w + kv.value_b).reshape(*x.shape[:2], -1)
@@ -297,14 +347,17 @@ class Attention(hk.Module):
           key_mask=key_mask, impl=self._impl,
           dropout_rate=self._dropout_rate, is_training=is_training)
       return attended[:, :, 0]
+    s = kv.standardized
     batch, num_queries, qk_channels = queries.shape
     # [B * N, Dqk] x [Dqk, C]: one contracting axis (see FlatLinear).
     queries_in = (queries.reshape(-1, qk_channels) @ kv.key_w.T).reshape(
         batch, num_queries, 1, -1)  # [B, N, 1, C]
+    queries_in = (queries_in * kv.norm_scale).astype(s.dtype)
     pooled = scaled_dot_product_attention(
-        queries_in, x[:, :, None], x[:, :, None], key_mask=key_mask,
+        queries_in, s[:, :, None], s[:, :, None], key_mask=key_mask,
         impl=self._impl, scale=1.0 / math.sqrt(qk_channels))  # [B, N, 1, C]
-    pooled = pooled.reshape(batch * num_queries, -1)
+    pooled = (pooled.reshape(batch * num_queries, -1) * kv.norm_scale +
+              kv.norm_offset).astype(s.dtype)
     return (pooled @ kv.value_w + kv.value_b).reshape(batch, num_queries, -1)
 
   def __call__(self,
@@ -365,9 +418,9 @@ class CrossAttendBlock(hk.Module):
   The inputs' LayerNorm and key/value projections are exposed separately
   (`keys_values`) so that cross-attends sharing these weights can compute
   them once per forward pass. With `absorb_projections` and one head the
-  key/value projections act on the queries' side instead
-  (`Attention._attend_unprojected`): same parameters and outputs, fewer
-  FLOPs when there are more inputs than latents.
+  key/value projections and the LayerNorm's scale and offset act on the
+  queries' side instead (`Attention._attend_unprojected`): same parameters
+  and outputs, fewer FLOPs when there are more inputs than latents.
   """
 
   def __init__(self,
@@ -417,9 +470,15 @@ class CrossAttendBlock(hk.Module):
           f'inputs have shape {inputs.shape} with {inputs.shape[-1]} '
           f'channels, but this cross-attend was built for '
           f'{self._input_channels} input channels.')
-    normed = layer_norm('input_norm')(inputs)  # [B, M, C]
-    return self._attention(None).keys_values(
-        normed, absorb_projections=self._absorb_projections)
+    norm = layer_norm('input_norm')
+    attention = self._attention(None)
+    if self._absorb_projections and self._num_heads == 1:
+      # Parameters created in the order of the other branch: same values.
+      scale, offset = norm.parameters(inputs.shape[-1])
+      return UnprojectedKeysValues(
+          norm.standardize(inputs), scale, offset,
+          *attention.projection_parameters(inputs.shape[-1], inputs.dtype))
+    return attention.keys_values(norm(inputs))  # LayerNorm: [B, M, C]
 
   def __call__(self,
                latents: jax.Array,

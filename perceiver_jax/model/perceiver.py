@@ -228,10 +228,12 @@ class Perceiver(hk.Module):
         projections once for all cross-attends that share weights (the same
         outputs; fewer FLOPs than the paper's nominal count).
       absorb_cross_attend_projections: one-head cross-attends apply their
-        key/value projections to the queries' side instead of the M inputs
+        key/value projections and the inputs' LayerNorm scale and offset to
+        the queries' side instead of the M inputs
         (`attention.Attention._attend_unprojected`; same parameters and
-        outputs, up to float rounding; fewer FLOPs when M > N). Ignored for
-        multi-head cross-attends, where it would cost more.
+        outputs, up to float rounding; fewer FLOPs when M > N, and no
+        `[B, M, C]` gradient). Ignored for multi-head cross-attends, where
+        it would cost more.
       scan_blocks: run repeated shared steps under `hk.scan` (see module
         docstring); compile time then does not grow with depth.
       precision: 'float32' or 'bfloat16' compute (parameters stay float32).
