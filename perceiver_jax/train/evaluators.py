@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from perceiver_jax import checks
 from perceiver_jax.train import losses
 from perceiver_jax.train import metrics as metrics_lib
 from perceiver_jax.train import parallel
@@ -231,12 +232,9 @@ class MultilabelMapEvaluator:
     self._batch_dims = tuple(batch_dims)
     self.split = split or config.evaluator.split
     self._num_classes = config.data.num_classes
-    windows = config.evaluator.get('windows_per_clip', 1)
-    if isinstance(windows, bool) or not isinstance(windows, int) or (
-        windows < 1):
-      raise ValueError(f'config.evaluator.windows_per_clip must be a '
-                       f'positive integer, got {windows!r}.')
-    self._windows = windows
+    self._windows = checks.positive_int(
+        config.evaluator.get('windows_per_clip', 1),
+        'config.evaluator.windows_per_clip')
 
     def eval_step(params, batch):
       logits = apply_fn(params, None, batch, is_training=False)
