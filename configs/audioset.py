@@ -44,13 +44,14 @@ clipping) with a cosine decay over the run.
 import ml_collections
 
 from configs import common
+from perceiver_jax.data import audioset as audioset_data
 
 VARIANTS = ('raw', 'mel', 'video', 'raw_video', 'mel_video',
             'mel_video_tuned')
 # Paper's mAP (%) per variant, for the docs and launch scripts.
 PAPER_MAP = {'raw': 38.3, 'mel': 38.4, 'video': 25.8, 'raw_video': 43.5,
              'mel_video': 43.2, 'mel_video_tuned': 44.2}
-NUM_CLASSES = 527
+NUM_CLASSES = audioset_data.NUM_CLASSES
 # "About 1.7M" training clips (PAPER.md); the prepared dataset's own count
 # depends on how many clips could be downloaded: set it with
 # --config.data.num_train_examples=N to keep epochs exact.
@@ -58,11 +59,12 @@ NUM_TRAIN_EXAMPLES = 1_700_000
 # Training clips of the mock that build (3 of 4 balanced, 1 of 2 unbalanced:
 # one file is corrupt, one missing); with `mock`, epochs are the mock's.
 MOCK_NUM_TRAIN_EXAMPLES = 4
-# The loader's fixed window (perceiver_jax/data/audioset.py): 1.28 s.
-WINDOW_FRAMES = 32
-WINDOW_SAMPLES = 61_440
-MEL_SHAPE = (96, 50)
-WINDOWS_PER_CLIP = 16
+# The loader's fixed window: 1.28 s (32 frames, 61,440 samples, a 96 x 50
+# spectrogram), 16 of them per clip in evaluation.
+WINDOW_FRAMES = audioset_data.WINDOW_FRAMES
+WINDOW_SAMPLES = audioset_data.WINDOW_SAMPLES
+MEL_SHAPE = audioset_data.MEL_SHAPE
+WINDOWS_PER_CLIP = audioset_data.WINDOWS_PER_CLIP
 
 
 def _raw_audio_input(num_bands: int) -> ml_collections.ConfigDict:
@@ -106,28 +108,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.task = 'audioset'
   config.variant = variant
 
+  # The loader's defaults (splits, SpecAugment and video augmentation),
+  # with what this config chooses per variant.
   config.data = ml_collections.ConfigDict(dict(
+      audioset_data.DEFAULTS,
       data_dir=ml_collections.FieldReference(None, field_type=str),
       mock=args['mock'],
       builder_config='audio_video' if with_video else 'audio',
       modality=modality,
-      train_split='balanced_train+unbalanced_train',
-      eval_split='eval',
-      num_classes=NUM_CLASSES,
       num_train_examples=NUM_TRAIN_EXAMPLES,
       spec_augment=modality.startswith('mel'),
-      spec_augment_freq_masks=2,
-      spec_augment_max_freq_width=10,
-      spec_augment_time_masks=2,
-      spec_augment_max_time_width=16,
-      video_size=(224, 224),
-      video_crop_area_range=(0.08, 1.0),
-      video_crop_aspect_range=(3 / 4, 4 / 3),
-      video_eval_crop_fraction=0.875,
-      video_brightness=0.4,
-      video_contrast=0.4,
-      video_saturation=0.4,
-      video_hue=0.1,
       # Windows, not clips: about 120 KB each for audio, 0.9 MB with video
       # frames (JPEGs), so about 1.2 GB or 1.8 GB of host memory.
       shuffle_buffer=2_000 if with_video else 10_000,
@@ -177,12 +167,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 10_000
   config.train.checkpoint_every_steps = 5_000
 
-  config.optimizer.name = 'lamb'  # ASSUMED
-  config.optimizer.learning_rate = 4e-3  # ASSUMED
-  config.optimizer.schedule = 'cosine'  # ASSUMED
-  config.optimizer.warmup_steps = 0  # ASSUMED: LAMB often failed with one.
-  config.optimizer.weight_decay = 0.1  # ASSUMED
-  config.optimizer.clip_global_norm = 10.0  # ASSUMED
+  # ASSUMED: the ImageNet recipe (rate included) with a cosine decay.
+  common.lamb_recipe(config.optimizer, learning_rate=4e-3, schedule='cosine')
 
   config.evaluator.type = 'multilabel_map'
   config.evaluator.metric = 'map'
@@ -194,14 +180,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if args['runlocal']:
     config.data.video_size = (16, 16)  # 64 video tokens.
     config.data.shuffle_buffer = 16
-    config.model.update(num_blocks=2, num_self_attends_per_block=1,
-                        num_cross_attends=2, num_latents=16,
-                        num_latent_channels=32, num_self_heads=2)
-    config.train.batch_size = 8
-    config.train.num_steps = 4
-    config.train.log_every_steps = 2
-    config.train.eval_every_steps = 4
-    config.train.checkpoint_every_steps = 2
-    config.evaluator.batch_size = 8
-    config.evaluator.max_examples = 2  # Clips: 32 windows.
+    # Bands are set above; evaluation counts clips: 2 are 32 windows.
+    common.paper_scale_runlocal(config, max_eval_examples=2)
   return config

@@ -31,13 +31,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       split_seed=0,
       max_shift=0,  # Training images move by up to this many pixels.
   ))
-  config.model = common.perceiver_model(
-      num_blocks=2,
-      num_self_attends_per_block=2,
-      num_cross_attends=2,
-      num_latents=32,
-      num_latent_channels=64,
-      num_self_heads=4)
+  config.model = common.small_model()
   config.model.input = common.grid_input(
       key='image', index_dims=(8, 8), raw_channels=1, num_bands=8,
       max_resolution=(8, 8))
@@ -48,26 +42,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 500
   config.train.checkpoint_every_steps = 500
 
-  config.optimizer.name = 'adamw'
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.schedule = 'cosine'
   # 85K parameters fit 1,437 images in a few hundred steps; weight decay
   # and label smoothing keep them from memorising (96% -> 97% test).
-  config.optimizer.weight_decay = 0.05
-  config.optimizer.eps = 1e-8
+  common.adamw_cosine(config.optimizer, weight_decay=0.05)
   config.loss.label_smoothing = 0.1
 
   config.evaluator.split = 'test'
   config.evaluator.batch_size = 128
 
   if args['runlocal']:
-    config.model.update(num_latents=8, num_latent_channels=16,
-                        num_self_heads=2)
-    config.model.input.num_bands = 4
-    config.train.batch_size = 16
-    config.train.num_steps = 6
-    config.train.log_every_steps = 2
-    config.train.eval_every_steps = 3
-    config.train.checkpoint_every_steps = 3
-    config.evaluator.batch_size = 64
+    common.small_runlocal(config, eval_batch_size=64)
   return config

@@ -84,14 +84,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 5000
   config.train.checkpoint_every_steps = 5000
 
-  config.optimizer.name = 'lamb'
-  config.optimizer.learning_rate = 4e-3
-  config.optimizer.schedule = 'step'
+  # No warm-up, weight decay 0.1, clipping at 10: ASSUMED (see lamb_recipe).
+  common.lamb_recipe(config.optimizer, learning_rate=4e-3, schedule='step')
   config.optimizer.decay_epochs = (84, 102, 114)
   config.optimizer.decay_factor = 0.1
-  config.optimizer.warmup_steps = 0  # ASSUMED: LAMB often failed with one.
-  config.optimizer.weight_decay = 0.1  # ASSUMED
-  config.optimizer.clip_global_norm = 10.0  # ASSUMED
   config.loss.label_smoothing = 0.1  # ASSUMED
 
   config.evaluator.split = 'validation'
@@ -100,17 +96,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if args['runlocal']:
     config.data.image_shape = (32, 32)
     config.data.shuffle_buffer = 64
-    config.model.update(num_blocks=2, num_self_attends_per_block=1,
-                        num_cross_attends=min(config.model.num_cross_attends,
-                                              2),
-                        num_latents=16, num_latent_channels=32,
-                        num_self_heads=2)
+    common.paper_scale_runlocal(config)
     config.model.input.num_bands = 4
-    config.train.batch_size = 8
-    config.train.num_steps = 4
-    config.train.log_every_steps = 2
-    config.train.eval_every_steps = 4
-    config.train.checkpoint_every_steps = 2
-    config.evaluator.batch_size = 8
-    config.evaluator.max_examples = 16
   return config

@@ -73,12 +73,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 2500
   config.train.checkpoint_every_steps = 2500
 
-  config.optimizer.name = 'lamb'
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.schedule = 'constant'
-  config.optimizer.warmup_steps = 0
-  config.optimizer.weight_decay = 0.1  # ASSUMED (as ImageNet's config).
-  config.optimizer.clip_global_norm = 10.0  # ASSUMED (as ImageNet's config).
+  # Weight decay and clipping as ImageNet's (ASSUMED; see lamb_recipe).
+  common.lamb_recipe(config.optimizer, learning_rate=1e-3,
+                     schedule='constant')
 
   config.evaluator.split = 'test'
   config.evaluator.batch_size = 256
@@ -89,15 +86,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.data.mock_test_per_class = 2
     if args['mock']:
       config.data.num_train_examples = 4 * config.data.mock_train_per_class
-    config.model.update(num_blocks=2, num_self_attends_per_block=1,
-                        num_latents=16, num_latent_channels=32,
-                        num_self_heads=2)
+    common.paper_scale_runlocal(config)
     config.model.input.num_bands = 4
-    config.train.batch_size = 8
-    config.train.num_steps = 4
-    config.train.log_every_steps = 2
-    config.train.eval_every_steps = 4
-    config.train.checkpoint_every_steps = 2
-    config.evaluator.batch_size = 8
-    config.evaluator.max_examples = 16
   return config

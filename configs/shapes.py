@@ -37,13 +37,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       rotation='z',  # Upright, turned about z; 'so3' is much harder.
       scale_range=(0.99, 1.01),  # The paper's ModelNet40 augmentation.
   ))
-  config.model = common.perceiver_model(
-      num_blocks=2,
-      num_self_attends_per_block=2,
-      num_cross_attends=2,
-      num_latents=32,
-      num_latent_channels=64,
-      num_self_heads=4)
+  config.model = common.small_model()
   config.model.input = ml_collections.ConfigDict(dict(
       type='points',
       key='points',
@@ -61,11 +55,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.train.eval_every_steps = 400
   config.train.checkpoint_every_steps = 400
 
-  config.optimizer.name = 'adamw'
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.schedule = 'cosine'
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.eps = 1e-8
+  common.adamw_cosine(config.optimizer, weight_decay=1e-4)
 
   config.evaluator.split = 'test'
   config.evaluator.batch_size = 250
@@ -74,13 +64,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.data.num_train_examples = 64
     config.data.num_test_examples = 32
     config.data.num_points = 64
-    config.model.update(num_latents=8, num_latent_channels=16,
-                        num_self_heads=2)
-    config.model.input.num_bands = 4
-    config.train.batch_size = 16
-    config.train.num_steps = 6
-    config.train.log_every_steps = 2
-    config.train.eval_every_steps = 3
-    config.train.checkpoint_every_steps = 3
-    config.evaluator.batch_size = 16
+    common.small_runlocal(config, eval_batch_size=16)
   return config

@@ -23,6 +23,7 @@ import numpy as np
 matplotlib.use('Agg')  # Files only, no display.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
+from perceiver_jax import checks  # pylint: disable=g-bad-import-order
 from perceiver_jax.train import run_config  # pylint: disable=g-bad-import-order
 from perceiver_jax.train import writers  # pylint: disable=g-bad-import-order
 
@@ -162,10 +163,8 @@ def draw_attention_maps(workdir: str, out_dir: str, *, num_images: int = 4,
   from perceiver_jax.model import factory
   from perceiver_jax.train import loop
   # pylint: enable=g-import-not-at-top
-  for name, value in (('num_images', num_images),
-                      ('num_latents', num_latents)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f'{name} must be a positive integer, got {value!r}.')
+  checks.positive_int(num_images, 'num_images')
+  checks.positive_int(num_latents, 'num_latents')
   config = run_config.read(workdir)
   input_config = config.model.input
   if config.model.get('architecture', 'perceiver') != 'perceiver' or (

@@ -37,6 +37,7 @@ import sys
 import time
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from perceiver_jax import checks
 from perceiver_jax.train import run_config
 from perceiver_jax.train import writers
 
@@ -284,9 +285,7 @@ def run_sweep(config: str, root: str, *, parallel: int = 1,
     The number of points that failed (0 when all finished).
   """
   out = out or sys.stdout
-  if isinstance(parallel, bool) or not isinstance(parallel, int) or (
-      parallel < 1):
-    raise ValueError(f'parallel must be a positive integer, got {parallel!r}.')
+  checks.positive_int(parallel, 'parallel')
   points = get_points(config)
   check_none_overrides(config, points)
   keys = sweep_keys(points)

@@ -7,20 +7,15 @@ commands (`experiments.train` for 4 steps, then `experiments.evaluate`).
 
 import json
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import command_utils
 from configs import audioset as audioset_config
 from perceiver_jax.data import audioset
 from perceiver_jax.model import perceiver
 from perceiver_jax.train import loop
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _smoke_config(variant):
   config = audioset_config.get_config(f'variant={variant},runlocal,mock')
@@ -48,18 +43,12 @@ def test_runlocal_mock_trains_and_evaluates(variant, tmp_path):
   assert (tmp_path / 'checkpoints' / '2').is_dir()
 
 
-def _run_module(*args, timeout=400):
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)  # One CPU device, like a user's laptop.
-  return subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
-
-
 def test_mel_commands_train_and_evaluate(tmp_path):
   workdir = tmp_path / 'run'
-  train = _run_module('experiments.train',
-                      '--config=configs/audioset.py:variant=mel,runlocal,mock',
-                      f'--workdir={workdir}')
+  train = command_utils.run_module(
+      'experiments.train',
+      '--config=configs/audioset.py:variant=mel,runlocal,mock',
+      f'--workdir={workdir}', timeout=400)
   assert train.returncode == 0, train.stderr[-3000:]
   assert 'step 4/4' in train.stdout
   assert 'eval eval at step 4: map ' in train.stdout
@@ -69,7 +58,8 @@ def test_mel_commands_train_and_evaluate(tmp_path):
   assert final_eval['step'] == 4
   assert final_eval['eval/num_examples'] == 2
 
-  evaluate = _run_module('experiments.evaluate', f'--workdir={workdir}')
+  evaluate = command_utils.run_module(
+      'experiments.evaluate', f'--workdir={workdir}', timeout=400)
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   result = json.loads(evaluate.stdout.strip().splitlines()[-1])
   assert result['step'] == 4

@@ -8,9 +8,8 @@ import sys
 
 import pytest
 
+import command_utils
 from perceiver_jax import sweep as h
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_sweep_product_and_zip_generate_the_points():
@@ -106,12 +105,6 @@ def test_none_override_needs_a_none_default(tmp_path):
     h.run_sweep(str(config), str(tmp_path / 'root'), dry_run=False)
 
 
-def _sweep_env():
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)  # One CPU device, as in test_train_loop.py.
-  return env
-
-
 def test_sweep_is_interrupted_reruns_skips_and_summarizes(tmp_path):
   # The runs are test_train_loop.py's runlocal digits config (so the
   # persistent compilation cache hits), swept over two seeds.
@@ -124,8 +117,9 @@ def test_sweep_is_interrupted_reruns_skips_and_summarizes(tmp_path):
   command = [sys.executable, '-m', 'experiments.sweep', f'--config={config}',
              f'--workdir={root}']
   # Interrupt the sweep as soon as the second point starts.
-  sweep_process = subprocess.Popen(command, cwd=REPO, env=_sweep_env(),
-                                   stdout=subprocess.PIPE, text=True)
+  sweep_process = subprocess.Popen(
+      command, cwd=command_utils.REPO, env=command_utils.one_device_env(),
+      stdout=subprocess.PIPE, text=True)
   first_lines = []
   for line in sweep_process.stdout:
     first_lines.append(line)
@@ -144,8 +138,9 @@ def test_sweep_is_interrupted_reruns_skips_and_summarizes(tmp_path):
   assert not status['finished'] and status['returncode'] != 0
   first_log = (root / 'seed=0' / h.LOG_FILE).read_text()
 
-  again = subprocess.run(command, cwd=REPO, env=_sweep_env(),
-                         capture_output=True, text=True, timeout=400)
+  again = subprocess.run(
+      command, cwd=command_utils.REPO, env=command_utils.one_device_env(),
+      capture_output=True, text=True, timeout=400)
   assert again.returncode == 0, again.stderr[-3000:]
   assert 'skipping seed=0: finished' in again.stdout
   assert 'seed=0' not in again.stdout.replace('skipping seed=0: finished', '')

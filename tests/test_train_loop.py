@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import command_utils
 from configs import digits as digits_config
 from perceiver_jax.data import digits
 from perceiver_jax.data import in_memory
@@ -18,9 +17,6 @@ from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import evaluators
 from perceiver_jax.train import loop
 from perceiver_jax.train import parallel
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _runlocal_config(**train_overrides) -> ml_collections.ConfigDict:
   config = digits_config.get_config('runlocal')
@@ -150,18 +146,11 @@ def test_evaluator_respects_max_examples():
   assert metrics['top1'] == pytest.approx(3 / 13)
 
 
-def _run_module(*args, timeout=300):
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
-  env.pop('XLA_FLAGS', None)  # One CPU device, like a user's laptop.
-  return subprocess.run([sys.executable, '-m', *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=timeout)
-
-
 def test_config_typo_fails_naming_the_key(tmp_path):
-  result = _run_module('experiments.train',
-                       '--config=configs/digits.py:runlocal',
-                       '--config.train.batch_sise=32',
-                       f'--workdir={tmp_path}')
+  result = command_utils.run_module('experiments.train',
+                                    '--config=configs/digits.py:runlocal',
+                                    '--config.train.batch_sise=32',
+                                    f'--workdir={tmp_path}')
   assert result.returncode == 1
   assert result.stderr.strip() == (
       'error: Unknown config field in an override: \'batch_sise\' Did you '
@@ -169,8 +158,9 @@ def test_config_typo_fails_naming_the_key(tmp_path):
   assert not os.path.exists(tmp_path / 'checkpoints')
   # The same when the override is of the default config (loaded while the
   # flag is defined, before the command line is parsed).
-  result = _run_module('experiments.train', '--config.train.batch_sise=32',
-                       f'--workdir={tmp_path}')
+  result = command_utils.run_module(
+      'experiments.train', '--config.train.batch_sise=32',
+      f'--workdir={tmp_path}')
   assert result.returncode == 1
   assert result.stderr.strip().startswith(
       "error: Unknown config field in an override: 'batch_sise'")
@@ -183,9 +173,9 @@ def test_unknown_config_flag_fails_naming_it():
 
 def test_end_to_end_train_checkpoint_evaluate(tmp_path):
   workdir = tmp_path / 'run'
-  train = _run_module('experiments.train',
-                      '--config=configs/digits.py:runlocal',
-                      f'--workdir={workdir}')
+  train = command_utils.run_module('experiments.train',
+                                   '--config=configs/digits.py:runlocal',
+                                   f'--workdir={workdir}')
   assert train.returncode == 0, train.stderr[-3000:]
   assert 'step 6/6' in train.stdout
   assert 'eval test at step 6' in train.stdout
@@ -200,7 +190,8 @@ def test_end_to_end_train_checkpoint_evaluate(tmp_path):
 
   checkpoints = workdir / 'checkpoints'
   before = sorted(os.listdir(checkpoints))
-  evaluate = _run_module('experiments.evaluate', f'--workdir={workdir}')
+  evaluate = command_utils.run_module('experiments.evaluate',
+                                      f'--workdir={workdir}')
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   result = json.loads(evaluate.stdout.strip().splitlines()[-1])
   assert result['step'] == 6

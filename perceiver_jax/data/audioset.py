@@ -104,13 +104,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Stored shorter side of the mock's frames (its clips are 48x64).
 MOCK_FRAME_MIN_SIDE = 64
 
-_DEFAULTS = dict(
+# What the loader reads for a `config.data` field that is missing or None;
+# configs/audioset.py builds its `config.data` from these.
+DEFAULTS = dict(
     data_dir=None,
+    mock=False,
     builder_config='audio',
     modality='raw',
     train_split='balanced_train+unbalanced_train',
     eval_split='eval',
-    mock=False,
     num_classes=NUM_CLASSES,
     spec_augment=True,
     spec_augment_freq_masks=2,
@@ -131,7 +133,7 @@ _DEFAULTS = dict(
 
 def _get(config: Mapping[str, Any], name: str) -> Any:
   value = config.get(name, None) if hasattr(config, 'get') else None
-  return _DEFAULTS[name] if value is None and name != 'data_dir' else value
+  return DEFAULTS[name] if value is None and name != 'data_dir' else value
 
 
 def _check_config(config: Mapping[str, Any]) -> tuple[str, str]:

@@ -19,6 +19,7 @@ import numpy as np
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
+from perceiver_jax import checks
 from perceiver_jax.data import in_memory
 
 SPLITS = ('train', 'test')
@@ -110,7 +111,7 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
         process_index=process_index, process_count=process_count,
         augment=augment if max_shift else None)
   shard = in_memory.host_shard(len(labels), process_index, process_count)
-  batch_size = math.prod(in_memory.check_batch_dims(batch_dims))
+  batch_size = math.prod(checks.batch_dims(batch_dims))
   return in_memory.eval_batches(
       {k: v[shard] for k, v in examples.items()}, batch_dims=batch_dims,
       num_batches=in_memory.num_eval_batches(len(labels), batch_size,

@@ -29,6 +29,8 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from perceiver_jax import checks
+
 Arrays = Mapping[str, np.ndarray]
 Augment = Callable[[dict[str, np.ndarray], np.random.Generator],
                    dict[str, np.ndarray]]
@@ -37,16 +39,6 @@ Augment = Callable[[dict[str, np.ndarray], np.random.Generator],
 # random numbers.
 _SHUFFLE_STREAM = 0
 _AUGMENT_STREAM = 1
-
-
-def check_batch_dims(batch_dims: Sequence[int]) -> tuple[int, ...]:
-  """Validates `batch_dims` (non-empty positive ints); returns a tuple."""
-  dims = tuple(batch_dims)
-  if not dims or any(isinstance(d, bool) or not isinstance(d, (int, np.integer))
-                     or d < 1 for d in dims):
-    raise ValueError(f'batch_dims must be a non-empty sequence of positive '
-                     f'integers, got {batch_dims!r}.')
-  return tuple(int(d) for d in dims)
 
 
 def host_shard(num_examples: int, process_index: int,
@@ -153,7 +145,7 @@ def train_batches(arrays: Arrays, *, batch_dims: Sequence[int], seed: int,
   Yields:
     The arrays as `[*batch_dims, ...]`, plus `'mask'` float32 ones.
   """
-  batch_dims = check_batch_dims(batch_dims)
+  batch_dims = checks.batch_dims(batch_dims)
   _check_start_step(start_step)
   orders = _EpochOrders(_num_examples(arrays),
                         (seed, process_index, _SHUFFLE_STREAM))
@@ -183,7 +175,7 @@ def replicated_train_batches(arrays: Arrays, *, batch_dims: Sequence[int],
   Yields:
     The arrays as `[*batch_dims, ...]`, plus `'mask'` float32 ones.
   """
-  batch_dims = check_batch_dims(batch_dims)
+  batch_dims = checks.batch_dims(batch_dims)
   _check_start_step(start_step)
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} is not in '
@@ -220,7 +212,7 @@ def shard_batches(arrays: Arrays, *, total_examples: int, is_training: bool,
     return train_batches(arrays, batch_dims=batch_dims, seed=seed,
                          start_step=start_step, process_index=process_index,
                          augment=augment)
-  batch_size = math.prod(check_batch_dims(batch_dims))
+  batch_size = math.prod(checks.batch_dims(batch_dims))
   return eval_batches(arrays, batch_dims=batch_dims,
                       num_batches=num_eval_batches(total_examples, batch_size,
                                                    process_count))
@@ -248,7 +240,7 @@ def eval_batches(arrays: Arrays, *, batch_dims: Sequence[int],
     The arrays as `[*batch_dims, ...]` plus `'mask'` float32 (1 real, 0
     padding).
   """
-  batch_dims = check_batch_dims(batch_dims)
+  batch_dims = checks.batch_dims(batch_dims)
   num_examples = _num_examples(arrays)
   batch_size = math.prod(batch_dims)
   needed = math.ceil(num_examples / batch_size)

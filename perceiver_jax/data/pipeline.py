@@ -37,6 +37,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from perceiver_jax import checks
+
 # Purposes of derived seeds (the third entry of `seed_key`).
 SHUFFLE = 0
 AUGMENT = 1
@@ -125,14 +127,7 @@ def seed_key(seed: int, *purpose: int) -> int:
 
 def batch_size_of(batch_dims: Sequence[int]) -> int:
   """The product of `batch_dims`, after checking them."""
-  dims = tuple(batch_dims)
-  if not dims or any(isinstance(d, bool) or not isinstance(d, (int,
-                                                              np.integer))
-                     or d < 1 for d in dims):
-    raise ValueError(
-        f'batch_dims must be a non-empty sequence of positive integers, '
-        f'got {batch_dims!r}.')
-  return math.prod(int(d) for d in dims)
+  return math.prod(checks.batch_dims(batch_dims))
 
 
 def dataset_options(threadpool_size: int = 0) -> tf.data.Options:

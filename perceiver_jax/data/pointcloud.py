@@ -26,6 +26,8 @@ from typing import Union
 import numpy as np
 import trimesh
 
+from perceiver_jax import checks
+
 # Default points per example: the paper's "about 2,000", rounded to a power
 # of two (any prefix of an i.i.d. sample is itself one, so loaders may use
 # fewer).
@@ -170,10 +172,8 @@ def sample_surface(mesh: trimesh.Trimesh, num_points: int,
     MeshReadError: the mesh has no area to sample from.
     ValueError: `num_points` is not a positive integer.
   """
-  if isinstance(num_points, bool) or not isinstance(
-      num_points, (int, np.integer)) or num_points < 1:
-    raise ValueError(f'num_points must be a positive integer, got '
-                     f'{num_points!r}.')
+  checks.positive_int(num_points, 'num_points',
+                      integer_types=(int, np.integer))
   if len(mesh.faces) == 0 or not mesh.area > 0:
     raise MeshReadError('Cannot sample a mesh with zero surface area.')
   points, _ = trimesh.sample.sample_surface(mesh, int(num_points), seed=seed)

@@ -34,6 +34,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
+from perceiver_jax import checks
 from perceiver_jax.train import parallel
 
 PyTree = Any
@@ -110,9 +111,7 @@ class Checkpointer:
       best_mode: 'max' or 'min' for `best_metric`.
       read_only: open for restoring only (evaluation never writes).
     """
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-      raise ValueError(f'config.checkpoint.keep must be a positive integer, '
-                       f'got {keep!r}.')
+    checks.positive_int(keep, 'config.checkpoint.keep')
     if best_mode not in ('max', 'min'):
       raise ValueError(f'best_mode must be "max" or "min", got {best_mode!r}.')
     self.directory = os.path.abspath(directory)

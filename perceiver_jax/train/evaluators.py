@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from perceiver_jax import checks
 from perceiver_jax.train import losses
 from perceiver_jax.train import metrics as metrics_lib
 from perceiver_jax.train import parallel
@@ -71,24 +72,59 @@ def num_batches(num_examples: int, *, max_examples: Optional[int],
   return math.ceil(per_host * rows_per_example / batch_size)
 
 
-class ClassificationEvaluator:
+def _top_k(num_classes: int) -> int:
+  """The k of the second accuracy: 5, or every class when there are fewer."""
+  return min(5, num_classes)
+
+
+class _SplitEvaluator:
+  """What every evaluator shares: its split, the data and the batch count."""
+
+  def __init__(self, *, config: ml_collections.ConfigDict, data_module: Any,
+               batch_dims: Sequence[int], split: Optional[str]):
+    self._config = config
+    self._data = data_module
+    self._batch_dims = tuple(batch_dims)
+    self.split = split or config.evaluator.split
+
+  def _num_examples(self) -> int:
+    """Examples in the split (all hosts)."""
+    return self._data.num_examples(self.split, self._config.data)
+
+  def _num_batches(self, rows_per_example: int = 1) -> int:
+    return num_batches(
+        self._num_examples(),
+        max_examples=self._config.evaluator.get('max_examples'),
+        batch_size=int(np.prod(self._batch_dims)),
+        rows_per_example=rows_per_example)
+
+  def _load(self) -> Iterator[Batch]:
+    return self._data.load(self.split, is_training=False,
+                           batch_dims=self._batch_dims,
+                           config=self._config.data)
+
+  def _host_budget(self) -> Optional[int]:
+    """This host's share of `config.evaluator.max_examples` (None: all)."""
+    max_examples = self._config.evaluator.get('max_examples')
+    return None if max_examples is None else math.ceil(
+        max_examples / jax.process_count())
+
+
+class ClassificationEvaluator(_SplitEvaluator):
   """Top-1 and top-5 accuracy and mean cross-entropy (no label smoothing)."""
 
   @staticmethod
   def metric_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     """The keys of `run`'s result for `config`."""
-    return ('top1', f'top{min(5, config.data.num_classes)}', 'loss',
+    return ('top1', f'top{_top_k(config.data.num_classes)}', 'loss',
             'num_examples')
 
   def __init__(self, *, config: ml_collections.ConfigDict, apply_fn: ApplyFn,
                data_module: Any, batch_dims: Sequence[int],
                split: Optional[str] = None):
-    self._config = config
-    self._data = data_module
-    self._batch_dims = tuple(batch_dims)
-    self.split = split or config.evaluator.split
-    num_classes = config.data.num_classes
-    self._top_k = min(5, num_classes)
+    super().__init__(config=config, data_module=data_module,
+                     batch_dims=batch_dims, split=split)
+    self._top_k = _top_k(config.data.num_classes)
 
     def eval_step(params, batch):
       logits = apply_fn(params, None, batch, is_training=False)
@@ -111,22 +147,13 @@ class ClassificationEvaluator:
 
     self._eval_step = jax.pmap(eval_step, axis_name=parallel.AXIS)
 
-  def _num_batches(self) -> int:
-    return num_batches(
-        self._data.num_examples(self.split, self._config.data),
-        max_examples=self._config.evaluator.get('max_examples'),
-        batch_size=int(np.prod(self._batch_dims)))
-
   def _batches(self) -> Iterator[Batch]:
-    batches = self._data.load(self.split, is_training=False,
-                              batch_dims=self._batch_dims,
-                              config=self._config.data)
-    max_examples = self._config.evaluator.get('max_examples')
-    if max_examples is None:
+    batches = self._load()
+    budget = self._host_budget()
+    if budget is None:
       yield from batches
       return
     # Keep the first examples of this host's share of `max_examples`.
-    budget = math.ceil(max_examples / jax.process_count())
     for batch in batches:
       if budget <= 0:
         return
@@ -190,7 +217,7 @@ class _ClipScores:
       self.counts[clip] = self.counts.get(clip, 0) + int(rows.sum())
 
 
-class MultilabelMapEvaluator:
+class MultilabelMapEvaluator(_SplitEvaluator):
   """mAP over classes with each clip's window predictions averaged.
 
   For multi-label data (AudioSet): `batch['label']` is multi-hot
@@ -226,17 +253,12 @@ class MultilabelMapEvaluator:
   def __init__(self, *, config: ml_collections.ConfigDict, apply_fn: ApplyFn,
                data_module: Any, batch_dims: Sequence[int],
                split: Optional[str] = None):
-    self._config = config
-    self._data = data_module
-    self._batch_dims = tuple(batch_dims)
-    self.split = split or config.evaluator.split
+    super().__init__(config=config, data_module=data_module,
+                     batch_dims=batch_dims, split=split)
     self._num_classes = config.data.num_classes
-    windows = config.evaluator.get('windows_per_clip', 1)
-    if isinstance(windows, bool) or not isinstance(windows, int) or (
-        windows < 1):
-      raise ValueError(f'config.evaluator.windows_per_clip must be a '
-                       f'positive integer, got {windows!r}.')
-    self._windows = windows
+    self._windows = checks.positive_int(
+        config.evaluator.get('windows_per_clip', 1),
+        'config.evaluator.windows_per_clip')
 
     def eval_step(params, batch):
       logits = apply_fn(params, None, batch, is_training=False)
@@ -248,25 +270,13 @@ class MultilabelMapEvaluator:
 
   def _max_clips(self) -> int:
     """The most clips one host evaluates."""
-    return examples_per_host(
-        self._data.num_examples(self.split, self._config.data),
-        self._config.evaluator.get('max_examples'))
-
-  def _num_batches(self) -> int:
-    return num_batches(
-        self._data.num_examples(self.split, self._config.data),
-        max_examples=self._config.evaluator.get('max_examples'),
-        batch_size=int(np.prod(self._batch_dims)),
-        rows_per_example=self._windows)
+    return examples_per_host(self._num_examples(),
+                             self._config.evaluator.get('max_examples'))
 
   def _batches(self) -> Iterator[Batch]:
     """The data's batches, with `clip_index` and the clip budget applied."""
-    batches = self._data.load(self.split, is_training=False,
-                              batch_dims=self._batch_dims,
-                              config=self._config.data)
-    max_examples = self._config.evaluator.get('max_examples')
-    budget = None if max_examples is None else math.ceil(
-        max_examples / jax.process_count())
+    batches = self._load()
+    budget = self._host_budget()
     accepted: set[int] = set()
     rows_seen = 0
     for batch in batches:
@@ -309,7 +319,8 @@ class MultilabelMapEvaluator:
     scores = _ClipScores()
     loss_sum = 0.0
     num_windows = 0
-    for batch in _padded_to(self._batches(), self._num_batches()):
+    for batch in _padded_to(self._batches(),
+                            self._num_batches(rows_per_example=self._windows)):
       labels = batch['label']
       if labels.shape != (*batch['mask'].shape, self._num_classes):
         raise ValueError(

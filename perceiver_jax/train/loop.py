@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from perceiver_jax import checks
 from perceiver_jax.model import factory
 from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import evaluators
@@ -59,11 +60,8 @@ def run_length(config: ml_collections.ConfigDict) -> RunLength:
   `data.num_train_examples`. Derived here, not in the config, so that
   overriding the batch size or the epochs moves every dependent value.
   """
-  batch_size = config.train.batch_size
-  if isinstance(batch_size, bool) or not isinstance(
-      batch_size, int) or batch_size < 1:
-    raise ValueError(f'config.train.batch_size must be a positive integer, '
-                     f'got {batch_size!r}.')
+  batch_size = checks.positive_int(config.train.batch_size,
+                                   'config.train.batch_size')
   steps_per_epoch = config.data.num_train_examples / batch_size
   num_steps = config.train.get('num_steps')
   if num_steps is None:
@@ -73,16 +71,10 @@ def run_length(config: ml_collections.ConfigDict) -> RunLength:
           'Set config.train.num_steps or a positive config.train.num_epochs; '
           f'got num_steps=None, num_epochs={num_epochs!r}.')
     num_steps = int(math.ceil(num_epochs * steps_per_epoch))
-  if isinstance(num_steps, bool) or not isinstance(
-      num_steps, int) or num_steps < 1:
-    raise ValueError(f'config.train.num_steps must be a positive integer, '
-                     f'got {num_steps!r}.')
+  checks.positive_int(num_steps, 'config.train.num_steps')
   for name in ('log_every_steps', 'eval_every_steps',
                'checkpoint_every_steps'):
-    value = config.train[name]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f'config.train.{name} must be a positive integer, '
-                       f'got {value!r}.')
+    checks.positive_int(config.train[name], f'config.train.{name}')
   return RunLength(num_steps, steps_per_epoch)
 
 

@@ -13,6 +13,8 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from perceiver_jax import checks
+
 AXIS = 'batch'
 
 PyTree = Any
@@ -29,10 +31,7 @@ def local_batch_dims(global_batch_size: int) -> tuple[int, int]:
     `(jax.local_device_count(), per_device_batch_size)`.
   """
   num_devices = jax.device_count()
-  if (isinstance(global_batch_size, bool) or
-      not isinstance(global_batch_size, int) or global_batch_size < 1):
-    raise ValueError(f'batch_size must be a positive integer, got '
-                     f'{global_batch_size!r}.')
+  checks.positive_int(global_batch_size, 'batch_size')
   if global_batch_size % num_devices:
     raise ValueError(
         f'batch_size={global_batch_size} does not divide across the '

@@ -17,12 +17,11 @@ inside a compiled step:
   compiling or allocating anything.
 """
 
-from typing import Any
-
 import jax
 import ml_collections
 import numpy as np
 
+from perceiver_jax import checks
 from perceiver_jax.model import factory
 from perceiver_jax.train import evaluators
 from perceiver_jax.train import loop
@@ -30,12 +29,6 @@ from perceiver_jax.train import losses
 from perceiver_jax.train import optim
 from perceiver_jax.train import parallel
 from perceiver_jax.train import tasks
-
-
-def _positive_int(value: Any, name: str) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f'{name} must be a positive integer, got {value!r}.')
-  return value
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -49,7 +42,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   length = loop.run_length(config)
   task = tasks.get_task(config.task)
   batch_dims = parallel.local_batch_dims(config.train.batch_size)
-  eval_batch = _positive_int(config.evaluator.batch_size,
+  eval_batch = checks.positive_int(config.evaluator.batch_size,
                              'config.evaluator.batch_size')
   try:
     parallel.local_batch_dims(eval_batch)
@@ -79,10 +72,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.evaluator.metric_mode not in ('max', 'min'):
     raise ValueError(f'config.evaluator.metric_mode must be "max" or "min", '
                      f'got {config.evaluator.metric_mode!r}.')
-  _positive_int(config.checkpoint.keep, 'config.checkpoint.keep')
+  checks.positive_int(config.checkpoint.keep, 'config.checkpoint.keep')
   max_examples = config.evaluator.get('max_examples')
   if max_examples is not None:
-    _positive_int(max_examples, 'config.evaluator.max_examples')
+    checks.positive_int(max_examples, 'config.evaluator.max_examples')
 
   batches = task.data.load(task.train_split, is_training=True,
                            batch_dims=batch_dims, config=config.data,

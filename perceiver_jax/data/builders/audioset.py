@@ -76,6 +76,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from perceiver_jax import checks
+
 SAMPLE_RATE = 48_000
 FPS = 25
 CLIP_SECONDS = 10.0
@@ -374,11 +376,7 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, num_workers: int = 1, **kwargs):
     """Builder; `num_workers` threads decode clips in parallel."""
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or (
-        num_workers < 1):
-      raise ValueError(f'num_workers must be a positive integer, got '
-                       f'{num_workers!r}.')
-    self._num_workers = num_workers
+    self._num_workers = checks.positive_int(num_workers, 'num_workers')
     self._report: dict[str, Any] = {}
     super().__init__(**kwargs)
 
