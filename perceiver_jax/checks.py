@@ -1,9 +1,7 @@
 """Argument checks shared by data, training and tool code.
 
-Imports no project code, so data code (which must not import
-`perceiver_jax.model`) and training code can both use it. The model keeps
-its own `perceiver_jax.model.attention.check_positive_int`, with the same
-rule and message.
+Imports no project code, so that data code (which must not import
+`perceiver_jax.model`), model code and training code can all use it.
 """
 
 from typing import Any, Sequence

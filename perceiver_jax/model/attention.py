@@ -18,6 +18,8 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from perceiver_jax import checks
+
 ATTENTION_IMPLS = ('einsum', 'dot_product')
 LAYER_NORM_EPS = 1e-5
 
@@ -126,9 +128,7 @@ def layer_norm(name: str) -> Float32LayerNorm:
 
 def check_positive_int(value, what: str) -> int:
   """Returns `value` if it is a positive integer, else raises ValueError."""
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f'{what} must be a positive integer, got {value!r}.')
-  return value
+  return checks.positive_int(value, what)
 
 
 def check_dropout(rate, what: str = 'dropout') -> float:
