@@ -410,6 +410,22 @@ class MLP(hk.Module):
     return dropout(out, self._dropout_rate, is_training)
 
 
+def residual_then_mlp(latents: jax.Array, attended: jax.Array, *,
+                      widening_factor: int, dropout_rate: float,
+                      is_training: bool) -> jax.Array:
+  """The second half of both blocks: `z += Dropout(attended)`, then
+  `z += MLP(LN(z))`, on latents `[B, N, D]`.
+
+  Called inside a block's `__call__`, so that its 'mlp' and 'mlp_norm'
+  modules are named under the block.
+  """
+  latents = latents + dropout(attended, dropout_rate, is_training)
+  mlp = MLP(widening_factor=widening_factor, dropout_rate=dropout_rate,
+            name='mlp')
+  return latents + mlp(layer_norm('mlp_norm')(latents),
+                       is_training=is_training)
+
+
 class CrossAttendBlock(hk.Module):
   """`z += Attn(q=LN(z), kv=LN(x))`, then `z += MLP(LN(z))`.
 
@@ -511,11 +527,10 @@ class CrossAttendBlock(hk.Module):
         keys_values,
         key_mask=input_mask,
         is_training=is_training)
-    latents = latents + dropout(attended, self._dropout, is_training)
-    mlp = MLP(widening_factor=self._widening_factor, dropout_rate=self._dropout,
-              name='mlp')
-    return latents + mlp(layer_norm('mlp_norm')(latents),
-                         is_training=is_training)
+    return residual_then_mlp(latents, attended,
+                             widening_factor=self._widening_factor,
+                             dropout_rate=self._dropout,
+                             is_training=is_training)
 
 
 class SelfAttendLayer(hk.Module):
@@ -551,11 +566,10 @@ class SelfAttendLayer(hk.Module):
     normed = layer_norm('attention_norm')(latents)
     attended = attention(normed, attention.keys_values(normed),
                          is_training=is_training)
-    latents = latents + dropout(attended, self._dropout, is_training)
-    mlp = MLP(widening_factor=self._widening_factor, dropout_rate=self._dropout,
-              name='mlp')
-    return latents + mlp(layer_norm('mlp_norm')(latents),
-                         is_training=is_training)
+    return residual_then_mlp(latents, attended,
+                             widening_factor=self._widening_factor,
+                             dropout_rate=self._dropout,
+                             is_training=is_training)
 
 
 class LatentTransformer(hk.Module):

@@ -57,18 +57,10 @@ class _GridInput:
   def __init__(self, input_config: Mapping[str, Any]):
     self._key = input_config['key']
     self._raw_channels = input_config['raw_channels']
-    max_resolution = input_config.get('max_resolution')
     self._adapter = adapters.GridAdapter(
         input_config['index_dims'],
-        position_encoding=input_config.get('position_encoding', 'fourier'),
-        num_bands=input_config.get('num_bands', 64),
-        max_resolution=None if max_resolution is None else tuple(
-            max_resolution),
-        learned_position_channels=input_config.get(
-            'learned_position_channels', 128),
-        learned_position_init_scale=input_config.get(
-            'learned_position_init_scale', 1.0),
-        permutation=input_permutation(input_config))
+        permutation=input_permutation(input_config),
+        **_position_kwargs(input_config))
 
   @property
   def num_channels(self) -> int:
