@@ -1,17 +1,24 @@
 r"""Forward against gradient time of a config's model, and where it goes.
 
   python -m experiments.gradient_profile --config=configs/digits.py \
-      [--batch_size=64] [--calls=10] [--top=25] [--hlo_dir=/tmp/hlo]
+      [--batch_size=64] [--calls=10] [--top=25] [--module_depth=3] \
+      [--hlo_dir=/tmp/hlo]
 
 Jits the training loss (softmax cross-entropy of the classifier's logits,
 `is_training=True`) and its gradient with respect to the parameters, on
 one device and a synthetic batch, and prints one JSON line: compile
-seconds, min and median seconds per call of each, their ratio, and the
+seconds, min and median seconds per call of each, their ratio, XLA's
+count of each program's FLOPs and bytes accessed per example (independent
+of the machine's load; XLA counts a scanned body once, so pass
+`--config.model.scan_blocks=False` to count every block), and the
 1-minute load average. With `--top=K` it then runs the gradient under
 `jax.profiler` and prints the K XLA operations (thunks) that took the most
 time per call, summed over threads, each with its HLO instruction name and
 the `op_name` of the JAX operation it came from; `--hlo_dir` writes both
-optimised HLO modules, so that an expensive fusion can be read in full.
+optimised HLO modules, so that an expensive fusion can be read in full;
+`--module_depth=D` also sums the listed operations' time by Haiku module
+path, D modules deep (e.g. 3: `perceiver/latent_transformer_0/
+self_attend_1`).
 This is how the transposing copies of `perceiver_jax.model.attention.
 FlatLinear`'s docstring were found.
 """
@@ -45,6 +52,9 @@ _TOP = flags.DEFINE_integer('top', 0, 'Profile the gradient: print the K '
                             'costliest XLA operations (0: no profile).')
 _HLO_DIR = flags.DEFINE_string('hlo_dir', None,
                                'Write the optimised HLO of both programs.')
+_MODULE_DEPTH = flags.DEFINE_integer(
+    'module_depth', 0, 'With --top: also print the profiled time summed by '
+    'Haiku module path, this many modules deep (0: no).')
 
 
 def _time_calls(compiled, args, calls: int) -> list[float]:
@@ -57,19 +67,73 @@ def _time_calls(compiled, args, calls: int) -> list[float]:
   return seconds
 
 
+def xla_cost(compiled: Any) -> tuple[float, float]:
+  """(FLOPs, bytes accessed) of a compiled program, from XLA's analysis."""
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per module.
+    cost = cost[0]
+  if not cost or 'flops' not in cost:
+    raise RuntimeError(f'XLA cost analysis gave no FLOP count: {cost!r}.')
+  return float(cost['flops']), float(cost.get('bytes accessed', 0.0))
+
+
 def _op_names(hlo_text: str) -> dict[str, str]:
-  """HLO instruction name -> the JAX op_name in its metadata."""
-  names = {}
+  """HLO instruction name -> the JAX op_name in its metadata.
+
+  An instruction without metadata that calls a computation (a fusion, e.g.
+  `ynn_fusion.94`) takes the first op_name found in that computation.
+  """
+  names, calls = {}, {}
+  first_in_computation = {}
+  computation = None
   for line in hlo_text.splitlines():
-    match = re.match(r'\s*(?:ROOT )?%(\S+) = .*?op_name="([^"]*)"', line)
-    if match:
-      names[match.group(1)] = match.group(2)
+    header = re.match(r'(?:ENTRY )?%?([\w.\-]+) .*\{$', line)
+    if header and not line.startswith(' '):
+      computation = header.group(1)
+      continue
+    match = re.match(r'\s*(?:ROOT )?%(\S+) = ', line)
+    if not match:
+      continue
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    if op_name:
+      names[match.group(1)] = op_name.group(1)
+      first_in_computation.setdefault(computation, op_name.group(1))
+    else:
+      called = re.search(r'calls=%?([\w.\-]+)', line)
+      if called:
+        calls[match.group(1)] = called.group(1)
+  for instruction, called in calls.items():
+    if called in first_in_computation:
+      names[instruction] = first_in_computation[called]
   return names
+
+
+def module_path(op_name: str, depth: int) -> str:
+  """The first `depth` Haiku module names of a JAX op_name.
+
+  `jit(loss)/transpose(jvp(perceiver))/_encode/perceiver/cross_attend_0/
+  attention/_attend_unprojected/attention/reduce_sum` with depth 2 ->
+  `perceiver/cross_attend_0`: the transformation wrappers (`jvp(...)`,
+  `transpose(...)`) are removed, and so are the jitted function, method
+  names (`_encode`), control flow (`while`, `body`, `closed_call`), nested
+  jits and the primitive (the last part). Consecutive repeats collapse.
+  """
+  parts = []
+  for part in op_name.split('/')[1:-1]:
+    inner = re.sub(r'^(?:\w+\()+|\)+$', '', part)
+    if (not inner or inner.startswith('_') or part.startswith('jit(') or
+        inner in ('while', 'body', 'closed_call', 'cond', 'branch')):
+      continue
+    if not parts or parts[-1] != inner:
+      parts.append(inner)
+  return '/'.join(parts[:depth]) or '(outside modules)'
 
 
 def profile_top(compiled, args, hlo_text: str, calls: int,
                 top: int) -> list[dict[str, Any]]:
-  """The `top` XLA operations by time per call (summed over threads)."""
+  """The `top` XLA operations by time per call (summed over threads), each
+  with its JAX op_name (None where XLA kept no metadata, as for some
+  YNNPACK matmul fusions) and its output shape."""
   from jax._src.lib import _profile_data  # pylint: disable=g-import-not-at-top
   with tempfile.TemporaryDirectory() as directory:
     with jax.profiler.trace(directory):
@@ -90,9 +154,26 @@ def profile_top(compiled, args, hlo_text: str, calls: int,
               'python' not in line.name.lower()):
             totals[event.name] += event.duration_ns
   names = _op_names(hlo_text)
+  shapes = dict(re.findall(r'^\s*(?:ROOT )?%(\S+) = (\w+\[[\d,]*\])',
+                           hlo_text, flags=re.MULTILINE))
   return [dict(op=name, ms_per_call=round(ns / 1e6 / calls, 3),
-               jax_op=names.get(name))
+               jax_op=names.get(name), shape=shapes.get(name))
           for name, ns in totals.most_common(top)]
+
+
+def by_module(rows: Sequence[dict[str, Any]], depth: int
+              ) -> list[dict[str, Any]]:
+  """Sums `profile_top` rows by `module_path(jax_op, depth)`, largest
+  first; each with its share of the total."""
+  totals = collections.Counter()
+  for row in rows:
+    module = ('(no metadata)' if row['jax_op'] is None else
+              module_path(row['jax_op'], depth))
+    totals[module] += row['ms_per_call']
+  total = sum(totals.values())
+  return [dict(module=module, ms_per_call=round(ms, 3),
+               share=round(ms / total, 3) if total else None)
+          for module, ms in totals.most_common()]
 
 
 def main(argv: Sequence[str]) -> None:
@@ -119,6 +200,11 @@ def main(argv: Sequence[str]) -> None:
     start = time.perf_counter()
     compiled[name] = jax.jit(fn).lower(params, batch).compile()
     result[f'{name}_compile_seconds'] = round(time.perf_counter() - start, 2)
+    flops, bytes_accessed = xla_cost(compiled[name])
+    result[f'{name}_xla_gflops_per_example'] = round(
+        flops / batch_size / 1e9, 3)
+    result[f'{name}_xla_gbytes_per_example'] = round(
+        bytes_accessed / batch_size / 1e9, 3)
     seconds = _time_calls(compiled[name], (params, batch), _CALLS.value)
     result[f'{name}_seconds_min'] = min(seconds)
     result[f'{name}_seconds_median'] = float(np.median(seconds))
@@ -131,10 +217,14 @@ def main(argv: Sequence[str]) -> None:
   result['load_average_1m'] = round(os.getloadavg()[0], 2)
   print(json.dumps(result), flush=True)
   if _TOP.value:
-    for row in profile_top(compiled['gradient'], (params, batch),
-                           compiled['gradient'].as_text(), _CALLS.value,
-                           _TOP.value):
+    rows = profile_top(compiled['gradient'], (params, batch),
+                       compiled['gradient'].as_text(), _CALLS.value,
+                       _TOP.value)
+    for row in rows:
       print(json.dumps(row), flush=True)
+    if _MODULE_DEPTH.value:
+      for row in by_module(rows, _MODULE_DEPTH.value):
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == '__main__':
