@@ -40,6 +40,7 @@ import optax
 from ml_collections import config_flags
 
 from experiments import benchmark
+from experiments import model_summary
 from perceiver_jax.model import factory
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -65,16 +66,6 @@ def _time_calls(compiled, args, calls: int) -> list[float]:
     jax.block_until_ready(compiled(*args))
     seconds.append(time.perf_counter() - start)
   return seconds
-
-
-def xla_cost(compiled: Any) -> tuple[float, float]:
-  """(FLOPs, bytes accessed) of a compiled program, from XLA's analysis."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per module.
-    cost = cost[0]
-  if not cost or 'flops' not in cost:
-    raise RuntimeError(f'XLA cost analysis gave no FLOP count: {cost!r}.')
-  return float(cost['flops']), float(cost.get('bytes accessed', 0.0))
 
 
 def _op_names(hlo_text: str) -> dict[str, str]:
@@ -200,7 +191,7 @@ def main(argv: Sequence[str]) -> None:
     start = time.perf_counter()
     compiled[name] = jax.jit(fn).lower(params, batch).compile()
     result[f'{name}_compile_seconds'] = round(time.perf_counter() - start, 2)
-    flops, bytes_accessed = xla_cost(compiled[name])
+    flops, bytes_accessed = model_summary.xla_cost(compiled[name])
     result[f'{name}_xla_gflops_per_example'] = round(
         flops / batch_size / 1e9, 3)
     result[f'{name}_xla_gbytes_per_example'] = round(

@@ -61,17 +61,23 @@ def _schedule(model_config: Mapping[str, Any]) -> list[perceiver.Step]:
   return perceiver.schedule(**{k: kwargs[k] for k in _SCHEDULE_FIELDS})
 
 
+def xla_cost(program: Any) -> tuple[float, float]:
+  """(FLOPs, bytes accessed) of a lowered or compiled program, from XLA's
+  cost analysis (a compiled program's counts are of the optimised HLO)."""
+  cost = program.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per module.
+    cost = cost[0]
+  if not cost or 'flops' not in cost:
+    raise RuntimeError(f'XLA cost analysis gave no FLOP count: {cost!r}.')
+  return float(cost['flops']), float(cost.get('bytes accessed', 0.0))
+
+
 def _forward_flops(apply: Callable[..., Any], params_shapes: Any,
                    batch_shapes: Mapping[str, jax.ShapeDtypeStruct]) -> int:
   """FLOPs of the lowered (unoptimised) forward, from XLA's cost analysis."""
   lowered = jax.jit(functools.partial(apply, is_training=False)).lower(
       params_shapes, None, batch_shapes)
-  cost = lowered.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per module.
-    cost = cost[0]
-  if not cost or 'flops' not in cost:
-    raise RuntimeError(f'XLA cost analysis gave no FLOP count: {cost!r}.')
-  return int(cost['flops'])
+  return int(xla_cost(lowered)[0])
 
 
 def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:

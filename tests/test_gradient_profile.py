@@ -1,9 +1,11 @@
-"""Tests of experiments/gradient_profile.py's HLO parsing (no timings)."""
+"""Tests of experiments/gradient_profile.py's HLO parsing and XLA cost
+reading (no timings)."""
 
 import jax
 import jax.numpy as jnp
 
 from experiments import gradient_profile
+from experiments import model_summary
 
 
 def test_op_names_map_hlo_instructions_to_jax_ops():
@@ -24,7 +26,7 @@ def test_xla_cost_counts_a_matmul():
   """A [4, 8] x [8, 16] product: 2 * 4 * 8 * 16 FLOPs (by hand)."""
   compiled = jax.jit(lambda a, b: a @ b).lower(
       jnp.zeros((4, 8)), jnp.zeros((8, 16))).compile()
-  flops, bytes_accessed = gradient_profile.xla_cost(compiled)
+  flops, bytes_accessed = model_summary.xla_cost(compiled)
   assert flops == 2 * 4 * 8 * 16
   # At least both operands and the result, float32.
   assert bytes_accessed >= 4 * (4 * 8 + 8 * 16 + 4 * 16)
