@@ -184,11 +184,6 @@ def test_evaluation_needs_only_the_evaluation_batch_to_divide(reference):
   assert loop.evaluate_checkpoint(config, checkpoints) == expected
 
 
-# Orbax reads a checkpoint's arrays in concurrent asyncio tasks; when one
-# fails on the truncated file, the others' failures are never retrieved and
-# surface at garbage collection as "Event loop is closed" (not ours to fix).
-@pytest.mark.filterwarnings(
-    'ignore::pytest.PytestUnraisableExceptionWarning')
 def test_corrupt_latest_checkpoint_falls_back_and_is_kept(tmp_path,
                                                            reference,
                                                            capsys):
