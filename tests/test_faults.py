@@ -284,6 +284,19 @@ def test_nan_skip_mode_skips_and_counts(tmp_path):
   skipped = {r['step']: r['train/num_skipped'] for r in records
              if 'train/num_skipped' in r}
   assert skipped == {2: 0, 4: 1, 6: 1}
+  # The logged rate is the one the optimizer applied: its count stops at a
+  # skipped update (step 4's; AdamW's count after 6 steps with 1 skipped is
+  # 5), so the update of step 6 ran at count 4, not 5.
+  counts = [int(np.asarray(x)) for x in jax.tree.leaves(
+      result['state'].opt_state) if np.ndim(x) == 0]
+  assert counts and set(counts) == {5}
+  run = loop.Run(config, str(tmp_path), read_only=True)
+  rates = {r['step']: r['train/learning_rate'] for r in records
+           if 'train/learning_rate' in r}
+  np.testing.assert_allclose(
+      [rates[2], rates[4], rates[6]],
+      [run.schedule(1), run.schedule(3), run.schedule(4)], rtol=1e-6)
+  assert run.schedule(4) != run.schedule(5)  # The check can tell them apart.
 
 
 def test_nan_at_a_checkpoint_step_is_never_saved(tmp_path):

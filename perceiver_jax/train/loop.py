@@ -136,7 +136,9 @@ def train_step_fn(apply_fn: Callable[..., jax.Array],
     metrics = {
         'loss': loss,
         'grad_norm': grad_norm,
-        'learning_rate': schedule(state.step),
+        # The rate this step's update used: the optimizer's count advances
+        # only on applied updates, so it lags the step by the skipped ones.
+        'learning_rate': schedule(state.step - state.num_skipped),
         'finite': finite,
     }
     if control is not None:
