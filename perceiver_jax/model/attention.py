@@ -89,7 +89,8 @@ class Float32LayerNorm:
   variance and affine map run in float32, so the statistics over a wide
   channel axis keep their precision (the parameters stay float32, see
   `Perceiver(precision)`). A wrapper, not a subclass, so that the module
-  and its parameters are exactly `hk.LayerNorm`'s.
+  (a `ChannelLayerNorm`, itself an `hk.LayerNorm`) and its parameters are
+  exactly `hk.LayerNorm`'s.
   """
 
   def __init__(self, norm: ChannelLayerNorm):
