@@ -3,6 +3,12 @@
 import os
 import tempfile
 
+from perceiver_jax import host_memory
+
+# As every entry point does (experiments/__init__.py), before any thread
+# starts: XLA:CPU's buffers then reuse freed heap memory.
+host_memory.keep_freed_memory()
+
 # Multi-device (pmap) code is tested on 8 fake CPU devices. This must run
 # before jax is imported anywhere, which conftest.py guarantees.
 _flags = os.environ.get('XLA_FLAGS', '')
