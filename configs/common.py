@@ -82,6 +82,10 @@ def perceiver_model(**overrides: Any) -> ml_collections.ConfigDict:
       # Same outputs, fewer FLOPs when inputs outnumber latents: one-head
       # cross-attends project the queries instead of the M inputs.
       absorb_cross_attend_projections=True,
+      # Same outputs, fewer FLOPs on a grid with Fourier features: those
+      # cross-attends read the pixels and one feature table per axis
+      # instead of the [B, M, C] byte array (model/grid_byte_array.py).
+      grid_parts=True,
       # Execution modes (same parameters and outputs; see
       # perceiver_jax.model.perceiver): repeated shared blocks under a scan
       # (compile time independent of depth), 'float32' or 'bfloat16'

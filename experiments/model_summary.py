@@ -107,6 +107,7 @@ def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
       model_config.reuse_shared_keys_values = reuse
       # Nominal: the paper's computation, K/V projected from the inputs.
       model_config.absorb_cross_attend_projections = False
+      model_config.grid_parts = False
     model = factory.transform_classifier(model_config, num_classes)
     if params_shapes is None:
       # K/V reuse changes the computation, not the parameters.

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perceiver_jax.model import grid_byte_array
 from perceiver_jax.model import position_encoding as pe
 
 POSITION_ENCODINGS = ('fourier', 'learned', 'none')
@@ -68,6 +69,8 @@ class GridAdapter(hk.Module):
       # Fixed features: computed once on the host, a constant in the graph.
       self._fourier = pe.fourier_grid_features(self._index_dims, num_bands,
                                                max_resolution)
+      self._fourier_tables = pe.axis_tables(
+          self._fourier.reshape(*self._index_dims, -1))
     self._learned_channels = learned_position_channels
     self._learned_init_scale = learned_position_init_scale
     if permutation is not None:
@@ -100,15 +103,39 @@ class GridAdapter(hk.Module):
     """C of the byte array for `raw_channels` channels per position."""
     return raw_channels + self.num_position_channels()
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Maps `[B, *index_dims, C_raw]` to the byte array `[B, M, C]`."""
+  @property
+  def has_parts(self) -> bool:
+    """Whether `parts` applies: Fourier features and no permutation."""
+    return self._position_encoding == 'fourier' and self._permutation is None
+
+  def _flatten(self, x: jax.Array) -> jax.Array:
+    """`[B, *index_dims, C_raw]` -> `[B, M, C_raw]`, checking the shape."""
     if x.ndim != len(self._index_dims) + 2 or (
         tuple(x.shape[1:-1]) != self._index_dims):
       raise ValueError(
           f'Expected inputs of shape [batch, *{list(self._index_dims)}, '
           f'channels], got {x.shape}.')
+    return x.reshape(x.shape[0], self._num_positions, x.shape[-1])
+
+  def parts(self, x: jax.Array) -> grid_byte_array.GridByteArray:
+    """The byte array of `__call__(x)` as content `[B, M, C_raw]` and one
+    Fourier feature table per grid axis (`position_encoding.axis_tables`).
+    """
+    if not self.has_parts:
+      raise ValueError(
+          f'GridAdapter.parts needs Fourier position features and no '
+          f'permutation; this adapter has position_encoding='
+          f'{self._position_encoding!r} and '
+          f'{"a" if self._permutation is not None else "no"} permutation.')
+    # Barrier: see __call__.
+    tables = jax.lax.optimization_barrier(
+        tuple(jnp.asarray(t, x.dtype) for t in self._fourier_tables))
+    return grid_byte_array.GridByteArray(self._flatten(x), tables)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Maps `[B, *index_dims, C_raw]` to the byte array `[B, M, C]`."""
+    inputs = self._flatten(x)
     batch_size = x.shape[0]
-    inputs = x.reshape(batch_size, self._num_positions, x.shape[-1])
     if self._position_encoding == 'fourier':
       # The features are a constant of the program. Without the barrier
       # (an identity) XLA constant-folds the work downstream of them, e.g.

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from perceiver_jax import checks
+from perceiver_jax.model import grid_byte_array
 
 ATTENTION_IMPLS = ('einsum', 'dot_product')
 LAYER_NORM_EPS = 1e-5
@@ -101,11 +102,16 @@ class Float32LayerNorm:
       return self.norm(inputs)
     return self.norm(inputs.astype(jnp.float32)).astype(inputs.dtype)
 
-  def standardize(self, inputs: jax.Array) -> jax.Array:
+  def standardize(
+      self, inputs: jax.Array | grid_byte_array.GridByteArray
+  ) -> jax.Array | grid_byte_array.StandardizedGrid:
     """`(x - mean) / sqrt(var + eps)` over the channel axis: the LayerNorm
     without its scale and offset (statistics in float32, result in the
     input's dtype). It involves no parameter, so a gradient with respect to
-    the parameters never flows back into it."""
+    the parameters never flows back into it. A grid's byte array in parts
+    gives the result in parts."""
+    if isinstance(inputs, grid_byte_array.GridByteArray):
+      return inputs.standardize(self.norm.eps)
     x = inputs.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     variance = jnp.var(x, axis=-1, keepdims=True)
@@ -191,13 +197,19 @@ def scaled_dot_product_attention(
   # the compute dtype (a no-op in float32).
   logits = jnp.einsum('bnhd,bmhd->bhnm', queries, keys,
                       preferred_element_type=jnp.float32)
-  logits = logits * scale
+  weights = attention_weights(logits * scale, key_mask, values.dtype)
+  weights = dropout(weights, dropout_rate, is_training)
+  return jnp.einsum('bhnm,bmhd->bnhd', weights, values)
+
+
+def attention_weights(logits: jax.Array, key_mask: Optional[jax.Array],
+                      dtype: jnp.dtype) -> jax.Array:
+  """Softmax over the keys of scaled float32 logits `[B, H, N, M]`, keys
+  outside `key_mask` (`[B, M]`, or None) excluded; the result in `dtype`."""
   if key_mask is not None:
     logits = jnp.where(key_mask[:, None, None, :], logits,
                        jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
-  weights = dropout(weights, dropout_rate, is_training)
-  return jnp.einsum('bhnm,bmhd->bnhd', weights, values)
+  return jax.nn.softmax(logits, axis=-1).astype(dtype)
 
 
 class KeysValues(NamedTuple):
@@ -215,7 +227,8 @@ class UnprojectedKeysValues(NamedTuple):
 
   Attributes:
     standardized: the inputs standardised over channels (the LayerNorm
-      without scale and offset, `Float32LayerNorm.standardize`), `[B, M, C]`.
+      without scale and offset, `Float32LayerNorm.standardize`), `[B, M, C]`,
+      or in parts (`grid_byte_array.StandardizedGrid`) for a grid.
     norm_scale: the LayerNorm's scale `[C]` (float32).
     norm_offset: the LayerNorm's offset `[C]` (float32).
     key_w: `[C, Dqk]`.
@@ -225,7 +238,7 @@ class UnprojectedKeysValues(NamedTuple):
 
   Computed once and handed to several cross-attends that share weights.
   """
-  standardized: jax.Array
+  standardized: jax.Array | grid_byte_array.StandardizedGrid
   norm_scale: jax.Array
   norm_offset: jax.Array
   key_w: jax.Array
@@ -236,6 +249,8 @@ class UnprojectedKeysValues(NamedTuple):
   def normalized(self) -> jax.Array:
     """The LayerNorm's output `[B, M, C]`, in the inputs' dtype."""
     x = self.standardized
+    if isinstance(x, grid_byte_array.StandardizedGrid):
+      x = x.dense()
     return (x.astype(jnp.float32) * self.norm_scale +
             self.norm_offset).astype(x.dtype)
 
@@ -352,11 +367,16 @@ class Attention(hk.Module):
     batch, num_queries, qk_channels = queries.shape
     # [B * N, Dqk] x [Dqk, C]: one contracting axis (see FlatLinear).
     queries_in = (queries.reshape(-1, qk_channels) @ kv.key_w.T).reshape(
-        batch, num_queries, 1, -1)  # [B, N, 1, C]
+        batch, num_queries, -1)  # [B, N, C]
     queries_in = (queries_in * kv.norm_scale).astype(s.dtype)
-    pooled = scaled_dot_product_attention(
-        queries_in, s[:, :, None], s[:, :, None], key_mask=key_mask,
-        impl=self._impl, scale=1.0 / math.sqrt(qk_channels))  # [B, N, 1, C]
+    scale = 1.0 / math.sqrt(qk_channels)
+    if isinstance(s, grid_byte_array.StandardizedGrid):
+      logits = s.logits(queries_in)[:, None] * scale  # [B, 1, N, M]
+      pooled = s.pool(attention_weights(logits, key_mask, s.dtype)[:, 0])
+    else:
+      pooled = scaled_dot_product_attention(
+          queries_in[:, :, None], s[:, :, None], s[:, :, None],
+          key_mask=key_mask, impl=self._impl, scale=scale)  # [B, N, 1, C]
     pooled = (pooled.reshape(batch * num_queries, -1) * kv.norm_scale +
               kv.norm_offset).astype(s.dtype)
     return (pooled @ kv.value_w + kv.value_b).reshape(batch, num_queries, -1)
@@ -479,9 +499,14 @@ class CrossAttendBlock(hk.Module):
         name='attention')
 
   @hk.name_like('__call__')
-  def keys_values(self, inputs: jax.Array
-                  ) -> KeysValues | UnprojectedKeysValues:
-    """LayerNorm and key/value projections of the inputs `[B, M, C]`."""
+  def keys_values(
+      self, inputs: jax.Array | grid_byte_array.GridByteArray
+  ) -> KeysValues | UnprojectedKeysValues:
+    """LayerNorm and key/value projections of the inputs `[B, M, C]`.
+
+    A grid's byte array in parts stays in parts where the projections are
+    absorbed (one head), and is materialised otherwise.
+    """
     if inputs.shape[-1] != self._input_channels:
       raise ValueError(
           f'inputs have shape {inputs.shape} with {inputs.shape[-1]} '
@@ -495,11 +520,14 @@ class CrossAttendBlock(hk.Module):
       return UnprojectedKeysValues(
           norm.standardize(inputs), scale, offset,
           *attention.projection_parameters(inputs.shape[-1], inputs.dtype))
+    if isinstance(inputs, grid_byte_array.GridByteArray):
+      inputs = inputs.materialize()
     return attention.keys_values(norm(inputs))  # LayerNorm: [B, M, C]
 
   def __call__(self,
                latents: jax.Array,
-               inputs: Optional[jax.Array] = None,
+               inputs: Optional[
+                   jax.Array | grid_byte_array.GridByteArray] = None,
                *,
                keys_values: Optional[
                    KeysValues | UnprojectedKeysValues] = None,
@@ -509,7 +537,8 @@ class CrossAttendBlock(hk.Module):
 
     Args:
       latents: `[B, N, D]`.
-      inputs: `[B, M, C]`; omit when `keys_values` are given.
+      inputs: `[B, M, C]` (or a `GridByteArray`); omit when `keys_values`
+        are given.
       keys_values: the result of `keys_values(inputs)`, to reuse it.
       input_mask: optional `[B, M]` booleans, True where an input is real.
       is_training: enables dropout.

@@ -12,6 +12,11 @@
   `max_resolution`, `learned_position_channels`,
   `learned_position_init_scale`, `permutation_seed` (None: no permutation).
 
+`config.model.grid_parts` (optional, default True): a 'grid' or 'mel'
+input with Fourier features and no permutation reaches the encoder in parts
+(`grid_byte_array.GridByteArray`), which one-head cross-attends with
+absorbed projections use without building the byte array; same outputs.
+
 `config.model.architecture` (optional, default 'perceiver') selects the
 classifier: 'perceiver', or 'convnet', a small convolutional baseline
 (`convnet.ConvNet`) that reads a 'grid' input's image directly, with
@@ -34,6 +39,7 @@ import numpy as np
 
 from perceiver_jax.model import adapters
 from perceiver_jax.model import convnet
+from perceiver_jax.model import grid_byte_array
 from perceiver_jax.model import perceiver
 from perceiver_jax.model import position_encoding as pe
 
@@ -66,14 +72,25 @@ class _GridInput:
   def num_channels(self) -> int:
     return self._adapter.num_channels(self._raw_channels)
 
-  def __call__(self, batch: Batch, *, is_training: bool):
-    del is_training  # No augmentation in the grid adapter.
+  @property
+  def has_parts(self) -> bool:
+    return self._adapter.has_parts
+
+  def _image(self, batch: Batch) -> jax.Array:
     x = batch[self._key]
     if x.shape[-1] != self._raw_channels:
       raise ValueError(
           f'batch[{self._key!r}] has shape {x.shape}; expected '
           f'{self._raw_channels} channels per position.')
-    return self._adapter(x), None
+    return x
+
+  def parts(self, batch: Batch) -> grid_byte_array.GridByteArray:
+    """The byte array in parts (`GridAdapter.parts`); no mask."""
+    return self._adapter.parts(self._image(batch))
+
+  def __call__(self, batch: Batch, *, is_training: bool):
+    del is_training  # No augmentation in the grid adapter.
+    return self._adapter(self._image(batch)), None
 
 
 def _position_kwargs(input_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,6 +166,15 @@ class _MelInput:
   def byte_array(self, batch: Batch) -> jax.Array:
     x = _check_shape(batch, self._key, self._index_dims)
     return self._adapter(x[..., None])  # [B, M, C]
+
+  @property
+  def has_parts(self) -> bool:
+    return self._adapter.has_parts
+
+  def parts(self, batch: Batch) -> grid_byte_array.GridByteArray:
+    """The byte array in parts (`GridAdapter.parts`); no mask."""
+    x = _check_shape(batch, self._key, self._index_dims)
+    return self._adapter.parts(x[..., None])
 
   def __call__(self, batch: Batch, *, is_training: bool):
     del is_training
@@ -249,6 +275,8 @@ class _PointsInput:
 # Adapter type -> builder taking `config.model.input`, returning an object
 # with `num_channels` (C) that maps (batch, is_training=...) to
 # (inputs [B, M, C], mask [B, M] or None). Built inside a Haiku transform.
+# Grid inputs ('grid', 'mel') also have `has_parts` and `parts(batch)`:
+# the byte array as a `GridByteArray` (see `config.model.grid_parts`).
 ADAPTER_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     'grid': _GridInput,
     'raw_audio': _RawAudioInput,
@@ -388,13 +416,20 @@ def classifier_forward(model_config: Mapping[str, Any],
   if architecture == 'convnet':
     return _convnet_forward(model_config, num_classes)
   encoder_kwargs = perceiver.encoder_kwargs(model_config)
+  grid_parts = model_config.get('grid_parts', True)
+  if not isinstance(grid_parts, bool):
+    raise ValueError(f'config.model.grid_parts must be a bool, got '
+                     f'{grid_parts!r}.')
   # A snapshot, like the encoder's arguments: the forward function must not
   # change when the caller later edits its config (e.g. to build a variant).
   input_config = copy.deepcopy(model_config['input'])
 
   def forward(batch: Batch, *, is_training: bool) -> jax.Array:
     adapter = make_adapter(input_config)
-    inputs, mask = adapter(batch, is_training=is_training)
+    if grid_parts and getattr(adapter, 'has_parts', False):
+      inputs, mask = adapter.parts(batch), None
+    else:
+      inputs, mask = adapter(batch, is_training=is_training)
     classifier = perceiver.PerceiverClassifier(
         num_classes, input_channels=adapter.num_channels, **encoder_kwargs)
     return classifier(inputs, input_mask=mask, is_training=is_training)

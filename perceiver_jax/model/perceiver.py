@@ -35,11 +35,16 @@ import jax
 import jax.numpy as jnp
 
 from perceiver_jax.model import attention as attention_lib
+from perceiver_jax.model import grid_byte_array
 
 PLACEMENTS = ('interleaved', 'start')
 PRECISIONS = ('float32', 'bfloat16')
 REMAT_POLICIES = ('none', 'block')
 _COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+# The encoder's inputs: a byte array `[B, M, C]`, or a grid's in parts.
+ByteArray = jax.Array | grid_byte_array.GridByteArray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +307,7 @@ class Perceiver(hk.Module):
     """The schedule this encoder runs."""
     return list(self._schedule)
 
-  def _check_inputs(self, inputs: jax.Array,
+  def _check_inputs(self, inputs: ByteArray,
                     input_mask: Optional[jax.Array]) -> None:
     if inputs.ndim != 3:
       raise ValueError(
@@ -327,11 +332,15 @@ class Perceiver(hk.Module):
                        f'{inputs.shape}.')
 
   def __call__(self,
-               inputs: jax.Array,
+               inputs: ByteArray,
                *,
                input_mask: Optional[jax.Array] = None,
                is_training: bool) -> jax.Array:
     """Encodes inputs `[B, M, C]` (mask `[B, M]`) into latents `[B, N, D]`.
+
+    The inputs may be a `GridByteArray` (a grid's byte array in parts,
+    `GridAdapter.parts`): one-head cross-attends with absorbed projections
+    then never build the `[B, M, C]` array.
 
     The latents are float32 whatever `precision` is.
     """
@@ -345,7 +354,7 @@ class Perceiver(hk.Module):
     return latents.astype(jnp.float32)
 
   @hk.name_like('__call__')  # Parameter names as if built in __call__.
-  def _encode(self, inputs: jax.Array, input_mask: Optional[jax.Array],
+  def _encode(self, inputs: ByteArray, input_mask: Optional[jax.Array],
               is_training: bool) -> jax.Array:
     batch_size, _, input_channels = inputs.shape
     latents = hk.get_parameter(
@@ -487,7 +496,7 @@ class PerceiverClassifier:
     self.head = ClassificationHead(num_classes)
 
   def __call__(self,
-               inputs: jax.Array,
+               inputs: ByteArray,
                *,
                input_mask: Optional[jax.Array] = None,
                is_training: bool) -> jax.Array:

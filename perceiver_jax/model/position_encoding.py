@@ -109,6 +109,48 @@ def fourier_grid_features(index_dims: Sequence[int], num_bands: int,
                           max_resolution).astype(np.float32)
 
 
+def axis_tables(grid_features: np.ndarray) -> tuple[np.ndarray, ...]:
+  """Splits a grid's features into one table per axis.
+
+  For features in which every channel varies along at most one grid axis
+  (the Fourier features above: a channel is a function of one coordinate),
+  `grid_features[i_1, ..., i_d] == sum_a tables[a][i_a]`, exactly.
+
+  Args:
+    grid_features: `[*index_dims, F]`.
+
+  Returns:
+    d tables, `[index_dims[a], F]`; table a holds the channels that vary
+    along axis a (channels that vary along none go to axis 0) and zeros
+    elsewhere, so their channels do not overlap.
+
+  Raises:
+    ValueError: if a channel varies along two axes or more.
+  """
+  grid_features = np.asarray(grid_features)
+  num_dims = grid_features.ndim - 1
+  if num_dims < 1:
+    raise ValueError(f'grid_features must be [*index_dims, F], got shape '
+                     f'{grid_features.shape}.')
+  # [d, F]: whether channel f changes along axis a anywhere on the grid.
+  varies = np.stack([
+      np.any(np.diff(grid_features, axis=a) != 0, axis=tuple(range(num_dims)))
+      for a in range(num_dims)])
+  if np.any(varies.sum(axis=0) > 1):
+    channels = np.flatnonzero(varies.sum(axis=0) > 1).tolist()
+    raise ValueError(f'Channels {channels} of the grid features vary along '
+                     f'more than one axis; they do not split into per-axis '
+                     f'tables.')
+  owner = np.where(varies.any(axis=0), varies.argmax(axis=0), 0)  # [F]
+  tables = []
+  for a in range(num_dims):
+    # The features along axis a, the other coordinates at 0.
+    line = grid_features[tuple(slice(None) if b == a else 0
+                               for b in range(num_dims))]  # [n_a, F]
+    tables.append(np.where(owner == a, line, 0).astype(grid_features.dtype))
+  return tuple(tables)
+
+
 def permutation(num_positions: int, seed: int) -> np.ndarray:
   """A fixed permutation of `range(num_positions)` derived from `seed`.
 

@@ -1,0 +1,185 @@
+"""A grid's byte array kept as its parts, for one-head cross-attends.
+
+On a grid (an image's pixels), the byte array `[B, M, C]` is each
+position's raw channels (`content`, `[B, M, Cc]`) followed by its position
+features, and the Fourier features of position `(i_1, ..., i_d)` are a sum
+of one table row per axis, `sum_a T_a[i_a]` (`position_encoding.
+axis_tables`). The cross-attend with absorbed projections
+(`attention.Attention._attend_unprojected`) needs only two contractions
+with the standardised byte array S (the input LayerNorm without its scale
+and offset): the logits `q S^T` and the pooled values `w S`. Both follow
+from the parts without building S or the byte array:
+
+- the LayerNorm statistics of position m need the sums of its channels and
+  of their squares: those of the content plus per-axis table sums;
+- `q S^T`: `r_m (q_c . content_m + sum_a (q_f T_a^T)[i_a] - mean_m sum(q))`
+  with `r_m = 1 / sqrt(var_m + eps)`: a `[B, N, Cc] x [B, Cc, M]` matmul,
+  d small `[B, N, F] x [F, n_a]` ones and elementwise work on `[B, N, M]`;
+- `w S`: with `u = w r`, the content channels are `u content`, the feature
+  channels `sum_a marginal_a(u) T_a` (`marginal_a`: u summed over every
+  grid axis but a), and every channel loses `sum_m u_m mean_m`.
+
+So the `4 B N M C` FLOPs of the two `[B, N, M] x C` matmuls (ImageNet:
+C = 261, of which 258 are position features) become `4 B N M Cc` plus
+`O(B N M)` elementwise work, and the `[B, M, C]` array is never stored.
+Same values as the dense path up to float rounding (the variance is
+`E[x^2] - mean^2` here, two-pass in `Float32LayerNorm`).
+"""
+
+import itertools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+def _broadcast_sum(per_axis: list[jax.Array]) -> jax.Array:
+  """`sum_a x_a[..., i_a]` over the grid: `[..., n_a]` each -> `[..., M]`.
+
+  The grid's positions are in row-major order of `(i_1, ..., i_d)`.
+  """
+  num_dims = len(per_axis)
+  total = 0
+  for a, x in enumerate(per_axis):
+    shape = [1] * num_dims
+    shape[a] = x.shape[-1]
+    total = total + x.reshape(*x.shape[:-1], *shape)
+  return total.reshape(*total.shape[:-num_dims], -1)
+
+
+def _grid_sums(tables: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+  """Per position, the sum of the features and of their squares: `[M]` each.
+
+  The squares include the cross terms `2 T_a[i_a] . T_b[i_b]`, so tables
+  whose channels overlap are handled too (`axis_tables`' do not).
+  """
+  tables = tuple(t.astype(jnp.float32) for t in tables)
+  sums = _broadcast_sum([t.sum(-1) for t in tables])
+  squares = _broadcast_sum([(t * t).sum(-1) for t in tables])
+  num_dims = len(tables)
+  for a, b in itertools.combinations(range(num_dims), 2):
+    cross = tables[a] @ tables[b].T  # [n_a, n_b]
+    shape = [1] * num_dims
+    shape[a], shape[b] = cross.shape
+    squares = squares + 2 * jnp.broadcast_to(
+        cross.reshape(shape), [t.shape[0] for t in tables]).reshape(-1)
+  return sums, squares
+
+
+class StandardizedGrid(NamedTuple):
+  """The standardised byte array S `[B, M, C]` of a `GridByteArray`, in
+  parts: `S[b, m] = (x[b, m] - mean[b, m]) * rstd[b, m]`.
+
+  Attributes:
+    content: `[B, M, Cc]`, the compute dtype.
+    axis_features: d tables `[n_a, F]`, `C = Cc + F`.
+    mean: `[B, M]` float32, over the C channels of each position.
+    rstd: `[B, M]` float32, `1 / sqrt(variance + eps)`.
+  """
+  content: jax.Array
+  axis_features: tuple[jax.Array, ...]
+  mean: jax.Array
+  rstd: jax.Array
+
+  @property
+  def dtype(self) -> jnp.dtype:
+    return self.content.dtype
+
+  def dense(self) -> jax.Array:
+    """S itself, `[B, M, C]` in the content's dtype."""
+    x = GridByteArray(self.content, self.axis_features).materialize()
+    return ((x.astype(jnp.float32) - self.mean[..., None]) *
+            self.rstd[..., None]).astype(self.content.dtype)
+
+  def logits(self, queries: jax.Array) -> jax.Array:
+    """`queries S^T`: queries `[B, N, C]` -> `[B, N, M]` float32."""
+    content_channels = self.content.shape[-1]
+    content_term = jnp.einsum(
+        'bnc,bmc->bnm', queries[..., :content_channels], self.content,
+        preferred_element_type=jnp.float32)
+    feature_queries = queries[..., content_channels:]
+    feature_term = _broadcast_sum([
+        jnp.einsum('bnf,if->bni', feature_queries, table,
+                   preferred_element_type=jnp.float32)
+        for table in self.axis_features])
+    query_sums = jnp.sum(queries.astype(jnp.float32), axis=-1)  # [B, N]
+    return ((content_term + feature_term -
+             self.mean[:, None, :] * query_sums[..., None]) *
+            self.rstd[:, None, :])
+
+  def pool(self, weights: jax.Array) -> jax.Array:
+    """`weights S`: weights `[B, N, M]` -> `[B, N, C]` (content's dtype)."""
+    dtype = self.content.dtype
+    scaled = weights.astype(jnp.float32) * self.rstd[:, None, :]  # u
+    content_part = jnp.einsum('bnm,bmc->bnc', scaled.astype(dtype),
+                              self.content,
+                              preferred_element_type=jnp.float32)
+    index_dims = [table.shape[0] for table in self.axis_features]
+    grid = scaled.reshape(*scaled.shape[:2], *index_dims)
+    num_dims = len(index_dims)
+    feature_part = sum(
+        jnp.einsum('bni,if->bnf',
+                   grid.sum(axis=tuple(2 + b for b in range(num_dims)
+                                       if b != a)),
+                   table.astype(jnp.float32))
+        for a, table in enumerate(self.axis_features))
+    mean_part = jnp.einsum('bnm,bm->bn', scaled, self.mean)
+    pooled = jnp.concatenate([content_part, feature_part], axis=-1)
+    return (pooled - mean_part[..., None]).astype(dtype)
+
+
+class GridByteArray(NamedTuple):
+  """A byte array `[B, M, C]` on a grid, as content and per-axis features.
+
+  Position `m = (i_1, ..., i_d)` (row-major) holds
+  `concat(content[:, m], sum_a axis_features[a][i_a])`. Built by
+  `adapters.GridAdapter.parts`; the Perceiver accepts it wherever it takes
+  a byte array, and only one-head cross-attends with absorbed projections
+  use the parts (everything else calls `materialize()`).
+
+  Attributes:
+    content: `[B, M, Cc]`.
+    axis_features: d tables `[n_a, F]` with `prod(n_a) == M`.
+  """
+  content: jax.Array
+  axis_features: tuple[jax.Array, ...]
+
+  @property
+  def shape(self) -> tuple[int, int, int]:
+    """`(B, M, C)` of the byte array."""
+    batch, positions, channels = self.content.shape
+    return (batch, positions, channels + self.axis_features[0].shape[-1])
+
+  @property
+  def ndim(self) -> int:
+    return 3
+
+  @property
+  def dtype(self) -> jnp.dtype:
+    return self.content.dtype
+
+  def astype(self, dtype: jnp.dtype) -> 'GridByteArray':
+    return GridByteArray(self.content.astype(dtype),
+                         tuple(t.astype(dtype) for t in self.axis_features))
+
+  def materialize(self) -> jax.Array:
+    """The byte array `[B, M, C]`."""
+    features = _broadcast_sum(
+        [table.T for table in self.axis_features]).T  # [M, F]
+    batch, positions, _ = self.content.shape
+    features = jnp.broadcast_to(features.astype(self.content.dtype),
+                                (batch, positions, features.shape[-1]))
+    return jnp.concatenate([self.content, features], axis=-1)
+
+  def standardize(self, eps: float) -> StandardizedGrid:
+    """The LayerNorm over channels without scale and offset, in parts;
+    statistics in float32."""
+    channels = self.shape[-1]
+    content = self.content.astype(jnp.float32)
+    feature_sums, feature_squares = _grid_sums(self.axis_features)
+    mean = (content.sum(-1) + feature_sums) / channels  # [B, M]
+    mean_square = (jnp.sum(content * content, axis=-1) +
+                   feature_squares) / channels
+    variance = jnp.maximum(mean_square - mean * mean, 0.0)
+    return StandardizedGrid(self.content, self.axis_features, mean,
+                            jax.lax.rsqrt(variance + eps))
