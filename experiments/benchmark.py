@@ -26,7 +26,8 @@ Times are measured after warm-up: `compile_seconds` is lowering plus XLA
 compilation of the step; `step_seconds` the mean wall time of `--steps`
 steps after `--warmup` steps (`step_seconds_min`, `step_seconds_median`:
 of the steps timed one by one; on a shared machine the minimum is the
-least disturbed). Memory: on accelerators the device's peak
+least disturbed); `page_faults_per_step` the process's minor page faults
+per timed step (memory mapped afresh: `perceiver_jax.host_memory`). Memory: on accelerators the device's peak
 (`device.memory_stats()`); on CPU the process's peak resident set (from
 `resource.getrusage`, compilation included); and everywhere
 `xla_memory_bytes`, XLA's plan for the compiled step (arguments, outputs
@@ -48,7 +49,7 @@ import platform
 import resource
 import sys
 import time
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import ml_collections
@@ -190,7 +191,9 @@ def _time_steps(step, args, *, steps: int, warmup: int, carry_first: bool):
 
   `times` holds `mean`, `min` and `median` seconds per call, each call
   waited for on its own: on a shared machine the minimum is the least
-  disturbed figure. With `steps=0` nothing runs (compile-time
+  disturbed figure; and `page_faults`, the process's minor page faults per
+  call (memory the kernel had to map afresh, see
+  `perceiver_jax.host_memory`). With `steps=0` nothing runs (compile-time
   measurements): (None, None).
   """
   if steps == 0:
@@ -202,6 +205,7 @@ def _time_steps(step, args, *, steps: int, warmup: int, carry_first: bool):
       args = (result[0], *args[1:])
   jax.block_until_ready(result)
   seconds = []
+  faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(steps):
     start = time.perf_counter()
     result = step(*args)
@@ -209,16 +213,19 @@ def _time_steps(step, args, *, steps: int, warmup: int, carry_first: bool):
       args = (result[0], *args[1:])
     jax.block_until_ready(result)
     seconds.append(time.perf_counter() - start)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
   return dict(mean=float(np.mean(seconds)), min=float(np.min(seconds)),
-              median=float(np.median(seconds))), result
+              median=float(np.median(seconds)),
+              page_faults=faults // steps), result
 
 
 def _step_fields(times: Optional[Mapping[str, float]]) -> dict[str, Any]:
   if times is None:
     return dict(step_seconds=None, step_seconds_min=None,
-                step_seconds_median=None)
+                step_seconds_median=None, page_faults_per_step=None)
   return dict(step_seconds=times['mean'], step_seconds_min=times['min'],
-              step_seconds_median=times['median'])
+              step_seconds_median=times['median'],
+              page_faults_per_step=times['page_faults'])
 
 
 def _rates(step_seconds: Optional[float], batch_size: int
@@ -251,7 +258,7 @@ def _model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {k: model.get(k) for k in (
       'precision', 'attention_impl', 'scan_blocks', 'remat',
       'reuse_shared_keys_values', 'absorb_cross_attend_projections',
-      'num_blocks', 'num_self_attends_per_block',
+      'grid_parts', 'num_blocks', 'num_self_attends_per_block',
       'num_latents', 'num_latent_channels')}
 
 
@@ -270,11 +277,26 @@ def nominal_flops_per_example(config: ml_collections.ConfigDict
   return summary['params'], summary['flops_per_example']
 
 
-def benchmark_train(config: ml_collections.ConfigDict, *, steps: int = 5,
-                    warmup: int = 2, count_flops: bool = True,
-                    compiler_options: Optional[Mapping[str, Any]] = None
-                    ) -> dict[str, Any]:
-  """Times `config`'s training step on a synthetic batch; see module doc."""
+class PreparedTrainStep(NamedTuple):
+  """A config's compiled train step and its first arguments.
+
+  Attributes:
+    compiled: the compiled pmapped step, `(state, batch) -> (state,
+      metrics)`.
+    args: `(state, batch)`: the replicated initial state and a sharded
+      synthetic batch.
+    fields: `batch_size`, `num_inputs`, `params`, `lower_seconds`,
+      `compile_seconds`, `compiler_options`, `xla_memory_bytes`.
+  """
+  compiled: Any
+  args: tuple[Any, Any]
+  fields: dict[str, Any]
+
+
+def prepare_train_step(config: ml_collections.ConfigDict, *,
+                       compiler_options: Optional[Mapping[str, Any]] = None
+                       ) -> PreparedTrainStep:
+  """Builds, lowers and compiles `config`'s training step (see module doc)."""
   # pylint: disable=g-import-not-at-top
   from perceiver_jax.model import factory
   from perceiver_jax.train import loop
@@ -301,22 +323,38 @@ def benchmark_train(config: ml_collections.ConfigDict, *, steps: int = 5,
   lower_seconds = time.perf_counter() - start
   compiled = lowered.compile(compiler_options=dict(compiler_options or {}))
   compile_seconds = time.perf_counter() - start
-  times, outputs = _time_steps(
-      compiled, (state, sharded), steps=steps, warmup=warmup,
-      carry_first=True)
+  return PreparedTrainStep(compiled, (state, sharded), dict(
+      batch_size=batch_size, num_inputs=_num_inputs_of(config),
+      params=int(num_params), lower_seconds=lower_seconds,
+      compile_seconds=compile_seconds,
+      compiler_options=dict(compiler_options or {}),
+      xla_memory_bytes=xla_memory_bytes(compiled)))
+
+
+def benchmark_train(config: ml_collections.ConfigDict, *, steps: int = 5,
+                    warmup: int = 2, count_flops: bool = True,
+                    compiler_options: Optional[Mapping[str, Any]] = None
+                    ) -> dict[str, Any]:
+  """Times `config`'s training step on a synthetic batch; see module doc."""
+  prepared = prepare_train_step(config, compiler_options=compiler_options)
+  times, outputs = _time_steps(prepared.compiled, prepared.args,
+                               steps=steps, warmup=warmup, carry_first=True)
   step_seconds = None if times is None else times['mean']
   state, metrics = outputs or (None, None)
   del state
   loss = None if metrics is None else float(np.asarray(metrics['loss'])[0])
-  result = dict(mode='train', batch_size=batch_size,
-                num_inputs=_num_inputs_of(config), params=int(num_params),
-                lower_seconds=lower_seconds, compile_seconds=compile_seconds,
-                **_step_fields(times), **_rates(step_seconds, batch_size),
-                loss=loss,
-                steps=steps, warmup=warmup,
-                compiler_options=dict(compiler_options or {}),
-                xla_memory_bytes=xla_memory_bytes(compiled))
-  return _finish(result, config, batch_size, count_flops, training=True)
+  fields = prepared.fields
+  result = dict(mode='train', batch_size=fields['batch_size'],
+                num_inputs=fields['num_inputs'], params=fields['params'],
+                lower_seconds=fields['lower_seconds'],
+                compile_seconds=fields['compile_seconds'],
+                **_step_fields(times),
+                **_rates(step_seconds, fields['batch_size']),
+                loss=loss, steps=steps, warmup=warmup,
+                compiler_options=fields['compiler_options'],
+                xla_memory_bytes=fields['xla_memory_bytes'])
+  return _finish(result, config, fields['batch_size'], count_flops,
+                 training=True)
 
 
 def benchmark_forward(config: ml_collections.ConfigDict, *, steps: int = 5,

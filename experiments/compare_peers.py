@@ -2,7 +2,7 @@ r"""Our train step beside the PyTorch Perceivers, on one configuration.
 
   pip install -r requirements-peers.txt   # optional: torch and the peers
   python -m experiments.compare_peers [--batch_size=8] [--image_size=64] \
-      [--steps=5] [--warmup=2]
+      [--rounds=3] [--steps=3] [--warmup=2]
 
 The configuration (CPU by default): 64x64 RGB images with 64 Fourier bands
 per axis (261 channels per pixel), 256 latents of width 256, 2 blocks of
@@ -25,19 +25,25 @@ close to it as it allows:
 
 For each: parameters, nominal forward FLOPs per example (ours: XLA's count,
 as `experiments.model_summary`; PyTorch: `torch.utils.flop_counter`, which
-counts matmuls only), seconds per train step (mean over `--steps` after
-`--warmup`) and our speed-up. A peer that is not installed is reported as
-such (`"status": "not installed"`) and skipped; the script never needs
-one. One JSON line per implementation, then a summary line.
+counts matmuls only) and seconds per train step. All four are built and
+warmed up first (`--warmup` steps each), then timed in `--rounds` rounds,
+each round running `--steps` steps of every implementation in turn, so that
+a change in the machine's load touches all of them alike: `step_seconds` is
+the median of an implementation's round means, `step_seconds_min` the
+least, `round_seconds` all of them. A peer that is not installed is
+reported as such (`"status": "not installed"`) and skipped; the script
+never needs one. One JSON line per implementation, then a summary line
+with our speed-ups (from the medians, and from the minima).
 """
 
 import argparse
-import functools
 import importlib.util
 import json
 import os
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import numpy as np
 
 NUM_CLASSES = 1000
 
@@ -59,21 +65,39 @@ def our_config(image_size: int, batch_size: int,
   return config
 
 
-def measure_ours(image_size: int, batch_size: int, steps: int,
-                 warmup: int, num_cross_attends: int = 2) -> dict[str, Any]:
+class Contender(NamedTuple):
+  """An implementation ready to time: its report and one train step.
+
+  Attributes:
+    fields: what the report says of it (name, status, params, FLOPs...).
+    step: runs one training step and waits for it; None if not installed.
+  """
+  fields: dict[str, Any]
+  step: Optional[Callable[[], None]]
+
+
+def prepare_ours(image_size: int, batch_size: int,
+                 num_cross_attends: int = 2) -> Contender:
+  """Our compiled train step on `our_config`; `step` carries the state."""
   from experiments import benchmark  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
   config = our_config(image_size, batch_size, num_cross_attends)
-  result = benchmark.benchmark_train(config, steps=steps, warmup=warmup)
+  prepared = benchmark.prepare_train_step(config)
+  _, forward_flops = benchmark.nominal_flops_per_example(config)
+  args = list(prepared.args)
+
+  def step():
+    state, metrics = prepared.compiled(*args)
+    jax.block_until_ready(metrics)
+    args[0] = state
+
   name = 'perceiver_jax (ours)' if num_cross_attends == 2 else (
       f'perceiver_jax (ours), {num_cross_attends} cross-attend')
-  return dict(name=name, status='ok', 
-              params=result['params'],
-              forward_flops_per_example=result[
-                  'nominal_flops_per_example'] // 3,
-              step_seconds=result['step_seconds'],
-              step_seconds_min=result['step_seconds_min'],
-              compile_seconds=result['compile_seconds'],
-              device=result['device_kind'])
+  return Contender(dict(
+      name=name, status='ok', params=prepared.fields['params'],
+      forward_flops_per_example=forward_flops,
+      compile_seconds=prepared.fields['compile_seconds'],
+      device=jax.local_devices()[0].device_kind), step)
 
 
 def _installed(*modules: str) -> Optional[str]:
@@ -84,11 +108,12 @@ def _installed(*modules: str) -> Optional[str]:
   return None
 
 
-def _torch_train_step_time(model, images, labels, steps: int,
-                           warmup: int) -> float:
+def _torch_train_step(model, images, labels) -> Callable[[], None]:
+  """One Adam step of `model` on (images, labels), softmax cross-entropy."""
   import torch  # pylint: disable=g-import-not-at-top
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
   loss_fn = torch.nn.CrossEntropyLoss()
+  model.train()
 
   def step():
     optimizer.zero_grad(set_to_none=True)
@@ -99,13 +124,7 @@ def _torch_train_step_time(model, images, labels, steps: int,
     loss.backward()
     optimizer.step()
 
-  model.train()
-  for _ in range(warmup):
-    step()
-  start = time.perf_counter()
-  for _ in range(steps):
-    step()
-  return (time.perf_counter() - start) / steps
+  return step
 
 
 def _torch_forward_flops(model, images) -> Optional[int]:
@@ -120,12 +139,23 @@ def _torch_forward_flops(model, images) -> Optional[int]:
   return int(counter.get_total_flops())
 
 
-def measure_lucidrains(image_size: int, batch_size: int, steps: int,
-                       warmup: int) -> dict[str, Any]:
+def _torch_contender(name: str, model, images) -> Contender:
+  import torch  # pylint: disable=g-import-not-at-top
+  labels = torch.randint(0, NUM_CLASSES, (images.shape[0],))
+  return Contender(dict(
+      name=name, status='ok',
+      params=sum(p.numel() for p in model.parameters()),
+      forward_flops_per_example=_torch_forward_flops(model, images),
+      device='cpu', torch_threads=torch.get_num_threads()),
+      _torch_train_step(model, images, labels))
+
+
+def prepare_lucidrains(image_size: int, batch_size: int) -> Contender:
   name = 'perceiver-pytorch (lucidrains)'
   missing = _installed('torch', 'perceiver_pytorch')
   if missing:
-    return dict(name=name, status='not installed', missing=missing)
+    return Contender(dict(name=name, status='not installed',
+                          missing=missing), None)
   import torch  # pylint: disable=g-import-not-at-top
   from perceiver_pytorch import Perceiver  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
@@ -138,22 +168,15 @@ def measure_lucidrains(image_size: int, batch_size: int, steps: int,
       ff_dropout=0.0, weight_tie_layers=True, fourier_encode_data=True,
       self_per_cross_attn=2)
   images = torch.rand(batch_size, image_size, image_size, 3)
-  labels = torch.randint(0, NUM_CLASSES, (batch_size,))
-  return dict(
-      name=name, status='ok',
-      params=sum(p.numel() for p in model.parameters()),
-      forward_flops_per_example=_torch_forward_flops(model, images),
-      step_seconds=_torch_train_step_time(model, images, labels, steps,
-                                          warmup),
-      device='cpu', torch_threads=torch.get_num_threads())
+  return _torch_contender(name, model, images)
 
 
-def measure_transformers(image_size: int, batch_size: int, steps: int,
-                         warmup: int) -> dict[str, Any]:
+def prepare_transformers(image_size: int, batch_size: int) -> Contender:
   name = 'transformers PerceiverForImageClassificationFourier'
   missing = _installed('torch', 'transformers')
   if missing:
-    return dict(name=name, status='not installed', missing=missing)
+    return Contender(dict(name=name, status='not installed',
+                          missing=missing), None)
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
@@ -165,9 +188,6 @@ def measure_transformers(image_size: int, batch_size: int, steps: int,
       attention_probs_dropout_prob=0.0, num_labels=NUM_CLASSES,
       image_size=image_size)
   model = transformers.PerceiverForImageClassificationFourier(config)
-  # Channels first, as its image preprocessor expects.
-  images = torch.rand(batch_size, 3, image_size, image_size)
-  labels = torch.randint(0, NUM_CLASSES, (batch_size,))
 
   class Wrapped(torch.nn.Module):
 
@@ -178,46 +198,80 @@ def measure_transformers(image_size: int, batch_size: int, steps: int,
     def forward(self, x):
       return self.inner(inputs=x).logits
 
-  wrapped = Wrapped(model)
-  return dict(
-      name=name, status='ok',
-      params=sum(p.numel() for p in model.parameters()),
-      forward_flops_per_example=_torch_forward_flops(wrapped, images),
-      step_seconds=_torch_train_step_time(wrapped, images, labels, steps,
-                                          warmup),
-      device='cpu', torch_threads=torch.get_num_threads())
+  # Channels first, as its image preprocessor expects.
+  images = torch.rand(batch_size, 3, image_size, image_size)
+  return _torch_contender(name, Wrapped(model), images)
+
+
+def time_in_rounds(contenders: Sequence[Contender], *, rounds: int,
+                   steps: int, warmup: int) -> list[list[float]]:
+  """Per contender, its mean seconds per step in each round.
+
+  Every installed contender first runs `warmup` steps; then each round
+  times `steps` steps of each contender in turn. Not installed: [].
+  """
+  for contender in contenders:
+    for _ in range(warmup if contender.step else 0):
+      contender.step()
+  seconds = [[] for _ in contenders]
+  for _ in range(rounds):
+    for contender, own in zip(contenders, seconds):
+      if contender.step is None:
+        continue
+      start = time.perf_counter()
+      for _ in range(steps):
+        contender.step()
+      own.append((time.perf_counter() - start) / steps)
+  return seconds
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--image_size', type=int, default=64)
-  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--warmup', type=int, default=2)
   args = parser.parse_args(argv)
-  common = dict(image_size=args.image_size, batch_size=args.batch_size,
-                steps=args.steps, warmup=args.warmup)
+  for flag in ('batch_size', 'image_size', 'rounds', 'steps'):
+    if getattr(args, flag) < 1:
+      parser.error(f'--{flag} must be at least 1')
+  if args.warmup < 0:
+    parser.error('--warmup must be at least 0')
+  common = dict(image_size=args.image_size, batch_size=args.batch_size)
+  contenders = [prepare_ours(**common), prepare_lucidrains(**common),
+                prepare_transformers(**common),
+                prepare_ours(**common, num_cross_attends=1)]
+  seconds = time_in_rounds(contenders, rounds=args.rounds, steps=args.steps,
+                           warmup=args.warmup)
   results = []
-  measures = (measure_ours, measure_lucidrains, measure_transformers,
-              functools.partial(measure_ours, num_cross_attends=1))
-  for measure in measures:
-    result = measure(**common)
-    result.update(batch_size=args.batch_size, image_size=args.image_size)
+  for contender, own in zip(contenders, seconds):
+    result = dict(contender.fields, batch_size=args.batch_size,
+                  image_size=args.image_size)
+    if own:
+      result.update(step_seconds=float(np.median(own)),
+                    step_seconds_min=min(own), round_seconds=own,
+                    rounds=args.rounds, steps=args.steps)
     results.append(result)
     print(json.dumps(result), flush=True)
-  ours = results[0]['step_seconds']
-  peers = [r for r in results[1:3] if r['status'] == 'ok']
+  ours, peers = results[0], [r for r in results[1:3] if r['status'] == 'ok']
   summary = dict(
       summary=True, load_average_1m=round(os.getloadavg()[0], 2),
-      speedup_vs={r['name']: r['step_seconds'] / ours for r in peers},
+      speedup_vs={r['name']: r['step_seconds'] / ours['step_seconds']
+                  for r in peers},
+      speedup_vs_by_min={
+          r['name']: r['step_seconds_min'] / ours['step_seconds_min']
+          for r in peers},
       not_installed=[r['name'] for r in results if r['status'] != 'ok'])
   if peers:
     summary['speedup_vs_fastest_peer'] = min(
-        r['step_seconds'] for r in peers) / ours
+        r['step_seconds'] for r in peers) / ours['step_seconds']
   if results[2]['status'] == 'ok':
     # The same architecture as transformers' (one cross-attend).
     summary['speedup_vs_transformers_one_cross_attend'] = (
         results[2]['step_seconds'] / results[3]['step_seconds'])
+    summary['speedup_vs_transformers_one_cross_attend_by_min'] = (
+        results[2]['step_seconds_min'] / results[3]['step_seconds_min'])
   print(json.dumps(summary), flush=True)
 
 

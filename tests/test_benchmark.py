@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_KEYS = {
     'mode', 'batch_size', 'num_inputs', 'params', 'compile_seconds',
     'step_seconds', 'step_seconds_min', 'step_seconds_median',
-    'steps_per_sec', 'examples_per_sec', 'peak_memory_bytes',
+    'page_faults_per_step', 'steps_per_sec', 'examples_per_sec', 'peak_memory_bytes',
     'peak_memory_kind', 'xla_memory_bytes', 'nominal_flops_per_example',
     'nominal_flops_per_sec', 'mfu', 'device_kind', 'num_devices',
     'load_average_1m', 'precision', 'attention_impl', 'scan_blocks', 'remat'}
@@ -71,6 +71,8 @@ def test_train_and_forward_results():
   assert train['mode'] == 'train' and train['batch_size'] == 8
   assert train['num_inputs'] == 64
   assert train['steps_per_sec'] > 0 and train['compile_seconds'] > 0
+  assert isinstance(train['page_faults_per_step'], int)
+  assert train['page_faults_per_step'] >= 0
   assert 0 < train['step_seconds_min'] <= train['step_seconds_median']
   assert train['step_seconds_min'] <= train['step_seconds'] * (1 + 1e-9)
   assert np.isclose(train['examples_per_sec'], 8 * train['steps_per_sec'])

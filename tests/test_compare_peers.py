@@ -1,0 +1,62 @@
+"""experiments/compare_peers.py: interleaved timing rounds and its JSON."""
+
+import json
+
+from experiments import compare_peers
+
+
+def test_rounds_interleave_the_contenders_after_their_warmup():
+  calls = []
+
+  def contender(name):
+    return compare_peers.Contender(dict(name=name, status='ok'),
+                                   lambda: calls.append(name))
+
+  missing = compare_peers.Contender(dict(name='c', status='not installed'),
+                                    None)
+  seconds = compare_peers.time_in_rounds(
+      [contender('a'), missing, contender('b')], rounds=3, steps=2,
+      warmup=1)
+  assert calls == ['a', 'b'] + ['a', 'a', 'b', 'b'] * 3
+  assert [len(s) for s in seconds] == [3, 0, 3]
+  assert all(t >= 0 for s in seconds for t in s)
+
+
+def test_main_prints_one_json_line_per_implementation_and_a_summary(
+    capsys, monkeypatch):
+  # The comparison's own latents (256 x 256) cost a minute of compiling
+  # here; the plumbing is the same with fewer.
+  full_config = compare_peers.our_config
+
+  def small_config(*args, **kwargs):
+    config = full_config(*args, **kwargs)
+    config.model.update(num_latents=8, num_latent_channels=16)
+    return config
+
+  monkeypatch.setattr(compare_peers, 'our_config', small_config)
+  compare_peers.main(['--image_size=8', '--batch_size=8', '--rounds=2',
+                      '--steps=1', '--warmup=0'])
+  lines = [json.loads(line) for line in
+           capsys.readouterr().out.strip().splitlines()]
+  assert len(lines) == 5
+  *results, summary = lines
+  assert [r['name'] for r in results] == [
+      'perceiver_jax (ours)', 'perceiver-pytorch (lucidrains)',
+      'transformers PerceiverForImageClassificationFourier',
+      'perceiver_jax (ours), 1 cross-attend']
+  for result in results:
+    assert result['status'] in ('ok', 'not installed'), result
+    if result['status'] == 'ok':
+      assert len(result['round_seconds']) == 2
+      assert result['step_seconds_min'] <= result['step_seconds']
+      assert result['params'] > 0 and result['forward_flops_per_example'] > 0
+  ours, ours_one = results[0], results[3]
+  assert ours['status'] == ours_one['status'] == 'ok'
+  # One cross-attend fewer: one cross-attend's weights fewer.
+  assert ours['params'] > ours_one['params']
+  assert summary['summary'] is True
+  assert sorted(summary['not_installed']) == sorted(
+      r['name'] for r in results if r['status'] != 'ok')
+  for name, ratio in summary['speedup_vs'].items():
+    peer = next(r for r in results if r['name'] == name)
+    assert ratio == peer['step_seconds'] / ours['step_seconds']
