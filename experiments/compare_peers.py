@@ -37,6 +37,7 @@ with our speed-ups (from the medians, and from the minima).
 """
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -77,12 +78,19 @@ class Contender(NamedTuple):
 
 
 def prepare_ours(image_size: int, batch_size: int,
-                 num_cross_attends: int = 2) -> Contender:
-  """Our compiled train step on `our_config`; `step` carries the state."""
+                 num_cross_attends: int = 2,
+                 fast_compile: bool = False) -> Contender:
+  """Our compiled train step on `our_config`; `step` carries the state.
+
+  `fast_compile`: XLA:CPU's reduced optimisation options
+  (`benchmark.FAST_COMPILE_OPTIONS`): a quicker compile, a slower step.
+  """
   from experiments import benchmark  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   config = our_config(image_size, batch_size, num_cross_attends)
-  prepared = benchmark.prepare_train_step(config)
+  prepared = benchmark.prepare_train_step(
+      config, compiler_options=(benchmark.FAST_COMPILE_OPTIONS
+                                if fast_compile else None))
   _, forward_flops = benchmark.nominal_flops_per_example(config)
   args = list(prepared.args)
 
@@ -232,6 +240,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--fast_compile', action='store_true',
+                      help='compile ours with reduced XLA:CPU optimisations '
+                      '(quicker to start, slower steps: not for timings)')
   args = parser.parse_args(argv)
   for flag in ('batch_size', 'image_size', 'rounds', 'steps'):
     if getattr(args, flag) < 1:
@@ -239,9 +250,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if args.warmup < 0:
     parser.error('--warmup must be at least 0')
   common = dict(image_size=args.image_size, batch_size=args.batch_size)
-  contenders = [prepare_ours(**common), prepare_lucidrains(**common),
-                prepare_transformers(**common),
-                prepare_ours(**common, num_cross_attends=1)]
+  ours = functools.partial(prepare_ours, **common,
+                           fast_compile=args.fast_compile)
+  contenders = [ours(), prepare_lucidrains(**common),
+                prepare_transformers(**common), ours(num_cross_attends=1)]
   seconds = time_in_rounds(contenders, rounds=args.rounds, steps=args.steps,
                            warmup=args.warmup)
   results = []

@@ -35,7 +35,7 @@ def test_main_prints_one_json_line_per_implementation_and_a_summary(
 
   monkeypatch.setattr(compare_peers, 'our_config', small_config)
   compare_peers.main(['--image_size=8', '--batch_size=8', '--rounds=2',
-                      '--steps=1', '--warmup=0'])
+                      '--steps=1', '--warmup=0', '--fast_compile'])
   lines = [json.loads(line) for line in
            capsys.readouterr().out.strip().splitlines()]
   assert len(lines) == 5

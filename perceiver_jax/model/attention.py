@@ -342,7 +342,9 @@ class Attention(hk.Module):
     matmuls and the LayerNorm's backward over the inputs). Same outputs up
     to float rounding; the softmax scale stays `1 / sqrt(Dqk)`. With
     dropout on the weights the rows do not sum to 1, so training with
-    attention dropout projects K and V.
+    attention dropout projects K and V. When S is a grid's in parts
+    (`grid_byte_array.StandardizedGrid`), the logits `((Q Wk^T) diag(g)) S^T`
+    and `P S` come from the parts without building S.
 
     Args:
       queries: `[B, N, Dqk]` (after the query Linear).
@@ -371,6 +373,7 @@ class Attention(hk.Module):
     queries_in = (queries_in * kv.norm_scale).astype(s.dtype)
     scale = 1.0 / math.sqrt(qk_channels)
     if isinstance(s, grid_byte_array.StandardizedGrid):
+      # Its own contractions (whatever `impl`): no fused kernel takes parts.
       logits = s.logits(queries_in)[:, None] * scale  # [B, 1, N, M]
       pooled = s.pool(attention_weights(logits, key_mask, s.dtype)[:, 0])
     else:

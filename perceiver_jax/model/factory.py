@@ -163,9 +163,12 @@ class _MelInput:
   def num_channels(self) -> int:
     return self._adapter.num_channels(1)
 
+  def _values(self, batch: Batch) -> jax.Array:
+    """`[B, frames, bins, 1]`: one raw channel per grid point."""
+    return _check_shape(batch, self._key, self._index_dims)[..., None]
+
   def byte_array(self, batch: Batch) -> jax.Array:
-    x = _check_shape(batch, self._key, self._index_dims)
-    return self._adapter(x[..., None])  # [B, M, C]
+    return self._adapter(self._values(batch))  # [B, M, C]
 
   @property
   def has_parts(self) -> bool:
@@ -173,8 +176,7 @@ class _MelInput:
 
   def parts(self, batch: Batch) -> grid_byte_array.GridByteArray:
     """The byte array in parts (`GridAdapter.parts`); no mask."""
-    x = _check_shape(batch, self._key, self._index_dims)
-    return self._adapter.parts(x[..., None])
+    return self._adapter.parts(self._values(batch))
 
   def __call__(self, batch: Batch, *, is_training: bool):
     del is_training
