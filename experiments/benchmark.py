@@ -27,8 +27,8 @@ compilation of the step; `step_seconds` the mean wall time of `--steps`
 steps after `--warmup` steps (`step_seconds_min`, `step_seconds_median`:
 of the steps timed one by one; on a shared machine the minimum is the
 least disturbed); `page_faults_per_step` the process's minor page faults
-per timed step (memory mapped afresh: `perceiver_jax.host_memory`). Memory: on accelerators the device's peak
-(`device.memory_stats()`); on CPU the process's peak resident set (from
+per timed step (memory mapped afresh: `perceiver_jax.host_memory`).
+Memory: on accelerators the device's peak (`device.memory_stats()`); on CPU the process's peak resident set (from
 `resource.getrusage`, compilation included); and everywhere
 `xla_memory_bytes`, XLA's plan for the compiled step (arguments, outputs
 and temporaries), which is comparable between programs in one process.

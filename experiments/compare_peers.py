@@ -96,7 +96,7 @@ def prepare_ours(image_size: int, batch_size: int,
 
   def step():
     state, metrics = prepared.compiled(*args)
-    jax.block_until_ready(metrics)
+    jax.block_until_ready((state, metrics))
     args[0] = state
 
   name = 'perceiver_jax (ours)' if num_cross_attends == 2 else (
@@ -216,20 +216,23 @@ def time_in_rounds(contenders: Sequence[Contender], *, rounds: int,
   """Per contender, its mean seconds per step in each round.
 
   Every installed contender first runs `warmup` steps; then each round
-  times `steps` steps of each contender in turn. Not installed: [].
+  times `steps` steps of each contender in turn, round r starting with
+  contender r (mod their number), so that none always follows the same
+  one. Not installed: [].
   """
   for contender in contenders:
     for _ in range(warmup if contender.step else 0):
       contender.step()
   seconds = [[] for _ in contenders]
-  for _ in range(rounds):
-    for contender, own in zip(contenders, seconds):
-      if contender.step is None:
+  for r in range(rounds):
+    for i in range(len(contenders)):
+      index = (r + i) % len(contenders)
+      if contenders[index].step is None:
         continue
       start = time.perf_counter()
       for _ in range(steps):
-        contender.step()
-      own.append((time.perf_counter() - start) / steps)
+        contenders[index].step()
+      seconds[index].append((time.perf_counter() - start) / steps)
   return seconds
 
 
@@ -267,8 +270,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     results.append(result)
     print(json.dumps(result), flush=True)
   ours, peers = results[0], [r for r in results[1:3] if r['status'] == 'ok']
+  try:
+    load = round(os.getloadavg()[0], 2)
+  except OSError:  # Not available on every platform.
+    load = None
   summary = dict(
-      summary=True, load_average_1m=round(os.getloadavg()[0], 2),
+      summary=True, load_average_1m=load,
       speedup_vs={r['name']: r['step_seconds'] / ours['step_seconds']
                   for r in peers},
       speedup_vs_by_min={

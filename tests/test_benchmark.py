@@ -20,7 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_KEYS = {
     'mode', 'batch_size', 'num_inputs', 'params', 'compile_seconds',
     'step_seconds', 'step_seconds_min', 'step_seconds_median',
-    'page_faults_per_step', 'steps_per_sec', 'examples_per_sec', 'peak_memory_bytes',
+    'page_faults_per_step', 'steps_per_sec', 'examples_per_sec',
+    'peak_memory_bytes',
     'peak_memory_kind', 'xla_memory_bytes', 'nominal_flops_per_example',
     'nominal_flops_per_sec', 'mfu', 'device_kind', 'num_devices',
     'load_average_1m', 'precision', 'attention_impl', 'scan_blocks', 'remat'}

@@ -5,7 +5,7 @@ import json
 from experiments import compare_peers
 
 
-def test_rounds_interleave_the_contenders_after_their_warmup():
+def test_rounds_rotate_the_contenders_after_their_warmup():
   calls = []
 
   def contender(name):
@@ -17,7 +17,9 @@ def test_rounds_interleave_the_contenders_after_their_warmup():
   seconds = compare_peers.time_in_rounds(
       [contender('a'), missing, contender('b')], rounds=3, steps=2,
       warmup=1)
-  assert calls == ['a', 'b'] + ['a', 'a', 'b', 'b'] * 3
+  # Round r starts with contender r: a, then (c missing) b, then b, a.
+  assert calls == ['a', 'b'] + ['a', 'a', 'b', 'b'] + ['b', 'b', 'a', 'a'] + [
+      'b', 'b', 'a', 'a']
   assert [len(s) for s in seconds] == [3, 0, 3]
   assert all(t >= 0 for s in seconds for t in s)
 

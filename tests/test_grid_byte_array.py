@@ -164,6 +164,38 @@ def test_standardized_parts_match_numpy(offset, spread):
       np.einsum('bnm,bmc->bnc', f64(weights), s), atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize('index_dims', [(7,), (2, 3, 2)])
+def test_standardized_parts_match_numpy_on_1d_and_3d_grids(index_dims):
+  features = pe.fourier_grid_features(index_dims, 2)
+  tables = pe.axis_tables(features.reshape(*index_dims, -1))
+  positions = features.shape[0]
+  rng = np.random.default_rng(11)
+  content = rng.standard_normal((2, positions, 2)).astype(np.float32)
+  s = _standardize(_dense(content, features))
+  parts = _parts(content, tables).standardize(1e-5)
+  queries = rng.standard_normal((2, 3, s.shape[-1])).astype(np.float32)
+  weights = rng.uniform(size=(2, 3, positions)).astype(np.float32)
+  np.testing.assert_allclose(parts.dense(), s, atol=2e-5)
+  np.testing.assert_allclose(
+      parts.logits(jnp.asarray(queries)),
+      np.einsum('bnc,bmc->bnm', f64(queries), s), atol=1e-4, rtol=1e-5)
+  np.testing.assert_allclose(
+      parts.pool(jnp.asarray(weights)),
+      np.einsum('bnm,bmc->bnc', f64(weights), s), atol=1e-4, rtol=1e-5)
+
+
+def test_parts_that_do_not_fit_are_named():
+  content = jnp.zeros((2, 12, CONTENT))
+  with pytest.raises(ValueError, match=r'prod\(n_a\) == M'):
+    grid_byte_array.GridByteArray(
+        content, (jnp.zeros((3, 10)), jnp.zeros((5, 10)))).check()
+  with pytest.raises(ValueError, match='with one F'):
+    grid_byte_array.GridByteArray(
+        content, (jnp.zeros((3, 10)), jnp.zeros((4, 9)))).check()
+  grid_byte_array.GridByteArray(
+      content, (jnp.zeros((3, 10)), jnp.zeros((4, 10)))).check()
+
+
 def test_overlapping_tables_are_handled():
   """Tables that share channels (not what `axis_tables` makes): the
   squares' cross terms keep the LayerNorm statistics right."""
@@ -281,27 +313,47 @@ def test_cross_attend_on_parts_never_builds_the_byte_array():
 # Through the factory.
 
 
-@functools.lru_cache(maxsize=None)
-def _digits_run(grid_parts, permuted=False, scan=False):
+# The digits runlocal byte array: 3 images, 8 x 8 positions, 1 + 2 * (2 * 4
+# + 1) channels.
+DIGITS_BYTE_ARRAY = (3, 64, 19)
+
+
+def _digits_loss(grid_parts, permuted=False, scan=False, **model):
+  """(loss function of the parameters, parameters) on 3 random digits."""
   config = digits.get_config('runlocal')
-  config.model.grid_parts = grid_parts
-  config.model.scan_blocks = scan
+  config.model.update(grid_parts=grid_parts, scan_blocks=scan, **model)
   if permuted:
     config.model.input.permutation_seed = 0
-  model = factory.transform_classifier(config.model, 10)
+  forward = factory.transform_classifier(config.model, 10)
   images = np.random.default_rng(9).uniform(size=(3, 8, 8, 1)).astype(
       np.float32)
   batch = {'image': images}
-  shapes = jax.eval_shape(functools.partial(model.init, is_training=False),
+  shapes = jax.eval_shape(functools.partial(forward.init, is_training=False),
                           jax.random.PRNGKey(0), batch)
   params = random_params(shapes, seed=10, scale=0.3)
 
   def loss(p):
-    logits = model.apply(p, None, batch, is_training=False)
+    logits = forward.apply(p, None, batch, is_training=False)
     return jnp.sum(jnp.sin(logits)), logits
 
+  return loss, params
+
+
+@functools.lru_cache(maxsize=None)
+def _digits_run(grid_parts, permuted=False, scan=False, **model):
+  loss, params = _digits_loss(grid_parts, permuted, scan, **model)
   (_, logits), grads = jit(jax.value_and_grad(loss, has_aux=True))(params)
   return np.asarray(logits), grads
+
+
+def _array_shapes(fn, *args) -> set[tuple[int, ...]]:
+  """Shapes of every value in the jaxpr of `fn(*args)`, nested ones too."""
+  def walk(eqns):
+    for eqn in eqns:
+      yield from (tuple(v.aval.shape) for v in eqn.outvars)
+      for sub in jax.core.jaxprs_in_params(eqn.params):
+        yield from walk(sub.eqns)
+  return set(walk(jax.make_jaxpr(fn)(*args).jaxpr.eqns))
 
 
 @pytest.mark.parametrize('scan', [False, True])
@@ -313,6 +365,33 @@ def test_classifier_with_grid_parts_matches_the_byte_array(scan):
   scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads))
   for got, want in zip(jax.tree.leaves(parts_grads), jax.tree.leaves(grads)):
     np.testing.assert_allclose(got, want, atol=1e-5 * scale)
+
+
+def test_classifier_with_grid_parts_never_builds_the_byte_array():
+  """The factory really hands the parts to the cross-attends: no value of
+  the byte array's shape in the gradient's program (the dense one has)."""
+  for grid_parts in (True, False):
+    loss, params = _digits_loss(grid_parts)
+    gradient = jax.grad(lambda p, f=loss: f(p)[0])
+    shapes = _array_shapes(gradient, params)
+    assert (DIGITS_BYTE_ARRAY in shapes) != grid_parts
+
+
+def test_grid_parts_in_bfloat16_are_close_to_the_byte_array():
+  logits, _ = _digits_run(False, precision='bfloat16')
+  parts_logits, _ = _digits_run(True, precision='bfloat16')
+  # bfloat16 rounding on both paths (see test_performance_modes.py).
+  assert np.abs(parts_logits - logits).max() <= 3e-2 * np.abs(logits).max()
+
+
+def test_parts_are_materialised_once_where_they_cannot_be_read():
+  """With several cross-attend heads (19: C = 19 is prime, so heads of
+  width 1) the encoder materialises the byte array: the dense values."""
+  logits, grads = _digits_run(False, num_cross_heads=19)
+  parts_logits, parts_grads = _digits_run(True, num_cross_heads=19)
+  np.testing.assert_allclose(parts_logits, logits, atol=1e-6, rtol=1e-6)
+  for got, want in zip(jax.tree.leaves(parts_grads), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-6)
 
 
 def test_permuted_inputs_use_the_byte_array():

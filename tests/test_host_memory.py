@@ -12,11 +12,11 @@ import pytest
 from tests import command_utils
 
 # Runs in a fresh process (the settings are process-wide and must precede
-# any thread): mallocs a 256 MiB block, touches it, frees it, mallocs and
-# touches one again, and reports where the second lies and how many page
-# faults touching it cost.
+# any thread): on a new thread, as XLA:CPU's workers allocate, mallocs a
+# 256 MiB block, touches it, frees it, mallocs and touches one again, and
+# reports where the second lies and how many page faults touching it cost.
 _PROBE = r'''
-import ctypes, json, resource
+import ctypes, json, resource, threading
 SETUP
 libc = ctypes.CDLL('libc.so.6')
 libc.malloc.restype = ctypes.c_void_p
@@ -24,13 +24,22 @@ libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 size = 256 << 20
-first = libc.malloc(size)
-libc.memset(first, 1, size)
-libc.free(first)
-second = libc.malloc(size)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-libc.memset(second, 2, size)
-faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+found = {}
+
+def allocate():
+  first = libc.malloc(size)
+  libc.memset(first, 1, size)
+  libc.free(first)
+  second = libc.malloc(size)
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  libc.memset(second, 2, size)
+  found.update(second=second, faults=resource.getrusage(
+      resource.RUSAGE_SELF).ru_minflt - before)
+
+worker = threading.Thread(target=allocate)
+worker.start()
+worker.join()
+second, faults = found['second'], found['faults']
 heap = [line.split()[0] for line in open('/proc/self/maps')
         if line.rstrip().endswith('[heap]')]
 low, high = (int(x, 16) for x in heap[0].split('-'))
@@ -48,6 +57,8 @@ _APPLY = ('from perceiver_jax import host_memory; '
 
 
 def _probe(setup: str = _APPLY, **env) -> dict:
+  # Not inherited from the caller's environment: the default is on.
+  env = {'PERCEIVER_JAX_KEEP_FREED_MEMORY': '1', **env}
   result = subprocess.run(
       [sys.executable, '-c', _PROBE.replace('SETUP', setup)],
       cwd=command_utils.REPO,

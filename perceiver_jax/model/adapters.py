@@ -69,8 +69,7 @@ class GridAdapter(hk.Module):
       # Fixed features: computed once on the host, a constant in the graph.
       self._fourier = pe.fourier_grid_features(self._index_dims, num_bands,
                                                max_resolution)
-      self._fourier_tables = pe.axis_tables(
-          self._fourier.reshape(*self._index_dims, -1))
+    self._fourier_tables = None  # Split by `parts`, when first needed.
     self._learned_channels = learned_position_channels
     self._learned_init_scale = learned_position_init_scale
     if permutation is not None:
@@ -127,6 +126,9 @@ class GridAdapter(hk.Module):
           f'permutation; this adapter has position_encoding='
           f'{self._position_encoding!r} and '
           f'{"a" if self._permutation is not None else "no"} permutation.')
+    if self._fourier_tables is None:
+      self._fourier_tables = pe.axis_tables(
+          self._fourier.reshape(*self._index_dims, -1))
     # Barrier: see __call__.
     tables = jax.lax.optimization_barrier(
         tuple(jnp.asarray(t, x.dtype) for t in self._fourier_tables))

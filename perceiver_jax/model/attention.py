@@ -204,8 +204,16 @@ def scaled_dot_product_attention(
 
 def attention_weights(logits: jax.Array, key_mask: Optional[jax.Array],
                       dtype: jnp.dtype) -> jax.Array:
-  """Softmax over the keys of scaled float32 logits `[B, H, N, M]`, keys
-  outside `key_mask` (`[B, M]`, or None) excluded; the result in `dtype`."""
+  """Softmax over the key axis, masked keys excluded.
+
+  Args:
+    logits: scaled float32 logits `[B, H, N, M]`.
+    key_mask: optional `[B, M]` booleans, True for keys that may be attended.
+    dtype: the result's dtype.
+
+  Returns:
+    The attention weights `[B, H, N, M]`, rows summing to 1.
+  """
   if key_mask is not None:
     logits = jnp.where(key_mask[:, None, None, :], logits,
                        jnp.finfo(jnp.float32).min)

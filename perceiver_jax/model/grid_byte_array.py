@@ -27,6 +27,7 @@ Same values as the dense path up to float rounding (the variance is
 """
 
 import itertools
+import math
 from typing import NamedTuple
 
 import jax
@@ -83,6 +84,7 @@ class StandardizedGrid(NamedTuple):
 
   @property
   def dtype(self) -> jnp.dtype:
+    """The compute dtype (the content's)."""
     return self.content.dtype
 
   def dense(self) -> jax.Array:
@@ -111,9 +113,10 @@ class StandardizedGrid(NamedTuple):
     """`weights S`: weights `[B, N, M]` -> `[B, N, C]` (content's dtype)."""
     dtype = self.content.dtype
     scaled = weights.astype(jnp.float32) * self.rstd[:, None, :]  # u
-    content_part = jnp.einsum('bnm,bmc->bnc', scaled.astype(dtype),
-                              self.content,
-                              preferred_element_type=jnp.float32)
+    # In float32 (Cc is small), like the mean's share below, so that both
+    # round alike and the content channels' error scales with x - mean.
+    content_part = jnp.einsum('bnm,bmc->bnc', scaled,
+                              self.content.astype(jnp.float32))
     index_dims = [table.shape[0] for table in self.axis_features]
     grid = scaled.reshape(*scaled.shape[:2], *index_dims)
     num_dims = len(index_dims)
@@ -152,15 +155,31 @@ class GridByteArray(NamedTuple):
 
   @property
   def ndim(self) -> int:
+    """3, the byte array's rank."""
     return 3
 
   @property
   def dtype(self) -> jnp.dtype:
+    """The content's dtype."""
     return self.content.dtype
 
   def astype(self, dtype: jnp.dtype) -> 'GridByteArray':
+    """The content and the tables cast to `dtype`."""
     return GridByteArray(self.content.astype(dtype),
                          tuple(t.astype(dtype) for t in self.axis_features))
+
+  def check(self) -> None:
+    """Raises ValueError unless the parts fit together: content `[B, M,
+    Cc]`, tables `[n_a, F]` of one F, `prod(n_a) == M`."""
+    shapes = [tuple(t.shape) for t in self.axis_features]
+    if (self.content.ndim != 3 or not shapes or
+        any(len(s) != 2 for s in shapes) or
+        len({s[1] for s in shapes}) != 1 or
+        math.prod(s[0] for s in shapes) != self.content.shape[1]):
+      raise ValueError(
+          f'GridByteArray parts do not fit: content {self.content.shape} '
+          f'(expected [B, M, Cc]) and tables {shapes} (expected [n_a, F] '
+          f'with one F and prod(n_a) == M).')
 
   def materialize(self) -> jax.Array:
     """The byte array `[B, M, C]`."""

@@ -302,6 +302,14 @@ class Perceiver(hk.Module):
     self._absorb_cross_attend_projections = absorb_cross_attend_projections
     self._input_channels = input_channels
 
+  def _reads_grid_parts(self, is_training: bool) -> bool:
+    """Whether the cross-attends use a `GridByteArray`'s parts: one head,
+    absorbed projections, and no attention dropout in this pass (see
+    `attention.Attention._attend_unprojected`)."""
+    return (self._absorb_cross_attend_projections and
+            self._num_cross_heads == 1 and
+            not (self._dropout > 0.0 and is_training))
+
   @property
   def steps(self) -> list[Step]:
     """The schedule this encoder runs."""
@@ -309,6 +317,8 @@ class Perceiver(hk.Module):
 
   def _check_inputs(self, inputs: ByteArray,
                     input_mask: Optional[jax.Array]) -> None:
+    if isinstance(inputs, grid_byte_array.GridByteArray):
+      inputs.check()
     if inputs.ndim != 3:
       raise ValueError(
           f'Perceiver inputs must have rank 3 [batch, positions, channels], '
@@ -357,6 +367,10 @@ class Perceiver(hk.Module):
   def _encode(self, inputs: ByteArray, input_mask: Optional[jax.Array],
               is_training: bool) -> jax.Array:
     batch_size, _, input_channels = inputs.shape
+    if isinstance(inputs, grid_byte_array.GridByteArray) and not (
+        self._reads_grid_parts(is_training)):
+      # Built once here, rather than by every cross-attend call.
+      inputs = inputs.materialize()
     latents = hk.get_parameter(
         'latents', [self._num_latents, self._num_latent_channels],
         init=hk.initializers.TruncatedNormal(stddev=0.02))
