@@ -143,6 +143,22 @@ def test_grid_adapter_parts_need_fourier_features_in_grid_order(kwargs,
         jax.random.PRNGKey(0), images)
 
 
+def _assert_parts_are(parts, s, seed):
+  """`parts` (a StandardizedGrid) against the numpy standardised array `s`
+  `[B, M, C]`: S itself, `q S^T` and `w S` for random q and w."""
+  batch, positions, channels = s.shape
+  rng = np.random.default_rng(seed)
+  queries = rng.standard_normal((batch, 3, channels)).astype(np.float32)
+  weights = rng.uniform(size=(batch, 3, positions)).astype(np.float32)
+  np.testing.assert_allclose(parts.dense(), s, atol=2e-5)
+  np.testing.assert_allclose(
+      parts.logits(jnp.asarray(queries)),
+      np.einsum('bnc,bmc->bnm', f64(queries), s), atol=1e-4, rtol=1e-5)
+  np.testing.assert_allclose(
+      parts.pool(jnp.asarray(weights)),
+      np.einsum('bnm,bmc->bnc', f64(weights), s), atol=1e-4, rtol=1e-5)
+
+
 @pytest.mark.parametrize('offset, spread', [(0.0, 1.0), (3.0, 2.0)])
 def test_standardized_parts_match_numpy(offset, spread):
   """S, `q S^T` and `w S` from the parts equal the numpy values on the
@@ -151,17 +167,7 @@ def test_standardized_parts_match_numpy(offset, spread):
   content = _content(offset=offset, spread=spread)
   s = _standardize(_dense(content))  # [2, 12, 13]
   parts = _parts(content).standardize(1e-5)
-  np.testing.assert_allclose(parts.dense(), s, atol=2e-5)
-  rng = np.random.default_rng(1)
-  queries = rng.standard_normal((2, 5, CONTENT + FEATURES)).astype(
-      np.float32)
-  weights = rng.uniform(size=(2, 5, 12)).astype(np.float32)
-  np.testing.assert_allclose(
-      parts.logits(jnp.asarray(queries)),
-      np.einsum('bnc,bmc->bnm', f64(queries), s), atol=1e-4, rtol=1e-5)
-  np.testing.assert_allclose(
-      parts.pool(jnp.asarray(weights)),
-      np.einsum('bnm,bmc->bnc', f64(weights), s), atol=1e-4, rtol=1e-5)
+  _assert_parts_are(parts, s, seed=1)
 
 
 @pytest.mark.parametrize('index_dims', [(7,), (2, 3, 2)])
@@ -171,17 +177,8 @@ def test_standardized_parts_match_numpy_on_1d_and_3d_grids(index_dims):
   positions = features.shape[0]
   rng = np.random.default_rng(11)
   content = rng.standard_normal((2, positions, 2)).astype(np.float32)
-  s = _standardize(_dense(content, features))
-  parts = _parts(content, tables).standardize(1e-5)
-  queries = rng.standard_normal((2, 3, s.shape[-1])).astype(np.float32)
-  weights = rng.uniform(size=(2, 3, positions)).astype(np.float32)
-  np.testing.assert_allclose(parts.dense(), s, atol=2e-5)
-  np.testing.assert_allclose(
-      parts.logits(jnp.asarray(queries)),
-      np.einsum('bnc,bmc->bnm', f64(queries), s), atol=1e-4, rtol=1e-5)
-  np.testing.assert_allclose(
-      parts.pool(jnp.asarray(weights)),
-      np.einsum('bnm,bmc->bnc', f64(weights), s), atol=1e-4, rtol=1e-5)
+  _assert_parts_are(_parts(content, tables).standardize(1e-5),
+                    _standardize(_dense(content, features)), seed=12)
 
 
 def test_parts_that_do_not_fit_are_named():
@@ -204,13 +201,8 @@ def test_overlapping_tables_are_handled():
             for n in INDEX_DIMS]
   features = (tables[0][:, None] + tables[1][None]).reshape(12, FEATURES)
   content = _content(3)
-  s = _standardize(_dense(content, features))
-  parts = _parts(content, tables).standardize(1e-5)
-  np.testing.assert_allclose(parts.dense(), s, atol=2e-5)
-  weights = rng.uniform(size=(2, 4, 12)).astype(np.float32)
-  np.testing.assert_allclose(
-      parts.pool(jnp.asarray(weights)),
-      np.einsum('bnm,bmc->bnc', f64(weights), s), atol=1e-4, rtol=1e-5)
+  _assert_parts_are(_parts(content, tables).standardize(1e-5),
+                    _standardize(_dense(content, features)), seed=13)
 
 
 # ----------------------------------------------------------------------------
