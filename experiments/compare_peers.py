@@ -30,10 +30,11 @@ warmed up first (`--warmup` steps each), then timed in `--rounds` rounds,
 each round running `--steps` steps of every implementation in turn, so that
 a change in the machine's load touches all of them alike: `step_seconds` is
 the median of an implementation's round means, `step_seconds_min` the
-least, `round_seconds` all of them. A peer that is not installed is
-reported as such (`"status": "not installed"`) and skipped; the script
-never needs one. One JSON line per implementation, then a summary line
-with our speed-ups (from the medians, and from the minima).
+least, `round_seconds` all of them; for transformers' architecture also
+`..._by_round`, the median of the per-round ratios. A peer that is not
+installed is reported as such (`"status": "not installed"`) and skipped;
+the script never needs one. One JSON line per implementation, then a
+summary line with our speed-ups (from the medians, and from the minima).
 """
 
 import argparse
@@ -291,7 +292,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         results[2]['step_seconds'] / results[3]['step_seconds'])
     summary['speedup_vs_transformers_one_cross_attend_by_min'] = (
         results[2]['step_seconds_min'] / results[3]['step_seconds_min'])
+    summary['speedup_vs_transformers_one_cross_attend_by_round'] = (
+        paired_speedup(results[2]['round_seconds'],
+                       results[3]['round_seconds']))
   print(json.dumps(summary), flush=True)
+
+
+def paired_speedup(peer_rounds: Sequence[float],
+                   our_rounds: Sequence[float]) -> float:
+  """The median over rounds of the peer's time over ours in that round:
+  a load change during the run moves both sides of a round's ratio."""
+  return float(np.median([peer / ours for peer, ours in
+                          zip(peer_rounds, our_rounds, strict=True)]))
 
 
 if __name__ == '__main__':

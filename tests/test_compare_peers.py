@@ -24,6 +24,11 @@ def test_rounds_rotate_the_contenders_after_their_warmup():
   assert all(t >= 0 for s in seconds for t in s)
 
 
+def test_paired_speedup_is_the_median_of_round_ratios():
+  # Ratios 2.0, 1.5 and 3.0 (by hand): median 2.0.
+  assert compare_peers.paired_speedup([2.0, 3.0, 3.0], [1.0, 2.0, 1.0]) == 2.0
+
+
 def test_main_prints_one_json_line_per_implementation_and_a_summary(
     capsys, monkeypatch):
   # The comparison's own latents (256 x 256) cost a minute of compiling
