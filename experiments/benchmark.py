@@ -340,21 +340,13 @@ def benchmark_train(config: ml_collections.ConfigDict, *, steps: int = 5,
   times, outputs = _time_steps(prepared.compiled, prepared.args,
                                steps=steps, warmup=warmup, carry_first=True)
   step_seconds = None if times is None else times['mean']
-  state, metrics = outputs or (None, None)
-  del state
-  loss = None if metrics is None else float(np.asarray(metrics['loss'])[0])
-  fields = prepared.fields
-  result = dict(mode='train', batch_size=fields['batch_size'],
-                num_inputs=fields['num_inputs'], params=fields['params'],
-                lower_seconds=fields['lower_seconds'],
-                compile_seconds=fields['compile_seconds'],
-                **_step_fields(times),
-                **_rates(step_seconds, fields['batch_size']),
-                loss=loss, steps=steps, warmup=warmup,
-                compiler_options=fields['compiler_options'],
-                xla_memory_bytes=fields['xla_memory_bytes'])
-  return _finish(result, config, fields['batch_size'], count_flops,
-                 training=True)
+  loss = None if outputs is None else float(
+      np.asarray(outputs[1]['loss'])[0])  # outputs: (state, metrics).
+  batch_size = prepared.fields['batch_size']
+  result = dict(mode='train', **prepared.fields, **_step_fields(times),
+                **_rates(step_seconds, batch_size), loss=loss, steps=steps,
+                warmup=warmup)
+  return _finish(result, config, batch_size, count_flops, training=True)
 
 
 def benchmark_forward(config: ml_collections.ConfigDict, *, steps: int = 5,
