@@ -30,7 +30,7 @@ ImageNet model, a block is a cross-attend followed by a latent Transformer,
 so 2 interleaved cross-attends make 2 blocks (16 self-attend layers, 8
 after each cross-attend). An 8-block reading (2 cross-attends spread over 8
 latent Transformers, 64 unshared layers) is one override away:
-`--config.model.num_blocks=8`.
+`--config.model.encoder.num_blocks=8`.
 
 Recipe: sigmoid cross-entropy, 100 epochs of about 1.7M clips (one random
 1.28 s window per clip and epoch); evaluation averages the sigmoid

@@ -6,8 +6,9 @@ A config is an `ml_collections.ConfigDict` with these sections:
 - `seed`: the base seed of parameters, data order and dropout.
 - `data`: what the task's loader reads (`num_classes`, `num_train_examples`,
   directories, augmentation).
-- `model`: the encoder (names as in `perceiver_jax.model.perceiver`) and
-  `model.input`, the adapter (see `perceiver_jax.model.factory`).
+- `model`: `model.encoder`, the fields of `perceiver_jax.model.
+  encoder_config.EncoderConfig`, and `model.input`, the input adapter (see
+  `perceiver_jax.model.factory` and `perceiver_jax.model.inputs`).
 - `train`: batch size, length (`num_steps`, or `num_epochs` when
   `num_steps` is None), logging, evaluation and checkpoint intervals.
 - `optimizer`, `loss`, `evaluator`, `checkpoint`.
@@ -17,9 +18,12 @@ boundaries in steps) are computed at launch from the final config, so an
 override of `train.batch_size` or `train.num_epochs` moves them too.
 """
 
+import dataclasses
 from typing import Any, Iterable, Optional
 
 import ml_collections
+
+from perceiver_jax.model import encoder_config
 
 
 def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
@@ -61,41 +65,20 @@ def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
   return parsed
 
 
-def perceiver_model(**overrides: Any) -> ml_collections.ConfigDict:
-  """The encoder of the paper's ImageNet model (PAPER.md sections 1-2)."""
-  model = ml_collections.ConfigDict(dict(
-      num_blocks=8,
-      num_self_attends_per_block=6,
-      num_cross_attends=8,
-      cross_attend_placement='interleaved',
-      share_weights=True,
-      num_latents=512,
-      num_latent_channels=1024,
-      num_cross_heads=1,
-      num_self_heads=8,
-      widening_factor=1,
-      dropout=0.0,
-      attention_impl='einsum',
-      # Same outputs as the paper's nominal path, fewer FLOPs (the shared
-      # cross-attends' input LayerNorm and K/V computed once per forward).
-      reuse_shared_keys_values=True,
-      # Same outputs, fewer FLOPs when inputs outnumber latents: one-head
-      # cross-attends project the queries instead of the M inputs.
-      absorb_cross_attend_projections=True,
-      # Same outputs, fewer FLOPs on a grid with Fourier features: those
-      # cross-attends read the pixels and one feature table per axis
-      # instead of the [B, M, C] byte array (model/grid_byte_array.py).
+def perceiver_model(**encoder_overrides: Any) -> ml_collections.ConfigDict:
+  """`config.model` of the paper's ImageNet model (docs/paper.md sections
+  1-2), without its input.
+
+  `encoder` holds every field of `EncoderConfig` (its defaults are the
+  paper's, plus `encoder_overrides`); `grid_parts` lets grid inputs reach
+  the encoder in parts (same outputs, fewer FLOPs; `perceiver_jax.model.
+  factory`).
+  """
+  encoder = encoder_config.EncoderConfig(**encoder_overrides)
+  return ml_collections.ConfigDict(dict(
+      encoder=dataclasses.asdict(encoder),
       grid_parts=True,
-      # Execution modes (same parameters and outputs; see
-      # perceiver_jax.model.perceiver): repeated shared blocks under a scan
-      # (compile time independent of depth), 'float32' or 'bfloat16'
-      # compute, and 'none' or 'block' rematerialisation.
-      scan_blocks=False,
-      precision='float32',
-      remat='none',
   ))
-  model.update(overrides)
-  return model
 
 
 def small_model() -> ml_collections.ConfigDict:
@@ -120,8 +103,8 @@ def small_runlocal(config: ml_collections.ConfigDict, *,
   8 latents of 16 channels, 2 heads, 4 bands; 6 steps of 16 examples,
   evaluated and checkpointed every 3.
   """
-  config.model.update(num_latents=8, num_latent_channels=16,
-                      num_self_heads=2)
+  config.model.encoder.update(num_latents=8, num_latent_channels=16,
+                              num_self_heads=2)
   config.model.input.num_bands = 4
   config.train.update(batch_size=16, num_steps=6, log_every_steps=2,
                       eval_every_steps=3, checkpoint_every_steps=3)
@@ -159,9 +142,9 @@ def paper_scale_runlocal(config: ml_collections.ConfigDict, *,
   logged and checkpointed every 2, evaluated at the end on at most
   `max_eval_examples` examples. The input's size is each config's own.
   """
-  config.model.update(
+  config.model.encoder.update(
       num_blocks=2, num_self_attends_per_block=1,
-      num_cross_attends=min(config.model.num_cross_attends, 2),
+      num_cross_attends=min(config.model.encoder.num_cross_attends, 2),
       num_latents=16, num_latent_channels=32, num_self_heads=2)
   config.train.update(batch_size=8, num_steps=4, log_every_steps=2,
                       eval_every_steps=4, checkpoint_every_steps=2)

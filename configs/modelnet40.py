@@ -20,7 +20,7 @@ Readings of the paper (values marked ASSUMED are not stated there):
   self-attends, shared weights, 512 x 1024 latents) are kept and only the
   number of cross-attends drops from 8 to 2, interleaved (before blocks 0
   and 4). The other reading, two blocks of (cross-attend, 6 self-attends),
-  is `--config.model.num_blocks=2`.
+  is `--config.model.encoder.num_blocks=2`.
 - Fourier features of (x, y, z) in [-1, 1]: 64 bands per axis up to a
   highest frequency of 1120, "10x ImageNet", whose highest is 224 / 2 =
   112. With frequencies `linspace(1, mu / 2, K)` that is mu = 2240 per axis.

@@ -39,7 +39,7 @@ the peak is unknown (CPUs).
 
 `--num_inputs=M` replaces the config's input by a 1D grid of M positions
 (same raw channels and Fourier bands), for any M. Overrides such as
-`--config.model.scan_blocks=True` work as in `experiments.train`.
+`--config.model.encoder.scan_blocks=True` work as in `experiments.train`.
 """
 
 import functools
@@ -254,12 +254,12 @@ def _environment() -> dict[str, Any]:
 
 
 def _model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  model = config.model
-  return {k: model.get(k) for k in (
+  encoder = config.model.encoder
+  return dict({k: encoder.get(k) for k in (
       'precision', 'attention_impl', 'scan_blocks', 'remat',
       'reuse_shared_keys_values', 'absorb_cross_attend_projections',
-      'grid_parts', 'num_blocks', 'num_self_attends_per_block',
-      'num_latents', 'num_latent_channels')}
+      'num_blocks', 'num_self_attends_per_block', 'num_latents',
+      'num_latent_channels')}, grid_parts=config.model.get('grid_parts'))
 
 
 def nominal_flops_per_example(config: ml_collections.ConfigDict
@@ -272,7 +272,7 @@ def nominal_flops_per_example(config: ml_collections.ConfigDict
   from experiments import model_summary  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.model.update(scan_blocks=False, remat='none', precision='float32')
+    config.model.encoder.update(scan_blocks=False, remat='none', precision='float32')
   summary = model_summary.summarize(config)
   return summary['params'], summary['flops_per_example']
 
@@ -507,9 +507,9 @@ def apply_overrides(config: ml_collections.ConfigDict, *,
     if batch_size is not None:
       config.train.batch_size = batch_size
     if attention_impl is not None:
-      config.model.attention_impl = attention_impl
+      config.model.encoder.attention_impl = attention_impl
     if precision is not None:
-      config.model.precision = precision
+      config.model.encoder.precision = precision
   return config
 
 
@@ -555,9 +555,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer('num_inputs', None,
                        'Replace the input by a 1D grid of this many positions.')
   flags.DEFINE_enum('attention_impl', None, ('einsum', 'dot_product'),
-                    'Overrides config.model.attention_impl.')
+                    'Overrides config.model.encoder.attention_impl.')
   flags.DEFINE_enum('precision', None, ('float32', 'bfloat16'),
-                    'Overrides config.model.precision.')
+                    'Overrides config.model.encoder.precision.')
   flags.DEFINE_integer('steps', 5, 'Timed steps (input mode: batches); 0 '
                        'compiles only (train, forward).')
   flags.DEFINE_integer('warmup', 2, 'Untimed steps first.')

@@ -10,7 +10,7 @@ one device and a synthetic batch, and prints one JSON line: compile
 seconds, min and median seconds per call of each, their ratio, XLA's
 count of each program's FLOPs and bytes accessed per example (independent
 of the machine's load; XLA counts a scanned body once, so pass
-`--config.model.scan_blocks=False` to count every block), and the
+`--config.model.encoder.scan_blocks=False` to count every block), and the
 1-minute load average. With `--top=K` it then runs the gradient under
 `jax.profiler` and prints the K XLA operations (thunks) that took the most
 time per call, summed over threads, each with its HLO instruction name and

@@ -3,7 +3,7 @@
 A config file may define `get_hyper(h)` (or `get_hyper(h, arg)`, receiving
 the text after ':' in `--config=configs/x.py:arg`) returning a list of
 points, each a dict of config overrides such as
-`{'config.model.share_weights': False, 'config.seed': 1}`. `h` is this
+`{'config.model.encoder.share_weights': False, 'config.seed': 1}`. `h` is this
 module; build the list with its helpers:
 
   h.sweep('config.seed', [0, 1])                -> [{seed: 0}, {seed: 1}]

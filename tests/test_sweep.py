@@ -43,10 +43,10 @@ def test_hyper_errors():
 
 
 def test_point_names_and_command_values():
-  keys = ['config.model.input.permutation_seed', 'config.model.share_weights',
+  keys = ['config.model.input.permutation_seed', 'config.model.encoder.share_weights',
           'config.data.seed', 'config.seed']
   point = {'config.model.input.permutation_seed': None,
-           'config.model.share_weights': False, 'config.data.seed': 3,
+           'config.model.encoder.share_weights': False, 'config.data.seed': 3,
            'config.seed': 1}
   # 'seed' is ambiguous, so both seeds keep one more component.
   assert h.point_name(point, keys) == (
@@ -57,7 +57,7 @@ def test_point_names_and_command_values():
   # None is the config's default, left off the command line.
   assert command == ['py', '-m', 'experiments.train',
                      '--config=configs/x.py:a=b',
-                     '--config.model.share_weights=False',
+                     '--config.model.encoder.share_weights=False',
                      '--config.data.seed=3', '--config.seed=1',
                      '--workdir=/r/p']
 
@@ -69,8 +69,8 @@ def test_ablation_studies_points_and_dry_run(tmp_path):
       'perceiver', 'convnet'}
   cross = h.get_points('configs/digits_ablations.py:study=cross_attends,'
                        'seeds=1')
-  assert [(p['config.model.num_cross_attends'],
-           p['config.model.cross_attend_placement']) for p in cross] == [
+  assert [(p['config.model.encoder.num_cross_attends'],
+           p['config.model.encoder.cross_attend_placement']) for p in cross] == [
                (1, 'interleaved'), (2, 'interleaved'), (4, 'interleaved'),
                (4, 'start')]
   lines = []
@@ -89,7 +89,7 @@ def test_ablation_studies_points_and_dry_run(tmp_path):
   assert len(commands) == 4
   assert commands[0] == (
       'py -m experiments.train --config=configs/digits_ablations.py:'
-      'study=sharing --config.model.share_weights=True --config.seed=0 '
+      'study=sharing --config.model.encoder.share_weights=True --config.seed=0 '
       f'--workdir={tmp_path}/share_weights=True,seed=0')
   assert not os.listdir(tmp_path)  # A dry run writes nothing.
 

@@ -28,6 +28,7 @@ import optax
 
 from perceiver_jax import checks
 from perceiver_jax.model import factory
+from perceiver_jax.model import inputs as model_inputs
 from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import evaluators
 from perceiver_jax.train import losses
@@ -248,7 +249,7 @@ class Run:
 def _write_run_files(run: Run) -> None:
   os.makedirs(run.workdir, exist_ok=True)
   run_config.write(run.workdir, run.config)
-  permutation = factory.input_permutation(run.config.model.input)
+  permutation = model_inputs.input_permutation(run.config.model.input)
   if permutation is not None:
     np.save(os.path.join(run.workdir, 'permutation.npy'), permutation)
 
