@@ -12,6 +12,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from perceiver_jax import host_memory
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.',
                                required=True)
 _OUT = flags.DEFINE_string('out', None,
@@ -24,6 +26,7 @@ _STEP = flags.DEFINE_integer('step', None,
 
 
 def main(argv):
+  host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:

@@ -55,6 +55,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from perceiver_jax import host_memory
+
 MODES = ('train', 'forward', 'input', 'scaling')
 
 # XLA options that cut CPU compile times about four times (backend
@@ -514,6 +516,7 @@ def apply_overrides(config: ml_collections.ConfigDict, *,
 
 
 def main(argv: Sequence[str]) -> None:
+  host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:

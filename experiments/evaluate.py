@@ -13,6 +13,7 @@ import os
 from absl import flags
 from absl import logging
 
+from perceiver_jax import host_memory
 from perceiver_jax.train import launch
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.',
@@ -25,6 +26,7 @@ _OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON.')
 
 
 def main(argv):
+  host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:

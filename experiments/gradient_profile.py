@@ -41,6 +41,7 @@ from ml_collections import config_flags
 
 from experiments import benchmark
 from experiments import model_summary
+from perceiver_jax import host_memory
 from perceiver_jax.model import factory
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -168,6 +169,7 @@ def by_module(rows: Sequence[dict[str, Any]], depth: int
 
 
 def main(argv: Sequence[str]) -> None:
+  host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
   config = _CONFIG.value

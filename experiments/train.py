@@ -24,6 +24,7 @@ import time
 from absl import flags
 from absl import logging
 
+from perceiver_jax import host_memory
 from perceiver_jax.train import launch
 
 _CONFIG = launch.define_config_flag('configs/digits.py',
@@ -38,6 +39,7 @@ def default_workdir(task: str) -> str:
 
 
 def main(argv):
+  host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:

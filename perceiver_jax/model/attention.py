@@ -21,9 +21,10 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from perceiver_jax.model import encoder_config
 from perceiver_jax.model import layers
 
-ATTENTION_IMPLS = ('einsum', 'dot_product')
+ATTENTION_IMPLS = encoder_config.ATTENTION_IMPLS
 
 
 def attention_weights(logits: jax.Array, key_mask: Optional[jax.Array],
@@ -58,6 +59,8 @@ def scaled_dot_product_attention(
   Returns:
     `[B, N, H, Dv]`.
   """
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f'impl must be one of {ATTENTION_IMPLS}, got {impl!r}.')
   if scale is None:
     scale = 1.0 / math.sqrt(queries.shape[-1])
   if impl == 'dot_product' and not (dropout_rate > 0.0 and is_training):
