@@ -47,7 +47,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       channels=(32, 64, 128)))
   if args['study'] in ('sharing', 'cross_attends'):
     config.model.encoder.update(num_blocks=4, num_self_attends_per_block=1,
-                        num_cross_attends=4)
+                                num_cross_attends=4)
   if not args['runlocal']:
     # One checkpoint per point is enough: a study compares final results.
     config.checkpoint.keep = 1

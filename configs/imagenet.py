@@ -14,17 +14,19 @@ Variants (`--config=configs/imagenet.py:variant=NAME`):
 Flags: `runlocal` shrinks model, batch and data to seconds on a CPU; `mock`
 reads TFDS mock data instead of the prepared dataset.
 
-Ablations are overrides of `config.model` (parameters for the headline):
-  --config.model.encoder.share_weights=False                          326.2M
-  --config.model.encoder.num_cross_attends=1                          (1 cross-attend)
+Ablations are overrides of `config.model.encoder` (parameters for the
+headline):
+  --config.model.encoder.share_weights=False                326.2M
+  --config.model.encoder.num_cross_attends=1                (1 cross-attend)
   --config.model.encoder.num_cross_attends=4 \
-      --config.model.encoder.cross_attend_placement=start             ('at start')
+      --config.model.encoder.cross_attend_placement=start   ('at start')
   --config.model.encoder.num_self_attends_per_block=0 \
       --config.model.encoder.num_cross_attends=12 \
-      --config.model.encoder.share_weights=False                      (cross-attends only)
+      --config.model.encoder.share_weights=False            (cross-attends
+                                                             only)
 
 Values marked ASSUMED are not stated in the paper; they follow the
-Perceiver IO recipe (PAPER.md section 4).
+Perceiver IO recipe (docs/paper.md section 4).
 """
 
 import ml_collections

@@ -1,4 +1,5 @@
-r"""ModelNet40 point clouds: the paper's run (85.7% top-1, PAPER.md section 4).
+r"""ModelNet40 point clouds: the paper's run (85.7% top-1, docs/paper.md
+section 4).
 
 Prepare the data once from the official archive (see README / the builder's
 docstring for both supported downloads):

@@ -274,7 +274,8 @@ def nominal_flops_per_example(config: ml_collections.ConfigDict
   from experiments import model_summary  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.model.encoder.update(scan_blocks=False, remat='none', precision='float32')
+    config.model.encoder.update(scan_blocks=False, remat='none',
+                                precision='float32')
   summary = model_summary.summarize(config)
   return summary['params'], summary['flops_per_example']
 

@@ -58,9 +58,10 @@ def our_config(image_size: int, batch_size: int,
   from configs import imagenet  # pylint: disable=g-import-not-at-top
   config = imagenet.get_config()
   config.data.image_shape = (image_size, image_size)
-  config.model.encoder.update(num_blocks=2, num_self_attends_per_block=2,
-                      num_cross_attends=num_cross_attends, num_latents=256,
-                      num_latent_channels=256, num_self_heads=8)
+  config.model.encoder.update(
+      num_blocks=2, num_self_attends_per_block=2,
+      num_cross_attends=num_cross_attends, num_latents=256,
+      num_latent_channels=256, num_self_heads=8)
   config.train.batch_size = batch_size
   config.optimizer.name = 'adam'
   config.optimizer.weight_decay = 0.0

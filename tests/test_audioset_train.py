@@ -92,7 +92,8 @@ def test_paper_model_and_recipe():
   assert kinds == ['cross_attend', 'latent_transformer'] * 2
   assert model.encoder.num_self_attends_per_block == 8
   assert cross_sets == {0, 1} and not model.encoder.share_weights
-  assert (model.encoder.num_latents, model.encoder.num_latent_channels) == (512, 512)
+  assert (model.encoder.num_latents,
+          model.encoder.num_latent_channels) == (512, 512)
   assert config.loss.type == 'sigmoid_xent'
   assert config.evaluator.type == 'multilabel_map'
   assert config.evaluator.metric == 'map'

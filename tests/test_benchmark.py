@@ -58,7 +58,7 @@ def tiny_config():
   """runlocal ImageNet cut to one block of one layer: quick to compile."""
   config = imagenet.get_config('runlocal')
   config.model.encoder.update(num_blocks=1, num_cross_attends=1,
-                      num_self_attends_per_block=1)
+                              num_self_attends_per_block=1)
   return config
 
 

@@ -1,6 +1,6 @@
 """Tests of perceiver_jax.model.factory and the configs' model sizes.
 
-Parameter counts are derived by hand from PAPER.md section 1 (every Linear
+Parameter counts are derived by hand from docs/paper.md section 1 (every Linear
 has a bias; LayerNorms have a scale and an offset) and computed with
 `jax.eval_shape`, so nothing of ImageNet size is ever run.
 """

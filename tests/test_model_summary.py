@@ -1,6 +1,6 @@
 """Tests of experiments/model_summary.py: parameters and FLOPs per config.
 
-Expected numbers are derived by hand (PAPER.md sections 1 and 4), not from
+Expected numbers are derived by hand (docs/paper.md sections 1 and 4), not from
 the code.
 """
 

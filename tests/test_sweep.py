@@ -43,8 +43,9 @@ def test_hyper_errors():
 
 
 def test_point_names_and_command_values():
-  keys = ['config.model.input.permutation_seed', 'config.model.encoder.share_weights',
-          'config.data.seed', 'config.seed']
+  keys = ['config.model.input.permutation_seed',
+          'config.model.encoder.share_weights', 'config.data.seed',
+          'config.seed']
   point = {'config.model.input.permutation_seed': None,
            'config.model.encoder.share_weights': False, 'config.data.seed': 3,
            'config.seed': 1}
@@ -70,9 +71,9 @@ def test_ablation_studies_points_and_dry_run(tmp_path):
   cross = h.get_points('configs/digits_ablations.py:study=cross_attends,'
                        'seeds=1')
   assert [(p['config.model.encoder.num_cross_attends'],
-           p['config.model.encoder.cross_attend_placement']) for p in cross] == [
-               (1, 'interleaved'), (2, 'interleaved'), (4, 'interleaved'),
-               (4, 'start')]
+           p['config.model.encoder.cross_attend_placement'])
+          for p in cross] == [(1, 'interleaved'), (2, 'interleaved'),
+                              (4, 'interleaved'), (4, 'start')]
   lines = []
 
   class _Out:
