@@ -333,8 +333,8 @@ def test_dot_product_impl_with_attention_dropout_matches_einsum():
 
 
 def test_heads_that_do_not_divide_their_channels_raise():
-  with pytest.raises(
-      ValueError, match='num_self_heads=3 does not divide num_latent_channels=8'):
+  with pytest.raises(ValueError, match='num_self_heads=3 does not divide '
+                     'num_latent_channels=8'):
     encoder_config.EncoderConfig(num_self_heads=3, num_latent_channels=8)
   config = encoder_config.EncoderConfig(num_cross_heads=2,
                                         num_latent_channels=8)

@@ -70,13 +70,14 @@ def _fast_fn(absorb, heads=1, impl='einsum', dropout=0.0):
   return hk.transform(fn)
 
 
-def _keys_values_fn(absorb, heads=1, dropout=0.0):
-  """The block's `keys_values(x)` alone."""
-  def fn(x, is_training):
-    return fast_cross_attend.FastCrossAttendBlock(
-        input_channels=CHANNELS, absorb_projections=absorb, num_heads=heads,
-        dropout=dropout, name='cross').keys_values(x, is_training=is_training)
-  return hk.transform(fn)
+def _keys_values_type(absorb, *, heads, dropout, is_training):
+  """The type of the block's `keys_values(x)` (traced, not compiled)."""
+  _, x, _ = _data()
+  f = hk.transform(lambda x: fast_cross_attend.FastCrossAttendBlock(
+      input_channels=CHANNELS, absorb_projections=absorb, num_heads=heads,
+      dropout=dropout, name='cross').keys_values(x, is_training=is_training))
+  params = jax.eval_shape(f.init, jax.random.PRNGKey(0), x)
+  return type(jax.eval_shape(f.apply, params, jax.random.PRNGKey(0), x))
 
 
 def _params(seed):
@@ -130,6 +131,46 @@ def test_paths_match_numpy_and_the_reference(absorb, impl):
     np.testing.assert_allclose(ref, want, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(out, want, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('variant', [
+    dict(qk_channels=4, v_channels=10),  # Q/K and V widths other than C.
+    dict(query_residual=False, activation='gelu'),  # Perceiver IO's.
+])
+@pytest.mark.parametrize('absorb', [False, True])
+def test_paths_match_the_reference_in_other_perceivers_variants(absorb,
+                                                                 variant):
+  """The block arguments for other Perceivers' checkpoints reach every
+  path: each equals the reference block built with the same arguments,
+  which itself differs from the paper's block (so they do act)."""
+  z, x, mask = _data()
+
+  def transformed(make):
+    return hk.transform(lambda z, x, mask: make()(
+        z, x, input_mask=mask, is_training=False))
+
+  reference = transformed(lambda: attention.CrossAttendBlock(
+      name='cross', **variant))
+  fast = transformed(lambda: fast_cross_attend.FastCrossAttendBlock(
+      input_channels=CHANNELS, absorb_projections=absorb, name='cross',
+      **variant))
+  shapes = jax.eval_shape(reference.init, jax.random.PRNGKey(0), z, x, mask)
+  assert (jax.eval_shape(fast.init, jax.random.PRNGKey(0), z, x, mask) ==
+          shapes)
+  params = random_params(shapes, seed=26, scale=0.5)
+  want = jit(reference.apply)(params, None, z, x, mask)
+  got = jit(fast.apply)(params, None, z, x, mask)
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+  if 'qk_channels' in variant:  # The numpy block reads widths off params.
+    assert shapes['cross/attention/key']['w'].shape == (CHANNELS, 4)
+    assert shapes['cross/attention/value']['w'].shape == (CHANNELS, 10)
+    np.testing.assert_allclose(
+        want, np_cross_attend_block(params, 'cross', f64(z), f64(x), 1, mask),
+        atol=1e-4, rtol=1e-4)
+  else:
+    paper = jit(transformed(lambda: attention.CrossAttendBlock(
+        name='cross')).apply)(params, None, z, x, mask)
+    assert np.abs(np.asarray(paper) - np.asarray(want)).max() > 1e-2
 
 
 @pytest.mark.parametrize('absorb', [False, True])
@@ -210,22 +251,19 @@ def test_absorbed_projections_compute_no_input_sized_gradient():
 ])
 def test_when_projections_are_absorbed(heads, dropout, is_training,
                                        absorbed):
-  z, x, mask = _data()
-  del z, mask
   assert fast_cross_attend.absorbs_projections(
       num_heads=heads, absorb_projections=True, dropout=dropout,
       is_training=is_training) == absorbed
   assert not fast_cross_attend.absorbs_projections(
       num_heads=heads, absorb_projections=False, dropout=dropout,
       is_training=is_training)
+  # The block follows it: unprojected inputs exactly when it absorbs.
   for absorb in (True, False):
-    f = _keys_values_fn(absorb, heads=heads, dropout=dropout)
-    params = jax.eval_shape(f.init, jax.random.PRNGKey(0), x, False)
-    keys_values = jax.eval_shape(
-        f.apply, params, jax.random.PRNGKey(0), x, is_training)
+    got = _keys_values_type(absorb, heads=heads, dropout=dropout,
+                            is_training=is_training)
     want = (fast_cross_attend.UnprojectedKeysValues if absorb and absorbed
             else fast_cross_attend.KeysValues)
-    assert type(keys_values) is want, (absorb, type(keys_values))  # pylint: disable=unidiomatic-typecheck
+    assert got is want, (absorb, got)
 
 
 @pytest.mark.parametrize('heads, dropout', [(1, 0.5), (2, 0.0)])

@@ -132,52 +132,80 @@ class Attention(hk.Module):
                        is_training=is_training)
 
 
+# The MLP's nonlinearity: the paper's GELU is the tanh approximation;
+# transformers' Perceiver (config.hidden_act 'gelu') uses the exact erf form.
+ACTIVATIONS = {
+    'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
 class MLP(hk.Module):
   """`Linear(w * D) -> GELU (tanh form) -> Linear(D)`."""
 
   def __init__(self, *, widening_factor: int = 1, dropout_rate: float = 0.0,
-               name: Optional[str] = None):
+               activation: str = 'gelu_tanh', name: Optional[str] = None):
+    """Args: `activation` a key of `ACTIVATIONS`."""
     super().__init__(name=name)
     self._widening_factor = widening_factor
     self._dropout_rate = dropout_rate
+    self._activation = ACTIVATIONS[activation]
 
   def __call__(self, x: jax.Array, *, is_training: bool) -> jax.Array:
     """Maps `[..., D]` to `[..., D]`."""
     channels = x.shape[-1]
     hidden = layers.linear(self._widening_factor * channels, 'hidden')(x)
-    hidden = jax.nn.gelu(hidden, approximate=True)
+    hidden = self._activation(hidden)
     out = layers.linear(channels, 'output')(hidden)
     return layers.dropout(out, self._dropout_rate, is_training)
 
 
 class _Block(hk.Module):
-  """What both blocks share: their settings and the MLP half."""
+  """What both blocks share: their settings and the MLP half.
+
+  `qk_channels` and `v_channels` (None: the paper's, the width the block
+  attends over, C or D) and `activation` exist for checkpoints of other
+  Perceivers (docs/checkpoints.md); the paper uses the defaults.
+  """
 
   attention_class = Attention  # Subclasses may compute it differently.
 
   def __init__(self, *, num_heads: int, widening_factor: int = 1,
                dropout: float = 0.0, attention_impl: str = 'einsum',
+               activation: str = 'gelu_tanh',
+               qk_channels: Optional[int] = None,
+               v_channels: Optional[int] = None,
                name: Optional[str] = None):
     super().__init__(name=name)
     self.num_heads = num_heads
     self.widening_factor = widening_factor
     self.dropout = dropout
     self.attention_impl = attention_impl
+    self.activation = activation
+    self.qk_channels = qk_channels
+    self.v_channels = v_channels
 
   @hk.name_like('__call__')
   def attention(self, channels: int) -> Attention:
-    """The block's attention, Q/K/V `channels` wide (named 'attention')."""
+    """The block's attention over inputs `channels` wide: Q/K/V that wide
+    unless set otherwise (named 'attention')."""
+    qk_channels = self.qk_channels or channels
     return self.attention_class(
-        num_heads=self.num_heads, qk_channels=channels, v_channels=channels,
-        impl=self.attention_impl, dropout_rate=self.dropout, name='attention')
+        num_heads=self.num_heads, qk_channels=qk_channels,
+        v_channels=self.v_channels or qk_channels, impl=self.attention_impl,
+        dropout_rate=self.dropout, name='attention')
 
   @hk.name_like('__call__')
   def residual_then_mlp(self, latents: jax.Array, attended: jax.Array, *,
-                        is_training: bool) -> jax.Array:
-    """`z += Dropout(attended)`, then `z += MLP(LN(z))`; `[B, N, D]`."""
-    latents = latents + layers.dropout(attended, self.dropout, is_training)
+                        is_training: bool,
+                        residual: bool = True) -> jax.Array:
+    """`z += Dropout(attended)` (`z = ...` without the residual), then
+    `z += MLP(LN(z))`; `[B, N, D]`."""
+    attended = layers.dropout(attended, self.dropout, is_training)
+    latents = latents + attended if residual else attended
     mlp = MLP(widening_factor=self.widening_factor,
-              dropout_rate=self.dropout, name='mlp')
+              dropout_rate=self.dropout, activation=self.activation,
+              name='mlp')
     return latents + mlp(layers.layer_norm('mlp_norm')(latents),
                          is_training=is_training)
 
@@ -186,11 +214,15 @@ class CrossAttendBlock(_Block):
   """`z += Attn(q=LN(z), kv=LN(x))`, then `z += MLP(LN(z))`.
 
   Queries, keys and values have the inputs' width C, split over `num_heads`
-  (1 in the paper); the attention output is projected back to D.
+  (1 in the paper); the attention output is projected back to D. Without
+  `query_residual` (Perceiver IO's option) the first update is
+  `z = Attn(...)`.
   """
 
-  def __init__(self, *, num_heads: int = 1, **kwargs):
+  def __init__(self, *, num_heads: int = 1, query_residual: bool = True,
+               **kwargs):
     super().__init__(num_heads=num_heads, **kwargs)
+    self.query_residual = query_residual
 
   def __call__(self, latents: jax.Array, inputs: jax.Array, *,
                input_mask: Optional[jax.Array] = None,
@@ -210,7 +242,8 @@ class CrossAttendBlock(_Block):
     attended = attention(layers.layer_norm('query_norm')(latents),
                          layers.layer_norm('input_norm')(inputs),
                          key_mask=input_mask, is_training=is_training)
-    return self.residual_then_mlp(latents, attended, is_training=is_training)
+    return self.residual_then_mlp(latents, attended, is_training=is_training,
+                                  residual=self.query_residual)
 
 
 class SelfAttendLayer(_Block):
@@ -232,8 +265,7 @@ class LatentTransformer(hk.Module):
 
   def __init__(self, *, num_layers: int, name: Optional[str] = None,
                **layer_kwargs):
-    """`layer_kwargs`: `SelfAttendLayer`'s (num_heads, widening_factor,
-    dropout, attention_impl)."""
+    """`layer_kwargs`: `SelfAttendLayer`'s (`_Block`'s arguments)."""
     super().__init__(name=name)
     self._num_layers = num_layers
     self._layer_kwargs = layer_kwargs

@@ -8,11 +8,12 @@ how the same function is computed, never what it computes.
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from perceiver_jax import checks
 
 ATTENTION_IMPLS = ('einsum', 'dot_product')
+MLP_ACTIVATIONS = ('gelu_tanh', 'gelu')
 PLACEMENTS = ('interleaved', 'start')
 PRECISIONS = ('float32', 'bfloat16')
 REMAT_POLICIES = ('none', 'block')
@@ -29,10 +30,10 @@ def _bool(value: Any, name: str) -> None:
 
 
 def _divides(num_heads: int, heads_name: str, channels: int,
-             channels_name: str) -> None:
+             what: str) -> None:
+  """`what` names the width `channels` in the error."""
   if channels % num_heads:
-    raise ValueError(f'{heads_name}={num_heads} does not divide '
-                     f'{channels_name}={channels}.')
+    raise ValueError(f'{heads_name}={num_heads} does not divide {what}.')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,16 @@ class EncoderConfig:
     widening_factor: MLP hidden width over its input width (1).
     dropout: on attention weights and residual branches (0).
     attention_impl: 'einsum' or 'dot_product' (fused where available).
+  Other Perceivers' variations (transformers' Perceiver, Perceiver IO;
+  docs/checkpoints.md); the defaults are the paper's:
+    mlp_activation: 'gelu_tanh' (the paper's) or 'gelu' (exact erf form).
+    cross_attend_widening_factor, self_attend_widening_factor: the MLP
+      widening of each kind of block (None: `widening_factor`).
+    qk_channels, v_channels: the Q/K and V widths of every attention
+      (None: the width attended over, C for cross-attends and D for
+      self-attends; V defaults to the Q/K width).
+    cross_attend_query_residual: the cross-attends add their attention to
+      the latents (the paper); without it they replace them.
   Execution modes (same parameters and outputs up to float rounding):
     reuse_shared_keys_values: the input LayerNorm and K/V projections of
       cross-attends that share weights are computed once per forward.
@@ -80,6 +91,12 @@ class EncoderConfig:
   widening_factor: int = 1
   dropout: float = 0.0
   attention_impl: str = 'einsum'
+  mlp_activation: str = 'gelu_tanh'
+  cross_attend_widening_factor: Optional[int] = None
+  self_attend_widening_factor: Optional[int] = None
+  qk_channels: Optional[int] = None
+  v_channels: Optional[int] = None
+  cross_attend_query_residual: bool = True
   reuse_shared_keys_values: bool = True
   absorb_cross_attend_projections: bool = True
   scan_blocks: bool = False
@@ -104,15 +121,22 @@ class EncoderConfig:
           f'{self.num_blocks}: interleaved placement puts at most one '
           'cross-attend before each latent Transformer (use placement '
           '"start" for more).')
-    _divides(self.num_self_heads, 'num_self_heads', self.num_latent_channels,
-             'num_latent_channels')
+    for name in ('cross_attend_widening_factor', 'self_attend_widening_factor',
+                 'qk_channels', 'v_channels'):
+      if getattr(self, name) is not None:
+        checks.positive_int(getattr(self, name), name)
+    self._check_heads(self.num_self_heads, 'num_self_heads',
+                      self.num_latent_channels,
+                      f'num_latent_channels={self.num_latent_channels}')
     rate = self.dropout
     if (isinstance(rate, bool) or not isinstance(rate, (int, float)) or
         not math.isfinite(rate) or not 0.0 <= rate < 1.0):
       raise ValueError(f'dropout must be a finite rate in [0, 1), got '
                        f'{rate!r}.')
     _one_of(self.attention_impl, 'attention_impl', ATTENTION_IMPLS)
-    for name in ('share_weights', 'reuse_shared_keys_values',
+    _one_of(self.mlp_activation, 'mlp_activation', MLP_ACTIVATIONS)
+    for name in ('share_weights', 'cross_attend_query_residual',
+                 'reuse_shared_keys_values',
                  'absorb_cross_attend_projections', 'scan_blocks'):
       _bool(getattr(self, name), name)
     _one_of(self.precision, 'precision', PRECISIONS)
@@ -138,7 +162,23 @@ class EncoderConfig:
     """Checks that the cross-attend heads divide the inputs' width C;
     `where` names the inputs in the error (their shape, or a field)."""
     checks.positive_int(channels, 'input_channels')
-    if channels % self.num_cross_heads:
-      raise ValueError(
-          f'num_cross_heads={self.num_cross_heads} does not divide the input '
-          f'channel count {channels} ({where}).')
+    self._check_heads(self.num_cross_heads, 'num_cross_heads', channels,
+                      f'the input channel count {channels} ({where})')
+
+  def _check_heads(self, num_heads: int, heads_name: str, channels: int,
+                   what: str) -> None:
+    """Checks that `num_heads` divide the Q/K and V widths of attention over
+    `channels` wide inputs (named `what`)."""
+    if self.qk_channels is None:
+      _divides(num_heads, heads_name, channels, what)
+    else:
+      _divides(num_heads, heads_name, self.qk_channels,
+               f'qk_channels={self.qk_channels}')
+    if self.v_channels is not None:
+      _divides(num_heads, heads_name, self.v_channels,
+               f'v_channels={self.v_channels}')
+
+  def widening_factors(self) -> tuple[int, int]:
+    """The MLP widening of the cross-attends and of the self-attends."""
+    return (self.cross_attend_widening_factor or self.widening_factor,
+            self.self_attend_widening_factor or self.widening_factor)

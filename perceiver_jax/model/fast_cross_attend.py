@@ -178,7 +178,8 @@ class FastCrossAttendBlock(attention.CrossAttendBlock):
       attended = attention_module.attend(
           queries_in, keys_values.keys, keys_values.values,
           key_mask=input_mask, is_training=is_training)
-    return self.residual_then_mlp(latents, attended, is_training=is_training)
+    return self.residual_then_mlp(latents, attended, is_training=is_training,
+                                  residual=self.query_residual)
 
   def __call__(self, latents: jax.Array, inputs: ByteArray, *,
                input_mask: Optional[jax.Array] = None,

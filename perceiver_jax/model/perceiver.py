@@ -212,21 +212,24 @@ def _block_module(config: encoder_config.EncoderConfig,
                   step: schedule_lib.Step, input_channels: int) -> hk.Module:
   """The block that runs `step`'s weight set: the reference block, or the
   fast cross-attend when an execution mode asks for it."""
-  shared = dict(widening_factor=config.widening_factor,
-                dropout=config.dropout, attention_impl=config.attention_impl,
+  cross_widening, self_widening = config.widening_factors()
+  shared = dict(dropout=config.dropout, attention_impl=config.attention_impl,
+                activation=config.mlp_activation,
+                qk_channels=config.qk_channels, v_channels=config.v_channels,
                 name=f'{step.kind}_{step.weight_set}')
   if step.kind == schedule_lib.LATENT_TRANSFORMER:
     return attention.LatentTransformer(
         num_layers=config.num_self_attends_per_block,
-        num_heads=config.num_self_heads, **shared)
+        num_heads=config.num_self_heads, widening_factor=self_widening,
+        **shared)
+  cross = dict(num_heads=config.num_cross_heads, widening_factor=cross_widening,
+               query_residual=config.cross_attend_query_residual, **shared)
   if (config.reuse_shared_keys_values or
       config.absorb_cross_attend_projections):
     return fast_cross_attend.FastCrossAttendBlock(
         input_channels=input_channels,
-        absorb_projections=config.absorb_cross_attend_projections,
-        num_heads=config.num_cross_heads, **shared)
-  return attention.CrossAttendBlock(num_heads=config.num_cross_heads,
-                                    **shared)
+        absorb_projections=config.absorb_cross_attend_projections, **cross)
+  return attention.CrossAttendBlock(**cross)
 
 
 class ClassificationHead(hk.Module):
