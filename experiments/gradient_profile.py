@@ -19,7 +19,7 @@ optimised HLO modules, so that an expensive fusion can be read in full;
 `--module_depth=D` also sums the listed operations' time by Haiku module
 path, D modules deep (e.g. 3: `perceiver/latent_transformer_0/
 self_attend_1`).
-This is how the transposing copies of `perceiver_jax.model.attention.
+This is how the transposing copies of `perceiver_jax.model.layers.
 FlatLinear`'s docstring were found.
 """
 
@@ -104,7 +104,7 @@ def module_path(op_name: str, depth: int) -> str:
   """The first `depth` Haiku module names of a JAX op_name.
 
   `jit(loss)/transpose(jvp(perceiver))/_encode/perceiver/cross_attend_0/
-  attention/_attend_unprojected/attention/reduce_sum` with depth 2 ->
+  attention/attend_unprojected/attention/reduce_sum` with depth 2 ->
   `perceiver/cross_attend_0`: the transformation wrappers (`jvp(...)`,
   `transpose(...)`) are removed, and so are the jitted function, method
   names (`_encode`), control flow (`while`, `body`, `closed_call`), nested

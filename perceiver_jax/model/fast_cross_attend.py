@@ -148,6 +148,11 @@ class FastCrossAttendBlock(attention.CrossAttendBlock):
   def keys_values(self, inputs: ByteArray, *,
                   is_training: bool) -> KeysValues | UnprojectedKeysValues:
     """The input side of the block for inputs `[B, M, C]` (or in parts)."""
+    if inputs.shape[-1] != self._input_channels:
+      raise ValueError(
+          f'inputs have shape {inputs.shape} with {inputs.shape[-1]} '
+          f'channels, but this cross-attend was built for '
+          f'{self._input_channels} input channels.')
     norm = layers.layer_norm('input_norm')
     attention_module = self.attention(self._input_channels)
     if self.absorbs(is_training):
@@ -169,6 +174,12 @@ class FastCrossAttendBlock(attention.CrossAttendBlock):
              input_mask: Optional[jax.Array] = None,
              is_training: bool) -> jax.Array:
     """The query side: updates latents `[B, N, D]` from `keys_values`."""
+    if isinstance(keys_values, UnprojectedKeysValues) != self.absorbs(
+        is_training):
+      # E.g. unprojected K/V of an evaluation pass in a training pass with
+      # attention dropout, which the absorbed path cannot apply.
+      raise ValueError('keys_values were computed for another pass: call '
+                       'keys_values with the same is_training as attend.')
     attention_module = self.attention(self._input_channels)
     queries_in = layers.layer_norm('query_norm')(latents)
     if isinstance(keys_values, UnprojectedKeysValues):
