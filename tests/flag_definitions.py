@@ -1,31 +1,39 @@
-r"""Reads a command's flags, or a config's fields, from the code itself.
+r"""Reads commands' flags, and configs' fields, from the code itself.
 
-For `tests/test_docs.py`, run in a subprocess of its own because every
-`experiments` module defines absl flags into the one global `flags.FLAGS`,
-so two of them in one process clash:
+For `tests/test_docs.py`:
 
-  python tests/flag_definitions.py command experiments.train
-  python tests/flag_definitions.py configs configs/digits.py configs/x.py:arg
+  python tests/flag_definitions.py command:experiments.train \
+      command:perceiver_jax.data.imagenet configs:configs/digits.py,configs/x.py:arg
 
-`command MODULE` runs the module as `__main__` (as `python -m MODULE`
+prints one line `FLAG_DEFINITIONS {job: result}`. Every `experiments`
+module defines absl flags into the one global `flags.FLAGS`, so two of them
+clash in one process: each job runs in a forked child of a parent that has
+already imported the heavy third-party packages once (TensorFlow, TFDS, JAX),
+so every child starts from the same clean flags and modules, cheaply.
+
+`command:MODULE` runs the module as `__main__` (as `python -m MODULE`
 would), so flags defined under `if __name__ == '__main__':` are defined
 too, and stops it where it would parse its command line: at `absl.app.run`
-or at argparse's `parse_args`. It prints one JSON object: `flags` (every
-flag name the command accepts, absl's own included), `booleans` (those
-that also take the `--noNAME` form) and `config_files` (config-file flags,
-each with its default file).
+or at argparse's `parse_args`. Its result: `flags` (every flag name the
+command accepts, absl's own included), `booleans` (those that also take the
+`--noNAME` form) and `config_files` (config-file flags, each with its
+default file).
 
-`configs SPEC...` loads each `path[:arg]` as ml_collections' config flags
-do (`get_config(arg)`, or `get_config()` without an argument) and prints
-`{spec: [every dotted field path]}`, or `{spec: {"error": ...}}`.
+`configs:SPEC,SPEC...` loads each `path[:arg]` as ml_collections' config
+flags do (`get_config(arg)`, or `get_config()` without an argument). Its
+result: `{spec: [every dotted field path]}`, or `{spec: {"error": ...}}`.
+(A spec's argument may itself hold commas, so specs are split before each
+`configs/`.)
 """
 
 import argparse
 import importlib.util
 import json
 import os
+import re
 import runpy
 import sys
+import traceback
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,16 +118,55 @@ def config_fields(spec: str) -> Any:
   return _field_paths(config)
 
 
+# Imported once in the parent, before forking: they are what makes a job
+# slow (seconds each), and no job needs a fresh copy of them.
+_PRELOAD = ('tensorflow', 'tensorflow_datasets', 'jax', 'haiku', 'optax',
+            'ml_collections', 'absl.flags', 'absl.app')
+
+
+def run_job(job: str) -> Any:
+  """The result of one job (see the module docstring)."""
+  kind, _, what = job.partition(':')
+  if kind == 'command':
+    return command_flags(what)
+  if kind == 'configs':
+    specs = re.split(r',(?=configs/)', what)
+    return {spec: config_fields(spec) for spec in specs}
+  raise SystemExit(f'unknown job {job!r}')
+
+
+def _in_child(job: str) -> Any:
+  """`run_job(job)` in a forked child; its JSON comes back through a pipe."""
+  read_end, write_end = os.pipe()
+  pid = os.fork()
+  if pid == 0:  # The child.
+    os.close(read_end)
+    status = 0
+    try:
+      payload = json.dumps({'result': run_job(job)})
+    except BaseException as e:  # pylint: disable=broad-except
+      payload = json.dumps({'error': f'{job}: {type(e).__name__}: {e}\n'
+                                     f'{traceback.format_exc()}'})
+      status = 1
+    with os.fdopen(write_end, 'w') as f:
+      f.write(payload)
+    os._exit(status)  # pylint: disable=protected-access
+  os.close(write_end)
+  with os.fdopen(read_end) as f:
+    payload = f.read()
+  os.waitpid(pid, 0)
+  answer = json.loads(payload) if payload else {'error': f'{job}: no answer'}
+  if 'error' in answer:
+    raise SystemExit(answer['error'])
+  return answer['result']
+
+
 def main() -> None:
   sys.path.insert(0, REPO)
-  kind, *args = sys.argv[1:]
-  if kind == 'command':
-    result = command_flags(args[0])
-  elif kind == 'configs':
-    result = {spec: config_fields(spec) for spec in args}
-  else:
-    raise SystemExit(f'unknown kind {kind!r}')
-  sys.stdout.write('\nFLAG_DEFINITIONS ' + json.dumps(result) + '\n')
+  for name in _PRELOAD:
+    importlib.import_module(name)
+  results = {job: _in_child(job) for job in sys.argv[1:]}
+  sys.stdout.write('\nFLAG_DEFINITIONS ' + json.dumps(results) + '\n')
 
 
 if __name__ == '__main__':

@@ -3,13 +3,12 @@
 Every relative link (and `#anchor`) must resolve, and every
 `python -m experiments.X ...` or `python -m perceiver_jax.... ...` command
 written in the docs must name flags that the command defines, read from its
-own absl or argparse definitions (`tests/flag_definitions.py`, one
-subprocess per command). `--config.a.b` overrides are checked against the
+own absl or argparse definitions (`tests/flag_definitions.py`: one
+subprocess, a forked child per command). `--config.a.b` overrides are checked against the
 fields of the config file the command names (its `--config=`, or the flag's
 default), and every config file a command names must load.
 """
 
-import concurrent.futures
 import dataclasses
 import functools
 import glob
@@ -165,13 +164,22 @@ def commands() -> list[Command]:
   return found
 
 
+def _named_config_files(commands: list[Command]) -> list[str]:
+  """The `--config=configs/...` specs that the commands name explicitly."""
+  return sorted({arg.split('=', 1)[1] for c in commands for arg in c.args
+                 if re.match(r'--config=configs/[^<]*$', arg)})
+
+
 @pytest.fixture(scope='module')
 def definitions(commands) -> dict[str, dict]:
-  """Module -> its flag definitions, read in parallel subprocesses."""
+  """Module -> its flag definitions, and `CONFIGS` -> the named configs'
+  fields, all read by one `flag_definitions.py` run."""
   modules = sorted({c.module for c in commands})
-  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-    results = pool.map(lambda m: _run_helper('command', m), modules)
-    return dict(zip(modules, results))
+  configs = 'configs:' + ','.join(_named_config_files(commands))
+  results = _run_helper(configs, *(f'command:{m}' for m in modules))
+  found = {m: results[f'command:{m}'] for m in modules}
+  found['CONFIGS'] = results[configs]
+  return found
 
 
 def test_links_and_anchors_resolve():
@@ -220,7 +228,12 @@ def test_documented_flags_exist(commands, definitions):
                         f'{command.module}')
     if spec and '<' not in spec:
       specs.setdefault(spec, [])
-  fields = _run_helper('configs', *sorted(specs))
+  fields = dict(definitions['CONFIGS'])
+  # Configs that only a flag's default names (no `--config=` given).
+  missing = sorted(set(specs) - set(fields))
+  if missing:
+    fields.update(_run_helper('configs:' + ','.join(missing))[
+        'configs:' + ','.join(missing)])
   for spec, uses in sorted(specs.items()):
     if isinstance(fields[spec], dict):
       problems.append(f'config {spec} does not load: {fields[spec]["error"]}')
