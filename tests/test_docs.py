@@ -82,27 +82,59 @@ def _commands_in(text: str, doc: str, line: int) -> Iterator[Command]:
                   tuple(args))
 
 
+def shell_lines(part: str, start: int) -> Iterator[tuple[int, str]]:
+  """(first line number, text) of a code block's lines, joining the lines
+  that a backslash at the end continues."""
+  pending, first = '', start
+  for number, line in enumerate(part.split('\n'), start):
+    if not pending:
+      first = number
+    if line.endswith('\\'):
+      pending += line[:-1] + ' '
+      continue
+    yield first, pending + line
+    pending = ''
+  if pending:
+    yield first, pending
+
+
+def code_spans(part: str, start: int) -> Iterator[tuple[int, str, str]]:
+  """(line, text on one line, the prose after it) of each inline span."""
+  for span in re.finditer(r'`([^`]+)`', part):
+    flat = ' '.join(re.sub(r'\\\n', ' ', span.group(1)).split())
+    yield (start + part.count('\n', 0, span.start()), flat,
+           part[span.end():])
+
+
 def doc_commands(doc: str, text: str) -> Iterator[Command]:
   """Commands in code blocks and in inline code spans of `text`."""
   for is_code, part, start in split_fences(text):
     if is_code:
-      # A backslash at the end of a line continues the command.
-      pending, first = '', start
-      for number, line in enumerate(part.split('\n'), start):
-        if not pending:
-          first = number
-        if line.endswith('\\'):
-          pending += line[:-1] + ' '
-          continue
-        yield from _commands_in(pending + line, doc, first)
-        pending = ''
-      if pending:
-        yield from _commands_in(pending, doc, first)
+      for line, shell in shell_lines(part, start):
+        yield from _commands_in(shell, doc, line)
     else:
-      for span in re.finditer(r'`([^`]+)`', part):
-        line = start + part.count('\n', 0, span.start())
-        flat = ' '.join(re.sub(r'\\\n', ' ', span.group(1)).split())
+      for line, flat, _ in code_spans(part, start):
         yield from _commands_in(flat, doc, line)
+
+
+def loose_overrides(text: str) -> Iterator[tuple[int, str, bool]]:
+  """(line, field, shown as a mistake) of each `--config.a.b` in code
+  outside a `python -m` command, e.g. an ablation's override on its own.
+  An override shown as a mistake is a span followed by `-> `error: ...``."""
+  found = []
+  for is_code, part, start in split_fences(text):
+    if is_code:
+      found += [(line, shell, False) for line, shell in shell_lines(part, start)]
+    else:
+      found += [(line, flat, bool(re.match(r'\s*->\s*`error:', after)))
+                for line, flat, after in code_spans(part, start)]
+  for line, code, mistake in found:
+    if 'python -m' in code:
+      continue
+    for match in re.finditer(r'--config\.([\w.]*)', code):
+      field = match.group(1).rstrip('.')
+      if field:  # `--config.<field>`: a placeholder.
+        yield line, field, mistake
 
 
 def heading_anchors(text: str) -> set[str]:
@@ -245,6 +277,26 @@ def test_documented_flags_exist(commands, definitions):
   assert not problems, '\n'.join(problems)
 
 
+def test_loose_overrides_name_config_fields(definitions):
+  """Overrides shown on their own must be a field of one of the configs the
+  docs' commands name; one shown as a mistake must be a field of none."""
+  fields = set()
+  for paths in definitions['CONFIGS'].values():
+    if isinstance(paths, list):
+      fields.update(paths)
+  problems, checked = [], 0
+  for doc in DOCS:
+    for line, field, mistake in loose_overrides(read(doc)):
+      checked += 1
+      if mistake and field in fields:
+        problems.append(f'{doc}:{line}: --config.{field} is shown as a '
+                        'mistake but is a config field')
+      elif not mistake and field not in fields:
+        problems.append(f'{doc}:{line}: --config.{field} is not a field of '
+                        'any config the docs name')
+  assert checked > 10 and not problems, '\n'.join(problems)
+
+
 # The parser itself, on text whose commands are known.
 def test_commands_are_read_from_blocks_and_spans():
   text = '\n'.join([
@@ -264,6 +316,23 @@ def test_commands_are_read_from_blocks_and_spans():
       (4, 'experiments.sweep', ('--config=c.py', '--dry_run')),
       (6, 'experiments.plot', ('--workdir=A', 'B', '--out=x.png')),
   ]
+
+
+def test_loose_overrides_are_read_with_mistakes_marked():
+  text = '\n'.join([
+      'Set `--config.model.share_weights=False`; a typo',
+      '(`--config.train.batch_sise=32` -> `error: Unknown`), a placeholder',
+      '`--config.<key>=<value>`, a command `python -m experiments.train',
+      '--config.train.num_steps=3`.',
+      '```',
+      '--config.model.num_blocks=2 \\',
+      '    --config.model.num_latents=4',
+      'python -m experiments.train --config.seed=1',
+      '```',
+  ])
+  assert list(loose_overrides(text)) == [
+      (1, 'model.share_weights', False), (2, 'train.batch_sise', True),
+      (6, 'model.num_blocks', False), (6, 'model.num_latents', False)]
 
 
 def test_heading_anchors_follow_github():
