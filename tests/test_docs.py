@@ -117,24 +117,24 @@ def doc_commands(doc: str, text: str) -> Iterator[Command]:
         yield from _commands_in(flat, doc, line)
 
 
-def loose_overrides(text: str) -> Iterator[tuple[int, str, bool]]:
-  """(line, field, shown as a mistake) of each `--config.a.b` in code
-  outside a `python -m` command, e.g. an ablation's override on its own.
-  An override shown as a mistake is a span followed by `-> `error: ...``."""
+def loose_flags(text: str) -> Iterator[tuple[int, str, bool]]:
+  """(line, flag name, shown as a mistake) of the flags written on their own:
+  inline spans and code lines that start with `--` (an ablation's override,
+  a flag named in prose), not those of a `python -m` command or of another
+  program. A span followed by `-> `error: ...`` shows a mistake."""
   found = []
   for is_code, part, start in split_fences(text):
     if is_code:
-      found += [(line, shell, False) for line, shell in shell_lines(part, start)]
+      found += [(line, shell.strip(), False)
+                for line, shell in shell_lines(part, start)]
     else:
       found += [(line, flat, bool(re.match(r'\s*->\s*`error:', after)))
                 for line, flat, after in code_spans(part, start)]
   for line, code, mistake in found:
-    if 'python -m' in code:
+    if not code.lstrip('[').startswith('--') or 'python -m' in code:
       continue
-    for match in re.finditer(r'--config\.([\w.]*)', code):
-      field = match.group(1).rstrip('.')
-      if field:  # `--config.<field>`: a placeholder.
-        yield line, field, mistake
+    for match in re.finditer(r'(?:^|\s)\[?--([\w.]+)', code):
+      yield line, match.group(1).rstrip('.'), mistake
 
 
 def heading_anchors(text: str) -> set[str]:
@@ -277,24 +277,35 @@ def test_documented_flags_exist(commands, definitions):
   assert not problems, '\n'.join(problems)
 
 
-def test_loose_overrides_name_config_fields(definitions):
-  """Overrides shown on their own must be a field of one of the configs the
-  docs' commands name; one shown as a mistake must be a field of none."""
-  fields = set()
+def test_flags_on_their_own_exist(definitions):
+  """A flag named on its own must be a flag of one of the docs' commands,
+  and a `--config.<field>` override a field of one of the configs they
+  name; one shown as a mistake must be neither. XLA's own flags (`xla_*`,
+  given through XLA_FLAGS) are XLA's to define."""
+  fields, flags = set(), set()
   for paths in definitions['CONFIGS'].values():
     if isinstance(paths, list):
       fields.update(paths)
+  for module, defs in definitions.items():
+    if module != 'CONFIGS':
+      flags.update(defs['flags'])
+      flags.update('no' + name for name in defs['booleans'])
   problems, checked = [], 0
   for doc in DOCS:
-    for line, field, mistake in loose_overrides(read(doc)):
+    for line, name, mistake in loose_flags(read(doc)):
+      if name.startswith('xla_'):
+        continue
       checked += 1
-      if mistake and field in fields:
-        problems.append(f'{doc}:{line}: --config.{field} is shown as a '
-                        'mistake but is a config field')
-      elif not mistake and field not in fields:
-        problems.append(f'{doc}:{line}: --config.{field} is not a field of '
-                        'any config the docs name')
-  assert checked > 10 and not problems, '\n'.join(problems)
+      base, _, field = name.partition('.')
+      known = (field in fields) if base == 'config' and field else (
+          name in flags)
+      if mistake and known:
+        problems.append(f'{doc}:{line}: --{name} is shown as a mistake but '
+                        'exists')
+      elif not mistake and not known:
+        problems.append(f'{doc}:{line}: --{name} is neither a flag of a '
+                        'command nor a field of a config that the docs name')
+  assert checked > 30 and not problems, '\n'.join(problems)
 
 
 # The parser itself, on text whose commands are known.
@@ -318,7 +329,7 @@ def test_commands_are_read_from_blocks_and_spans():
   ]
 
 
-def test_loose_overrides_are_read_with_mistakes_marked():
+def test_flags_on_their_own_are_read_with_mistakes_marked():
   text = '\n'.join([
       'Set `--config.model.share_weights=False`; a typo',
       '(`--config.train.batch_sise=32` -> `error: Unknown`), a placeholder',
@@ -328,11 +339,16 @@ def test_loose_overrides_are_read_with_mistakes_marked():
       '--config.model.num_blocks=2 \\',
       '    --config.model.num_latents=4',
       'python -m experiments.train --config.seed=1',
+      '[--multihost] [--traceback]',
       '```',
+      'and `tensorboard --logdir runs/`.',
   ])
-  assert list(loose_overrides(text)) == [
-      (1, 'model.share_weights', False), (2, 'train.batch_sise', True),
-      (6, 'model.num_blocks', False), (6, 'model.num_latents', False)]
+  assert list(loose_flags(text)) == [
+      (1, 'config.model.share_weights', False),
+      (2, 'config.train.batch_sise', True), (3, 'config', False),
+      (6, 'config.model.num_blocks', False),
+      (6, 'config.model.num_latents', False), (9, 'multihost', False),
+      (9, 'traceback', False)]
 
 
 def test_heading_anchors_follow_github():
