@@ -4,9 +4,12 @@ Every relative link (and `#anchor`) must resolve, and every
 `python -m experiments.X ...` or `python -m perceiver_jax.... ...` command
 written in the docs must name flags that the command defines, read from its
 own absl or argparse definitions (`tests/flag_definitions.py`: one
-subprocess, a forked child per command). `--config.a.b` overrides are checked against the
-fields of the config file the command names (its `--config=`, or the flag's
-default), and every config file a command names must load.
+subprocess, a forked child per command). `--config.a.b` overrides are
+checked against the fields of the config file the command names (its
+`--config=`, or the flag's default), and every config file a command names
+must load. Flags written on their own (in prose, or an ablation's override
+line) must be a flag of one of the documented commands or a field of one of
+the configs they name.
 """
 
 import dataclasses
