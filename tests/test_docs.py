@@ -28,7 +28,8 @@ import pytest
 from command_utils import REPO, one_device_env
 
 DOCS = ['README.md'] + sorted(
-    os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, 'docs', '*.md')))
+    os.path.relpath(p, REPO)
+    for p in glob.glob(os.path.join(REPO, 'docs', '*.md')))
 # The command modules the docs may name: ours only (not pytest, venv, ...).
 OUR_MODULES = re.compile(r'^(experiments|perceiver_jax)(\.\w+)+$')
 # Tokens that end a command on a shell line.
@@ -183,7 +184,8 @@ def _run_helper(*args: str) -> dict:
 
 
 def config_spec(command: Command, definitions: dict) -> tuple[str, str]:
-  """(config-file flag, the file spec it gets) of `command`, if it has one."""
+  """(config-file flag, the file spec it gets) of `command`, if it has one
+  (our commands have at most one config-file flag)."""
   for flag, default in definitions['config_files'].items():
     for arg in command.args:
       if arg.startswith(f'--{flag}='):
