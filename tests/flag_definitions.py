@@ -3,7 +3,8 @@ r"""Reads commands' flags, and configs' fields, from the code itself.
 For `tests/test_docs.py`:
 
   python tests/flag_definitions.py command:experiments.train \
-      command:perceiver_jax.data.imagenet configs:configs/digits.py,configs/x.py:arg
+      command:perceiver_jax.data.imagenet \
+      configs:configs/digits.py,configs/x.py:arg
 
 prints one line `FLAG_DEFINITIONS {job: result}`. Every `experiments`
 module defines absl flags into the one global `flags.FLAGS`, so two of them

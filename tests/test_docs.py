@@ -237,7 +237,8 @@ def test_links_and_anchors_resolve():
 
 
 def test_every_doc_page_is_linked_from_the_readme():
-  linked = {os.path.normpath(t.partition('#')[0]) for _, t in links('README.md')}
+  linked = {os.path.normpath(target.partition('#')[0])
+            for _, target in links('README.md')}
   unlinked = [d for d in DOCS[1:] if d not in linked]
   assert not unlinked, f'README.md links none of {unlinked}'
 
