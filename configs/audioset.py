@@ -15,7 +15,7 @@ paper's mAP (%) on AudioSet's eval set is beside each:
       --config.data.data_dir=/data/tfds
 
 The default variant is `raw` (the first row of the paper's table, and the
-cheapest input). Prepare the data first (README, AudioSet):
+cheapest input). Prepare the data first (docs/audioset.md):
 audio-only variants read the `audio` builder config, the others
 `audio_video`.
 

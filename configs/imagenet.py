@@ -68,7 +68,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.data.num_train_examples = config.data.get_ref('mock_num_examples')
   config.model = common.perceiver_model()
   # The 7 repeated shared steps run under one scan: the train step compiles
-  # in about 31 s on 2 CPU cores instead of 458 s (README, Performance).
+  # in about 31 s on 2 CPU cores instead of 458 s (docs/performance.md).
   config.model.encoder.scan_blocks = True
   config.model.input = common.grid_input(
       key='image', index_dims=config.data.get_ref('image_shape'),

@@ -1,8 +1,8 @@
 r"""ModelNet40 point clouds: the paper's run (85.7% top-1, docs/paper.md
 section 4).
 
-Prepare the data once from the official archive (see README / the builder's
-docstring for both supported downloads):
+Prepare the data once from the official archive (see docs/pointclouds.md
+and the builder's docstring for both supported downloads):
 
   python -m perceiver_jax.data.modelnet40 --manual_dir=DIR --config=official
 

@@ -61,7 +61,7 @@ MODES = ('train', 'forward', 'input', 'scaling')
 
 # XLA options that cut CPU compile times about four times (backend
 # optimisations and the newer fusion emitters off), for `--fast_compile`.
-# They change run times too (see README, Performance).
+# They change run times too (see docs/performance.md).
 FAST_COMPILE_OPTIONS = {
     'xla_backend_optimization_level': 0,
     'xla_llvm_disable_expensive_passes': True,

@@ -200,7 +200,7 @@ def _builder(config: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
         f'{builder.data_dir}; build it with `python -m '
         f'perceiver_jax.data.builders.audioset --manual_dir=... '
         f'--data_dir=... --config={builder_config}` (see '
-        f'README, AudioSet), or set config.data.mock=True.')
+        f'docs/audioset.md), or set config.data.mock=True.')
   return builder
 
 
