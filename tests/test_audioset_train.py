@@ -14,7 +14,8 @@ import pytest
 import command_utils
 from configs import audioset as audioset_config
 from perceiver_jax.data import audioset
-from perceiver_jax.model import perceiver
+from perceiver_jax.model import factory
+from perceiver_jax.model import schedule
 from perceiver_jax.train import loop
 
 def _smoke_config(variant):

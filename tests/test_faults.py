@@ -387,7 +387,8 @@ def test_command_line_errors_are_one_line(tmp_path):
   assert not os.path.exists(tmp_path / 'heads')
   assert not os.path.exists(tmp_path / 'variant')
   assert errors['heads'].startswith(
-      'error: ValueError: num_self_heads=3 does not divide')
+      'error: ValueError: config.model.encoder.num_self_heads=3 does not '
+      'divide')
   assert "Unknown variant 'fourierr'; choose one of" in errors['variant']
   assert errors['nan'] == (
       'error: NonFiniteLossError: Non-finite loss or gradient at step 4; '
