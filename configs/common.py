@@ -74,11 +74,15 @@ def perceiver_model(**encoder_overrides: Any) -> ml_collections.ConfigDict:
   the encoder in parts (same outputs, fewer FLOPs; `perceiver_jax.model.
   factory`).
   """
-  encoder = encoder_config.EncoderConfig(**encoder_overrides)
-  return ml_collections.ConfigDict(dict(
-      encoder=dataclasses.asdict(encoder),
-      grid_parts=True,
-  ))
+  encoder = dataclasses.asdict(
+      encoder_config.EncoderConfig(**encoder_overrides))
+  for field in dataclasses.fields(encoder_config.EncoderConfig):
+    if field.type == Optional[int]:
+      # Typed, so that `--config.model.encoder.qk_channels=256` overrides
+      # a default of None.
+      encoder[field.name] = ml_collections.FieldReference(
+          encoder[field.name], field_type=int)
+  return ml_collections.ConfigDict(dict(encoder=encoder, grid_parts=True))
 
 
 def small_model() -> ml_collections.ConfigDict:

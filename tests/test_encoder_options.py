@@ -4,14 +4,18 @@
 here, on every execution path of the cross-attend."""
 
 import functools
+import json
 
 import haiku as hk
 import jax
 import numpy as np
 import pytest
 
+import command_utils
+from configs import digits
 from perceiver_jax.model import attention
 from perceiver_jax.model import encoder_config
+from perceiver_jax.model import factory
 from perceiver_jax.model import perceiver
 from model_test_utils import f64
 from model_test_utils import jit
@@ -134,3 +138,30 @@ def test_cross_heads_must_divide_qk_channels_not_the_input_width():
     encoder_config.EncoderConfig(
         **dict(OPTIONS, num_cross_heads=3, num_self_heads=2)
     ).check_input_channels(6, 'inputs')
+
+
+def test_optional_widths_can_be_set_from_the_command_line():
+  """Their default is None, yet `--config.model.encoder.qk_channels=16`
+  parses (a typed field) and reaches the model; a non-integer is refused."""
+  summary = command_utils.run_module(
+      'experiments.model_summary', '--config=configs/digits.py',
+      '--config.model.encoder.qk_channels=16')
+  assert summary.returncode == 0, summary.stderr[-2000:]
+  config = digits.get_config()
+  config.model.encoder.qk_channels = 16
+  shapes = jax.eval_shape(
+      functools.partial(factory.transform_classifier(config.model, 10).init,
+                        is_training=False),
+      jax.random.PRNGKey(0), factory.example_batch(config.model.input, 1))
+  # Digits: C = 1 + 2 * (2 * 8 + 1) = 35 inputs, D = 64 latents.
+  assert shapes['perceiver/cross_attend_0/attention/key']['w'].shape == (
+      35, 16)
+  assert shapes['perceiver/latent_transformer_0/self_attend_0/attention/'
+                'query']['w'].shape == (64, 16)
+  expected = sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+  assert json.loads(summary.stdout.strip().splitlines()[-1])['params'] == (
+      expected)
+  bad = command_utils.run_module(
+      'experiments.model_summary', '--config=configs/digits.py',
+      '--config.model.encoder.v_channels=wide')
+  assert bad.returncode != 0 and 'v_channels' in bad.stderr
