@@ -178,22 +178,21 @@ class _Block(hk.Module):
                name: Optional[str] = None):
     super().__init__(name=name)
     self.num_heads = num_heads
-    self.widening_factor = widening_factor
     self.dropout = dropout
-    self.attention_impl = attention_impl
+    self.widening_factor = widening_factor
     self.activation = activation
-    self.qk_channels = qk_channels
-    self.v_channels = v_channels
+    self._attention_kwargs = dict(num_heads=num_heads, impl=attention_impl,
+                                  dropout_rate=dropout, name='attention')
+    self._widths = (qk_channels, v_channels)  # None: the default widths.
 
   @hk.name_like('__call__')
   def attention(self, channels: int) -> Attention:
     """The block's attention over inputs `channels` wide: Q/K/V that wide
     unless set otherwise (named 'attention')."""
-    qk_channels = self.qk_channels or channels
-    return self.attention_class(
-        num_heads=self.num_heads, qk_channels=qk_channels,
-        v_channels=self.v_channels or qk_channels, impl=self.attention_impl,
-        dropout_rate=self.dropout, name='attention')
+    qk_channels = self._widths[0] or channels
+    return self.attention_class(qk_channels=qk_channels,
+                                v_channels=self._widths[1] or qk_channels,
+                                **self._attention_kwargs)
 
   @hk.name_like('__call__')
   def residual_then_mlp(self, latents: jax.Array, attended: jax.Array, *,
