@@ -1,0 +1,166 @@
+"""One way for every command to report a mistake: one `error: ...` line.
+
+Every command under `experiments/` and every `python -m perceiver_jax...`
+tool runs its `main` through this module:
+
+- absl commands: `cli.run(main)` instead of `absl.app.run(main)`;
+- argparse commands: `cli.ArgumentParser` instead of
+  `argparse.ArgumentParser`, and `cli.guard(main)` around the call.
+
+A mistake in what the user typed (a missing or unknown flag, a config file
+that does not exist, a workdir that holds no run, ...) ends the process with
+one line on stderr, `error: <what is wrong and how to fix it>`, and exit
+status 2 (`USAGE_STATUS`). A run that fails for a reason outside the command
+line (a diverged loss: FloatingPointError) ends with one line and status 1.
+Anything else is a bug of ours and keeps its traceback; `--traceback` shows
+the traceback of a user error too.
+
+Which exceptions count as the user's: `UsageError` (raised by our commands
+for a mistake they detect), absl's `app.UsageError`, flag parsing errors,
+ValueError (a bad value) and OSError (a missing or unwritable path).
+
+This module imports neither JAX nor TensorFlow, so that commands can check
+their flags and paths, and fail, before paying for those imports.
+"""
+
+import argparse
+import sys
+from typing import Any, Callable, NoReturn, Optional, Sequence
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+USAGE_STATUS = 2  # The command line holds a mistake.
+FAILURE_STATUS = 1  # The command ran and failed (e.g. a diverged loss).
+INTERRUPTED_STATUS = 130  # Ctrl-C or SIGTERM.
+
+_TRACEBACK = flags.DEFINE_bool(
+    'traceback', False, 'Show full tracebacks instead of one-line errors.')
+
+
+class UsageError(ValueError):
+  """A mistake in a command's flags or paths; its message says the fix."""
+
+
+def fail(message: str, status: int = USAGE_STATUS) -> NoReturn:
+  """Prints `error: message` on stderr and exits with `status`."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _traceback_wanted() -> bool:
+  return '--traceback' in sys.argv[1:] or (
+      flags.FLAGS.is_parsed() and _TRACEBACK.value)
+
+
+def error_status(error: BaseException) -> Optional[int]:
+  """The exit status of a user-facing error, or None for a bug."""
+  if isinstance(error, (UsageError, app.UsageError, flags.Error)):
+    return USAGE_STATUS
+  if isinstance(error, FloatingPointError):
+    return FAILURE_STATUS
+  if isinstance(error, (ValueError, OSError)):
+    return USAGE_STATUS
+  return None
+
+
+def error_message(error: BaseException) -> str:
+  """The text after `error: `: our own mistakes' messages as they are."""
+  if isinstance(error, (UsageError, app.UsageError)):
+    return str(error)
+  return f'{type(error).__name__}: {error}'
+
+
+def guard(main: Callable[..., Any], *args: Any) -> Any:
+  """`main(*args)`, with user errors (see the module docstring) in one line."""
+  try:
+    return main(*args)
+  except KeyboardInterrupt:
+    if _traceback_wanted():
+      raise
+    fail('interrupted.', status=INTERRUPTED_STATUS)
+  except Exception as e:  # pylint: disable=broad-except
+    status = error_status(e)
+    if status is None or _traceback_wanted():
+      raise
+    fail(error_message(e), status)
+
+
+# ---------------------------------------------------------------- absl ----
+
+def _flag_error_message(error: Exception) -> str:
+  """A flag error in one line; a config file's traceback reduced to its end."""
+  text = str(error)
+  if 'Traceback (most recent call last)' in text:
+    first = text.splitlines()[0].rstrip(':').strip()
+    last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+    return f'{first}: {last}'
+  return ' '.join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _unknown_field_message(error: Exception) -> str:
+  """ConfigDict's (nested) unknown-field error as one line."""
+  while error.args and isinstance(error.args[0], Exception):
+    error = error.args[0]
+  text = str(error.args[0]) if error.args else str(error)
+  return ('Unknown config field in an override: ' +
+          ' '.join(text.split()) + ' (--traceback for details)')
+
+
+def define_config_flag(default: Optional[str], help_text: str
+                       ) -> flags.FlagHolder:
+  """`--config` (locked), with a mistyped override of it in one line.
+
+  ml_collections loads the default config file, and applies `--config.x=y`
+  overrides from the command line, when the flag is defined: a mistyped
+  field of the default config fails there, before `run` can catch it.
+  """
+  try:
+    return config_flags.DEFINE_config_file('config', default, help_text,
+                                           lock_config=True)
+  except (AttributeError, KeyError) as e:
+    if _traceback_wanted():
+      raise
+    fail(_unknown_field_message(e))
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parser, reporting a bad flag in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    if '--traceback' in argv:
+      raise
+    fail(f'{_flag_error_message(e)} (--helpshort lists the flags)')
+  except (AttributeError, KeyError) as e:
+    # A `--config.x=y` override naming no field of the config.
+    if '--traceback' in argv:
+      raise
+    fail(_unknown_field_message(e))
+
+
+def run(main: Callable[[list[str]], Optional[int]]) -> None:
+  """`absl.app.run(main)` with one-line errors (see the module docstring)."""
+  app.run(lambda argv: guard(main, argv), flags_parser=parse_flags)
+
+
+def no_arguments(argv: Sequence[str]) -> None:
+  """Raises UsageError if `argv` holds anything after the program name."""
+  if len(argv) > 1:
+    raise UsageError(f'unexpected arguments {list(argv[1:])}: every option '
+                     'is a --flag=value (--helpshort lists them).')
+
+
+# ------------------------------------------------------------ argparse ----
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with a `--traceback` flag and one-line errors (status 2)."""
+
+  def __init__(self, *args: Any, **kwargs: Any):
+    super().__init__(*args, **kwargs)
+    self.add_argument('--traceback', action='store_true',
+                      help='show full tracebacks instead of one-line errors')
+
+  def error(self, message: str) -> NoReturn:
+    fail(f'{message} (--help lists the flags)')
