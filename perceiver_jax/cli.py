@@ -24,6 +24,7 @@ their flags and paths, and fail, before paying for those imports.
 """
 
 import argparse
+import os
 import sys
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
@@ -99,13 +100,30 @@ def _flag_error_message(error: Exception) -> str:
   return ' '.join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _config_spec_in(argv: Sequence[str]) -> Optional[str]:
+  """The value of `--config=...` in `argv`, if given."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg[len('--config='):]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
 def _unknown_field_message(error: Exception) -> str:
   """ConfigDict's (nested) unknown-field error as one line."""
   while error.args and isinstance(error.args[0], Exception):
     error = error.args[0]
   text = str(error.args[0]) if error.args else str(error)
+  if "has no attribute 'get_config'" in text:
+    spec = _config_spec_in(sys.argv) or 'the config file'
+    return (f'{spec.partition(":")[0]} defines no get_config(); give a '
+            'config file of configs/ (or one with a get_config function).')
   return ('Unknown config field in an override: ' +
           ' '.join(text.split()) + ' (--traceback for details)')
+
+
+_defined_config_flags: list[str] = []
 
 
 def define_config_flag(default: Optional[str], help_text: str
@@ -116,6 +134,7 @@ def define_config_flag(default: Optional[str], help_text: str
   overrides from the command line, when the flag is defined: a mistyped
   field of the default config fails there, before `run` can catch it.
   """
+  _defined_config_flags.append('config')
   try:
     return config_flags.DEFINE_config_file('config', default, help_text,
                                            lock_config=True)
@@ -125,8 +144,24 @@ def define_config_flag(default: Optional[str], help_text: str
     fail(_unknown_field_message(e))
 
 
+def _check_config_file(argv: Sequence[str]) -> None:
+  """Fails in one line if `--config=` names a file that does not exist.
+
+  ml_collections defers that error to the config's first use, as a
+  multi-line OSError.
+  """
+  spec = _config_spec_in(argv)
+  if spec is not None:
+    path = spec.partition(':')[0]
+    if not os.path.isfile(path):
+      fail(f'config file {path} not found; give --config=path/to/config.py'
+           '[:arg], e.g. --config=configs/digits.py.')
+
+
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's flag parser, reporting a bad flag in one line."""
+  if _defined_config_flags:
+    _check_config_file(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:

@@ -28,7 +28,6 @@ cutmix_alpha, shuffle_buffer, data_dir, mock, num_classes, and optionally
 mock_num_examples (default 20) and threadpool_size (default 0: all cores).
 """
 
-import argparse
 import functools
 import os
 from typing import Callable, Iterator, Optional, Sequence
@@ -38,6 +37,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from perceiver_jax import cli
 from perceiver_jax.data import augment
 from perceiver_jax.data import pipeline
 
@@ -366,7 +366,7 @@ def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       description='Prepare TFDS imagenet2012 from the manual download.')
   parser.add_argument('--manual_dir', required=True,
                       help='folder with ILSVRC2012_img_{train,val}.tar')
@@ -374,9 +374,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       help='TFDS data dir (default: $TFDS_DATA_DIR or '
                       '~/tensorflow_datasets)')
   args = parser.parse_args(argv)
+  tars = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+  manual_dir = os.path.expanduser(args.manual_dir)
+  if not any(os.path.isfile(os.path.join(manual_dir, t)) for t in tars):
+    raise cli.UsageError(
+        f'--manual_dir={args.manual_dir} holds neither {tars[0]} nor '
+        f'{tars[1]}; download them from https://image-net.org into one '
+        'folder and give that folder (python -m perceiver_jax.data.imagenet '
+        '--help).')
   pipeline.hide_gpus_from_tf()
   print(f'Prepared {prepare(args.manual_dir, args.data_dir)}')
 
 
 if __name__ == '__main__':
-  main()
+  cli.guard(main)
