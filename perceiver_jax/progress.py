@@ -119,10 +119,15 @@ class Progress:
 
 def track(items: Iterable[T], label: str, total: Optional[int] = None,
           **kwargs) -> Iterator[T]:
-  """Yields `items`, counting them with a `Progress` (closed at the end)."""
+  """Yields `items`, counting them with a `Progress` (closed at the end).
+
+  An item is counted when it is handed out: a consumer that stops after the
+  last item (as `zip` does) still counts it, and the final line is written
+  when the generator is exhausted or discarded.
+  """
   if total is None and hasattr(items, '__len__'):
     total = len(items)  # pytype: disable=wrong-arg-types
   with Progress(label, total, **kwargs) as progress:
     for item in items:
-      yield item
       progress.update()
+      yield item

@@ -38,6 +38,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from perceiver_jax import cli
+from perceiver_jax import progress
 from perceiver_jax.data import augment
 from perceiver_jax.data import pipeline
 
@@ -360,9 +361,32 @@ def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
         + PREPARE_INSTRUCTIONS.format(data_dir=data_dir or 'DATA_DIR'))
   data_dir = os.path.expanduser(data_dir) if data_dir else None
   builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
+  _track_generation(builder)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return os.fspath(builder.data_dir)
+
+
+# Images per split of ILSVRC-2012 (the expected totals of the progress).
+SPLIT_SIZES = {'train': 1_281_167, 'validation': 50_000, 'test': 100_000}
+
+
+def _track_generation(builder: tfds.core.DatasetBuilder) -> None:
+  """Reports the examples TFDS generates, with rate and ETA.
+
+  TFDS's imagenet2012 builder calls `self._generate_examples(**gen_kwargs)`
+  once per split (validation_labels for validation, labels_exist=False for
+  test); the instance's method is wrapped to count what it yields.
+  """
+  generate = builder._generate_examples  # pylint: disable=protected-access
+
+  def tracked(**kwargs):
+    split = ('test' if not kwargs.get('labels_exist', True) else
+             'validation' if kwargs.get('validation_labels') else 'train')
+    yield from progress.track(generate(**kwargs), f'ImageNet {split}',
+                              total=SPLIT_SIZES[split], unit='images')
+
+  builder._generate_examples = tracked  # pylint: disable=protected-access
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -383,6 +407,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         'folder and give that folder (python -m perceiver_jax.data.imagenet '
         '--help).')
   pipeline.hide_gpus_from_tf()
+  # Ours counts the examples with an ETA; TFDS's bars would share its line.
+  tfds.disable_progress_bar()
   print(f'Prepared {prepare(args.manual_dir, args.data_dir)}')
 
 

@@ -204,6 +204,9 @@ def main(argv: list[str]) -> None:
         f'--manual_dir={f.manual_dir} is not a directory; give the folder '
         f'holding {builder_lib.ROOT_NAMES[f.config]}.zip or its extracted '
         'folder (https://modelnet.cs.princeton.edu/).')
+  # The builder counts the meshes with an ETA; TFDS's bars would share its
+  # line.
+  builder_lib.tfds.disable_progress_bar()
   builder = builder_lib.build(f.manual_dir, config=f.config,
                               data_dir=f.data_dir, num_workers=f.num_workers)
   print(json.dumps(builder_lib.report(builder), indent=2))

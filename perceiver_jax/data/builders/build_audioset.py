@@ -39,6 +39,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "holding AudioSet's four CSVs and clips/ (see perceiver_jax/data/"
         'builders/audioset.py).')
   logging.basicConfig(level=logging.INFO)
+  # The builder counts the rows with an ETA; TFDS's bars would share its line.
+  audioset.tfds.disable_progress_bar()
   builder = audioset.build(args.manual_dir, args.data_dir, args.config,
                            args.num_workers)
   report = audioset.read_report(builder)
