@@ -26,6 +26,7 @@ from absl import flags
 from absl import logging
 
 from perceiver_jax import cli
+from perceiver_jax.train import evaluation
 from perceiver_jax.train import launch
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.',
@@ -36,105 +37,8 @@ _CHECKPOINT = flags.DEFINE_string(
 _SPLIT = flags.DEFINE_string('split', None, 'The split to evaluate.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON.')
 
-# `--config.<field>=value` overrides this command accepts: they change what
-# is evaluated and how, never the model the checkpoint holds.
-EVALUATION_FIELDS = ('evaluator.split', 'evaluator.batch_size',
-                     'evaluator.max_examples')
-
-
-def take_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-  """(argv without `--config.` overrides, the overrides 'field=value').
-
-  Raises:
-    cli.UsageError: an override of a field outside `EVALUATION_FIELDS`, or
-      one without a value.
-  """
-  rest, overrides = [], []
-  for arg in argv:
-    if not arg.startswith('--config.'):
-      rest.append(arg)
-      continue
-    field, equals, _ = arg[len('--config.'):].partition('=')
-    if field not in EVALUATION_FIELDS:
-      raise cli.UsageError(
-          f'{arg.partition("=")[0]} cannot be overridden when evaluating '
-          "(the checkpoint was trained with the run's config); evaluation "
-          f'accepts --config.{{{",".join(EVALUATION_FIELDS)}}}.')
-    if not equals:
-      raise cli.UsageError(f'{arg} needs a value: {arg}=VALUE.')
-    overrides.append(arg[len('--config.'):])
-  return rest, overrides
-
-
-def apply_overrides(config, overrides: list[str]) -> None:
-  """Sets each 'field=value' in `config`, parsed by the field's type."""
-  # pylint: disable=g-import-not-at-top
-  from perceiver_jax import sweep
-  # pylint: enable=g-import-not-at-top
-  for override in overrides:
-    field, _, text = override.partition('=')
-    value = sweep.parse_override(config, 'config.' + field, text)
-    parent = config
-    for part in field.split('.')[:-1]:
-      parent = parent[part]
-    parent[field.split('.')[-1]] = value
-
-
-def check_workdir(workdir: str, checkpoint: str | None) -> None:
-  """Refuses a workdir that holds no run, or a step that does not exist."""
-  # pylint: disable=g-import-not-at-top
-  from perceiver_jax.train import run_config
-  # pylint: enable=g-import-not-at-top
-  if not os.path.isdir(workdir):
-    raise cli.UsageError(
-        f'--workdir={workdir} is '
-        f'{"a file" if os.path.exists(workdir) else "missing"}; give the run '
-        'directory that experiments.train wrote.')
-  if not run_config.exists(workdir):
-    raise cli.UsageError(
-        f'--workdir={workdir} holds no run (no {run_config.FILE_NAME}); give '
-        'the run directory that experiments.train wrote.')
-  checkpoints = os.path.join(workdir, 'checkpoints')
-  steps = sorted(int(d) for d in (os.listdir(checkpoints) if os.path.isdir(
-      checkpoints) else []) if d.isdigit())
-  if not steps:
-    raise cli.UsageError(f'{checkpoints} holds no checkpoint; train the run '
-                         'first (experiments.train --workdir=...).')
-  if checkpoint in (None, 'all'):
-    return
-  path = checkpoint.rstrip('/')
-  if not os.path.basename(path).isdigit():
-    raise cli.UsageError(
-        f"--checkpoint={checkpoint} is neither 'all' nor a step directory "
-        f'such as {checkpoints}/{steps[-1]}.')
-  if not os.path.isdir(path):
-    raise cli.UsageError(
-        f'--checkpoint={checkpoint} does not exist; the kept steps are '
-        f'{", ".join(map(str, steps))} (e.g. --checkpoint={checkpoints}/'
-        f'{steps[-1]}, or --checkpoint=all).')
-
-
-def best_step(results: list[dict], metric: str, mode: str) -> dict:
-  """The result with the best `metric` ('max' or 'min'); the first on ties."""
-  pick = max if mode == 'max' else min
-  return pick(results, key=lambda r: r[metric])
-
-
-def results_table(results: list[dict], metric: str) -> str:
-  """A Markdown table: a row per step, the metric first."""
-  names = [metric] + sorted(k for k in results[0] if k not in (
-      'step', metric))
-  lines = ['| step | ' + ' | '.join(names) + ' |',
-           '|---|' + '---|' * len(names)]
-  for r in results:
-    cells = [f'{r[n]:.4f}' if isinstance(r[n], float) else str(r[n])
-             for n in names]
-    lines.append(f'| {r["step"]} | ' + ' | '.join(cells) + ' |')
-  return '\n'.join(lines) + '\n'
-
-
 def evaluate_all(config, workdir: str, split: str | None,
-                 output: str | None) -> dict:
+                 output: str | None, overrides: list[str]) -> dict:
   """Evaluates every kept checkpoint; prints the table, writes the JSON."""
   # pylint: disable=g-import-not-at-top
   import jax
@@ -145,15 +49,16 @@ def evaluate_all(config, workdir: str, split: str | None,
   results = loop.evaluate_checkpoints(config, checkpoint_dir, split=split)
   split = split or config.evaluator.split
   metric, mode = config.evaluator.metric, config.evaluator.metric_mode
-  best = best_step(results, metric, mode)
+  best = evaluation.best_step(results, metric, mode)
   summary = {'split': split, 'metric': metric, 'metric_mode': mode,
              'best_step': best['step'], 'best': best[metric],
-             'checkpoint_dir': checkpoint_dir, 'evaluations': results}
+             'checkpoint_dir': checkpoint_dir,
+             'config_overrides': overrides, 'evaluations': results}
   output = output or os.path.join(workdir, 'evaluations', f'{split}-all.json')
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     writers.write_json(output, summary)
-    print(results_table(results, metric) +
+    print(evaluation.results_table(results, metric) +
           f'\nBest: step {best["step"]} ({split} {metric} '
           f'{best[metric]:.4f}; {mode} is best). Written to {output}',
           flush=True)
@@ -168,7 +73,7 @@ def main(argv):
     logging.get_absl_logger().addFilter(
         lambda record: not (record.filename == 'checkpoint_manager.py' and
                             'read' in record.getMessage().lower()))
-  check_workdir(_WORKDIR.value, _CHECKPOINT.value)
+  evaluation.check_workdir(_WORKDIR.value, _CHECKPOINT.value)
   launch.initialize_distributed()
   # pylint: disable=g-import-not-at-top
   import jax
@@ -182,9 +87,9 @@ def main(argv):
   evaluators.show_progress()
   workdir = _WORKDIR.value
   config = run_config.read(workdir)
-  apply_overrides(config, _OVERRIDES)
+  evaluation.apply_overrides(config, _OVERRIDES)
   if _CHECKPOINT.value == 'all':
-    evaluate_all(config, workdir, _SPLIT.value, _OUTPUT.value)
+    evaluate_all(config, workdir, _SPLIT.value, _OUTPUT.value, _OVERRIDES)
     return
   if _CHECKPOINT.value:
     checkpoint = os.path.abspath(_CHECKPOINT.value.rstrip('/'))
@@ -213,5 +118,6 @@ def main(argv):
 _OVERRIDES: list[str] = []
 
 if __name__ == '__main__':
-  sys.argv, _OVERRIDES = cli.guard(take_config_overrides, sys.argv)
+  sys.argv, _OVERRIDES = cli.guard(evaluation.take_config_overrides,
+                                   sys.argv)
   launch.run(main)

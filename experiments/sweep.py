@@ -3,6 +3,7 @@ r"""Runs or summarises a sweep.
   python -m experiments.sweep --config=configs/x.py[:arg] --workdir=ROOT \
       [--sweep='FIELD=V1,V2,...' ...] [--zip] [--parallel=N] [--dry_run]
   python -m experiments.sweep --summarize=ROOT
+  python -m experiments.sweep --workdir=ROOT --summarize
 
 The first form trains every point of the sweep in `ROOT/<point>` (see
 perceiver_jax/sweep.py), N at a time. The points are the product of the
@@ -13,7 +14,8 @@ get_hyper needs at least one `--sweep`. Each value is parsed as
 interruption to skip finished points and resume the others. With
 `--dry_run` it prints each point's command and writes nothing.
 
-The second form writes `ROOT/summary.md` and `ROOT/summary.csv` and prints
+The second form (or the third: a bare `--summarize` summarises `--workdir`)
+writes `ROOT/summary.md` and `ROOT/summary.csv` and prints
 the Markdown table; when seeds are swept, also the mean and standard
 deviation over seeds of each setting, and the best setting by the config's
 evaluation metric (`config.evaluator.metric`).
@@ -25,6 +27,7 @@ import sys
 from absl import flags
 
 from perceiver_jax import cli
+from perceiver_jax import sweep
 
 _CONFIG = flags.DEFINE_string(
     'config', None, "The config file, 'configs/x.py[:arg]'.")
@@ -38,15 +41,13 @@ _ZIP = flags.DEFINE_bool(
     'them (they need equally many values).')
 _PARALLEL = flags.DEFINE_integer('parallel', 1, 'Runs at once.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Print the commands only.')
-_SUMMARIZE = flags.DEFINE_string('summarize', None,
-                                 'Summarise the sweep in this directory.')
+_SUMMARIZE = flags.DEFINE_string(
+    'summarize', None, 'Summarise the sweep in this directory (a bare '
+    '--summarize: the --workdir).')
 
 
 def main(argv):
   cli.no_arguments(argv)
-  # pylint: disable=g-import-not-at-top
-  from perceiver_jax import sweep
-  # pylint: enable=g-import-not-at-top
   if _SUMMARIZE.value:
     print(sweep.summarize(_SUMMARIZE.value), end='')
     return
@@ -59,8 +60,13 @@ def main(argv):
                            zip_axes=_ZIP.value, parallel=_PARALLEL.value,
                            dry_run=_DRY_RUN.value)
   if failed:
-    sys.exit(f'{failed} point(s) failed.')
+    cli.fail(f'{failed} point(s) failed; their logs are named above. Run '
+             'the same command again to retry them.', cli.FAILURE_STATUS)
+  if not _DRY_RUN.value:
+    print('Summarise with: python -m experiments.sweep '
+          f'--summarize={_WORKDIR.value}', flush=True)
 
 
 if __name__ == '__main__':
+  sys.argv = cli.guard(sweep.bare_summarize, sys.argv)
   cli.run(main)

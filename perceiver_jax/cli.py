@@ -24,13 +24,17 @@ their flags and paths, and fail, before paying for those imports.
 """
 
 import argparse
+import ast
 import os
 import sys
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from absl import app
 from absl import flags
+from ml_collections import config_dict
 from ml_collections import config_flags
+from ml_collections.config_flags import config_path
+from ml_collections.config_flags import tuple_parser
 
 USAGE_STATUS = 2  # The command line holds a mistake.
 FAILURE_STATUS = 1  # The command ran and failed (e.g. a diverged loss).
@@ -185,6 +189,60 @@ def no_arguments(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise UsageError(f'unexpected arguments {list(argv[1:])}: every option '
                      'is a --flag=value (--helpshort lists them).')
+
+
+# Parsers of an override by the type of the field it sets, as
+# ml_collections' config flags choose them.
+_PARSERS = {
+    float: flags.FloatParser(),
+    bool: flags.BooleanParser(),
+    int: flags.IntegerParser(),
+    str: flags.ArgumentParser(),
+    tuple: tuple_parser.TupleParser(),
+}
+
+
+def parse_override(config: config_dict.ConfigDict, key: str,
+                   text: str) -> Any:
+  """The value `--{key}={text}` would set in `config`.
+
+  Args:
+    config: the config the override applies to.
+    key: 'config.a.b'.
+    text: the value as typed.
+
+  Raises:
+    cli.UsageError: `key` is no field of `config`, names a group of fields,
+      or `text` does not parse as the field's type.
+  """
+  field = key[len('config.'):]
+  try:
+    field_type = config_path.get_type(field, config)
+    default = config_path.get_value(field, config)
+  except (AttributeError, KeyError) as e:
+    while e.args and isinstance(e.args[0], Exception):
+      e = e.args[0]
+    detail = ' '.join(str(e.args[0] if e.args else e).split())
+    raise UsageError(f'{field} is not a field of the config ({detail}); '
+                         'check its spelling in the config file.') from None
+  if text == 'None' and default is None:
+    return None
+  if isinstance(field_type, type) and issubclass(field_type,
+                                                 config_dict.ConfigDict):
+    raise UsageError(f'{field} is a group of fields, not a value; name '
+                         f'one of them, e.g. {field}.{sorted(default)[0]}.')
+  parser = _PARSERS.get(config_path.get_origin(field_type) or field_type)
+  try:
+    if parser is None:  # A field without a type (its default is None).
+      try:
+        return ast.literal_eval(text)
+      except (SyntaxError, ValueError):
+        return text
+    return parser.parse(text)
+  except (ValueError, TypeError) as e:
+    raise UsageError(
+        f'{text!r} is not a valid {getattr(field_type, "__name__", field_type)}'
+        f' for {field} ({" ".join(str(e).split())}).') from None
 
 
 # ------------------------------------------------------------ argparse ----

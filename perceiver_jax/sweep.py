@@ -27,7 +27,6 @@ from its newest checkpoint. `summarize` writes `ROOT/summary.md` and
 `ROOT/summary.csv`.
 """
 
-import ast
 import builtins
 import csv
 import importlib.util
@@ -44,10 +43,7 @@ import sys
 import time
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from absl import flags as absl_flags
 from ml_collections import config_dict
-from ml_collections.config_flags import config_path
-from ml_collections.config_flags import tuple_parser
 
 from perceiver_jax import checks
 from perceiver_jax import cli
@@ -278,60 +274,6 @@ def parse_axis(spec: str) -> tuple[str, list[str]]:
   return 'config.' + field, values
 
 
-# Parsers of an override by the type of the field it sets, as
-# ml_collections' config flags choose them.
-_PARSERS = {
-    float: absl_flags.FloatParser(),
-    bool: absl_flags.BooleanParser(),
-    int: absl_flags.IntegerParser(),
-    str: absl_flags.ArgumentParser(),
-    tuple: tuple_parser.TupleParser(),
-}
-
-
-def parse_override(config: config_dict.ConfigDict, key: str,
-                   text: str) -> Any:
-  """The value `--{key}={text}` would set in `config`.
-
-  Args:
-    config: the config the override applies to.
-    key: 'config.a.b'.
-    text: the value as typed.
-
-  Raises:
-    cli.UsageError: `key` is no field of `config`, names a group of fields,
-      or `text` does not parse as the field's type.
-  """
-  field = key[len('config.'):]
-  try:
-    field_type = config_path.get_type(field, config)
-    default = config_path.get_value(field, config)
-  except (AttributeError, KeyError) as e:
-    while e.args and isinstance(e.args[0], Exception):
-      e = e.args[0]
-    detail = ' '.join(str(e.args[0] if e.args else e).split())
-    raise cli.UsageError(f'{field} is not a field of the config ({detail}); '
-                         'check its spelling in the config file.') from None
-  if text == 'None' and default is None:
-    return None
-  if isinstance(field_type, type) and issubclass(field_type,
-                                                 config_dict.ConfigDict):
-    raise cli.UsageError(f'{field} is a group of fields, not a value; name '
-                         f'one of them, e.g. {field}.{sorted(default)[0]}.')
-  parser = _PARSERS.get(config_path.get_origin(field_type) or field_type)
-  try:
-    if parser is None:  # A field without a type (its default is None).
-      try:
-        return ast.literal_eval(text)
-      except (SyntaxError, ValueError):
-        return text
-    return parser.parse(text)
-  except (ValueError, TypeError) as e:
-    raise cli.UsageError(
-        f'{text!r} is not a valid {getattr(field_type, "__name__", field_type)}'
-        f' for {field} ({" ".join(str(e).split())}).') from None
-
-
 def command_line_points(config: config_dict.ConfigDict, axes: Sequence[str],
                         *, zip_axes: bool = False) -> list[Point]:
   """The points of `--sweep` axes: their product, or their zip.
@@ -351,7 +293,7 @@ def command_line_points(config: config_dict.ConfigDict, axes: Sequence[str],
     if any(key in s[0] for s in sweeps):
       raise cli.UsageError(f'--sweep gives {key[len("config."):]} twice; '
                            'list all its values in one --sweep.')
-    sweeps.append(sweep(key, [parse_override(config, key, t)
+    sweeps.append(sweep(key, [cli.parse_override(config, key, t)
                               for t in texts]))
   if zip_axes:
     lengths = [len(s) for s in sweeps]
@@ -364,6 +306,24 @@ def command_line_points(config: config_dict.ConfigDict, axes: Sequence[str],
                            'cross them.')
     return zip(sweeps)
   return product(sweeps)
+
+
+def bare_summarize(argv: list[str]) -> list[str]:
+  """`argv` with a bare `--summarize` given the value of `--workdir`.
+
+  `--summarize DIR` (the value as the next argument) is left as it is.
+  """
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg == '--summarize' and (i + 1 == len(argv) or
+                                 argv[i + 1].startswith('-')):
+      workdirs = [a[len('--workdir='):] for a in argv
+                  if a.startswith('--workdir=')]
+      if not workdirs:
+        raise cli.UsageError('a bare --summarize summarises --workdir=DIR; '
+                             'give it, or --summarize=DIR.')
+      argv[i] = f'--summarize={workdirs[-1]}'
+  return argv
 
 
 def sweep_keys(points: Sequence[Point]) -> list[str]:

@@ -123,6 +123,9 @@ CASES = [
     (['experiments.sweep', '--workdir={T}/s'],
      'error: give --config=configs/x.py and --workdir=DIR to run a sweep, or '
      '--summarize=DIR to summarise one.'),
+    (['experiments.sweep', '--summarize'],
+     'error: a bare --summarize summarises --workdir=DIR; give it, or '
+     '--summarize=DIR.'),
     (['experiments.sweep', '--summarize={T}/empty'],
      'error: {T}/empty holds no sweep points (no */sweep_point.json); '
      '--summarize takes the --workdir of a sweep.'),

@@ -6,22 +6,22 @@ import os
 import pytest
 
 import command_utils
-from experiments import evaluate
+from perceiver_jax.train import evaluation
 
 
 def test_best_step_and_table_by_hand():
   results = [{'step': 3, 'top1': 0.5, 'loss': 1.25},
              {'step': 6, 'top1': 0.75, 'loss': 1.5},
              {'step': 9, 'top1': 0.75, 'loss': 1.0}]
-  assert evaluate.best_step(results, 'top1', 'max')['step'] == 6  # First tie.
-  assert evaluate.best_step(results, 'loss', 'min')['step'] == 9
-  assert evaluate.results_table(results, 'top1') == (
+  assert evaluation.best_step(results, 'top1', 'max')['step'] == 6  # First tie.
+  assert evaluation.best_step(results, 'loss', 'min')['step'] == 9
+  assert evaluation.results_table(results, 'top1') == (
       '| step | top1 | loss |\n|---|---|---|\n| 3 | 0.5000 | 1.2500 |\n'
       '| 6 | 0.7500 | 1.5000 |\n| 9 | 0.7500 | 1.0000 |\n')
 
 
 def test_overrides_are_split_from_the_flags():
-  argv, overrides = evaluate.take_config_overrides(
+  argv, overrides = evaluation.take_config_overrides(
       ['prog', '--workdir=w', '--config.evaluator.max_examples=7'])
   assert argv == ['prog', '--workdir=w']
   assert overrides == ['evaluator.max_examples=7']
@@ -42,6 +42,8 @@ def test_all_checkpoints_match_single_evaluations(tmp_path):
   assert every.returncode == 0, every.stderr[-3000:]
   summary = json.loads((workdir / 'evaluations' / 'test-all.json').read_text())
   assert [r['step'] for r in summary['evaluations']] == [3, 6]
+  assert summary['config_overrides'] == [o[len('--config.'):]
+                                         for o in overrides]
   # Progress of the evaluation on stderr (not a terminal: whole lines).
   assert 'evaluating test: 2 batches in' in every.stderr
   for row in summary['evaluations']:

@@ -1,6 +1,7 @@
 """Tests of perceiver_jax.sweep and `python -m experiments.sweep`."""
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -76,19 +77,11 @@ def test_ablation_studies_points_and_dry_run(tmp_path):
            p['config.model.cross_attend_placement']) for p in cross] == [
                (1, 'interleaved'), (2, 'interleaved'), (4, 'interleaved'),
                (4, 'start')]
-  lines = []
-
-  class _Out:
-    def write(self, text):
-      lines.append(text)
-
-    def flush(self):
-      pass
-
+  out = io.StringIO()
   assert h.run_sweep('configs/digits_ablations.py:study=sharing',
                      str(tmp_path), dry_run=True, python='py',
-                     out=_Out()) == 0
-  commands = ''.join(lines).splitlines()
+                     out=out) == 0
+  commands = out.getvalue().splitlines()
   assert len(commands) == 4
   assert commands[0] == (
       'py -m experiments.train --config=configs/digits_ablations.py:'
@@ -169,19 +162,11 @@ def test_config_points_cross_command_line_points(tmp_path):
     h.get_points('configs/digits.py')
   with pytest.raises(cli.UsageError, match='repeats points'):
     h.get_points('configs/digits.py', ['seed=1,1'])
-  lines = []
-
-  class _Out:
-    def write(self, text):
-      lines.append(text)
-
-    def flush(self):
-      pass
-
+  out = io.StringIO()
   assert h.run_sweep('configs/digits.py:runlocal', str(tmp_path / 'r'),
                      axes=['seed=0,1'], dry_run=True, python='py',
-                     out=_Out()) == 0
-  assert ''.join(lines).splitlines() == [
+                     out=out) == 0
+  assert out.getvalue().splitlines() == [
       'py -m experiments.train --config=configs/digits.py:runlocal '
       f'--config.seed={s} --workdir={tmp_path}/r/seed={s}' for s in (0, 1)]
   assert not os.path.exists(tmp_path / 'r')
@@ -231,6 +216,18 @@ def test_summary_statistics_over_seeds(tmp_path, monkeypatch, mode):
       f'{best[2]:.4f} over 3 seeds; {mode} is best).')
   assert f'| {best[0].split("=")[1]} | {best[1]:.4f} | {best[2]:.4f} | 3 |' \
       in text
+
+
+def test_bare_summarize_takes_the_workdir():
+  assert h.bare_summarize(
+      ['prog', '--workdir=w', '--summarize']) == ['prog', '--workdir=w',
+                                                 '--summarize=w']
+  assert h.bare_summarize(
+      ['prog', '--summarize', '--workdir=w']) == ['prog', '--summarize=w',
+                                                 '--workdir=w']
+  # The value as the next argument is left to the flag parser.
+  assert h.bare_summarize(['prog', '--summarize', 'r']) == [
+      'prog', '--summarize', 'r']
 
 
 def test_summarize_refuses_a_directory_without_points(tmp_path):
