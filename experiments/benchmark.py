@@ -518,10 +518,9 @@ def apply_overrides(config: ml_collections.ConfigDict, *,
 
 def main(argv: Sequence[str]) -> None:
   host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  from perceiver_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.no_arguments(argv)
   f = flags.FLAGS
   config = apply_overrides(
       f.config, batch_size=f.batch_size, num_inputs=f.num_inputs,
@@ -549,10 +548,8 @@ def main(argv: Sequence[str]) -> None:
 
 def _define_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file(
-      'config', 'configs/digits.py', 'The experiment config file.',
-      lock_config=True)
+  from perceiver_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.define_config_flag('configs/digits.py', 'The experiment config file.')
   flags.DEFINE_enum('mode', 'train', MODES, 'What to measure.')
   flags.DEFINE_integer('batch_size', None,
                        'Global batch size (default: config.train.batch_size).')
@@ -577,6 +574,6 @@ def _define_flags() -> None:
 if __name__ == '__main__':
   # Flags are defined here, not on import, so that other programs and tests
   # can import this module next to their own flags.
-  from absl import app as _app  # pylint: disable=g-import-not-at-top
+  from perceiver_jax import cli as _cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  _app.run(main)
+  _cli.run(main)

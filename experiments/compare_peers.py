@@ -37,7 +37,6 @@ the script never needs one. One JSON line per implementation, then a
 summary line with our speed-ups (from the medians, and from the minima).
 """
 
-import argparse
 import functools
 import importlib.util
 import json
@@ -48,6 +47,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 import numpy as np
 
 from perceiver_jax import host_memory
+from perceiver_jax import cli
 
 NUM_CLASSES = 1000
 
@@ -242,7 +242,7 @@ def time_in_rounds(contenders: Sequence[Contender], *, rounds: int,
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = cli.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--image_size', type=int, default=64)
   parser.add_argument('--rounds', type=int, default=3)
@@ -311,4 +311,4 @@ def paired_speedup(peer_rounds: Sequence[float],
 
 
 if __name__ == '__main__':
-  main()
+  cli.guard(main)

@@ -32,21 +32,19 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 import optax
-from ml_collections import config_flags
 
 from experiments import benchmark
 from experiments import model_summary
 from perceiver_jax import host_memory
+from perceiver_jax import cli
 from perceiver_jax.model import factory
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/digits.py', 'The experiment config file.',
-    lock_config=True)
+_CONFIG = cli.define_config_flag('configs/digits.py',
+                                 'The experiment config file.')
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'Batch size (default: config.train.batch_size).')
 _CALLS = flags.DEFINE_integer('calls', 10, 'Timed calls of each program.')
@@ -170,8 +168,7 @@ def by_module(rows: Sequence[dict[str, Any]], depth: int
 
 def main(argv: Sequence[str]) -> None:
   host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  cli.no_arguments(argv)
   config = _CONFIG.value
   batch_size = _BATCH_SIZE.value or config.train.batch_size
   forward = factory.transform_classifier(config.model,
@@ -221,4 +218,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

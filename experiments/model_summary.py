@@ -22,12 +22,11 @@ import json
 import math
 from typing import Any, Callable, Mapping
 
-from absl import app
 from absl import flags
 import jax
-from ml_collections import config_flags
 import ml_collections
 
+from perceiver_jax import cli
 from perceiver_jax.model import factory
 from perceiver_jax.model import schedule
 
@@ -211,17 +210,14 @@ def report(config: ml_collections.ConfigDict, *, detail: bool = False) -> dict[
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  cli.no_arguments(argv)
   report(flags.FLAGS.config, detail=flags.FLAGS.detail)
 
 
 if __name__ == '__main__':
   # Flags are defined here, not on import, so that other programs and tests
   # can import `summarize` and `report` next to their own `--config` flag.
-  config_flags.DEFINE_config_file(
-      'config', 'configs/digits.py', 'The experiment config file.',
-      lock_config=True)
+  cli.define_config_flag('configs/digits.py', 'The experiment config file.')
   flags.DEFINE_bool('detail', False,
                     'Also list every parameter array with its shape.')
-  app.run(main)
+  cli.run(main)

@@ -152,7 +152,7 @@ def test_config_typo_fails_naming_the_key(tmp_path):
                                     '--config=configs/digits.py:runlocal',
                                     '--config.train.batch_sise=32',
                                     f'--workdir={tmp_path}')
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert result.stderr.strip() == (
       'error: Unknown config field in an override: \'batch_sise\' Did you '
       'mean "batch_size" instead of "batch_sise"? (--traceback for details)')
@@ -162,7 +162,7 @@ def test_config_typo_fails_naming_the_key(tmp_path):
   result = command_utils.run_module(
       'experiments.train', '--config.train.batch_sise=32',
       f'--workdir={tmp_path}')
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert result.stderr.strip().startswith(
       "error: Unknown config field in an override: 'batch_sise'")
 
