@@ -111,11 +111,15 @@ def code_spans(part: str, start: int) -> Iterator[tuple[int, str, str]]:
 
 
 def doc_commands(doc: str, text: str) -> Iterator[Command]:
-  """Commands in code blocks and in inline code spans of `text`."""
+  """Commands in code blocks and in inline code spans of `text`. A command
+  in a code block whose next line is its `error: ...` shows a mistake and
+  is not one to check."""
   for is_code, part, start in split_fences(text):
     if is_code:
-      for line, shell in shell_lines(part, start):
-        yield from _commands_in(shell, doc, line)
+      lines = list(shell_lines(part, start))
+      for (line, shell), (_, after) in zip(lines, lines[1:] + [(0, '')]):
+        if not after.startswith('error:'):
+          yield from _commands_in(shell, doc, line)
     else:
       for line, flat, _ in code_spans(part, start):
         yield from _commands_in(flat, doc, line)
