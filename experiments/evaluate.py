@@ -5,6 +5,11 @@ a step directory such as `DIR/checkpoints/1500`), evaluates `--split`
 (default: the config's evaluation split), prints the metrics as one JSON
 line and writes them to `DIR/evaluations/<split>-step<N>.json` (or
 `--output`). The checkpoint directory is opened read-only.
+
+A damaged checkpoint (the newest, or the one asked for) is refused with one
+line naming it and the newest intact one; `--fallback` evaluates that intact
+one instead, and the JSON records it under 'step' and the damaged ones
+under 'skipped_steps'.
 """
 
 import json
@@ -22,6 +27,9 @@ _CHECKPOINT = flags.DEFINE_string(
     'in WORKDIR/checkpoints).')
 _SPLIT = flags.DEFINE_string('split', None, 'The split to evaluate.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON.')
+_FALLBACK = flags.DEFINE_bool(
+    'fallback', False, 'When the checkpoint is damaged, evaluate the newest '
+    'intact one before it instead of refusing.')
 
 
 def main(argv):
@@ -56,7 +64,8 @@ def main(argv):
   else:
     checkpoint_dir, step = os.path.join(workdir, 'checkpoints'), None
   metrics = loop.evaluate_checkpoint(config, checkpoint_dir, step=step,
-                                     split=_SPLIT.value)
+                                     split=_SPLIT.value,
+                                     fallback=_FALLBACK.value)
   split = _SPLIT.value or config.evaluator.split
   result = {'split': split, 'checkpoint': os.path.join(
       checkpoint_dir, str(metrics['step'])), **metrics}
