@@ -7,7 +7,6 @@ device, in subprocesses.
 """
 
 import glob
-import hashlib
 import json
 import os
 import re
@@ -31,17 +30,6 @@ def _config(**train):
   config = digits_config.get_config('runlocal')
   config.train.update(train)
   return config
-
-
-def _files(directory):
-  """`{relative path: sha256}` of every file under `directory`."""
-  digests = {}
-  for path in glob.glob(f'{directory}/**', recursive=True):
-    if os.path.isfile(path):
-      with open(path, 'rb') as f:
-        digests[os.path.relpath(path, directory)] = hashlib.sha256(
-            f.read()).hexdigest()
-  return digests
 
 
 @pytest.fixture(scope='module')
@@ -74,7 +62,7 @@ def _other_lines(result):
 
 
 def test_model_override_on_relaunch_is_refused_and_changes_nothing(copy):
-  before = _files(copy)
+  before = command_utils.file_digests(copy)
   result = command_utils.run_module('experiments.train', RUNLOCAL,
                                     f'--workdir={copy}',
                                     '--config.model.num_latents=16')
@@ -84,14 +72,14 @@ def test_model_override_on_relaunch_is_refused_and_changes_nothing(copy):
       ' but 16 in this launch: a relaunch of an existing run may change only '
       'its length, evaluation cadence and data paths. Train the changed '
       'config in a new --workdir; nothing was written.')
-  assert _files(copy) == before
+  assert command_utils.file_digests(copy) == before
 
 
 def test_without_config_json_the_checkpoint_shapes_refuse(copy):
   # The checkpoint's metadata alone tells that 16 latents do not fit: its
   # latent array is [num_latents, num_latent_channels] = [8, 16].
   os.remove(copy / 'config.json')
-  before = _files(copy)
+  before = command_utils.file_digests(copy)
   config = _config()
   config.model.num_latents = 16
   with pytest.raises(checkpoint_lib.CheckpointMismatchError,
@@ -99,7 +87,7 @@ def test_without_config_json_the_checkpoint_shapes_refuse(copy):
                                      '(8, 16) there and shape (16, 16) in '
                                      'the config')):
     loop.train_and_evaluate(config, str(copy))
-  assert _files(copy) == before
+  assert command_utils.file_digests(copy) == before
 
 
 def test_longer_run_is_allowed_and_the_old_config_kept(copy, capsys):
@@ -118,7 +106,7 @@ def test_longer_run_is_allowed_and_the_old_config_kept(copy, capsys):
 def test_relaunch_names_an_unreadable_config_json(copy):
   text = (copy / 'config.json').read_text()
   (copy / 'config.json').write_text(text[:len(text) // 2])
-  before = _files(copy)
+  before = command_utils.file_digests(copy)
   for module, flags in (('experiments.train', (RUNLOCAL,)),
                         ('experiments.evaluate', ())):
     result = command_utils.run_module(module, *flags, f'--workdir={copy}')
@@ -127,13 +115,13 @@ def test_relaunch_names_an_unreadable_config_json(copy):
     assert len(lines) == 1, result.stderr[-2000:]
     assert lines[0].startswith(
         f'error: ValueError: {copy}/config.json is not readable JSON'), lines
-  assert _files(copy) == before
+  assert command_utils.file_digests(copy) == before
 
 
 def test_evaluate_refuses_a_damaged_checkpoint_then_falls_back(copy, run):
   _damage(copy)
   checkpoints = copy / 'checkpoints'
-  before = _files(copy)
+  before = command_utils.file_digests(copy)
   for flags in ((), (f'--checkpoint={checkpoints}/6',)):
     result = command_utils.run_module('experiments.evaluate',
                                       f'--workdir={copy}', *flags)
@@ -146,7 +134,7 @@ def test_evaluate_refuses_a_damaged_checkpoint_then_falls_back(copy, run):
         'damaged (')
     assert (f'the newest intact one is {checkpoints}/3. Pass --fallback'
             in lines[0])
-    assert _files(copy) == before  # No evaluations/ either.
+    assert command_utils.file_digests(copy) == before  # No evaluations/ either.
 
   result = command_utils.run_module('experiments.evaluate',
                                     f'--workdir={copy}', '--fallback')

@@ -197,15 +197,20 @@ def main(argv: list[str]) -> None:
   del argv
   import json  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
+  if not f['verbosity'].present:
+    # TFDS's INFO lines; skipped files are still reported (WARNING).
+    logging.set_verbosity(logging.WARNING)
   builder = builder_lib.build(f.manual_dir, config=f.config,
                               data_dir=f.data_dir, num_workers=f.num_workers)
   print(json.dumps(builder_lib.report(builder), indent=2))
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
+  # One `error: ...` line for a bad manual dir (launch.run).
+  from perceiver_jax.train import launch  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('manual_dir', None, 'Folder holding the download.',
                       required=True)
   flags.DEFINE_enum('config', 'official', sorted(builder_lib.ROOT_NAMES),
@@ -213,4 +218,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('data_dir', None, "TFDS data dir (default: TFDS's).")
   flags.DEFINE_integer('num_workers', os.cpu_count() or 1,
                        'Processes that read and sample meshes.')
-  app.run(main)
+  launch.run(main)

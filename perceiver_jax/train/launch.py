@@ -17,7 +17,7 @@ This module imports JAX only inside functions, so `--help` stays fast.
 
 import os
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -115,6 +115,21 @@ def _clean_errors(main: Callable[[list[str]], Optional[int]]
     return None  # Not reached.
 
   return wrapped
+
+
+def one_line_errors(build: Callable[[], Any], *,
+                    traceback: bool = False) -> Any:
+  """`build()`, a user error ending the process with one `error:` line.
+
+  For the commands that parse their flags with argparse (the dataset
+  builders); `traceback` re-raises instead.
+  """
+  try:
+    return build()
+  except USER_ERRORS as e:
+    if traceback:
+      raise
+    _fail(f'{type(e).__name__}: {e}')
 
 
 def run(main: Callable[[list[str]], Optional[int]]) -> None:

@@ -17,6 +17,7 @@ import os
 from typing import Optional, Sequence
 
 from perceiver_jax.data.builders import audioset
+from perceiver_jax.train import launch
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -32,10 +33,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                audioset.Audioset.BUILDER_CONFIGS])
   parser.add_argument('--num_workers', type=int, default=1,
                       help='Threads decoding clips.')
+  parser.add_argument('--traceback', action='store_true',
+                      help='Show the full traceback of an error.')
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO)
-  builder = audioset.build(args.manual_dir, args.data_dir, args.config,
-                           args.num_workers)
+  builder = launch.one_line_errors(
+      lambda: audioset.build(args.manual_dir, args.data_dir, args.config,
+                             args.num_workers), traceback=args.traceback)
   report = audioset.read_report(builder)
   for split, counts in report['splits'].items():
     print(f'{split}: {counts["num_written"]} of {counts["num_rows"]} rows '
