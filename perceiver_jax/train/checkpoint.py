@@ -4,8 +4,9 @@ A checkpoint is a directory `<workdir>/checkpoints/<step>/` written by orbax
 to a temporary name (`<step>.orbax-checkpoint-tmp-*`) and renamed when
 complete, so a crash mid-save never leaves a half-written checkpoint under a
 step's name; such temporary directories are never listed as checkpoints and
-are removed when a run next opens the directory for writing. Arrays are
-stored with orbax's array format (never pickle).
+are removed by the next run once it has restored
+(`Checkpointer.remove_unfinished_saves`). Arrays are stored with orbax's
+array format (never pickle).
 
 Faults:
 - A checkpoint that cannot be read (a truncated or missing file) is skipped
@@ -248,7 +249,15 @@ class Checkpointer:
         # Named, so that `item_metadata` can read a step's array shapes.
         item_handlers=ocp.StandardCheckpointHandler())
     _CLOSED_LOOP_ERRORS.install()
-    if not read_only:
+
+  def remove_unfinished_saves(self) -> None:
+    """Deletes the leftovers of saves killed midway (see the docstring).
+
+    Called by a run once it has restored (or found nothing to restore):
+    until then, a launch writes nothing, so that a refused one leaves the
+    directory as it was.
+    """
+    if not self._read_only:
       _remove_unfinished_saves(self.directory)
 
   def latest_step(self) -> Optional[int]:

@@ -5,8 +5,15 @@ that already holds a checkpoint resumes from the newest one; because data
 order and randomness are functions of the step, the resumed run continues
 exactly as an uninterrupted run would.
 
+A relaunch is checked before it writes anything: a config that differs from
+the run's `config.json` in more than its length and cadence
+(`run_config.check_relaunch`), or whose parameters do not fit the newest
+checkpoint's shapes, is refused; the run's files are written only after the
+restore succeeded.
+
 Workdir layout (written by process 0 only):
   config.json          the resolved config of the run
+  config_history/      earlier config.json files, kept at each accepted change
   metrics.jsonl        one JSON line per log step and per evaluation
   tensorboard/         TensorBoard events
   checkpoints/<step>/  orbax checkpoints (the newest few plus the best)
@@ -337,9 +344,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # the one restored instead.
     batches = run.train_batches(start_step=start_step)
     first_batch = next(batches)
+  # Only now: a config that cannot restore the run's checkpoints must not
+  # replace the one that can, nor change anything else.
+  run.checkpointer.remove_unfinished_saves()
   if run.is_chief:
-    # Only now: a config that cannot restore the run's checkpoints must not
-    # replace the one that can.
     _write_run_files(run, changes)
   writer = writers.MetricWriter(workdir, enabled=run.is_chief)
   num_params = state_lib.num_params(state.params)

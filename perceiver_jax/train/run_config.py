@@ -6,7 +6,8 @@ derived from them included).
 
 A relaunch in a workdir that holds a run may change only how long it trains,
 how often it logs, evaluates and checkpoints, how it treats a non-finite
-loss, and where its data lives (`RELAUNCH_MAY_CHANGE`, `*_dir` fields);
+loss, memory and speed settings, and where its data lives
+(`RELAUNCH_MAY_CHANGE`, `*_dir` fields);
 `check_relaunch` refuses any other difference before anything is written.
 An accepted change is recorded: the previous `config.json` is copied into
 `config_history/` before the new one replaces it.
@@ -25,12 +26,15 @@ from perceiver_jax.train import writers
 FILE_NAME = 'config.json'
 HISTORY_DIR = 'config_history'
 
-# Fields a relaunch of an existing run may change (see the module docstring).
+# Fields a relaunch of an existing run may change (see the module docstring):
+# its length and cadence, and knobs that change neither the parameters nor
+# the numbers trained (memory, speed, the evaluation's batching).
 RELAUNCH_MAY_CHANGE = (
     'train.num_steps', 'train.num_epochs', 'train.log_every_steps',
     'train.eval_every_steps', 'train.checkpoint_every_steps',
     'train.skip_nonfinite_updates', 'checkpoint.keep',
-    'evaluator.max_examples')
+    'evaluator.max_examples', 'evaluator.batch_size', 'model.remat',
+    'model.attention_impl', 'data.threadpool_size')
 
 Change = tuple[str, Any, Any]  # (field, value in config.json, new value)
 
@@ -64,26 +68,7 @@ def read(workdir: str) -> ml_collections.ConfigDict:
   if not exists(workdir):
     raise FileNotFoundError(f'{path(workdir)} not found: is {workdir} a run '
                             'directory made by experiments.train?')
-  return ml_collections.ConfigDict(read_json(path(workdir)))
-
-
-def read_json(file: str) -> dict[str, Any]:
-  """A JSON object from `file`; any failure to read it names the file.
-
-  Raises:
-    OSError: the file cannot be opened.
-    ValueError: it is not UTF-8 JSON holding an object.
-  """
-  try:
-    with open(file, encoding='utf-8') as f:
-      payload = json.load(f)
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise ValueError(f'{file} is not readable JSON ({e}); it may be '
-                     'truncated or edited by hand.') from None
-  if not isinstance(payload, dict):
-    raise ValueError(f'{file} holds a JSON {type(payload).__name__}, not '
-                     'the object expected.')
-  return payload
+  return ml_collections.ConfigDict(writers.read_json(path(workdir)))
 
 
 def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
@@ -116,7 +101,7 @@ def check_relaunch(workdir: str,
   """
   if not exists(workdir):
     return []
-  stored = _flat(read_json(path(workdir)))
+  stored = _flat(writers.read_json(path(workdir)))
   new = _flat(json.loads(config.to_json_best_effort()))
   changes = [(field, stored[field], new[field]) for field in sorted(stored)
              if field in new and stored[field] != new[field]]

@@ -113,6 +113,25 @@ def write_json(path: str, payload: Mapping[str, Any]) -> None:
   os.replace(tmp, path)
 
 
+def read_json(file: str) -> dict[str, Any]:
+  """A JSON object from `file`; any failure to read it names the file.
+
+  Raises:
+    OSError: the file cannot be opened.
+    ValueError: it is not UTF-8 JSON holding an object.
+  """
+  try:
+    with open(file, encoding='utf-8') as f:
+      payload = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f'{file} is not readable JSON ({e}); it may be '
+                     'truncated or edited by hand.') from None
+  if not isinstance(payload, dict):
+    raise ValueError(f'{file} holds a JSON {type(payload).__name__}, not '
+                     'the object expected.')
+  return payload
+
+
 def format_duration(seconds: float) -> str:
   """'1h02m', '3m05s' or '12s'."""
   seconds = max(0, int(round(seconds)))

@@ -79,6 +79,7 @@ import tensorflow_datasets as tfds
 
 from perceiver_jax import checks
 from perceiver_jax.data.builders import atomic
+from perceiver_jax.train import writers
 
 SAMPLE_RATE = 48_000
 FPS = 25
@@ -530,8 +531,8 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
 
 def read_report(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
   """The build report of a prepared dataset."""
-  with open(os.path.join(os.fspath(builder.data_dir), REPORT_FILE)) as f:
-    return json.load(f)
+  return writers.read_json(os.path.join(os.fspath(builder.data_dir),
+                                       REPORT_FILE))
 
 
 def build(manual_dir: str, data_dir: Optional[str], config: Any = 'audio',
