@@ -20,9 +20,9 @@ Faults:
   `CheckpointMismatchError` naming the parameter and both shapes, before
   anything is read or written: orbax would otherwise restore the stored
   shapes whatever the target says.
-- A failed read leaves tensorstore callbacks aimed at orbax's closed event
-  loop; their "Event loop is closed" errors are awaited and counted here
-  instead of each printing a traceback.
+- A failed read or write leaves tensorstore callbacks aimed at orbax's
+  closed event loop; their "Event loop is closed" errors are awaited and
+  counted here instead of each printing a traceback.
 - A save that fails (full disk, read-only file system) raises
   `CheckpointWriteError` naming the directory and the previous checkpoint,
   which the failed save never touches.
@@ -43,6 +43,7 @@ import time
 from typing import Any, Mapping, Optional
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -244,10 +245,7 @@ class Checkpointer:
         enable_async_checkpointing=False,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
             policies))
-    self._manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        # Named, so that `item_metadata` can read a step's array shapes.
-        item_handlers=ocp.StandardCheckpointHandler())
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
     _CLOSED_LOOP_ERRORS.install()
 
   def remove_unfinished_saves(self) -> None:
@@ -285,6 +283,7 @@ class Checkpointer:
           force=True)
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
+      _CLOSED_LOOP_ERRORS.settle()  # A failed write strands callbacks too.
       kept = ('no earlier checkpoint' if previous is None else
               f'the previous checkpoint {self.directory}/{previous} is '
               'untouched')
@@ -303,7 +302,11 @@ class Checkpointer:
         shape; the first such is named with both shapes.
       Exception: the metadata cannot be read (a damaged checkpoint).
     """
-    stored = _param_shapes(self._manager.item_metadata(step)['params'])
+    # The item orbax stores a `StandardSave` under, in the step's folder.
+    item = epath.Path(self.directory) / str(step) / (
+        ocp.checkpoint_manager.DEFAULT_ITEM_NAME)
+    stored = _param_shapes(
+        ocp.StandardCheckpointHandler().metadata(item)['params'])
     wanted = _param_shapes(target.params)
     where = f'{self.directory}/{step}'
     for name in sorted(set(stored) | set(wanted)):
