@@ -130,7 +130,7 @@ def test_modelnet40_command_prints_one_line(tmp_path):
   result = command_utils.run_module(
       'perceiver_jax.data.modelnet40', f'--manual_dir={manual}',
       f'--data_dir={tmp_path}/tfds', '--num_workers=1')
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
       f'error: ValueError: {manual}/ModelNet40.zip is not a readable zip '
       'archive (File is not a zip file).']

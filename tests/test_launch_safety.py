@@ -65,12 +65,13 @@ def test_model_override_on_relaunch_is_refused_and_changes_nothing(copy):
   before = command_utils.file_digests(copy)
   result = command_utils.run_module('experiments.train', RUNLOCAL,
                                     f'--workdir={copy}',
-                                    '--config.model.num_latents=16')
-  assert result.returncode == 1
+                                    '--config.model.encoder.num_latents=16')
+  assert result.returncode == 2  # A user's mistake (perceiver_jax.cli).
   assert result.stderr.strip() == (
-      f'error: ValueError: config.model.num_latents is 8 in {copy}/config.json'
-      ' but 16 in this launch: a relaunch of an existing run may change only '
-      'its length, evaluation cadence and data paths. Train the changed '
+      'error: ValueError: config.model.encoder.num_latents is 8 in '
+      f'{copy}/config.json but 16 in this launch: a relaunch of an existing run may change only '
+      'its length, evaluation cadence, data paths and execution modes that '
+      'compute the same function. Train the changed '
       'config in a new --workdir; nothing was written.')
   assert command_utils.file_digests(copy) == before
 
@@ -81,7 +82,7 @@ def test_without_config_json_the_checkpoint_shapes_refuse(copy):
   os.remove(copy / 'config.json')
   before = command_utils.file_digests(copy)
   config = _config()
-  config.model.num_latents = 16
+  config.model.encoder.num_latents = 16
   with pytest.raises(checkpoint_lib.CheckpointMismatchError,
                      match=re.escape('parameter perceiver/latents has shape '
                                      '(8, 16) there and shape (16, 16) in '
@@ -110,7 +111,7 @@ def test_relaunch_names_an_unreadable_config_json(copy):
   for module, flags in (('experiments.train', (RUNLOCAL,)),
                         ('experiments.evaluate', ())):
     result = command_utils.run_module(module, *flags, f'--workdir={copy}')
-    assert result.returncode == 1, module
+    assert result.returncode == 2, module
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr[-2000:]
     assert lines[0].startswith(
@@ -125,7 +126,7 @@ def test_evaluate_refuses_a_damaged_checkpoint_then_falls_back(copy, run):
   for flags in ((), (f'--checkpoint={checkpoints}/6',)):
     result = command_utils.run_module('experiments.evaluate',
                                       f'--workdir={copy}', *flags)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stdout == ''
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr[-3000:]
