@@ -43,6 +43,7 @@ the JSON and on stderr), the other stages still run, and the exit status is
 
 import dataclasses
 import datetime
+import functools
 import gc
 import json
 import math
@@ -116,12 +117,12 @@ class Profile:
 # About 8 minutes on the accelerator. Compiles of the headline step are the
 # unit of cost (16 s on 2 CPU cores; tens of seconds on a GPU, autotuning
 # included), so few sizes are tried. The batches: XLA:CPU plans 9.6 GB for
-# the bf16 headline step at batch 2 (about 4.4 GB an example, most of it the
-# cross-attends' [512, 50176] float32 logits), so about 30 examples fill an
-# H200's 141 GB.
+# the bf16 headline step at batch 2 (`experiments.benchmark --steps=0`;
+# under 1 GB of it parameters and optimizer state), about 4.4 GB an
+# example, so about 30 examples fill an H200's 141 GB.
 FULL = Profile(
     config_arg='', encoder={}, image_side=None, batches=(32, 24, 16, 8),
-    steps=5, warmup=2, max_side=4096, side_tolerance=0.02,
+    steps=5, warmup=2, max_side=4096, side_tolerance=0.03,
     scaling_inputs=(1024, 2**20, 4),
     caps=dict(headline=120, float32=80, einsum=70, max_inputs=120,
               scaling=80),
@@ -221,7 +222,7 @@ def largest_batch(batches: Iterable[int], run: Callable[[int], Any], *,
                      f'overrun the stage cap')
       return search
     start = clock()
-    result, error = unless_out_of_memory(lambda: run(batch))  # pylint: disable=cell-var-from-loop
+    result, error = unless_out_of_memory(functools.partial(run, batch))
     attempt = dict(batch=batch, fits=error is None,
                    seconds=clock() - start)
     if error:
@@ -240,7 +241,8 @@ class SizeSearch:
   """The outcome of `largest_size`.
 
   Attributes:
-    largest_fit: the largest size that fitted (None if none did).
+    largest_fit: the largest size that fitted, or `known_fit` if no probe
+      did (None if neither).
     smallest_fail: the smallest size that did not (None if none failed).
     probes: `(size, fits)` in the order tried.
     note: why the search ended before the bracket closed, or ''.
@@ -328,6 +330,8 @@ def largest_size(fits: Callable[[int], bool], start: int, *, limit: int,
       low = search.largest_fit = mid
     else:
       high = search.smallest_fail = mid
+  if search.largest_fit is None and known_fit:
+    search.largest_fit = known_fit
   return search
 
 
@@ -394,19 +398,22 @@ class Report:
   Every stage is listed from the start (`pending`); each is then `running`,
   and ends `done`, `partial` (stopped at its cap), `skipped` (not enough
   time: see its `note`) or `failed` (an error other than out-of-memory).
+  The budget counts from `start`, a reading of `clock` (default: now);
+  `reserve_seconds` of it are kept for writing the files.
   """
 
   def __init__(self, out_dir: str, *, budget_seconds: float,
                reserve_seconds: float, header: Mapping[str, Any],
                stages: Sequence[str] = STAGES,
-               clock: Callable[[], float] = time.monotonic):
+               clock: Callable[[], float] = time.monotonic,
+               start: Optional[float] = None):
     if not budget_seconds > 0:
       raise ValueError(f'--budget_seconds must be positive, got '
                        f'{budget_seconds}.')
     os.makedirs(out_dir, exist_ok=True)
     self.out_dir = out_dir
     self.clock = clock
-    self.start = clock()
+    self.start = clock() if start is None else start
     self.budget_seconds = budget_seconds
     self.deadline = self.start + budget_seconds - reserve_seconds
     self._lock = threading.RLock()
@@ -770,10 +777,9 @@ def scaling_stage(profile: Profile, config: Any, out_dir: str,
                    f'stage cap')
         break
       begin = context.clock()
-      results, error = unless_out_of_memory(
-          lambda: benchmark.benchmark_scaling(  # pylint: disable=cell-var-from-loop
-              config, [m], steps=profile.steps, warmup=profile.warmup,
-              compiler_options=profile.compiler_options))
+      results, error = unless_out_of_memory(functools.partial(
+          benchmark.benchmark_scaling, config, [m], steps=profile.steps,
+          warmup=profile.warmup, compiler_options=profile.compiler_options))
       expected = context.clock() - begin
       if error:
         attempts.append(dict(num_inputs=m, fits=False, error=error))
@@ -791,11 +797,16 @@ def scaling_stage(profile: Profile, config: Any, out_dir: str,
 
 
 def run_report(profile: Profile, out_dir: str, *, budget_seconds: float,
-               caps: Mapping[str, float], header: Mapping[str, Any]
-               ) -> Report:
-  """Runs every stage of `profile` into `out_dir`; returns the report."""
+               caps: Mapping[str, float], header: Mapping[str, Any],
+               start: Optional[float] = None) -> Report:
+  """Runs every stage of `profile` into `out_dir`; returns the report.
+
+  The budget counts from `start` (a `time.monotonic()` reading; default:
+  now).
+  """
   report = Report(out_dir, budget_seconds=budget_seconds,
-                  reserve_seconds=profile.reserve_seconds, header=header)
+                  reserve_seconds=profile.reserve_seconds, header=header,
+                  start=start)
   watchdog = start_watchdog(report)
   try:
     _run_stages(report, profile, caps)
@@ -877,6 +888,7 @@ def parse_caps(items: Sequence[str], defaults: Mapping[str, float]
 
 def main(argv: Sequence[str]) -> None:
   host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
+  start = time.monotonic()  # The budget includes JAX's start-up.
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}.')
   profile = tiny_profile() if _TINY.value else FULL
@@ -894,7 +906,7 @@ def main(argv: Sequence[str]) -> None:
       started_utc=datetime.datetime.now(datetime.timezone.utc).strftime(
           '%Y-%m-%d %H:%M:%S UTC'))
   report = run_report(profile, _OUT.value, budget_seconds=budget, caps=caps,
-                      header=header)
+                      header=header, start=start)
   statuses = {name: s['status'] for name, s in report.stages.items()}
   print(json.dumps(dict(out=_OUT.value, elapsed_seconds=report.doc[
       'elapsed_seconds'], stages=statuses)), flush=True)

@@ -8,6 +8,7 @@ device. No timing is asserted.
 
 import json
 import os
+import threading
 
 import jax
 import numpy as np
@@ -135,6 +136,11 @@ def test_largest_size_limits_start_failures_and_time():
                                    known_fit=80)
   assert [m for m, _ in search.probes] == [100, 90, 95, 92, 91]
   assert (search.largest_fit, search.smallest_fail) == (90, 91)
+  # No probe fits: the known size is the answer.
+  search = gpu_report.largest_size(lambda m: m <= 80, 100, limit=1000,
+                                   known_fit=80)
+  assert [m for m, _ in search.probes] == [100, 90, 85, 82, 81]
+  assert (search.largest_fit, search.smallest_fail) == (80, 81)
   with pytest.raises(ValueError, match='start <= limit'):
     gpu_report.largest_size(lambda m: True, 10, limit=5)
   with pytest.raises(ValueError, match='known_fit <= start'):
@@ -259,6 +265,34 @@ def test_a_failing_stage_is_recorded_and_the_next_still_runs(tmp_path,
   assert doc['stages']['broken']['error'] == "KeyError: 'missing_field'"
   assert 'Traceback' in doc['stages']['broken']['traceback']
   assert 'missing_field' in capsys.readouterr().err
+
+
+def test_the_watchdog_saves_and_ends_the_process_at_the_budget(
+    tmp_path, monkeypatch):
+  at_exit = []  # (status, the report file as the process would leave it)
+  fired = threading.Event()
+
+  def fake_exit(status):
+    at_exit.append((status, read_json(tmp_path)))
+    fired.set()
+
+  monkeypatch.setattr(gpu_report.os, '_exit', fake_exit)
+  report = gpu_report.Report(str(tmp_path), budget_seconds=0.3,
+                             reserve_seconds=0, header={},
+                             stages=('compiling', 'next'))
+
+  def compiling(context):  # Stands for a compile that overruns the budget.
+    assert fired.wait(timeout=30)
+
+  gpu_report.start_watchdog(report)
+  report.run_stage('compiling', compiling, cap_seconds=10, min_seconds=0)
+  [(status, doc)] = at_exit
+  assert status == 3
+  assert doc['stopped'] == 'stopped by the watchdog at the budget of 0.3 s'
+  assert doc['stages']['compiling']['status'] == 'partial'
+  assert doc['stages']['compiling']['note'] == doc['stopped']
+  assert doc['stages']['next']['status'] == 'pending'
+  assert not doc['complete']
 
 
 def test_bad_budget_and_caps_are_refused(tmp_path):
