@@ -32,7 +32,8 @@ has its own cap (`--stage_seconds=name=seconds,...` overrides the
 defaults); a stage whose cap, or the budget left, is under the least it
 needs is skipped with a note, and a stage stops trying further batches or
 sizes once the next would overrun its cap (its status is then `partial`).
-A watchdog ends the process at the budget, after writing what it has.
+A watchdog ends the process at the budget (exit status 3), after writing
+what it has.
 
 Only device out-of-memory errors (`RESOURCE_EXHAUSTED`) count as "does not
 fit"; any other error in a stage marks that stage `failed` (traceback in
