@@ -71,10 +71,18 @@ FAST_COMPILE_OPTIONS = {
 # Dense peak FLOP/s per device by device kind (substring of
 # `device.device_kind`) and compute precision, from the vendors' data sheets
 # (no sparsity). float32 on NVIDIA GPUs is counted at the TF32 tensor-core
-# rate, which XLA uses for float32 matmuls by default.
+# rate, which XLA uses for float32 matmuls by default. Hopper: NVIDIA's
+# "H100 Tensor Core GPU" and "H200 Tensor Core GPU" data sheets list BF16
+# and TF32 tensor-core rates with 2:4 sparsity (SXM: 1,979 and 989 TFLOPS;
+# H100 PCIe: 1,513 and 756; H100 NVL and H200 NVL: 1,671 and 835); the
+# dense rates are half of those. SXM parts are named plainly ('NVIDIA H200',
+# 'NVIDIA H100 80GB HBM3'); the longest matching key wins.
 PEAK_FLOPS: dict[str, dict[str, float]] = {
-    'H200': {'bfloat16': 989e12, 'float32': 494e12},
-    'H100': {'bfloat16': 989e12, 'float32': 494e12},  # SXM; PCIe: 756e12.
+    'H200 NVL': {'bfloat16': 835e12, 'float32': 418e12},
+    'H200': {'bfloat16': 989e12, 'float32': 494e12},  # SXM.
+    'H100 NVL': {'bfloat16': 835e12, 'float32': 418e12},
+    'H100 PCIe': {'bfloat16': 756e12, 'float32': 378e12},
+    'H100': {'bfloat16': 989e12, 'float32': 494e12},  # SXM.
     'A100': {'bfloat16': 312e12, 'float32': 156e12},
     'L4': {'bfloat16': 121e12, 'float32': 60e12},
     'A10': {'bfloat16': 125e12, 'float32': 62.5e12},
@@ -399,7 +407,7 @@ def _finish(result: dict[str, Any], config: ml_collections.ConfigDict,
   if count_flops:
     _, forward_flops = nominal_flops_per_example(config)
     flops = (3 if training else 1) * forward_flops
-    peak = peak_flops(env['device_kind'], config.model.get(
+    peak = peak_flops(env['device_kind'], config.model.encoder.get(
         'precision', 'float32'))
     rate = result['examples_per_sec']
     result.update(
