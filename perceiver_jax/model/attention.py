@@ -51,7 +51,7 @@ def scaled_dot_product_attention(
     key_mask: optional `[B, M]` booleans, True for keys that may be attended.
     impl: 'einsum' (logits, softmax and weighted sum written out; logits and
       softmax in float32) or 'dot_product' (`jax.nn.dot_product_attention`,
-      a fused kernel where the backend has one; not with dropout).
+      JAX's own choice of kernel, XLA's in JAX 0.10; not with dropout).
     dropout_rate: dropout on the attention weights (training only).
     is_training: whether dropout applies.
     scale: multiplies the logits; default `1 / sqrt(Dqk)`.

@@ -56,7 +56,7 @@ class EncoderConfig:
     num_self_heads: heads of the self-attends (8); must divide D.
     widening_factor: MLP hidden width over its input width (1).
     dropout: on attention weights and residual branches (0).
-    attention_impl: 'einsum' or 'dot_product' (fused where available).
+    attention_impl: 'einsum' or 'dot_product' (`jax.nn.dot_product_attention`).
   Other Perceivers' variations (transformers' Perceiver, Perceiver IO;
   docs/checkpoints.md); the defaults are the paper's:
     mlp_activation: 'gelu_tanh' (the paper's) or 'gelu' (exact erf form).
