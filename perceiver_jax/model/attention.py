@@ -23,6 +23,13 @@ from perceiver_jax.model import grid_byte_array
 
 ATTENTION_IMPLS = ('einsum', 'dot_product')
 LAYER_NORM_EPS = 1e-5
+# The MLPs' nonlinearity: 'gelu_tanh' is the paper's (and DeepMind's JAX
+# code's) tanh approximation; 'gelu' is the exact erf form, which
+# transformers' Perceiver applies for its `hidden_act='gelu'`.
+MLP_ACTIVATIONS = {
+    'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True),
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+}
 
 
 class FlatLinear(hk.Linear):
@@ -421,39 +428,53 @@ class Attention(hk.Module):
     return linear(self._output_channels, 'output')(attended)
 
 
+def check_mlp_activation(activation) -> str:
+  """Returns `activation` if it names one of `MLP_ACTIVATIONS`, else raises."""
+  if activation not in MLP_ACTIVATIONS:
+    raise ValueError(f'mlp_activation must be one of '
+                     f'{sorted(MLP_ACTIVATIONS)}, got {activation!r}.')
+  return activation
+
+
 class MLP(hk.Module):
-  """`Linear(w * D) -> GELU (tanh form) -> Linear(D)`."""
+  """`Linear(w * D) -> GELU (tanh form by default) -> Linear(D)`."""
 
   def __init__(self,
                *,
                widening_factor: int = 1,
                dropout_rate: float = 0.0,
+               activation: str = 'gelu_tanh',
                name: Optional[str] = None):
     super().__init__(name=name)
     self._widening_factor = check_positive_int(widening_factor,
                                                'widening_factor')
     self._dropout_rate = check_dropout(dropout_rate)
+    self._activation = MLP_ACTIVATIONS[check_mlp_activation(activation)]
 
   def __call__(self, x: jax.Array, *, is_training: bool) -> jax.Array:
     channels = x.shape[-1]
     hidden = linear(self._widening_factor * channels, 'hidden')(x)
-    hidden = jax.nn.gelu(hidden, approximate=True)
+    hidden = self._activation(hidden)
     out = linear(channels, 'output')(hidden)
     return dropout(out, self._dropout_rate, is_training)
 
 
 def residual_then_mlp(latents: jax.Array, attended: jax.Array, *,
                       widening_factor: int, dropout_rate: float,
-                      is_training: bool) -> jax.Array:
+                      is_training: bool, mlp_activation: str = 'gelu_tanh',
+                      query_residual: bool = True) -> jax.Array:
   """The second half of both blocks: `z += Dropout(attended)`, then
   `z += MLP(LN(z))`, on latents `[B, N, D]`.
 
+  Without `query_residual` the first step is `z = Dropout(attended)` (a
+  Perceiver IO decoder whose queries and outputs mean different things).
   Called inside a block's `__call__`, so that its 'mlp' and 'mlp_norm'
   modules are named under the block.
   """
-  latents = latents + dropout(attended, dropout_rate, is_training)
+  attended = dropout(attended, dropout_rate, is_training)
+  latents = latents + attended if query_residual else attended
   mlp = MLP(widening_factor=widening_factor, dropout_rate=dropout_rate,
-            name='mlp')
+            activation=mlp_activation, name='mlp')
   return latents + mlp(layer_norm('mlp_norm')(latents),
                        is_training=is_training)
 
@@ -479,7 +500,27 @@ class CrossAttendBlock(hk.Module):
                dropout: float = 0.0,
                attention_impl: str = 'einsum',
                absorb_projections: bool = False,
+               qk_channels: Optional[int] = None,
+               v_channels: Optional[int] = None,
+               mlp_activation: str = 'gelu_tanh',
+               query_residual: bool = True,
                name: Optional[str] = None):
+    """Builds the block.
+
+    Args:
+      input_channels: C, the inputs' width.
+      num_heads: heads; must divide the query/key and value widths.
+      widening_factor: the MLP's hidden width over D.
+      dropout: dropout on attention weights and residual branches.
+      attention_impl: one of `ATTENTION_IMPLS`.
+      absorb_projections: see the class docstring.
+      qk_channels: query/key width (all heads); None: C, the paper's.
+      v_channels: value width; None: the query/key width.
+      mlp_activation: one of `MLP_ACTIVATIONS`.
+      query_residual: add the attention's output to the queries (the
+        paper's); without it the output replaces them.
+      name: module name.
+    """
     super().__init__(name=name)
     self._input_channels = check_positive_int(input_channels,
                                               'input_channels')
@@ -488,10 +529,20 @@ class CrossAttendBlock(hk.Module):
                        f'{absorb_projections!r}.')
     self._absorb_projections = absorb_projections
     self._num_heads = check_positive_int(num_heads, 'num_cross_heads')
-    if input_channels % num_heads:
-      raise ValueError(
-          f'num_cross_heads={num_heads} does not divide the input channel '
-          f'count {input_channels} (the cross-attend width).')
+    self._qk_channels, self._v_channels = attention_widths(
+        input_channels, qk_channels, v_channels)
+    for what, channels in (('query/key', self._qk_channels),
+                           ('value', self._v_channels)):
+      if channels % num_heads:
+        raise ValueError(
+            f'num_cross_heads={num_heads} does not divide the cross-attend '
+            f'{what} width {channels} (the input channel count unless '
+            'qk_channels/v_channels are set).')
+    if not isinstance(query_residual, bool):
+      raise ValueError(f'query_residual must be a bool, got '
+                       f'{query_residual!r}.')
+    self._query_residual = query_residual
+    self._mlp_activation = check_mlp_activation(mlp_activation)
     self._widening_factor = widening_factor
     self._dropout = check_dropout(dropout)
     self._attention_impl = attention_impl
@@ -502,8 +553,8 @@ class CrossAttendBlock(hk.Module):
     # one name ('attention') whichever method runs first.
     return Attention(
         num_heads=self._num_heads,
-        qk_channels=self._input_channels,
-        v_channels=self._input_channels,
+        qk_channels=self._qk_channels,
+        v_channels=self._v_channels,
         output_channels=output_channels or 1,
         impl=self._attention_impl,
         dropout_rate=self._dropout,
@@ -571,11 +622,28 @@ class CrossAttendBlock(hk.Module):
     return residual_then_mlp(latents, attended,
                              widening_factor=self._widening_factor,
                              dropout_rate=self._dropout,
-                             is_training=is_training)
+                             is_training=is_training,
+                             mlp_activation=self._mlp_activation,
+                             query_residual=self._query_residual)
+
+
+def attention_widths(default_channels: int, qk_channels: Optional[int],
+                     v_channels: Optional[int]) -> tuple[int, int]:
+  """The query/key and value widths of an attention: `qk_channels` (None:
+  `default_channels`) and `v_channels` (None: the query/key width), as
+  transformers' Perceiver derives them from its `qk_channels`/`v_channels`.
+  """
+  if qk_channels is not None:
+    check_positive_int(qk_channels, 'qk_channels')
+  if v_channels is not None:
+    check_positive_int(v_channels, 'v_channels')
+  qk = default_channels if qk_channels is None else qk_channels
+  return qk, qk if v_channels is None else v_channels
 
 
 class SelfAttendLayer(hk.Module):
-  """`z += Attn(LN(z), LN(z))`, then `z += MLP(LN(z))`, Q/K/V width D."""
+  """`z += Attn(LN(z), LN(z))`, then `z += MLP(LN(z))`, Q/K/V width D
+  (unless `qk_channels`/`v_channels` are set, see `attention_widths`)."""
 
   def __init__(self,
                *,
@@ -583,23 +651,34 @@ class SelfAttendLayer(hk.Module):
                widening_factor: int = 1,
                dropout: float = 0.0,
                attention_impl: str = 'einsum',
+               qk_channels: Optional[int] = None,
+               v_channels: Optional[int] = None,
+               mlp_activation: str = 'gelu_tanh',
                name: Optional[str] = None):
     super().__init__(name=name)
     self._num_heads = check_positive_int(num_heads, 'num_self_heads')
     self._widening_factor = widening_factor
     self._dropout = check_dropout(dropout)
     self._attention_impl = attention_impl
+    attention_widths(1, qk_channels, v_channels)  # Validates them.
+    self._qk_channels = qk_channels
+    self._v_channels = v_channels
+    self._mlp_activation = check_mlp_activation(mlp_activation)
 
   def __call__(self, latents: jax.Array, *, is_training: bool) -> jax.Array:
     """Maps latents `[B, N, D]` to `[B, N, D]`."""
     channels = latents.shape[-1]
-    if channels % self._num_heads:
+    qk_channels, v_channels = attention_widths(channels, self._qk_channels,
+                                               self._v_channels)
+    if qk_channels % self._num_heads or v_channels % self._num_heads:
       raise ValueError(f'num_self_heads={self._num_heads} does not divide '
-                       f'the latent channel count {channels}.')
+                       f'the self-attend widths (query/key {qk_channels}, '
+                       f'value {v_channels}; the latent channel count '
+                       f'{channels} unless qk_channels/v_channels are set).')
     attention = Attention(
         num_heads=self._num_heads,
-        qk_channels=channels,
-        v_channels=channels,
+        qk_channels=qk_channels,
+        v_channels=v_channels,
         output_channels=channels,
         impl=self._attention_impl,
         dropout_rate=self._dropout,
@@ -610,7 +689,8 @@ class SelfAttendLayer(hk.Module):
     return residual_then_mlp(latents, attended,
                              widening_factor=self._widening_factor,
                              dropout_rate=self._dropout,
-                             is_training=is_training)
+                             is_training=is_training,
+                             mlp_activation=self._mlp_activation)
 
 
 class LatentTransformer(hk.Module):
@@ -623,6 +703,9 @@ class LatentTransformer(hk.Module):
                widening_factor: int = 1,
                dropout: float = 0.0,
                attention_impl: str = 'einsum',
+               qk_channels: Optional[int] = None,
+               v_channels: Optional[int] = None,
+               mlp_activation: str = 'gelu_tanh',
                name: Optional[str] = None):
     super().__init__(name=name)
     self._num_layers = check_positive_int(num_layers,
@@ -631,7 +714,10 @@ class LatentTransformer(hk.Module):
         num_heads=num_heads,
         widening_factor=widening_factor,
         dropout=dropout,
-        attention_impl=attention_impl)
+        attention_impl=attention_impl,
+        qk_channels=qk_channels,
+        v_channels=v_channels,
+        mlp_activation=mlp_activation)
 
   def __call__(self, latents: jax.Array, *, is_training: bool) -> jax.Array:
     """Maps latents `[B, N, D]` to `[B, N, D]`."""

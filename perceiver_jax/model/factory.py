@@ -26,6 +26,16 @@ Type 'points' (point clouds, `batch[key]` `[B, P, 3]`): `num_bands`,
 `max_resolution` (mu per axis, 3 values) and `num_points` (P, which only
 `example_batch` uses; the adapter takes any P).
 
+Types 'conv1x1_learned' and 'conv_stem' (the image preprocessors of the
+released Perceiver IO classifiers, `preprocessors.py`): `key`,
+`index_dims` (H, W), `raw_channels`, `out_channels`; for 'conv1x1_learned'
+also `position_channels` and `projected_channels` (256 each); for
+'conv_stem' also `num_bands` and `max_resolution` (of the pooled grid).
+
+`config.model.head` (optional, default 'mean_linear', the paper's mean of
+the latents and a Linear) or 'perceiver_io' (`decoder.ClassificationDecoder`,
+settings in `config.model.decoder`).
+
 Each modality registers its adapter builder in `ADAPTER_BUILDERS`.
 """
 
@@ -39,9 +49,11 @@ import numpy as np
 
 from perceiver_jax.model import adapters
 from perceiver_jax.model import convnet
+from perceiver_jax.model import decoder as decoder_lib
 from perceiver_jax.model import grid_byte_array
 from perceiver_jax.model import perceiver
 from perceiver_jax.model import position_encoding as pe
+from perceiver_jax.model import preprocessors
 
 Batch = Mapping[str, jax.Array]
 # An adapter maps the batch to (byte array [B, M, C], mask [B, M] or None).
@@ -273,6 +285,30 @@ class _PointsInput:
     return self._adapter(batch[self._key]), None
 
 
+class _ImagePreprocessorInput(_PointsInput):
+  """Reads images `batch[key]` `[B, H, W, C_raw]` through one of
+  `preprocessors.py`'s adapters (types 'conv1x1_learned', 'conv_stem');
+  `num_channels` and the call are `_PointsInput`'s."""
+
+  def __init__(self, input_config: Mapping[str, Any]):  # pylint: disable=super-init-not-called
+    self._key = input_config['key']
+    image_shape = (*(int(n) for n in input_config['index_dims']),
+                   int(input_config['raw_channels']))
+    if input_config['type'] == 'conv1x1_learned':
+      self._adapter = preprocessors.Conv1x1LearnedAdapter(
+          image_shape,
+          out_channels=input_config.get('out_channels', 256),
+          position_channels=input_config.get('position_channels', 256),
+          projected_channels=input_config.get('projected_channels', 256))
+    else:
+      max_resolution = input_config.get('max_resolution')
+      self._adapter = preprocessors.ConvStemAdapter(
+          image_shape,
+          out_channels=input_config.get('out_channels', 64),
+          num_bands=input_config.get('num_bands', 64),
+          max_resolution=None if max_resolution is None else tuple(
+              max_resolution))
+
 
 # Adapter type -> builder taking `config.model.input`, returning an object
 # with `num_channels` (C) that maps (batch, is_training=...) to
@@ -286,6 +322,8 @@ ADAPTER_BUILDERS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
     'video': _VideoInput,
     'audio_video': _AudioVideoInput,
     'points': _PointsInput,
+    'conv1x1_learned': _ImagePreprocessorInput,
+    'conv_stem': _ImagePreprocessorInput,
 }
 
 
@@ -340,6 +378,8 @@ EXAMPLE_BATCH_BUILDERS: dict[
     'video': lambda c, b: _entries(b, _video_shapes(c)),
     'audio_video': lambda c, b: _entries(b, _audio_video_shapes(c)),
     'points': lambda c, b: _entries(b, _points_shapes(c)),
+    'conv1x1_learned': _grid_example_batch,
+    'conv_stem': _grid_example_batch,
 }
 
 
@@ -418,6 +458,15 @@ def classifier_forward(model_config: Mapping[str, Any],
   if architecture == 'convnet':
     return _convnet_forward(model_config, num_classes)
   encoder_kwargs = perceiver.encoder_kwargs(model_config)
+  head = model_config.get('head', 'mean_linear')
+  if head not in decoder_lib.HEADS:
+    raise ValueError(f'config.model.head must be one of {decoder_lib.HEADS}, '
+                     f'got {head!r}.')
+  if head == 'perceiver_io':
+    encoder_kwargs['decoder'] = decoder_lib.decoder_settings(model_config)
+    classifier_class = decoder_lib.PerceiverIOClassifier
+  else:
+    classifier_class = perceiver.PerceiverClassifier
   grid_parts = model_config.get('grid_parts', True)
   if not isinstance(grid_parts, bool):
     raise ValueError(f'config.model.grid_parts must be a bool, got '
@@ -432,7 +481,7 @@ def classifier_forward(model_config: Mapping[str, Any],
       inputs, mask = adapter.parts(batch), None
     else:
       inputs, mask = adapter(batch, is_training=is_training)
-    classifier = perceiver.PerceiverClassifier(
+    classifier = classifier_class(
         num_classes, input_channels=adapter.num_channels, **encoder_kwargs)
     return classifier(inputs, input_mask=mask, is_training=is_training)
 

@@ -212,6 +212,12 @@ class Perceiver(hk.Module):
                precision: str = 'float32',
                remat: str = 'none',
                input_channels: Optional[int] = None,
+               mlp_activation: str = 'gelu_tanh',
+               cross_attend_widening_factor: Optional[int] = None,
+               self_attend_widening_factor: Optional[int] = None,
+               qk_channels: Optional[int] = None,
+               v_channels: Optional[int] = None,
+               cross_attend_query_residual: bool = True,
                name: Optional[str] = 'perceiver'):
     """Builds the encoder.
 
@@ -245,6 +251,18 @@ class Perceiver(hk.Module):
       remat: 'none' or 'block' (rematerialise each block in the backward).
       input_channels: C; when given, inputs with another channel count are
         rejected with a clear error (otherwise taken from the first call).
+      mlp_activation: 'gelu_tanh' (the paper's) or 'gelu' (exact erf, as
+        transformers' `hidden_act='gelu'`).
+      cross_attend_widening_factor: the cross-attends' MLP widening; None:
+        `widening_factor`.
+      self_attend_widening_factor: the self-attends' MLP widening; None:
+        `widening_factor`.
+      qk_channels: query/key width of every attention (cross-attends and
+        self-attends alike, as transformers' `config.qk_channels`); None:
+        the paper's (C for cross-attends, D for self-attends).
+      v_channels: value width likewise; None: the query/key width.
+      cross_attend_query_residual: the cross-attends add their output to the
+        latents (the paper's); False replaces the latents by it.
       name: module name.
     """
     super().__init__(name=name)
@@ -261,13 +279,39 @@ class Perceiver(hk.Module):
     attention_lib.check_positive_int(num_cross_heads, 'num_cross_heads')
     attention_lib.check_positive_int(num_self_heads, 'num_self_heads')
     attention_lib.check_positive_int(widening_factor, 'widening_factor')
-    if num_latent_channels % num_self_heads:
+    for what, factor in (
+        ('cross_attend_widening_factor', cross_attend_widening_factor),
+        ('self_attend_widening_factor', self_attend_widening_factor)):
+      if factor is not None:
+        attention_lib.check_positive_int(factor, what)
+    self._cross_widening_factor = (cross_attend_widening_factor or
+                                   widening_factor)
+    self._self_widening_factor = self_attend_widening_factor or widening_factor
+    self_qk, self_v = attention_lib.attention_widths(
+        num_latent_channels, qk_channels, v_channels)
+    if self_qk % num_self_heads or self_v % num_self_heads:
       raise ValueError(
-          f'num_self_heads={num_self_heads} does not divide '
-          f'num_latent_channels={num_latent_channels}.')
+          f'num_self_heads={num_self_heads} does not divide the self-attend '
+          f'widths (query/key {self_qk}, value {self_v}; '
+          f'num_latent_channels={num_latent_channels} unless qk_channels/'
+          'v_channels are set).')
+    if qk_channels is not None:
+      cross_qk, cross_v = attention_lib.attention_widths(
+          1, qk_channels, v_channels)
+      if cross_qk % num_cross_heads or cross_v % num_cross_heads:
+        raise ValueError(
+            f'num_cross_heads={num_cross_heads} does not divide qk_channels='
+            f'{qk_channels} or v_channels={v_channels}.')
+    self._qk_channels = qk_channels
+    self._v_channels = v_channels
+    self._mlp_activation = attention_lib.check_mlp_activation(mlp_activation)
+    if not isinstance(cross_attend_query_residual, bool):
+      raise ValueError(f'cross_attend_query_residual must be a bool, got '
+                       f'{cross_attend_query_residual!r}.')
+    self._cross_attend_query_residual = cross_attend_query_residual
     if input_channels is not None:
       attention_lib.check_positive_int(input_channels, 'input_channels')
-      if input_channels % num_cross_heads:
+      if qk_channels is None and input_channels % num_cross_heads:
         raise ValueError(
             f'num_cross_heads={num_cross_heads} does not divide the input '
             f'channel count {input_channels}.')
@@ -332,7 +376,7 @@ class Perceiver(hk.Module):
           f'Perceiver inputs have shape {inputs.shape} with '
           f'{inputs.shape[-1]} channels, but the model was built for '
           f'{self._input_channels} input channels.')
-    if inputs.shape[-1] % self._num_cross_heads:
+    if self._qk_channels is None and inputs.shape[-1] % self._num_cross_heads:
       raise ValueError(
           f'num_cross_heads={self._num_cross_heads} does not divide the input '
           f'channel count of inputs with shape {inputs.shape}.')
@@ -388,10 +432,14 @@ class Perceiver(hk.Module):
           cross_attends[step.weight_set] = attention_lib.CrossAttendBlock(
               input_channels=input_channels,
               num_heads=self._num_cross_heads,
-              widening_factor=self._widening_factor,
+              widening_factor=self._cross_widening_factor,
               dropout=self._dropout,
               attention_impl=self._attention_impl,
               absorb_projections=self._absorb_cross_attend_projections,
+              qk_channels=self._qk_channels,
+              v_channels=self._v_channels,
+              mlp_activation=self._mlp_activation,
+              query_residual=self._cross_attend_query_residual,
               name=f'cross_attend_{step.weight_set}')
         return cross_attends[step.weight_set]
       if step.weight_set not in latent_transformers:
@@ -399,9 +447,12 @@ class Perceiver(hk.Module):
             attention_lib.LatentTransformer(
                 num_layers=self._num_self_attends_per_block,
                 num_heads=self._num_self_heads,
-                widening_factor=self._widening_factor,
+                widening_factor=self._self_widening_factor,
                 dropout=self._dropout,
                 attention_impl=self._attention_impl,
+                qk_channels=self._qk_channels,
+                v_channels=self._v_channels,
+                mlp_activation=self._mlp_activation,
                 name=f'latent_transformer_{step.weight_set}'))
       return latent_transformers[step.weight_set]
 
@@ -477,7 +528,9 @@ ENCODER_FIELDS = (
     'num_latent_channels', 'num_cross_heads', 'num_self_heads',
     'widening_factor', 'dropout', 'attention_impl',
     'reuse_shared_keys_values', 'absorb_cross_attend_projections',
-    'scan_blocks', 'precision', 'remat')
+    'scan_blocks', 'precision', 'remat', 'mlp_activation',
+    'cross_attend_widening_factor', 'self_attend_widening_factor',
+    'qk_channels', 'v_channels', 'cross_attend_query_residual')
 
 
 def encoder_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
