@@ -1,0 +1,119 @@
+"""experiments/import_checkpoint.py: a transformers checkpoint becomes a
+workdir that our training code restores; bad checkpoints are refused."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from experiments import import_checkpoint
+from perceiver_jax.model import factory
+from perceiver_jax.train import checkpoint as checkpoint_lib
+from perceiver_jax.train import loop
+from perceiver_jax.train import optim
+from perceiver_jax.train import run_config
+from tests import transformers_fixtures as fixtures
+
+
+@pytest.fixture(scope='module')
+def learned_checkpoint(tmp_path_factory):
+  model = fixtures.randomize(
+      fixtures.CLASSIFIERS['learned'](fixtures.small_config()), seed=11)
+  return model, fixtures.save(model, tmp_path_factory.mktemp('learned'))
+
+
+def _copy(source, tmp_path):
+  target = tmp_path / 'checkpoint'
+  shutil.copytree(source, target)
+  return target
+
+
+def test_import_writes_a_workdir_that_restores_to_their_logits(
+    learned_checkpoint, tmp_path):
+  model, source = learned_checkpoint
+  workdir = tmp_path / 'workdir'
+  summary = import_checkpoint.import_checkpoint(str(source), str(workdir))
+  total = sum(p.numel() for p in model.parameters())
+  assert f'transformers {total:,} values' in summary
+  assert f'perceiver_jax {total:,} parameters' in summary
+  config = run_config.read(str(workdir))
+  assert config.model.head == 'perceiver_io'
+  assert config.model.input.type == 'conv1x1_learned'
+  assert config.data.num_classes == fixtures.NUM_LABELS
+  forward = factory.transform_classifier(config.model, fixtures.NUM_LABELS)
+  checkpointer = checkpoint_lib.Checkpointer(
+      str(workdir / 'checkpoints'), read_only=True)
+  assert checkpointer.latest_step() == 0
+  images = fixtures.processed_images()
+  # Restored the way `experiments.evaluate` restores: into a fresh state.
+  example = {'image': np.zeros((1, 32, 32, 3), np.float32)}
+  optimizer = optim.make_optimizer(config.optimizer, lambda step: 0.0)
+  target = jax.tree.map(np.asarray, loop.initial_state(
+      forward, optimizer, example, config.seed))
+  params = checkpointer.restore(target, 0).params
+  checkpointer.close()
+  ours = forward.apply(params, None,
+                       {'image': jnp.asarray(images.transpose(0, 2, 3, 1))},
+                       is_training=False)
+  with torch.no_grad():
+    theirs = model(inputs=torch.from_numpy(images)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4, rtol=0)
+
+
+def _refused(source, tmp_path, *needles):
+  workdir = tmp_path / 'workdir'
+  with pytest.raises(import_checkpoint.ImportFailure) as info:
+    import_checkpoint.import_checkpoint(str(source), str(workdir))
+  message = str(info.value)
+  assert '\n' not in message
+  for needle in needles:
+    assert needle in message, message
+  assert not workdir.exists()
+  return message
+
+
+def test_truncated_safetensors_is_refused(learned_checkpoint, tmp_path):
+  source = _copy(learned_checkpoint[1], tmp_path)
+  weights = source / 'model.safetensors'
+  weights.write_bytes(weights.read_bytes()[:5000])
+  _refused(source, tmp_path, 'cannot read', 'model.safetensors')
+
+
+def test_other_architecture_is_refused(learned_checkpoint, tmp_path):
+  source = _copy(learned_checkpoint[1], tmp_path)
+  config = json.loads((source / 'config.json').read_text())
+  config.update(model_type='bert', architectures=['BertModel'])
+  (source / 'config.json').write_text(json.dumps(config))
+  _refused(source, tmp_path, "model_type 'bert'",
+           'PerceiverForImageClassificationFourier')
+
+
+def test_unsupported_perceiver_architecture_lists_supported(
+    learned_checkpoint, tmp_path):
+  source = _copy(learned_checkpoint[1], tmp_path)
+  config = json.loads((source / 'config.json').read_text())
+  config['architectures'] = ['PerceiverForOpticalFlow']
+  (source / 'config.json').write_text(json.dumps(config))
+  _refused(source, tmp_path, 'PerceiverForOpticalFlow',
+           'PerceiverForImageClassificationConvProcessing')
+
+
+def test_shape_mismatch_is_refused(learned_checkpoint, tmp_path):
+  source = _copy(learned_checkpoint[1], tmp_path)
+  config = json.loads((source / 'config.json').read_text())
+  config['d_latents'] = 32  # The weights were saved for 64.
+  config['num_self_attention_heads'] = 4
+  (source / 'config.json').write_text(json.dumps(config))
+  _refused(source, tmp_path, 'has shape', 'needs')
+
+
+def test_pickle_only_checkpoint_is_refused(learned_checkpoint, tmp_path):
+  source = _copy(learned_checkpoint[1], tmp_path)
+  os.remove(source / 'model.safetensors')
+  (source / 'pytorch_model.bin').write_bytes(b'not loaded')
+  _refused(source, tmp_path, 'pickle', 'save_pretrained', 'safetensors')
