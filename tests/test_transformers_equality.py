@@ -21,17 +21,6 @@ from perceiver_jax.model import perceiver
 from tests import transformers_fixtures as fixtures
 
 TOLERANCE = 1e-4
-# The 'fourier' classifier's features use frequencies up to 112 (transformers
-# fixes max_resolution at 224) at positions rounded to float32, on both
-# sides: sin(pi * 112 * x) then carries errors of ~3e-5 (measured: ours and
-# theirs each differ by 3e-5 from float64 features), which these random
-# weights amplify to ~2.5e-4 in the logits. The conv model's features
-# (max_resolution 56) and the learned model have no such error.
-FOURIER_TOLERANCE = 5e-4
-
-
-def _tolerance(kind: str) -> float:
-  return FOURIER_TOLERANCE if kind == 'fourier' else TOLERANCE
 
 
 def _their_logits(model, images: np.ndarray) -> np.ndarray:
@@ -85,7 +74,7 @@ def test_classifier_logits_equal_transformers(classifier, images, overrides):
   # The logits spread over several units, so this tolerance is tight.
   assert np.std(theirs) > 0.1
   np.testing.assert_allclose(np.asarray(ours), theirs,
-                             atol=_tolerance(kind), rtol=0)
+                             atol=TOLERANCE, rtol=0)
   # Every value of theirs became one of ours, and nothing else exists.
   del state
   assert tf_format.count(params) == (
@@ -116,7 +105,7 @@ def test_export_round_trip_loads_in_transformers(classifier, images,
   theirs = _their_logits(fresh, images)
   assert not np.allclose(theirs, _their_logits(model, images), atol=1e-3)
   np.testing.assert_allclose(np.asarray(ours), theirs,
-                             atol=_tolerance(kind), rtol=0)
+                             atol=TOLERANCE, rtol=0)
 
 
 @pytest.mark.parametrize('hidden_act,mlp_activation', [

@@ -34,7 +34,13 @@ def small_config(**overrides) -> transformers.PerceiverConfig:
 
 
 def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-  """Draws every parameter and BatchNorm statistic at random, in place."""
+  """Draws every parameter and BatchNorm statistic at random, in place.
+
+  Weight matrices and kernels get variance-scaling draws (std
+  1/sqrt(fan-in), as a trained network's scale), LayerNorm and BatchNorm
+  scales 1 +- 0.2, everything else (biases, latents, queries, positions,
+  running means) std 0.2, running variances in [0.5, inf).
+  """
   generator = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, tensor in model.state_dict().items():
@@ -43,10 +49,13 @@ def randomize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
       noise = torch.randn(tensor.shape, generator=generator)
       if name.endswith('running_var'):
         tensor.copy_(0.5 + noise.abs())
+      elif name.endswith('.weight') and tensor.ndim >= 2:
+        fan_in = tensor[0].numel()
+        tensor.copy_(noise / fan_in ** 0.5)
+      elif name.endswith('.weight'):  # LayerNorm, BatchNorm scales.
+        tensor.copy_(1.0 + 0.2 * noise)
       else:
-        tensor.copy_(0.2 * noise + (1.0 if name.endswith(
-            ('layernorm1.weight', 'layernorm2.weight', 'layernorm.weight'))
-            else 0.0))
+        tensor.copy_(0.2 * noise)
   return model.eval()
 
 
