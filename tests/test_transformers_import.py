@@ -1,4 +1,5 @@
-"""experiments/import_checkpoint.py: a transformers checkpoint becomes a
+"""perceiver_jax/interop/workdirs.py (experiments.import_checkpoint and
+export_checkpoint): a transformers checkpoint becomes a
 workdir that our training code restores; bad checkpoints are refused."""
 
 import json
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from experiments import import_checkpoint
+from configs import imagenet
+from perceiver_jax.interop import workdirs
 from perceiver_jax.model import factory
 from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import loop
@@ -37,7 +39,8 @@ def test_import_writes_a_workdir_that_restores_to_their_logits(
     learned_checkpoint, tmp_path):
   model, source = learned_checkpoint
   workdir = tmp_path / 'workdir'
-  summary = import_checkpoint.import_checkpoint(str(source), str(workdir))
+  summary = workdirs.import_checkpoint(str(source), str(workdir),
+                             imagenet.get_config(''))
   total = sum(p.numel() for p in model.parameters())
   assert f'transformers {total:,} values' in summary
   assert f'perceiver_jax {total:,} parameters' in summary
@@ -67,8 +70,9 @@ def test_import_writes_a_workdir_that_restores_to_their_logits(
 
 def _refused(source, tmp_path, *needles):
   workdir = tmp_path / 'workdir'
-  with pytest.raises(import_checkpoint.ImportFailure) as info:
-    import_checkpoint.import_checkpoint(str(source), str(workdir))
+  with pytest.raises(workdirs.ImportFailure) as info:
+    workdirs.import_checkpoint(str(source), str(workdir),
+                             imagenet.get_config(''))
   message = str(info.value)
   assert '\n' not in message
   for needle in needles:
@@ -117,3 +121,54 @@ def test_pickle_only_checkpoint_is_refused(learned_checkpoint, tmp_path):
   os.remove(source / 'model.safetensors')
   (source / 'pytorch_model.bin').write_bytes(b'not loaded')
   _refused(source, tmp_path, 'pickle', 'save_pretrained', 'safetensors')
+
+
+def test_export_of_an_imported_workdir_loads_in_transformers(
+    learned_checkpoint, tmp_path):
+  """Import, export: transformers loads the export (no missing or
+  unexpected weight) and gives the original model's logits."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  model, source = learned_checkpoint
+  workdir = tmp_path / 'workdir'
+  workdirs.import_checkpoint(str(source), str(workdir),
+                             imagenet.get_config(''))
+  target = tmp_path / 'exported'
+  summary = workdirs.export_checkpoint(str(workdir), str(target))
+  assert 'PerceiverForImageClassificationLearned: step 0' in summary
+  loaded, info = transformers.PerceiverForImageClassificationLearned.from_pretrained(
+      target, output_loading_info=True)
+  assert info['missing_keys'] == set() or not info['missing_keys']
+  assert not info['unexpected_keys']
+  images = fixtures.processed_images()
+  with torch.no_grad():
+    theirs = loaded.eval()(inputs=torch.from_numpy(images)).logits.numpy()
+    original = model(inputs=torch.from_numpy(images)).logits.numpy()
+  np.testing.assert_allclose(theirs, original, atol=1e-5, rtol=0)
+
+
+def test_export_refuses_the_papers_model(tmp_path):
+  workdir = tmp_path / 'workdir'
+  workdir.mkdir()
+  run_config.write(str(workdir), imagenet.get_config(''))
+  target = tmp_path / 'exported'
+  with pytest.raises(workdirs.ExportFailure) as info:
+    workdirs.export_checkpoint(str(workdir), str(target))
+  assert "head 'mean_linear'" in str(info.value)
+  assert not target.exists()
+
+
+@pytest.mark.parametrize('field,value,needle', [
+    ('num_cross_attends', 2, 'num_cross_attends=2'),
+    ('share_weights', False, 'share_weights=False'),
+])
+def test_export_refuses_what_transformers_cannot_express(field, value,
+                                                         needle):
+  from perceiver_jax.interop import transformers_format as tf_format  # pylint: disable=g-import-not-at-top
+  model = tf_format.model_config(
+      json.loads((fixtures.small_config().to_json_string())) | {
+          'architectures': ['PerceiverForImageClassificationFourier']},
+      image_size=(32, 32))
+  assert tf_format.transformers_config(model, 7)['d_latents'] == 64
+  model[field] = value
+  with pytest.raises(tf_format.CheckpointError, match=needle):
+    tf_format.transformers_config(model, 7)

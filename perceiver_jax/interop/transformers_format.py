@@ -361,3 +361,107 @@ def count(tree: Mapping[str, Any]) -> int:
     else:
       total += int(np.prod(np.shape(value)))
   return total
+
+
+# Our input type -> the transformers classifier that reads it.
+_CLASS_OF_INPUT = {t: a for a, t in ARCHITECTURES.items() if t is not None}
+_HIDDEN_ACT = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh'}
+
+
+def _architecture_values(model: Mapping[str, Any]) -> dict[str, Any]:
+  """The values that decide a model's function, defaults filled in."""
+  widening = model.get('widening_factor', 1)
+  values = {
+      'num_blocks': model.get('num_blocks'),
+      'num_self_attends_per_block': model.get('num_self_attends_per_block'),
+      'num_cross_attends': model.get('num_cross_attends'),
+      'cross_attend_placement': model.get('cross_attend_placement',
+                                          'interleaved'),
+      'share_weights': model.get('share_weights', True),
+      'num_latents': model.get('num_latents'),
+      'num_latent_channels': model.get('num_latent_channels'),
+      'num_cross_heads': model.get('num_cross_heads', 1),
+      'num_self_heads': model.get('num_self_heads', 8),
+      'cross_attend_widening_factor': (
+          model.get('cross_attend_widening_factor') or widening),
+      'self_attend_widening_factor': (
+          model.get('self_attend_widening_factor') or widening),
+      'qk_channels': model.get('qk_channels'),
+      'v_channels': model.get('v_channels'),
+      'mlp_activation': model.get('mlp_activation', 'gelu_tanh'),
+      'cross_attend_query_residual': model.get('cross_attend_query_residual',
+                                               True),
+      'head': model.get('head', 'mean_linear'),
+  }
+  if values['num_cross_attends'] == 1:
+    # One cross-attend runs first whatever the placement says.
+    values['cross_attend_placement'] = 'start'
+  decoder = dict(model.get('decoder') or {})
+  for key, default in (('num_heads', 1), ('widening_factor', 1),
+                       ('query_residual', True), ('num_query_channels', None),
+                       ('qk_channels', None), ('v_channels', None)):
+    values[f'decoder.{key}'] = decoder.get(key, default)
+  for key, value in dict(model.get('input') or {}).items():
+    if key in ('permutation_seed',) and value is None:
+      continue
+    if key in ('index_dims', 'max_resolution') and value is not None:
+      value = tuple(int(n) for n in value)
+    values[f'input.{key}'] = value
+  return values
+
+
+def transformers_config(model: Mapping[str, Any],
+                        num_classes: int) -> dict[str, Any]:
+  """transformers' `config.json` for our `config.model`.
+
+  Raises:
+    CheckpointError: naming the first setting transformers' Perceiver
+      classifiers cannot express (checked by mapping the result back with
+      `model_config` and comparing every value that decides the function).
+  """
+  model = dict(model)
+  input_type = dict(model.get('input') or {}).get('type')
+  if input_type not in _CLASS_OF_INPUT:
+    raise CheckpointError(
+        f'input type {input_type!r} has no transformers classifier; '
+        f'exportable: {sorted(_CLASS_OF_INPUT)}.')
+  if model.get('head', 'mean_linear') != 'perceiver_io':
+    raise CheckpointError(
+        f"head {model.get('head', 'mean_linear')!r} has no transformers "
+        "counterpart; only head='perceiver_io' models export.")
+  activation = model.get('mlp_activation', 'gelu_tanh')
+  values = _architecture_values(model)
+  index_dims = values.get('input.index_dims') or (224, 224)
+  hf_config = {
+      'model_type': 'perceiver',
+      'architectures': [_CLASS_OF_INPUT[input_type]],
+      'num_latents': values['num_latents'],
+      'd_latents': values['num_latent_channels'],
+      'num_blocks': values['num_blocks'],
+      'num_self_attends_per_block': values['num_self_attends_per_block'],
+      'num_self_attention_heads': values['num_self_heads'],
+      'num_cross_attention_heads': values['num_cross_heads'],
+      'qk_channels': values['qk_channels'],
+      'v_channels': values['v_channels'],
+      'cross_attention_shape_for_attention': 'kv',
+      'self_attention_widening_factor': values['self_attend_widening_factor'],
+      'cross_attention_widening_factor': values[
+          'cross_attend_widening_factor'],
+      'hidden_act': _HIDDEN_ACT.get(activation, activation),
+      'use_query_residual': values['cross_attend_query_residual'],
+      'attention_probs_dropout_prob': 0.0,
+      'image_size': int(index_dims[0]),
+      'num_labels': int(num_classes),
+      'id2label': {str(i): f'LABEL_{i}' for i in range(int(num_classes))},
+      'label2id': {f'LABEL_{i}': i for i in range(int(num_classes))},
+  }
+  back = _architecture_values(model_config(hf_config,
+                                           image_size=tuple(index_dims)))
+  for key, value in values.items():
+    if key.startswith('input.') and key not in back:
+      continue  # A field the input type does not read.
+    if back.get(key) != value:
+      raise CheckpointError(
+          f'{key}={value!r} cannot be expressed in transformers\' '
+          f'{hf_config["architectures"][0]} (it fixes {back.get(key)!r}).')
+  return hf_config
