@@ -93,6 +93,29 @@ def perceiver_model(**overrides: Any) -> ml_collections.ConfigDict:
       scan_blocks=False,
       precision='float32',
       remat='none',
+      # Options for the released Perceiver IO checkpoints' shape (defaults:
+      # the paper's). 'gelu_tanh' or 'gelu' (exact erf); MLP widenings of
+      # the cross- and self-attends (None: widening_factor); query/key and
+      # value widths of every attention (None: the paper's); whether the
+      # cross-attends add their output to the latents.
+      mlp_activation='gelu_tanh',
+      cross_attend_widening_factor=ml_collections.FieldReference(
+          None, field_type=int),
+      self_attend_widening_factor=ml_collections.FieldReference(
+          None, field_type=int),
+      qk_channels=ml_collections.FieldReference(None, field_type=int),
+      v_channels=ml_collections.FieldReference(None, field_type=int),
+      cross_attend_query_residual=True,
+      # 'mean_linear' (the paper's) or 'perceiver_io' (one trainable query
+      # cross-attends to the latents; model/decoder.py), set by `decoder`.
+      head='mean_linear',
+      decoder=dict(num_heads=1, widening_factor=1, query_residual=True,
+                   num_query_channels=ml_collections.FieldReference(
+                       None, field_type=int),
+                   qk_channels=ml_collections.FieldReference(
+                       None, field_type=int),
+                   v_channels=ml_collections.FieldReference(
+                       None, field_type=int)),
   ))
   model.update(overrides)
   return model

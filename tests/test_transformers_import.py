@@ -48,6 +48,9 @@ def test_import_writes_a_workdir_that_restores_to_their_logits(
   assert config.model.head == 'perceiver_io'
   assert config.model.input.type == 'conv1x1_learned'
   assert config.data.num_classes == fixtures.NUM_LABELS
+  assert config.data.eval_preprocessing == 'transformers'
+  assert tuple(config.data.image_shape) == (32, 32)  # Learned: its config.
+  assert config.data.eval_crop_fraction == 224 / 256
   forward = factory.transform_classifier(config.model, fixtures.NUM_LABELS)
   checkpointer = checkpoint_lib.Checkpointer(
       str(workdir / 'checkpoints'), read_only=True)
@@ -172,3 +175,19 @@ def test_export_refuses_what_transformers_cannot_express(field, value,
   model[field] = value
   with pytest.raises(tf_format.CheckpointError, match=needle):
     tf_format.transformers_config(model, 7)
+
+
+def test_evaluate_reads_an_imported_workdir(learned_checkpoint, tmp_path):
+  """`experiments.evaluate`'s path (`loop.evaluate_checkpoint`) on the
+  imported workdir, over TFDS's mock ImageNet with transformers'
+  preprocessing: the imported checkpoint is read unchanged."""
+  workdir = tmp_path / 'workdir'
+  workdir_config = imagenet.get_config('mock')
+  workdir_config.evaluator.batch_size = 8
+  workdir_config.data.mock_num_examples = 8
+  workdirs.import_checkpoint(str(learned_checkpoint[1]), str(workdir),
+                             workdir_config)
+  metrics = loop.evaluate_checkpoint(run_config.read(str(workdir)),
+                                     str(workdir / 'checkpoints'))
+  assert metrics['step'] == 0
+  assert 0.0 <= metrics['top1'] <= 1.0, metrics

@@ -58,12 +58,26 @@ def _weights(directory: str) -> dict:
                         '(truncated or not a safetensors file?)') from None
 
 
-def _image_size(directory: str) -> tuple[int, int]:
+def _image_settings(directory: str) -> tuple[tuple[int, int], float]:
+  """The image size `(H, W)` and centre-crop fraction of the checkpoint's
+  image processor (`preprocessor_config.json`; transformers' defaults,
+  224 x 224 and 224/256, without one)."""
   path = os.path.join(directory, 'preprocessor_config.json')
-  if not os.path.exists(path):
-    return (224, 224)
-  size = _read_json(path, 'preprocessor_config.json').get('size') or {}
-  return (int(size.get('height', 224)), int(size.get('width', 224)))
+  settings = (_read_json(path, 'preprocessor_config.json')
+              if os.path.exists(path) else {})
+  size = settings.get('size') or {}
+  crop = settings.get('crop_size') or {}
+  try:
+    height = int(size.get('height', 224))
+    width = int(size.get('width', 224))
+    fraction = height / int(crop.get('height', 256))
+  except (TypeError, ValueError, ZeroDivisionError) as e:
+    raise ImportFailure(f'{path}: unreadable size or crop_size ({e}).'
+                        ) from None
+  if not 0.0 < fraction <= 1.0:
+    raise ImportFailure(f'{path}: size {height} over crop_size '
+                        f'{crop.get("height")} is not a fraction in (0, 1].')
+  return (height, width), fraction
 
 
 def import_checkpoint(source: str, workdir: str,
@@ -100,8 +114,8 @@ def import_checkpoint(source: str, workdir: str,
       raise tf_format.CheckpointError(
           f'{architecture} has no classifier to evaluate; supported here: '
           + ', '.join(a for a, t in tf_format.ARCHITECTURES.items() if t))
-    model = tf_format.model_config(hf_config,
-                                   image_size=_image_size(source))
+    image_size, crop_fraction = _image_settings(source)
+    model = tf_format.model_config(hf_config, image_size=image_size)
     state = _weights(source)
     num_classes = int(hf_config.get('num_labels') or len(
         hf_config.get('id2label') or {}) or 1000)
@@ -115,8 +129,19 @@ def import_checkpoint(source: str, workdir: str,
     raise ImportFailure(str(e)) from None
   config = base_config.copy_and_resolve_references()
   with config.unlocked():
-    config.model = ml_collections.ConfigDict(model)
+    # The base config's execution modes (scan, precision, ...) stay; every
+    # field that decides the function is the checkpoint's.
+    for key, value in model.items():
+      if key == 'decoder' and 'decoder' in config.model:
+        config.model.decoder.update(value)
+      elif key != 'input':
+        config.model[key] = value
+    config.model.input = ml_collections.ConfigDict(model['input'])
     config.data.num_classes = num_classes
+    # Evaluated on the images the checkpoint was trained and evaluated on.
+    config.data.image_shape = tuple(model['input']['index_dims'])
+    config.data.eval_crop_fraction = crop_fraction
+    config.data.eval_preprocessing = 'transformers'
   theirs = sum(int(np.prod(v.shape)) for k, v in state.items()
                if not k.endswith(tf_format.IGNORED_SUFFIXES))
   ours = tf_format.count(params)
