@@ -191,3 +191,26 @@ def test_evaluate_reads_an_imported_workdir(learned_checkpoint, tmp_path):
                                      str(workdir / 'checkpoints'))
   assert metrics['step'] == 0
   assert 0.0 <= metrics['top1'] <= 1.0, metrics
+
+
+def test_attention_maps_of_an_imported_fourier_workdir(tmp_path):
+  """`experiments.attention_maps`' path on an imported Fourier classifier
+  (a 'grid' input): one map per image, read unchanged from the workdir."""
+  from perceiver_jax import pictures  # pylint: disable=g-import-not-at-top
+  model = fixtures.randomize(
+      fixtures.CLASSIFIERS['fourier'](fixtures.small_config()), seed=5)
+  source = fixtures.save(model, tmp_path / 'fourier')
+  (source / 'preprocessor_config.json').write_text(json.dumps(
+      {'size': {'height': 32, 'width': 32},
+       'crop_size': {'height': 36, 'width': 36}}))
+  workdir = tmp_path / 'workdir'
+  base = imagenet.get_config('mock')
+  base.evaluator.batch_size = 8
+  base.data.mock_num_examples = 8
+  workdirs.import_checkpoint(str(source), str(workdir), base)
+  config = run_config.read(str(workdir))
+  assert tuple(config.data.image_shape) == (32, 32)
+  assert config.data.eval_crop_fraction == 32 / 36
+  paths = pictures.draw_attention_maps(str(workdir), str(tmp_path / 'maps'),
+                                       num_images=1, num_latents=2)
+  assert len(paths) == 1 and os.path.getsize(paths[0]) > 1000
