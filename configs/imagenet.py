@@ -10,6 +10,14 @@ Variants (`--config=configs/imagenet.py:variant=NAME`):
   learned_pos  one cross-attend, 128-d learned positions (70.9%).
   permuted     one fixed pixel permutation, seed in
                `model.input.permutation_seed` (78.0%).
+  perceiver_io_fourier, perceiver_io_learned, perceiver_io_conv
+               the shapes of DeepMind's released Perceiver IO classifiers
+               (deepmind/vision-perceiver-*: 79.0%, 72.7%, 82.1% on their
+               model cards): one cross-attend, 8 x 6 shared self-attends,
+               exact-erf GELU, the one-query decoder head, their input
+               preprocessors and evaluation preprocessing. Random weights
+               unless imported (experiments.import_checkpoint, which
+               writes such a config); see docs/checkpoints.md.
 
 Flags: `runlocal` shrinks model, batch and data to seconds on a CPU; `mock`
 reads TFDS mock data instead of the prepared dataset.
@@ -30,8 +38,10 @@ Perceiver IO recipe (PAPER.md section 4).
 import ml_collections
 
 from configs import common
+from perceiver_jax.interop import transformers_format
 
-VARIANTS = ('fourier', 'learned_pos', 'permuted')
+VARIANTS = ('fourier', 'learned_pos', 'permuted', 'perceiver_io_fourier',
+            'perceiver_io_learned', 'perceiver_io_conv')
 NUM_TRAIN_EXAMPLES = 1_281_167
 NUM_EVAL_EXAMPLES = 50_000
 
@@ -81,6 +91,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.model.input.position_encoding = 'learned'
   elif variant == 'permuted':
     config.model.input.permutation_seed = 0
+  elif variant.startswith('perceiver_io_'):
+    released = transformers_format.RELEASED_CONFIGS[
+        'deepmind/vision-perceiver-' + variant[len('perceiver_io_'):]]
+    transformers_format.merge_model_config(
+        config.model, transformers_format.model_config(
+            released, image_size=config.data.image_shape))
+    # The grid follows the crop size, as in the other variants.
+    config.model.input.index_dims = config.data.get_ref('image_shape')
+    config.data.eval_preprocessing = 'transformers'
 
   config.train.batch_size = 1024  # ASSUMED
   config.train.num_epochs = 120.0
@@ -101,5 +120,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.data.image_shape = (32, 32)
     config.data.shuffle_buffer = 64
     common.paper_scale_runlocal(config)
-    config.model.input.num_bands = 4
+    if 'num_bands' in config.model.input:
+      config.model.input.num_bands = 4
   return config

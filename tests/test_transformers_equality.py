@@ -146,3 +146,36 @@ def test_paper_encoder_equals_transformers_encoder(tmp_path, hidden_act,
       **{**encoder_config, 'mlp_activation': other})(x, is_training=False))
   assert np.max(np.abs(mismatched.apply(params, None, inputs) - theirs)) > (
       10 * TOLERANCE)
+
+
+@pytest.mark.parametrize('name', sorted(tf_format.RELEASED_CONFIGS))
+def test_released_shapes_match_transformers_parameter_counts(name):
+  """configs/imagenet.py's perceiver_io_* variants (the released models'
+  shapes, full size) have exactly transformers' parameters for the same
+  published config, tensor by tensor (shapes only: no forward pass)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  from configs import imagenet  # pylint: disable=g-import-not-at-top
+  released = tf_format.RELEASED_CONFIGS[name]
+  variant = 'perceiver_io_' + name.rsplit('-', 1)[-1]
+  config = imagenet.get_config(f'variant={variant}')
+  forward = factory.transform_classifier(config.model,
+                                         config.data.num_classes)
+  example = {k: jnp.zeros(v.shape, v.dtype) for k, v in
+             factory.example_batch(config.model.input, 1).items()}
+  ours = jax.eval_shape(forward.init, jax.random.key(0), example,
+                        is_training=False)
+  model_class = getattr(transformers, released['architectures'][0])
+  with torch.device('meta'):  # Shapes without memory or initialisation.
+    model = model_class(transformers.PerceiverConfig(**{
+        k: v for k, v in released.items()
+        if k not in ('model_type', 'architectures')}))
+  state = {}
+  names = tf_format.name_map(released)
+  for key, tensor in model.state_dict().items():
+    if key.endswith(tf_format.IGNORED_SUFFIXES):
+      continue
+    where = names[key]
+    mapped = where.to_ours(np.empty(tuple(tensor.shape), np.float32))
+    assert mapped.shape == ours[where.module][where.name].shape, key
+    state[key] = mapped
+  assert len(state) == sum(len(v) for v in ours.values())

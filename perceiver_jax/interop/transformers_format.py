@@ -71,6 +71,32 @@ _PREFIX = 'perceiver.'
 IGNORED_SUFFIXES = ('num_batches_tracked',)
 
 
+# The configs of DeepMind's released classifiers as converted to
+# transformers (the values transformers' conversion script sets; everything
+# else is `PerceiverConfig`'s default: widening factors 1, hidden_act 'gelu',
+# a cross-attend query residual), by hub name. No weights: for building
+# models of their shape here, where the hub cannot be reached.
+_RELEASED_COMMON = dict(
+    model_type='perceiver', num_latents=512, d_latents=1024, num_blocks=8,
+    num_self_attends_per_block=6, num_cross_attention_heads=1,
+    num_self_attention_heads=8, qk_channels=None, v_channels=None,
+    cross_attention_shape_for_attention='kv',
+    self_attention_widening_factor=1, cross_attention_widening_factor=1,
+    hidden_act='gelu', use_query_residual=True, num_labels=1000,
+    image_size=224)
+RELEASED_CONFIGS = {
+    'deepmind/vision-perceiver-fourier': dict(
+        _RELEASED_COMMON, d_model=261,
+        architectures=['PerceiverForImageClassificationFourier']),
+    'deepmind/vision-perceiver-learned': dict(
+        _RELEASED_COMMON, d_model=512,
+        architectures=['PerceiverForImageClassificationLearned']),
+    'deepmind/vision-perceiver-conv': dict(
+        _RELEASED_COMMON, d_model=322,
+        architectures=['PerceiverForImageClassificationConvProcessing']),
+}
+
+
 class CheckpointError(ValueError):
   """A checkpoint that cannot become our parameters (or the reverse)."""
 
@@ -465,3 +491,25 @@ def transformers_config(model: Mapping[str, Any],
           f'{key}={value!r} cannot be expressed in transformers\' '
           f'{hf_config["architectures"][0]} (it fixes {back.get(key)!r}).')
   return hf_config
+
+
+def merge_model_config(config_model: Any, model: Mapping[str, Any]) -> None:
+  """Writes `model_config`'s result into a run config's `config.model`.
+
+  The run config's execution modes (scan, precision, ...) stay; every field
+  that decides the function becomes the checkpoint's. `config.model.input`
+  is replaced whole (the input types have different fields).
+
+  Args:
+    config_model: an unlocked `ml_collections.ConfigDict`.
+    model: the result of `model_config`.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  for key, value in model.items():
+    if key == 'decoder' and 'decoder' in config_model:
+      config_model.decoder.update(value)
+    elif key != 'input':
+      config_model[key] = value
+  if 'input' in model:
+    config_model.input = ml_collections.ConfigDict(model['input'])
+

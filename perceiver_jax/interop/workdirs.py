@@ -15,6 +15,7 @@ from typing import Optional
 
 import ml_collections
 
+
 _PICKLE_FILES = ('pytorch_model.bin', 'model.bin', 'pytorch_model.pt')
 
 
@@ -81,7 +82,7 @@ def _image_settings(directory: str) -> tuple[tuple[int, int], float]:
 
 
 def import_checkpoint(source: str, workdir: str,
-                      base_config: 'ml_collections.ConfigDict') -> str:
+                      base_config: ml_collections.ConfigDict) -> str:
   """Writes `workdir` from the checkpoint in `source`; returns the summary.
 
   Args:
@@ -129,14 +130,7 @@ def import_checkpoint(source: str, workdir: str,
     raise ImportFailure(str(e)) from None
   config = base_config.copy_and_resolve_references()
   with config.unlocked():
-    # The base config's execution modes (scan, precision, ...) stay; every
-    # field that decides the function is the checkpoint's.
-    for key, value in model.items():
-      if key == 'decoder' and 'decoder' in config.model:
-        config.model.decoder.update(value)
-      elif key != 'input':
-        config.model[key] = value
-    config.model.input = ml_collections.ConfigDict(model['input'])
+    tf_format.merge_model_config(config.model, model)
     config.data.num_classes = num_classes
     # Evaluated on the images the checkpoint was trained and evaluated on.
     config.data.image_shape = tuple(model['input']['index_dims'])
