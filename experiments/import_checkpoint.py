@@ -8,8 +8,11 @@ huggingface_hub). WORKDIR (new or empty) receives what a training run would
 leave there: `config.json` (configs/imagenet.py with `config.model` replaced
 by the checkpoint's architecture) and an orbax checkpoint of step 0 under
 `checkpoints/`, so that `experiments.evaluate --workdir=WORKDIR` and
-`experiments.attention_maps` read it unchanged. The image size comes from
-DIR's `preprocessor_config.json` when present (default 224).
+`experiments.attention_maps` read it unchanged (`--data_dir`: where the
+prepared ImageNet is, else $TFDS_DATA_DIR then). The image size and centre
+crop come from DIR's `preprocessor_config.json` when present (default 224
+and 224/256), and evaluation uses transformers' image preprocessing
+(`config.data.eval_preprocessing='transformers'`).
 
 Supported: `perceiver_jax.interop.transformers_format.ARCHITECTURES` (the
 three ImageNet classifiers). A bad checkpoint (unreadable or truncated
@@ -31,14 +34,20 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir to create.',
                                required=True)
 _CONFIG = flags.DEFINE_string('config_arg', '', 'The argument string of '
                               'configs/imagenet.py (data settings).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'The TFDS data directory '
+                                'holding the prepared ImageNet, written to '
+                                'config.data.data_dir (default: '
+                                '$TFDS_DATA_DIR at evaluation).')
 
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f'Unexpected arguments: {argv[1:]}')
   try:
     from configs import imagenet  # pylint: disable=g-import-not-at-top
-    print(workdirs.import_checkpoint(_FROM.value, _WORKDIR.value,
-                                     imagenet.get_config(_CONFIG.value)))
+    config = imagenet.get_config(_CONFIG.value)
+    if _DATA_DIR.value is not None:
+      config.data.data_dir = _DATA_DIR.value
+    print(workdirs.import_checkpoint(_FROM.value, _WORKDIR.value, config))
   except workdirs.ImportFailure as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)

@@ -19,6 +19,7 @@ from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import loop
 from perceiver_jax.train import optim
 from perceiver_jax.train import run_config
+from tests import command_utils
 from tests import transformers_fixtures as fixtures
 
 
@@ -123,7 +124,8 @@ def test_pickle_only_checkpoint_is_refused(learned_checkpoint, tmp_path):
   source = _copy(learned_checkpoint[1], tmp_path)
   os.remove(source / 'model.safetensors')
   (source / 'pytorch_model.bin').write_bytes(b'not loaded')
-  _refused(source, tmp_path, 'pickle', 'save_pretrained', 'safetensors')
+  _refused(source, tmp_path, 'pickle', 'save_pretrained', 'safetensors',
+           'PerceiverForImageClassificationLearned.from_pretrained')
 
 
 def test_export_of_an_imported_workdir_loads_in_transformers(
@@ -214,3 +216,33 @@ def test_attention_maps_of_an_imported_fourier_workdir(tmp_path):
   paths = pictures.draw_attention_maps(str(workdir), str(tmp_path / 'maps'),
                                        num_images=1, num_latents=2)
   assert len(paths) == 1 and os.path.getsize(paths[0]) > 1000
+
+
+def test_commands_print_counts_and_one_line_errors(learned_checkpoint,
+                                                   tmp_path):
+  """As a user runs them: the import prints both parameter counts; a
+  refused checkpoint or export is one `error:` line with exit status 2."""
+  model, source = learned_checkpoint
+  workdir = tmp_path / 'workdir'
+  done = command_utils.run_module(
+      'experiments.import_checkpoint', f'--from={source}',
+      f'--workdir={workdir}', f'--data_dir={tmp_path / "tfds"}')
+  assert done.returncode == 0, done.stderr
+  total = sum(p.numel() for p in model.parameters())
+  assert f'transformers {total:,} values' in done.stdout
+  assert f'perceiver_jax {total:,} parameters' in done.stdout
+  assert run_config.read(str(workdir)).data.data_dir == str(tmp_path / 'tfds')
+  again = command_utils.run_module(
+      'experiments.import_checkpoint', f'--from={source}',
+      f'--workdir={workdir}')
+  assert again.returncode == 2
+  assert again.stderr.strip().splitlines() == [
+      f'error: --workdir {workdir} exists and is not empty.']
+  exported = command_utils.run_module(
+      'experiments.export_checkpoint', f'--workdir={source}',
+      f'--to={tmp_path / "out"}')
+  assert exported.returncode == 2
+  assert len(exported.stderr.strip().splitlines()) == 1
+  assert exported.stderr.startswith('error: ')
+  assert 'not a perceiver_jax run config' in exported.stderr
+  assert not (tmp_path / 'out').exists()

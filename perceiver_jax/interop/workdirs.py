@@ -33,7 +33,7 @@ def _read_json(path: str, what: str) -> dict:
     raise ImportFailure(f'{path} is not valid JSON ({e}).') from None
 
 
-def _weights(directory: str) -> dict:
+def _weights(directory: str, architecture: str) -> dict:
   """The checkpoint's tensors, read without pickle."""
   import safetensors  # pylint: disable=g-import-not-at-top
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
@@ -46,9 +46,8 @@ def _weights(directory: str) -> dict:
           f'{directory} holds only {pickles[0]}, a pickle file, which this '
           'command does not load (unpickling runs code). Convert it once '
           'where you trust it: python -c "import transformers; transformers.'
-          f'AutoModel.from_pretrained(\'{directory}\').save_pretrained('
-          f'\'{directory}\', safe_serialization=True)" (writes '
-          'model.safetensors).')
+          f'{architecture}.from_pretrained(\'{directory}\').save_pretrained('
+          f'\'{directory}\')" (writes model.safetensors).')
     raise ImportFailure(f'no model.safetensors in {directory}.')
   try:
     return safetensors.numpy.load_file(path)
@@ -117,7 +116,7 @@ def import_checkpoint(source: str, workdir: str,
           + ', '.join(a for a, t in tf_format.ARCHITECTURES.items() if t))
     image_size, crop_fraction = _image_settings(source)
     model = tf_format.model_config(hf_config, image_size=image_size)
-    state = _weights(source)
+    state = _weights(source, architecture)
     num_classes = int(hf_config.get('num_labels') or len(
         hf_config.get('id2label') or {}) or 1000)
     forward = factory.transform_classifier(model, num_classes)
