@@ -15,7 +15,7 @@ paper's mAP (%) on AudioSet's eval set is beside each:
       --config.data.data_dir=/data/tfds
 
 The default variant is `raw` (the first row of the paper's table, and the
-cheapest input). Prepare the data first (README, AudioSet):
+cheapest input). Prepare the data first (docs/audioset.md):
 audio-only variants read the `audio` builder config, the others
 `audio_video`.
 
@@ -24,13 +24,13 @@ seconds on a CPU; `mock` reads a tiny AudioSet that the loader generates in
 the real formats and builds with the real builder (three evaluation clips),
 so `variant=mel,runlocal,mock` runs anywhere.
 
-Model (PAPER.md section 4): 2 cross-attends and 8 self-attend layers per
+Model (docs/paper.md section 4): 2 cross-attends and 8 self-attend layers per
 latent Transformer, no weight sharing. Our reading of the depth: as in the
 ImageNet model, a block is a cross-attend followed by a latent Transformer,
 so 2 interleaved cross-attends make 2 blocks (16 self-attend layers, 8
 after each cross-attend). An 8-block reading (2 cross-attends spread over 8
 latent Transformers, 64 unshared layers) is one override away:
-`--config.model.num_blocks=8`.
+`--config.model.encoder.num_blocks=8`.
 
 Recipe: sigmoid cross-entropy, 100 epochs of about 1.7M clips (one random
 1.28 s window per clip and epoch); evaluation averages the sigmoid
@@ -52,7 +52,7 @@ VARIANTS = ('raw', 'mel', 'video', 'raw_video', 'mel_video',
 PAPER_MAP = {'raw': 38.3, 'mel': 38.4, 'video': 25.8, 'raw_video': 43.5,
              'mel_video': 43.2, 'mel_video_tuned': 44.2}
 NUM_CLASSES = audioset_data.NUM_CLASSES
-# "About 1.7M" training clips (PAPER.md); the prepared dataset's own count
+# "About 1.7M" training clips (docs/paper.md); the prepared dataset's own count
 # depends on how many clips could be downloaded: set it with
 # --config.data.num_train_examples=N to keep epochs exact.
 NUM_TRAIN_EXAMPLES = 1_700_000

@@ -6,8 +6,9 @@ A config is an `ml_collections.ConfigDict` with these sections:
 - `seed`: the base seed of parameters, data order and dropout.
 - `data`: what the task's loader reads (`num_classes`, `num_train_examples`,
   directories, augmentation).
-- `model`: the encoder (names as in `perceiver_jax.model.perceiver`) and
-  `model.input`, the adapter (see `perceiver_jax.model.factory`).
+- `model`: `model.encoder`, the fields of `perceiver_jax.model.
+  encoder_config.EncoderConfig`, and `model.input`, the input adapter (see
+  `perceiver_jax.model.factory` and `perceiver_jax.model.inputs`).
 - `train`: batch size, length (`num_steps`, or `num_epochs` when
   `num_steps` is None), logging, evaluation and checkpoint intervals.
 - `optimizer`, `loss`, `evaluator`, `checkpoint`.
@@ -17,9 +18,13 @@ boundaries in steps) are computed at launch from the final config, so an
 override of `train.batch_size` or `train.num_epochs` moves them too.
 """
 
+import dataclasses
 from typing import Any, Iterable, Optional
 
 import ml_collections
+
+from perceiver_jax.model import decoder as decoder_lib
+from perceiver_jax.model import encoder_config
 
 
 def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
@@ -61,64 +66,31 @@ def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
   return parsed
 
 
-def perceiver_model(**overrides: Any) -> ml_collections.ConfigDict:
-  """The encoder of the paper's ImageNet model (PAPER.md sections 1-2)."""
-  model = ml_collections.ConfigDict(dict(
-      num_blocks=8,
-      num_self_attends_per_block=6,
-      num_cross_attends=8,
-      cross_attend_placement='interleaved',
-      share_weights=True,
-      num_latents=512,
-      num_latent_channels=1024,
-      num_cross_heads=1,
-      num_self_heads=8,
-      widening_factor=1,
-      dropout=0.0,
-      attention_impl='einsum',
-      # Same outputs as the paper's nominal path, fewer FLOPs (the shared
-      # cross-attends' input LayerNorm and K/V computed once per forward).
-      reuse_shared_keys_values=True,
-      # Same outputs, fewer FLOPs when inputs outnumber latents: one-head
-      # cross-attends project the queries instead of the M inputs.
-      absorb_cross_attend_projections=True,
-      # Same outputs, fewer FLOPs on a grid with Fourier features: those
-      # cross-attends read the pixels and one feature table per axis
-      # instead of the [B, M, C] byte array (model/grid_byte_array.py).
-      grid_parts=True,
-      # Execution modes (same parameters and outputs; see
-      # perceiver_jax.model.perceiver): repeated shared blocks under a scan
-      # (compile time independent of depth), 'float32' or 'bfloat16'
-      # compute, and 'none' or 'block' rematerialisation.
-      scan_blocks=False,
-      precision='float32',
-      remat='none',
-      # Options for the released Perceiver IO checkpoints' shape (defaults:
-      # the paper's). 'gelu_tanh' or 'gelu' (exact erf); MLP widenings of
-      # the cross- and self-attends (None: widening_factor); query/key and
-      # value widths of every attention (None: the paper's); whether the
-      # cross-attends add their output to the latents.
-      mlp_activation='gelu_tanh',
-      cross_attend_widening_factor=ml_collections.FieldReference(
-          None, field_type=int),
-      self_attend_widening_factor=ml_collections.FieldReference(
-          None, field_type=int),
-      qk_channels=ml_collections.FieldReference(None, field_type=int),
-      v_channels=ml_collections.FieldReference(None, field_type=int),
-      cross_attend_query_residual=True,
-      # 'mean_linear' (the paper's) or 'perceiver_io' (one trainable query
-      # cross-attends to the latents; model/decoder.py), set by `decoder`.
-      head='mean_linear',
-      decoder=dict(num_heads=1, widening_factor=1, query_residual=True,
-                   num_query_channels=ml_collections.FieldReference(
-                       None, field_type=int),
-                   qk_channels=ml_collections.FieldReference(
-                       None, field_type=int),
-                   v_channels=ml_collections.FieldReference(
-                       None, field_type=int)),
-  ))
-  model.update(overrides)
-  return model
+def perceiver_model(**encoder_overrides: Any) -> ml_collections.ConfigDict:
+  """`config.model` of the paper's ImageNet model (docs/paper.md sections
+  1-2), without its input.
+
+  `encoder` holds every field of `EncoderConfig` (its defaults are the
+  paper's, plus `encoder_overrides`); `grid_parts` lets grid inputs reach
+  the encoder in parts (same outputs, fewer FLOPs; `perceiver_jax.model.
+  factory`).
+  """
+  encoder = dataclasses.asdict(
+      encoder_config.EncoderConfig(**encoder_overrides))
+  for field in dataclasses.fields(encoder_config.EncoderConfig):
+    if field.type == Optional[int]:
+      # Typed, so that `--config.model.encoder.qk_channels=256` overrides
+      # a default of None.
+      encoder[field.name] = ml_collections.FieldReference(
+          encoder[field.name], field_type=int)
+  # 'mean_linear' (the paper's) or 'perceiver_io' (one trainable query
+  # cross-attends to the latents; model/decoder.py, set by `decoder`).
+  decoder = {
+      key: (ml_collections.FieldReference(None, field_type=int)
+            if value is None else value)
+      for key, value in decoder_lib.DECODER_DEFAULTS.items()}
+  return ml_collections.ConfigDict(dict(encoder=encoder, grid_parts=True,
+                                        head='mean_linear', decoder=decoder))
 
 
 def small_model() -> ml_collections.ConfigDict:
@@ -143,8 +115,8 @@ def small_runlocal(config: ml_collections.ConfigDict, *,
   8 latents of 16 channels, 2 heads, 4 bands; 6 steps of 16 examples,
   evaluated and checkpointed every 3.
   """
-  config.model.update(num_latents=8, num_latent_channels=16,
-                      num_self_heads=2)
+  config.model.encoder.update(num_latents=8, num_latent_channels=16,
+                              num_self_heads=2)
   config.model.input.num_bands = 4
   config.train.update(batch_size=16, num_steps=6, log_every_steps=2,
                       eval_every_steps=3, checkpoint_every_steps=3)
@@ -182,9 +154,9 @@ def paper_scale_runlocal(config: ml_collections.ConfigDict, *,
   logged and checkpointed every 2, evaluated at the end on at most
   `max_eval_examples` examples. The input's size is each config's own.
   """
-  config.model.update(
+  config.model.encoder.update(
       num_blocks=2, num_self_attends_per_block=1,
-      num_cross_attends=min(config.model.num_cross_attends, 2),
+      num_cross_attends=min(config.model.encoder.num_cross_attends, 2),
       num_latents=16, num_latent_channels=32, num_self_heads=2)
   config.train.update(batch_size=8, num_steps=4, log_every_steps=2,
                       eval_every_steps=4, checkpoint_every_steps=2)

@@ -9,7 +9,7 @@ about 97% test accuracy in a couple of minutes on a 2-core CPU:
   python -m experiments.train --config=configs/digits.py:runlocal
 
 Optimizer: AdamW with cosine decay; at this scale LAMB at the paper's rates
-learns far more slowly (see README).
+learns far more slowly (see docs/training.md).
 """
 
 import ml_collections

@@ -46,8 +46,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.model.convnet = ml_collections.ConfigDict(dict(
       channels=(32, 64, 128)))
   if args['study'] in ('sharing', 'cross_attends'):
-    config.model.update(num_blocks=4, num_self_attends_per_block=1,
-                        num_cross_attends=4)
+    config.model.encoder.update(num_blocks=4, num_self_attends_per_block=1,
+                                num_cross_attends=4)
   if not args['runlocal']:
     # One checkpoint per point is enough: a study compares final results.
     config.checkpoint.keep = 1
@@ -66,13 +66,13 @@ def get_hyper(h, arg: str = ''):
     ])
   if args['study'] == 'sharing':
     return h.product([
-        h.sweep('config.model.share_weights', [True, False]),
+        h.sweep('config.model.encoder.share_weights', [True, False]),
         seeds,
     ])
   return h.product([
       h.zip([
-          h.sweep('config.model.num_cross_attends', [1, 2, 4, 4]),
-          h.sweep('config.model.cross_attend_placement',
+          h.sweep('config.model.encoder.num_cross_attends', [1, 2, 4, 4]),
+          h.sweep('config.model.encoder.cross_attend_placement',
                   ['interleaved', 'interleaved', 'interleaved', 'start']),
       ]),
       seeds,

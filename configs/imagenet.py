@@ -22,17 +22,19 @@ Variants (`--config=configs/imagenet.py:variant=NAME`):
 Flags: `runlocal` shrinks model, batch and data to seconds on a CPU; `mock`
 reads TFDS mock data instead of the prepared dataset.
 
-Ablations are overrides of `config.model` (parameters for the headline):
-  --config.model.share_weights=False                          326.2M
-  --config.model.num_cross_attends=1                          (1 cross-attend)
-  --config.model.num_cross_attends=4 \
-      --config.model.cross_attend_placement=start             ('at start')
-  --config.model.num_self_attends_per_block=0 \
-      --config.model.num_cross_attends=12 \
-      --config.model.share_weights=False                      (cross-attends only)
+Ablations are overrides of `config.model.encoder` (parameters for the
+headline):
+  --config.model.encoder.share_weights=False                326.2M
+  --config.model.encoder.num_cross_attends=1                (1 cross-attend)
+  --config.model.encoder.num_cross_attends=4 \
+      --config.model.encoder.cross_attend_placement=start   ('at start')
+  --config.model.encoder.num_self_attends_per_block=0 \
+      --config.model.encoder.num_cross_attends=12 \
+      --config.model.encoder.share_weights=False            (cross-attends
+                                                             only)
 
 Values marked ASSUMED are not stated in the paper; they follow the
-Perceiver IO recipe (PAPER.md section 4).
+Perceiver IO recipe (docs/paper.md section 4).
 """
 
 import ml_collections
@@ -80,14 +82,14 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.data.num_train_examples = config.data.get_ref('mock_num_examples')
   config.model = common.perceiver_model()
   # The 7 repeated shared steps run under one scan: the train step compiles
-  # in about 31 s on 2 CPU cores instead of 458 s (README, Performance).
-  config.model.scan_blocks = True
+  # in about 31 s on 2 CPU cores instead of 458 s (docs/performance.md).
+  config.model.encoder.scan_blocks = True
   config.model.input = common.grid_input(
       key='image', index_dims=config.data.get_ref('image_shape'),
       raw_channels=3, num_bands=64,
       max_resolution=None)  # None: mu = the crop size per axis (224).
   if variant == 'learned_pos':
-    config.model.num_cross_attends = 1
+    config.model.encoder.num_cross_attends = 1
     config.model.input.position_encoding = 'learned'
   elif variant == 'permuted':
     config.model.input.permutation_seed = 0

@@ -1,7 +1,8 @@
-r"""ModelNet40 point clouds: the paper's run (85.7% top-1, PAPER.md section 4).
+r"""ModelNet40 point clouds: the paper's run (85.7% top-1, docs/paper.md
+section 4).
 
-Prepare the data once from the official archive (see README / the builder's
-docstring for both supported downloads):
+Prepare the data once from the official archive (see docs/pointclouds.md
+and the builder's docstring for both supported downloads):
 
   python -m perceiver_jax.data.modelnet40 --manual_dir=DIR --config=official
 
@@ -20,7 +21,7 @@ Readings of the paper (values marked ASSUMED are not stated there):
   self-attends, shared weights, 512 x 1024 latents) are kept and only the
   number of cross-attends drops from 8 to 2, interleaved (before blocks 0
   and 4). The other reading, two blocks of (cross-attend, 6 self-attends),
-  is `--config.model.num_blocks=2`.
+  is `--config.model.encoder.num_blocks=2`.
 - Fourier features of (x, y, z) in [-1, 1]: 64 bands per axis up to a
   highest frequency of 1120, "10x ImageNet", whose highest is 224 / 2 =
   112. With frequencies `linspace(1, mu / 2, K)` that is mu = 2240 per axis.

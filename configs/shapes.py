@@ -6,7 +6,7 @@ size and rotation about the vertical axis, generated in memory in seconds
 and point-sampled as ModelNet40 is (`perceiver_jax/data/shapes.py`). A small
 Perceiver with the paper's point-cloud input (Fourier features of x, y, z)
 and structure (repeated cross-attends, shared latent Transformer) learns it
-in minutes on a 2-core CPU (measured numbers in the README):
+in minutes on a 2-core CPU (measured numbers in docs/pointclouds.md):
 
   python -m experiments.train --config=configs/shapes.py
   python -m experiments.train --config=configs/shapes.py:runlocal

@@ -1,9 +1,6 @@
 """Entry points: `python -m experiments.<name>`.
 
-Importing this package tunes glibc's malloc for XLA:CPU before any entry
-point imports JAX, TensorFlow or PyTorch (`perceiver_jax.host_memory`).
+Importing this package changes nothing in the process: the commands that
+run compiled programs apply the process-wide malloc settings
+(`perceiver_jax.host_memory`) as the first line of their `main`.
 """
-
-from perceiver_jax import host_memory
-
-host_memory.keep_freed_memory()

@@ -8,9 +8,13 @@ one row per cross-attend, the image and then a few latents' attention over
 the pixel grid (heads averaged; permuted runs are mapped back to the grid).
 """
 
-from absl import app
+import os
+
 from absl import flags
 from absl import logging
+
+from perceiver_jax import host_memory
+from perceiver_jax import cli
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.',
                                required=True)
@@ -24,12 +28,20 @@ _STEP = flags.DEFINE_integer('step', None,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
+  cli.no_arguments(argv)
+  if not os.path.isfile(os.path.join(_WORKDIR.value, 'config.json')):
+    raise cli.UsageError(f'--workdir={_WORKDIR.value} holds no run (no '
+                         'config.json); give a run directory that '
+                         'experiments.train wrote.')
+  if _STEP.value is not None and not os.path.isdir(os.path.join(
+      _WORKDIR.value, 'checkpoints', str(_STEP.value))):
+    raise cli.UsageError(f'--step={_STEP.value}: no such checkpoint in '
+                         f'{_WORKDIR.value}/checkpoints; leave --step out '
+                         'for the newest.')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   # pylint: disable=g-import-not-at-top
-  import os
   from perceiver_jax import pictures
   from perceiver_jax.train import runtime
   # pylint: enable=g-import-not-at-top
@@ -42,4 +54,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -39,7 +39,7 @@ the peak is unknown (CPUs).
 
 `--num_inputs=M` replaces the config's input by a 1D grid of M positions
 (same raw channels and Fourier bands), for any M. Overrides such as
-`--config.model.scan_blocks=True` work as in `experiments.train`.
+`--config.model.encoder.scan_blocks=True` work as in `experiments.train`.
 """
 
 import functools
@@ -55,11 +55,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from perceiver_jax import host_memory
+
 MODES = ('train', 'forward', 'input', 'scaling')
 
 # XLA options that cut CPU compile times about four times (backend
 # optimisations and the newer fusion emitters off), for `--fast_compile`.
-# They change run times too (see README, Performance).
+# They change run times too (see docs/performance.md).
 FAST_COMPILE_OPTIONS = {
     'xla_backend_optimization_level': 0,
     'xla_llvm_disable_expensive_passes': True,
@@ -254,12 +256,12 @@ def _environment() -> dict[str, Any]:
 
 
 def _model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  model = config.model
-  return {k: model.get(k) for k in (
+  encoder = config.model.encoder
+  return dict({k: encoder.get(k) for k in (
       'precision', 'attention_impl', 'scan_blocks', 'remat',
       'reuse_shared_keys_values', 'absorb_cross_attend_projections',
-      'grid_parts', 'num_blocks', 'num_self_attends_per_block',
-      'num_latents', 'num_latent_channels')}
+      'num_blocks', 'num_self_attends_per_block', 'num_latents',
+      'num_latent_channels')}, grid_parts=config.model.get('grid_parts'))
 
 
 def nominal_flops_per_example(config: ml_collections.ConfigDict
@@ -272,7 +274,8 @@ def nominal_flops_per_example(config: ml_collections.ConfigDict
   from experiments import model_summary  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   with config.unlocked():
-    config.model.update(scan_blocks=False, remat='none', precision='float32')
+    config.model.encoder.update(scan_blocks=False, remat='none',
+                                precision='float32')
   summary = model_summary.summarize(config)
   return summary['params'], summary['flops_per_example']
 
@@ -507,17 +510,17 @@ def apply_overrides(config: ml_collections.ConfigDict, *,
     if batch_size is not None:
       config.train.batch_size = batch_size
     if attention_impl is not None:
-      config.model.attention_impl = attention_impl
+      config.model.encoder.attention_impl = attention_impl
     if precision is not None:
-      config.model.precision = precision
+      config.model.encoder.precision = precision
   return config
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import app  # pylint: disable=g-import-not-at-top
+  host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
   from absl import flags  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  from perceiver_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.no_arguments(argv)
   f = flags.FLAGS
   config = apply_overrides(
       f.config, batch_size=f.batch_size, num_inputs=f.num_inputs,
@@ -545,19 +548,17 @@ def main(argv: Sequence[str]) -> None:
 
 def _define_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file(
-      'config', 'configs/digits.py', 'The experiment config file.',
-      lock_config=True)
+  from perceiver_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.define_config_flag('configs/digits.py', 'The experiment config file.')
   flags.DEFINE_enum('mode', 'train', MODES, 'What to measure.')
   flags.DEFINE_integer('batch_size', None,
                        'Global batch size (default: config.train.batch_size).')
   flags.DEFINE_integer('num_inputs', None,
                        'Replace the input by a 1D grid of this many positions.')
   flags.DEFINE_enum('attention_impl', None, ('einsum', 'dot_product'),
-                    'Overrides config.model.attention_impl.')
+                    'Overrides config.model.encoder.attention_impl.')
   flags.DEFINE_enum('precision', None, ('float32', 'bfloat16'),
-                    'Overrides config.model.precision.')
+                    'Overrides config.model.encoder.precision.')
   flags.DEFINE_integer('steps', 5, 'Timed steps (input mode: batches); 0 '
                        'compiles only (train, forward).')
   flags.DEFINE_integer('warmup', 2, 'Untimed steps first.')
@@ -573,6 +574,6 @@ def _define_flags() -> None:
 if __name__ == '__main__':
   # Flags are defined here, not on import, so that other programs and tests
   # can import this module next to their own flags.
-  from absl import app as _app  # pylint: disable=g-import-not-at-top
+  from perceiver_jax import cli as _cli  # pylint: disable=g-import-not-at-top
   _define_flags()
-  _app.run(main)
+  _cli.run(main)

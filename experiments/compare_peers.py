@@ -58,6 +58,9 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from perceiver_jax import host_memory
+from perceiver_jax import cli
+
 NUM_CLASSES = 1000
 
 
@@ -67,9 +70,10 @@ def our_config(image_size: int, batch_size: int,
   from configs import imagenet  # pylint: disable=g-import-not-at-top
   config = imagenet.get_config()
   config.data.image_shape = (image_size, image_size)
-  config.model.update(num_blocks=2, num_self_attends_per_block=2,
-                      num_cross_attends=num_cross_attends, num_latents=256,
-                      num_latent_channels=256, num_self_heads=8)
+  config.model.encoder.update(
+      num_blocks=2, num_self_attends_per_block=2,
+      num_cross_attends=num_cross_attends, num_latents=256,
+      num_latent_channels=256, num_self_heads=8)
   config.train.batch_size = batch_size
   config.optimizer.name = 'adam'
   config.optimizer.weight_decay = 0.0
@@ -324,7 +328,8 @@ def time_in_rounds(contenders: Sequence[Contender], *, rounds: int,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
+  parser = cli.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch_size', type=int, default=8)
   parser.add_argument('--image_size', type=int, default=None,
                       help='default 64; with --released 224 (32 if --tiny)')
@@ -437,4 +442,4 @@ def paired_speedup(peer_rounds: Sequence[float],
 
 
 if __name__ == '__main__':
-  main()
+  cli.guard(main)

@@ -1,49 +1,98 @@
-r"""Evaluates a checkpoint: `python -m experiments.evaluate --workdir=DIR`.
+r"""Evaluates checkpoints: `python -m experiments.evaluate --workdir=DIR`.
 
 Reads the run's `config.json` and its newest checkpoint (or `--checkpoint`,
 a step directory such as `DIR/checkpoints/1500`), evaluates `--split`
 (default: the config's evaluation split), prints the metrics as one JSON
 line and writes them to `DIR/evaluations/<split>-step<N>.json` (or
 `--output`). The checkpoint directory is opened read-only.
+
+`--checkpoint=all` evaluates every kept checkpoint, oldest first, prints
+one table (a row per step) and the best step by the config's metric
+(`config.evaluator.metric`, `metric_mode`), and writes them to
+`DIR/evaluations/<split>-all.json` (or `--output`).
+
+Fields that change only the evaluation may be overridden as in training,
+`--config.evaluator.batch_size=64`, `--config.evaluator.split=validation`,
+`--config.evaluator.max_examples=1000` (at most this many examples; clips
+for AudioSet); any other `--config.` override is refused, since the
+checkpoint was trained with the run's config.
 """
 
 import json
 import os
+import sys
 
 from absl import flags
 from absl import logging
 
+from perceiver_jax import host_memory
+from perceiver_jax import cli
+from perceiver_jax.train import evaluation
 from perceiver_jax.train import launch
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.',
                                required=True)
 _CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'A checkpoint step directory (default: the newest '
-    'in WORKDIR/checkpoints).')
+    'checkpoint', None, "A checkpoint step directory, or 'all' for every "
+    'kept checkpoint (default: the newest in WORKDIR/checkpoints).')
 _SPLIT = flags.DEFINE_string('split', None, 'The split to evaluate.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON.')
 
+def evaluate_all(config, workdir: str, split: str | None,
+                 output: str | None, overrides: list[str]) -> dict:
+  """Evaluates every kept checkpoint; prints the table, writes the JSON."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from perceiver_jax.train import loop
+  from perceiver_jax.train import writers
+  # pylint: enable=g-import-not-at-top
+  checkpoint_dir = os.path.join(workdir, 'checkpoints')
+  results = loop.evaluate_checkpoints(config, checkpoint_dir, split=split)
+  split = split or config.evaluator.split
+  metric, mode = config.evaluator.metric, config.evaluator.metric_mode
+  best = evaluation.best_step(results, metric, mode)
+  summary = {'split': split, 'metric': metric, 'metric_mode': mode,
+             'best_step': best['step'], 'best': best[metric],
+             'checkpoint_dir': checkpoint_dir,
+             'config_overrides': overrides, 'evaluations': results}
+  output = output or os.path.join(workdir, 'evaluations', f'{split}-all.json')
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    writers.write_json(output, summary)
+    print(evaluation.results_table(results, metric) +
+          f'\nBest: step {best["step"]} ({split} {metric} '
+          f'{best[metric]:.4f}; {mode} is best). Written to {output}',
+          flush=True)
+  return summary
+
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}')
+  host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
+  cli.no_arguments(argv)
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
     # Orbax warns that the directory is read-only: we opened it so.
     logging.get_absl_logger().addFilter(
         lambda record: not (record.filename == 'checkpoint_manager.py' and
                             'read' in record.getMessage().lower()))
+  evaluation.check_workdir(_WORKDIR.value, _CHECKPOINT.value)
   launch.initialize_distributed()
   # pylint: disable=g-import-not-at-top
   import jax
+  from perceiver_jax.train import evaluators
   from perceiver_jax.train import loop
   from perceiver_jax.train import run_config
   from perceiver_jax.train import runtime
   from perceiver_jax.train import writers
   # pylint: enable=g-import-not-at-top
   runtime.enable_compilation_cache()
+  evaluators.show_progress()
   workdir = _WORKDIR.value
   config = run_config.read(workdir)
+  evaluation.apply_overrides(config, _OVERRIDES)
+  if _CHECKPOINT.value == 'all':
+    evaluate_all(config, workdir, _SPLIT.value, _OUTPUT.value, _OVERRIDES)
+    return
   if _CHECKPOINT.value:
     checkpoint = os.path.abspath(_CHECKPOINT.value.rstrip('/'))
     checkpoint_dir = os.path.dirname(checkpoint)
@@ -68,5 +117,9 @@ def main(argv):
     print(json.dumps(result, sort_keys=True), flush=True)
 
 
+_OVERRIDES: list[str] = []
+
 if __name__ == '__main__':
+  sys.argv, _OVERRIDES = cli.guard(evaluation.take_config_overrides,
+                                   sys.argv)
   launch.run(main)

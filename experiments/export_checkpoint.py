@@ -13,12 +13,10 @@ anything else is refused with one `error:` line naming the setting, exit
 status 2, and nothing written.
 """
 
-import sys
-
 from absl import flags
 
+from perceiver_jax import cli
 from perceiver_jax.interop import workdirs
-from perceiver_jax.train import launch
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.',
                                required=True)
@@ -29,14 +27,9 @@ _STEP = flags.DEFINE_integer('step', None, 'The checkpoint step (default: '
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    print(workdirs.export_checkpoint(_WORKDIR.value, _TO.value, _STEP.value))
-  except workdirs.ExportFailure as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+  cli.no_arguments(argv)
+  print(workdirs.export_checkpoint(_WORKDIR.value, _TO.value, _STEP.value))
 
 
 if __name__ == '__main__':
-  launch.run(main)
+  cli.run(main)

@@ -10,7 +10,7 @@ one device and a synthetic batch, and prints one JSON line: compile
 seconds, min and median seconds per call of each, their ratio, XLA's
 count of each program's FLOPs and bytes accessed per example (independent
 of the machine's load; XLA counts a scanned body once, so pass
-`--config.model.scan_blocks=False` to count every block), and the
+`--config.model.encoder.scan_blocks=False` to count every block), and the
 1-minute load average. With `--top=K` it then runs the gradient under
 `jax.profiler` and prints the K XLA operations (thunks) that took the most
 time per call, summed over threads, each with its HLO instruction name and
@@ -19,7 +19,7 @@ optimised HLO modules, so that an expensive fusion can be read in full;
 `--module_depth=D` also sums the listed operations' time by Haiku module
 path, D modules deep (e.g. 3: `perceiver/latent_transformer_0/
 self_attend_1`).
-This is how the transposing copies of `perceiver_jax.model.attention.
+This is how the transposing copies of `perceiver_jax.model.layers.
 FlatLinear`'s docstring were found.
 """
 
@@ -32,20 +32,19 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 import optax
-from ml_collections import config_flags
 
 from experiments import benchmark
 from experiments import model_summary
+from perceiver_jax import host_memory
+from perceiver_jax import cli
 from perceiver_jax.model import factory
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/digits.py', 'The experiment config file.',
-    lock_config=True)
+_CONFIG = cli.define_config_flag('configs/digits.py',
+                                 'The experiment config file.')
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'Batch size (default: config.train.batch_size).')
 _CALLS = flags.DEFINE_integer('calls', 10, 'Timed calls of each program.')
@@ -103,7 +102,7 @@ def module_path(op_name: str, depth: int) -> str:
   """The first `depth` Haiku module names of a JAX op_name.
 
   `jit(loss)/transpose(jvp(perceiver))/_encode/perceiver/cross_attend_0/
-  attention/_attend_unprojected/attention/reduce_sum` with depth 2 ->
+  attention/attend_unprojected/attention/reduce_sum` with depth 2 ->
   `perceiver/cross_attend_0`: the transformation wrappers (`jvp(...)`,
   `transpose(...)`) are removed, and so are the jitted function, method
   names (`_encode`), control flow (`while`, `body`, `closed_call`), nested
@@ -168,8 +167,8 @@ def by_module(rows: Sequence[dict[str, Any]], depth: int
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
+  cli.no_arguments(argv)
   config = _CONFIG.value
   batch_size = _BATCH_SIZE.value or config.train.batch_size
   forward = factory.transform_classifier(config.model,
@@ -219,4 +218,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

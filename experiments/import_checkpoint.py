@@ -21,12 +21,10 @@ not fit, pickle-only weights) is refused with one `error:` line, exit
 status 2, and nothing is written.
 """
 
-import sys
-
 from absl import flags
 
+from perceiver_jax import cli
 from perceiver_jax.interop import workdirs
-from perceiver_jax.train import launch
 
 _FROM = flags.DEFINE_string('from', None, 'The transformers checkpoint '
                             'directory.', required=True)
@@ -39,19 +37,15 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'The TFDS data directory '
                                 'config.data.data_dir (default: '
                                 '$TFDS_DATA_DIR at evaluation).')
 
+
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    from configs import imagenet  # pylint: disable=g-import-not-at-top
-    config = imagenet.get_config(_CONFIG.value)
-    if _DATA_DIR.value is not None:
-      config.data.data_dir = _DATA_DIR.value
-    print(workdirs.import_checkpoint(_FROM.value, _WORKDIR.value, config))
-  except workdirs.ImportFailure as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+  cli.no_arguments(argv)
+  from configs import imagenet  # pylint: disable=g-import-not-at-top
+  config = imagenet.get_config(_CONFIG.value)
+  if _DATA_DIR.value is not None:
+    config.data.data_dir = _DATA_DIR.value
+  print(workdirs.import_checkpoint(_FROM.value, _WORKDIR.value, config))
 
 
 if __name__ == '__main__':
-  launch.run(main)
+  cli.run(main)

@@ -2,7 +2,7 @@ r"""Parameters per module and forward FLOPs of a config's classifier.
 
   python -m experiments.model_summary --config=configs/imagenet.py
   python -m experiments.model_summary --config=configs/imagenet.py \
-      --config.model.share_weights=False
+      --config.model.encoder.share_weights=False
 
 Nothing is computed at full size: parameters come from `jax.eval_shape` of
 the initialiser, and FLOPs from XLA's cost analysis of the lowered (not
@@ -22,18 +22,13 @@ import json
 import math
 from typing import Any, Callable, Mapping
 
-from absl import app
 from absl import flags
 import jax
-from ml_collections import config_flags
 import ml_collections
 
+from perceiver_jax import cli
 from perceiver_jax.model import factory
-from perceiver_jax.model import perceiver
-
-_SCHEDULE_FIELDS = ('num_blocks', 'num_self_attends_per_block',
-                    'num_cross_attends', 'cross_attend_placement',
-                    'share_weights')
+from perceiver_jax.model import schedule
 
 
 def group_name(module: str, name: str) -> str:
@@ -56,9 +51,8 @@ def _shape_summary(shapes: list[tuple[int, ...]]) -> str:
   return ' '.join(f'{counts[s]}x[{",".join(map(str, s))}]' for s in ordered)
 
 
-def _schedule(model_config: Mapping[str, Any]) -> list[perceiver.Step]:
-  kwargs = perceiver.encoder_kwargs(model_config)
-  return perceiver.schedule(**{k: kwargs[k] for k in _SCHEDULE_FIELDS})
+def _schedule(model_config: Mapping[str, Any]) -> list[schedule.Step]:
+  return schedule.schedule(factory.encoder_config(model_config))
 
 
 def xla_cost(program: Any) -> tuple[float, float]:
@@ -97,16 +91,16 @@ def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
   with model_config.unlocked():
     # The FLOPs are the model's, whatever its execution mode; and XLA's cost
     # analysis counts the body of a scan once, not once per iteration.
-    model_config.scan_blocks = False
+    model_config.encoder.scan_blocks = False
   batch_shapes = factory.example_batch(model_config.input, 1)
 
   flops = {}
   params_shapes = None
   for reuse in (False, True):
     with model_config.unlocked():
-      model_config.reuse_shared_keys_values = reuse
+      model_config.encoder.reuse_shared_keys_values = reuse
       # Nominal: the paper's computation, K/V projected from the inputs.
-      model_config.absorb_cross_attend_projections = False
+      model_config.encoder.absorb_cross_attend_projections = False
       model_config.grid_parts = False
     model = factory.transform_classifier(model_config, num_classes)
     if params_shapes is None:
@@ -155,7 +149,7 @@ def _iter_params(params: Mapping[str, Mapping[str, Any]]):
       yield module, name, params[module][name]
 
 
-def _schedule_text(steps: list[perceiver.Step]) -> str:
+def _schedule_text(steps: list[schedule.Step]) -> str:
   """'C0 L0 C1 L0 ...': C for cross-attends, L for latent Transformers."""
   letter = {'cross_attend': 'C', 'latent_transformer': 'L'}
   return ' '.join(f'{letter[s.kind]}{s.weight_set}' for s in steps)
@@ -216,17 +210,14 @@ def report(config: ml_collections.ConfigDict, *, detail: bool = False) -> dict[
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}.')
+  cli.no_arguments(argv)
   report(flags.FLAGS.config, detail=flags.FLAGS.detail)
 
 
 if __name__ == '__main__':
   # Flags are defined here, not on import, so that other programs and tests
   # can import `summarize` and `report` next to their own `--config` flag.
-  config_flags.DEFINE_config_file(
-      'config', 'configs/digits.py', 'The experiment config file.',
-      lock_config=True)
+  cli.define_config_flag('configs/digits.py', 'The experiment config file.')
   flags.DEFINE_bool('detail', False,
                     'Also list every parameter array with its shape.')
-  app.run(main)
+  cli.run(main)

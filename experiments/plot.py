@@ -9,8 +9,9 @@ Default output: `curves.png` in the first run's directory.
 
 import os
 
-from absl import app
 from absl import flags
+
+from perceiver_jax import cli
 
 _WORKDIR = flags.DEFINE_multi_string(
     'workdir', None, 'Run directories (the flag may repeat; further '
@@ -21,7 +22,11 @@ _OUT = flags.DEFINE_string('out', None, 'The PNG to write.')
 def main(argv):
   workdirs = list(_WORKDIR.value or []) + list(argv[1:])
   if not workdirs:
-    raise app.UsageError('Give at least one --workdir=DIR.')
+    raise cli.UsageError('give at least one run directory: --workdir=DIR.')
+  for workdir in workdirs:
+    if not os.path.isfile(os.path.join(workdir, 'metrics.jsonl')):
+      raise cli.UsageError(f'{workdir} holds no run (no metrics.jsonl); give '
+                           'a run directory that experiments.train wrote.')
   # pylint: disable=g-import-not-at-top
   from perceiver_jax import pictures
   # pylint: enable=g-import-not-at-top
@@ -30,4 +35,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

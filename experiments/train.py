@@ -24,6 +24,8 @@ import time
 from absl import flags
 from absl import logging
 
+from perceiver_jax import host_memory
+from perceiver_jax import cli
 from perceiver_jax.train import launch
 
 _CONFIG = launch.define_config_flag('configs/digits.py',
@@ -38,8 +40,12 @@ def default_workdir(task: str) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}')
+  host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
+  cli.no_arguments(argv)
+  if _WORKDIR.value and os.path.exists(_WORKDIR.value) and not os.path.isdir(
+      _WORKDIR.value):
+    raise cli.UsageError(f'--workdir={_WORKDIR.value} is a file; give a '
+                         'directory (new, or a run to resume).')
   if not flags.FLAGS['verbosity'].present:
     # Orbax logs every step of every save at INFO; progress lines are ours.
     logging.set_verbosity(logging.WARNING)

@@ -10,7 +10,7 @@ they go back to the kernel on `free`. So every call touches new pages, and
 each page costs a page fault: about 150-185k faults (600-750 MB) per train
 step of the configuration of `experiments/compare_peers` on a 2-core VM.
 A softmax over a `[4, 512, 50176]` array ran 2.6 times faster without
-them (README, Performance).
+them (docs/performance.md).
 
 `keep_freed_memory()` makes freed memory stay with the process for reuse:
 one arena for all threads (the main one, which grows with `brk` without a

@@ -42,7 +42,7 @@ def cross_attention_weights(forward: hk.Transformed, params: hk.Params,
       `absorb_cross_attend_projections=False` (the keys are recorded).
     params: its parameters.
     batch: a batch with leading dim B.
-    num_heads: `config.model.num_cross_heads`.
+    num_heads: `config.model.encoder.num_cross_heads`.
 
   Returns:
     One float32 array `[B, heads, N latents, M inputs]` per cross-attend;
@@ -161,6 +161,7 @@ def draw_attention_maps(workdir: str, out_dir: str, *, num_images: int = 4,
   """
   # pylint: disable=g-import-not-at-top
   from perceiver_jax.model import factory
+  from perceiver_jax.model import inputs as model_inputs
   from perceiver_jax.train import loop
   # pylint: enable=g-import-not-at-top
   checks.positive_int(num_images, 'num_images')
@@ -193,12 +194,12 @@ def draw_attention_maps(workdir: str, out_dir: str, *, num_images: int = 4,
   # from the inputs (same parameters and weights as the absorbed path).
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
-    model_config.absorb_cross_attend_projections = False
+    model_config.encoder.absorb_cross_attend_projections = False
   forward = factory.transform_classifier(model_config,
                                          config.data.num_classes)
   maps = cross_attention_weights(forward, state.params, batch,
-                                 num_heads=config.model.num_cross_heads)
-  permutation = factory.input_permutation(input_config)
+                                 num_heads=config.model.encoder.num_cross_heads)
+  permutation = model_inputs.input_permutation(input_config)
   grids = [to_grid(m.mean(axis=1), input_config.index_dims, permutation)
            for m in maps]  # Each [B, N, H, W].
   num_latents = min(num_latents, grids[0].shape[1])

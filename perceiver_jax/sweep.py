@@ -3,7 +3,7 @@
 A config file may define `get_hyper(h)` (or `get_hyper(h, arg)`, receiving
 the text after ':' in `--config=configs/x.py:arg`) returning a list of
 points, each a dict of config overrides such as
-`{'config.model.share_weights': False, 'config.seed': 1}`. `h` is this
+`{'config.model.encoder.share_weights': False, 'config.seed': 1}`. `h` is this
 module; build the list with its helpers:
 
   h.sweep('config.seed', [0, 1])                -> [{seed: 0}, {seed: 1}]
@@ -12,6 +12,12 @@ module; build the list with its helpers:
   h.zip([h.sweep(a, [1, 2]), h.sweep(b, ['x', 'y'])])
       -> [{a: 1, b: 'x'}, {a: 2, b: 'y'}]
   h.fixed('config.train.num_steps', 300)        -> one point
+
+Points also come from the command line (`command_line_points`): each
+`--sweep='optimizer.learning_rate=3e-4,1e-3'` is an axis whose values are
+parsed as `--config.optimizer.learning_rate=...` would parse them; the axes
+are crossed (or paired, with `--zip`), and then crossed with the config's
+own `get_hyper` points when it has them.
 
 `run_sweep` trains each point in its own workdir `ROOT/<point name>` with
 `python -m experiments.train`; a point whose run exited successfully gets a
@@ -37,7 +43,10 @@ import sys
 import time
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+from ml_collections import config_dict
+
 from perceiver_jax import checks
+from perceiver_jax import cli
 from perceiver_jax.train import run_config
 from perceiver_jax.train import writers
 
@@ -151,7 +160,9 @@ def load_config_module(config: str):
   """(module, arg) of a config spec 'path/to/config.py[:arg]'."""
   path, _, arg = config.partition(':')
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'Config file {path!r} not found.')
+    raise cli.UsageError(f'config file {path} not found; give '
+                         '--config=path/to/config.py[:arg], e.g. '
+                         '--config=configs/digits.py.')
   name = '_sweep_config_' + re.sub(r'\W', '_', os.path.abspath(path))
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
@@ -159,12 +170,12 @@ def load_config_module(config: str):
   return module, arg
 
 
-def get_points(config: str) -> list[Point]:
-  """The points of the config's `get_hyper`, checked for unique names."""
-  module, arg = load_config_module(config)
+def _config_points(config: str, module, arg: str
+                   ) -> Optional[list[Point]]:
+  """The points of the config's `get_hyper`, or None if it has none."""
   get_hyper = getattr(module, 'get_hyper', None)
   if get_hyper is None:
-    raise ValueError(f'{config.partition(":")[0]} defines no get_hyper(h).')
+    return None
   takes_arg = len(inspect.signature(get_hyper).parameters) > 1
   points = get_hyper(sys.modules[__name__], arg) if takes_arg else get_hyper(
       sys.modules[__name__])
@@ -174,11 +185,145 @@ def get_points(config: str) -> list[Point]:
   for p in points:
     for key in p:
       _check_key(key)
+  return points
+
+
+def get_points(config: str, axes: Sequence[str] = (), *,
+               zip_axes: bool = False) -> list[Point]:
+  """The sweep's points, checked for unique names.
+
+  Args:
+    config: 'path/to/config.py[:arg]'.
+    axes: `--sweep` values such as 'seed=0,1,2' (see `parse_axis`).
+    zip_axes: pair the axes value by value instead of crossing them.
+
+  Returns:
+    The config's `get_hyper` points crossed with the command line's (either
+    alone when the other is absent), the config's varying slowest.
+
+  Raises:
+    cli.UsageError: the config has no `get_hyper` and no axes are given, or
+      an axis is malformed.
+  """
+  module, arg = load_config_module(config)
+  points = _config_points(config, module, arg)
+  if axes:
+    base = module.get_config(arg) if arg else module.get_config()
+    line_points = command_line_points(base, axes, zip_axes=zip_axes)
+    clash = sorted(set(sweep_keys(points or [])) & set(line_points[0]))
+    if clash:
+      raise cli.UsageError(
+          f'--sweep sets {", ".join(k[len("config."):] for k in clash)}, '
+          f'which get_hyper of {config} sweeps too: drop that --sweep.')
+    points = product([points or [{}], line_points])
+  elif points is None:
+    raise cli.UsageError(
+        f'{config.partition(":")[0]} defines no get_hyper(h) and no --sweep '
+        "was given: add one or more --sweep='FIELD=V1,V2,...' (e.g. "
+        "--sweep='seed=0,1,2') or define get_hyper in the config.")
   names = [point_name(p, sweep_keys(points)) for p in points]
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
-    raise ValueError(f'get_hyper of {config!r} repeats points: {duplicates}.')
+    raise cli.UsageError(f'the sweep of {config} repeats points '
+                         f'{duplicates}: give each value once.')
   return points
+
+
+def split_values(text: str) -> list[str]:
+  """Splits 'a,(1,2),[3,4]' at the commas outside brackets and quotes."""
+  parts, depth, quote, current = [], 0, None, ''
+  for char in text:
+    if quote:
+      quote = None if char == quote else quote
+    elif char in '\'"':
+      quote = char
+    elif char in '([{':
+      depth += 1
+    elif char in ')]}':
+      depth -= 1
+    elif char == ',' and depth == 0:
+      parts.append(current)
+      current = ''
+      continue
+    current += char
+  parts.append(current)
+  return [p.strip() for p in parts]
+
+
+def parse_axis(spec: str) -> tuple[str, list[str]]:
+  """'optimizer.lr=1e-3,3e-3' -> ('config.optimizer.lr', ['1e-3', '3e-3']).
+
+  The field may be written with or without its leading 'config.'.
+
+  Raises:
+    cli.UsageError: `spec` is not FIELD=VALUE[,VALUE...].
+  """
+  field, equals, values = spec.partition('=')
+  field = field.strip()
+  if field.startswith('config.'):
+    field = field[len('config.'):]
+  example = "--sweep='optimizer.learning_rate=3e-4,1e-3'"
+  if not equals or not re.fullmatch(
+      r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*', field):
+    raise cli.UsageError(f'--sweep={spec!r} is not FIELD=VALUE,VALUE,...; '
+                         f'write it like {example}.')
+  values = split_values(values)
+  if not all(values):
+    raise cli.UsageError(f'--sweep={spec!r} has an empty value; list the '
+                         f'values with single commas, like {example}.')
+  return 'config.' + field, values
+
+
+def command_line_points(config: config_dict.ConfigDict, axes: Sequence[str],
+                        *, zip_axes: bool = False) -> list[Point]:
+  """The points of `--sweep` axes: their product, or their zip.
+
+  Args:
+    config: the config the overrides apply to (for the fields' types).
+    axes: specs such as 'seed=0,1,2' (see `parse_axis`).
+    zip_axes: pair the axes' values instead of crossing them.
+
+  Raises:
+    cli.UsageError: a malformed or repeated axis, a value of the wrong type,
+      or (with `zip_axes`) axes of unequal length.
+  """
+  sweeps = []
+  for spec in axes:
+    key, texts = parse_axis(spec)
+    if any(key in s[0] for s in sweeps):
+      raise cli.UsageError(f'--sweep gives {key[len("config."):]} twice; '
+                           'list all its values in one --sweep.')
+    sweeps.append(sweep(key, [cli.parse_override(config, key, t)
+                              for t in texts]))
+  if zip_axes:
+    lengths = [len(s) for s in sweeps]
+    if len(set(lengths)) != 1:
+      counts = ', '.join(f'{next(iter(s[0]))[len("config."):]} has {n}'
+                         for s, n in builtins.zip(sweeps, lengths))
+      raise cli.UsageError(f'--zip pairs the --sweep axes value by value, '
+                           f'but they differ in length ({counts}): give '
+                           'them equally many values, or drop --zip to '
+                           'cross them.')
+    return zip(sweeps)
+  return product(sweeps)
+
+
+def bare_summarize(argv: list[str]) -> list[str]:
+  """`argv` with a bare `--summarize` given the value of `--workdir`.
+
+  `--summarize DIR` (the value as the next argument) is left as it is.
+  """
+  argv = list(argv)
+  for i, arg in enumerate(argv):
+    if arg == '--summarize' and (i + 1 == len(argv) or
+                                 argv[i + 1].startswith('-')):
+      workdirs = [a[len('--workdir='):] for a in argv
+                  if a.startswith('--workdir=')]
+      if not workdirs:
+        raise cli.UsageError('a bare --summarize summarises --workdir=DIR; '
+                             'give it, or --summarize=DIR.')
+      argv[i] = f'--summarize={workdirs[-1]}'
+  return argv
 
 
 def sweep_keys(points: Sequence[Point]) -> list[str]:
@@ -268,13 +413,17 @@ class _Launch:
     return code
 
 
-def run_sweep(config: str, root: str, *, parallel: int = 1,
+def run_sweep(config: str, root: str, *, axes: Sequence[str] = (),
+              zip_axes: bool = False, parallel: int = 1,
               dry_run: bool = False, python: str = sys.executable,
               out=None) -> int:
-  """Runs every point of `config`'s `get_hyper` under `root`.
+  """Runs every point of the sweep (see `get_points`) under `root`.
+
+  Nothing is written before all points are known to be valid.
 
   Args:
     config: 'path/to/config.py[:arg]'.
+    axes, zip_axes: command-line axes (see `get_points`).
     root: the sweep's directory; point `p` runs in `root/<point_name(p)>`.
     parallel: how many runs at once.
     dry_run: print each point's command instead of running it.
@@ -286,7 +435,10 @@ def run_sweep(config: str, root: str, *, parallel: int = 1,
   """
   out = out or sys.stdout
   checks.positive_int(parallel, 'parallel')
-  points = get_points(config)
+  if os.path.exists(root) and not os.path.isdir(root):
+    raise cli.UsageError(f'--workdir={root} is a file; give a directory '
+                         '(new, or the one of the sweep to resume).')
+  points = get_points(config, axes, zip_axes=zip_axes)
   check_none_overrides(config, points)
   keys = sweep_keys(points)
   say = lambda line: print(line, file=out, flush=True)
@@ -373,8 +525,12 @@ def _point_dirs(root: str) -> list[tuple[str, Point]]:
           for n in ordered]
 
 
-def summary_rows(root: str) -> tuple[list[str], list[dict[str, Any]], str]:
-  """(swept keys, one row per point, metric column), sorted by the metric.
+def summary_rows(root: str
+                 ) -> tuple[list[str], list[dict[str, Any]], str, str]:
+  """(swept keys, one row per point, metric column, 'max' or 'min').
+
+  The rows are sorted by the metric, best first (the metric's mode, from
+  `config.evaluator.metric_mode`, says which end is best).
 
   Each row holds the swept values, `final` and `best` of the config's
   evaluation metric (`config.evaluator.metric` on its split), `steps`,
@@ -382,11 +538,12 @@ def summary_rows(root: str) -> tuple[list[str], list[dict[str, Any]], str]:
   `finished`. Rows without an evaluation sort last.
   """
   if not os.path.isdir(root):
-    raise FileNotFoundError(f'No sweep directory {root!r}.')
+    raise cli.UsageError(f'{root} is not a directory; --summarize takes the '
+                         '--workdir of a sweep.')
   points = _point_dirs(root)
   if not points:
-    raise FileNotFoundError(f'{root!r} holds no sweep points '
-                            f'(no */{POINT_FILE}).')
+    raise cli.UsageError(f'{root} holds no sweep points (no */{POINT_FILE}); '
+                         '--summarize takes the --workdir of a sweep.')
   keys = sweep_keys([p for _, p in points])
   sweep_path = os.path.join(root, SWEEP_FILE)
   if os.path.exists(sweep_path):
@@ -425,7 +582,7 @@ def summary_rows(root: str) -> tuple[list[str], list[dict[str, Any]], str]:
   sign = -1 if mode == 'max' else 1
   rows.sort(key=lambda r: (r['final'] is None,
                            0 if r['final'] is None else sign * r['final']))
-  return keys, rows, metric_name or 'metric'
+  return keys, rows, metric_name or 'metric', mode
 
 
 class _Seconds(float):
@@ -454,27 +611,45 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]],
   return '\n'.join(lines) + '\n'
 
 
-def _seed_groups(keys, rows, short):
-  """Mean and std of `final` over 'config.seed' for each other setting."""
+def seed_statistics(keys: Sequence[str], rows: Sequence[Mapping[str, Any]],
+                    mode: str = 'max') -> list[dict[str, Any]]:
+  """Mean and standard deviation of `final` over seeds, per setting.
+
+  Args:
+    keys: the swept keys; every key but 'config.seed' makes a setting.
+    rows: `summary_rows`' rows (those without a `final` value are left out).
+    mode: 'max' or 'min', which end of the metric is best.
+
+  Returns:
+    One dict per setting, best mean first: 'setting' (its overrides),
+    'name' (as `point_name` names it), 'mean', 'std' (the sample standard
+    deviation, n - 1 in the denominator; None for a single seed), 'seeds'
+    (how many) and 'params'.
+  """
   others = [k for k in keys if k != 'config.seed']
-  groups: dict[tuple, list] = {}
+  groups: dict[str, list] = {}
+  settings: dict[str, Point] = {}
   for row in rows:
     if row['final'] is not None:
-      groups.setdefault(tuple(row[k] for k in others), []).append(row)
-  header = [short[k] for k in others] + [
-      'mean final', 'std', 'seeds', 'params']
-  table = []
-  for values, members in groups.items():
+      setting = {k: row[k] for k in others}
+      name = point_name(setting, others)
+      settings[name] = setting
+      groups.setdefault(name, []).append(row)
+  result = []
+  for name, members in groups.items():
     finals = [m['final'] for m in members]
-    table.append([*values, statistics.fmean(finals),
-                  statistics.stdev(finals) if len(finals) > 1 else None,
-                  len(finals), members[0]['params']])
-  return header, table
+    result.append(dict(
+        setting=settings[name], name=name, mean=statistics.fmean(finals),
+        std=statistics.stdev(finals) if len(finals) > 1 else None,
+        seeds=len(finals), params=members[0]['params']))
+  sign = -1 if mode == 'max' else 1
+  result.sort(key=lambda g: sign * g['mean'])
+  return result
 
 
 def summarize(root: str) -> str:
   """Writes `root/summary.md` and `root/summary.csv`; returns the Markdown."""
-  keys, rows, metric = summary_rows(root)
+  keys, rows, metric, mode = summary_rows(root)
   short = _short_keys(keys)
   header = [short[k] for k in keys] + [
       f'final {metric}', f'best {metric}', 'steps', 'params', 'wall (s)']
@@ -483,11 +658,24 @@ def summarize(root: str) -> str:
       None if row['wall_s'] is None else _Seconds(row['wall_s'])]
            for row in rows]
   text = _markdown(header, table, len(keys))
-  if 'config.seed' in keys and len(keys) > 1:
-    group_header, group_table = _seed_groups(keys, rows, short)
-    group_table.sort(key=lambda r: -r[len(keys) - 1])
+  if 'config.seed' in keys:
+    others = [k for k in keys if k != 'config.seed']
+    groups = seed_statistics(keys, rows, mode)
     text += f'\nOver seeds ({metric}, final):\n\n' + _markdown(
-        group_header, group_table, len(keys) - 1)
+        [short[k] for k in others] + ['mean final', 'std', 'seeds',
+                                      'params'],
+        [[g['setting'][k] for k in others] + [
+            g['mean'], g['std'], g['seeds'], g['params']] for g in groups],
+        len(others))
+    if groups:
+      best = groups[0]
+      spread = '' if best['std'] is None else f' ± {best["std"]:.4f}'
+      text += (f'\nBest: {best["name"]} (mean final {metric} '
+               f'{best["mean"]:.4f}{spread} over {best["seeds"]} seed'
+               f'{"s" if best["seeds"] > 1 else ""}; {mode} is best).\n')
+  elif rows and rows[0]['final'] is not None:
+    text += (f'\nBest: {rows[0]["point"]} (final {metric} '
+             f'{rows[0]["final"]:.4f}; {mode} is best).\n')
   with open(os.path.join(root, 'summary.md'), 'w') as f:
     f.write(text)
   buffer = io.StringIO()

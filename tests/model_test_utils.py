@@ -1,6 +1,6 @@
 """Helpers shared by the model tests: numpy references and fast compiles.
 
-The numpy functions are written out from PAPER.md section 1 (float64,
+The numpy functions are written out from docs/paper.md section 1 (float64,
 plain loops over batch and heads), independently of the code under test.
 They read Haiku parameter dicts by module name, e.g.
 `params['layer/attention/query'] = {'w': [in, out], 'b': [out]}`.
@@ -153,7 +153,7 @@ def np_classifier(params, x, steps: list[str], *, num_layers: int,
   return np_linear(params['classification_head/logits'], z.mean(axis=1))
 
 
-# Parameter counts by hand (PAPER.md section 1): every Linear has a bias,
+# Parameter counts by hand (docs/paper.md section 1): every Linear has a bias,
 # every LayerNorm a scale and an offset.
 
 

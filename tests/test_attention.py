@@ -1,4 +1,12 @@
-"""Tests of perceiver_jax.model.attention against plain numpy references."""
+"""Tests of the reference blocks (perceiver_jax.model.attention), their
+layers (perceiver_jax.model.layers) and the encoder settings' checks
+(perceiver_jax.model.encoder_config), against plain numpy references.
+
+The optimised cross-attend's own paths (absorbed projections) are tied to
+the reference block in tests/test_fast_cross_attend.py.
+"""
+
+import re
 
 import haiku as hk
 import jax
@@ -7,6 +15,9 @@ import numpy as np
 import pytest
 
 from perceiver_jax.model import attention
+from perceiver_jax.model import encoder_config
+from perceiver_jax.model import fast_cross_attend
+from perceiver_jax.model import layers
 from model_test_utils import f64
 from model_test_utils import jit
 from model_test_utils import np_attention
@@ -69,14 +80,13 @@ def test_einsum_supports_value_width_other_than_key_width():
 
 
 def test_unknown_attention_impl_raises():
+  """Neither the function nor the encoder settings run an unknown impl as
+  some other one."""
   x = jnp.zeros((1, 2, 1, 4))
-  with pytest.raises(ValueError, match="'flash'"):
+  with pytest.raises(ValueError, match="impl.*'flash'"):
     attention.scaled_dot_product_attention(x, x, x, impl='flash')
-  f = hk.transform(lambda: attention.Attention(
-      num_heads=1, qk_channels=4, v_channels=4, output_channels=4,
-      impl='flash'))
-  with pytest.raises(ValueError, match="'flash'"):
-    f.init(None)
+  with pytest.raises(ValueError, match="attention_impl.*'flash'"):
+    encoder_config.EncoderConfig(attention_impl='flash')
 
 
 # ----------------------------------------------------------------------------
@@ -85,19 +95,27 @@ def test_unknown_attention_impl_raises():
 
 @pytest.mark.parametrize('impl', IMPLS)
 def test_blocks_match_numpy(impl):
-  """A masked cross-attend (direct and through cached K/V), then a
-  self-attend layer with widening factor 2."""
+  """A masked cross-attend, then a self-attend layer with widening factor
+  2; and the same cross-attend through precomputed K/V
+  (`FastCrossAttendBlock.attend(keys_values(x))`) on the same parameters."""
   mask = np.array([[1, 1, 1, 0, 1, 0, 1], [1, 0, 0, 1, 1, 1, 1]], bool)
 
   def fn(z, x):
-    block = attention.CrossAttendBlock(input_channels=6, num_heads=2,
-                                       attention_impl=impl, name='cross')
+    block = attention.CrossAttendBlock(num_heads=2, attention_impl=impl,
+                                       name='cross')
     direct = block(z, x, input_mask=mask, is_training=False)
-    cached = block(z, keys_values=block.keys_values(x), input_mask=mask,
-                   is_training=False)
     layer = attention.SelfAttendLayer(num_heads=2, widening_factor=2,
                                       attention_impl=impl, name='layer')
-    return direct, cached, layer(direct, is_training=False)
+    return direct, layer(direct, is_training=False)
+
+  def cached_fn(z, x):
+    # Same module name, so the reference block's parameters apply.
+    block = fast_cross_attend.FastCrossAttendBlock(
+        input_channels=6, absorb_projections=False, num_heads=2,
+        attention_impl=impl, name='cross')
+    keys_values = block.keys_values(x, is_training=False)
+    assert isinstance(keys_values, fast_cross_attend.KeysValues)
+    return block.attend(z, keys_values, input_mask=mask, is_training=False)
 
   f = hk.transform(fn)
   rng = np.random.default_rng(5)
@@ -113,7 +131,8 @@ def test_blocks_match_numpy(impl):
   assert shapes['layer/attention/query']['w'].shape == (8, 8)
   params = random_params(shapes, seed=6, scale=0.5)
 
-  direct, cached, layer_out = jit(f.apply)(params, None, z, x)
+  direct, layer_out = jit(f.apply)(params, None, z, x)
+  cached = jit(hk.transform(cached_fn).apply)(params, None, z, x)
   expected = np_cross_attend_block(params, 'cross', f64(z), f64(x), 2, mask)
   np.testing.assert_allclose(direct, expected, atol=1e-4, rtol=1e-4)
   np.testing.assert_allclose(cached, expected, atol=1e-4, rtol=1e-4)
@@ -128,11 +147,20 @@ def test_layer_norms_of_a_block_match_numpy_with_eps_1e_5():
 
   def fn(z):
     seen = []
+    active = []  # LayerNorm calls in progress.
 
     def interceptor(next_f, args, kwargs, context):
-      out = next_f(*args, **kwargs)
-      if (isinstance(context.module, hk.LayerNorm) and
-          context.method_name == '__call__'):
+      if not (isinstance(context.module, hk.LayerNorm) and
+              context.method_name == '__call__'):
+        return next_f(*args, **kwargs)
+      # layers.LayerNorm.__call__ calls hk.LayerNorm.__call__, which is
+      # intercepted too: record the outer call (the block's view) only.
+      active.append(context.module)
+      try:
+        out = next_f(*args, **kwargs)
+      finally:
+        active.pop()
+      if not active:
         names.append(context.module.module_name)
         seen.append((args[0], out))
       return out
@@ -158,7 +186,7 @@ def test_layer_norms_of_a_block_match_numpy_with_eps_1e_5():
   other = np_layer_norm(f64(x), f64(params[names[0]]['scale']),
                         f64(params[names[0]]['offset']), eps=1e-6)
   assert np.abs(other - out).max() > 0.1
-  assert attention.LAYER_NORM_EPS == 1e-5
+  assert layers.LAYER_NORM_EPS == 1e-5
 
 
 def test_mlp_uses_tanh_gelu():
@@ -184,7 +212,7 @@ def test_mlp_uses_tanh_gelu():
 
 def test_linear_initialisers():
   """VarianceScaling(1.0) fan-in truncated normal weights, zero biases."""
-  f = hk.transform(lambda x: attention.linear(300, 'proj')(x))
+  f = hk.transform(lambda x: layers.linear(300, 'proj')(x))
   params = jit(f.init)(jax.random.PRNGKey(0), jnp.zeros((1, 400)))
   w, b = np.asarray(params['proj']['w']), np.asarray(params['proj']['b'])
   assert w.shape == (400, 300)
@@ -202,7 +230,7 @@ def test_flat_linear_equals_hk_linear_in_parameters_values_and_gradients():
   x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(
       np.float32)
   for inputs in (x, x[0]):
-    flat = hk.transform(lambda v: attention.linear(6, 'proj')(v))
+    flat = hk.transform(lambda v: layers.linear(6, 'proj')(v))
     plain = hk.transform(lambda v: hk.Linear(6, name='proj')(v))
     params = flat.init(jax.random.PRNGKey(0), inputs)
     assert (jax.tree.map(jnp.shape, params) ==
@@ -227,7 +255,7 @@ def test_flat_linear_equals_hk_linear_in_parameters_values_and_gradients():
 def test_flat_linear_weight_gradient_contracts_one_axis():
   """The point of FlatLinear: the weight gradient's dot_general contracts a
   single axis (batch and positions folded), not two."""
-  f = hk.transform(lambda v: attention.linear(6, 'proj')(v))
+  f = hk.transform(lambda v: layers.linear(6, 'proj')(v))
   x = jnp.ones((2, 3, 5))
   params = f.init(jax.random.PRNGKey(0), x)
   jaxpr = jax.make_jaxpr(jax.grad(
@@ -240,8 +268,8 @@ def test_flat_linear_weight_gradient_contracts_one_axis():
 
 
 def test_block_parameters_start_as_the_paper_says():
-  f = hk.transform(lambda z, x: attention.CrossAttendBlock(
-      input_channels=6, name='cross')(z, x, is_training=False))
+  f = hk.transform(lambda z, x: attention.CrossAttendBlock(name='cross')(
+      z, x, is_training=False))
   params = jit(f.init)(jax.random.PRNGKey(0), jnp.zeros((1, 4, 8)),
                        jnp.zeros((1, 5, 6)))
   assert sorted(params) == sorted(
@@ -258,140 +286,6 @@ def test_block_parameters_start_as_the_paper_says():
       assert sorted(leaves) == ['b', 'w']
       np.testing.assert_array_equal(leaves['b'], 0.0, err_msg=module)
       assert np.abs(leaves['w']).max() > 0, module
-
-
-# ----------------------------------------------------------------------------
-# Key/value projections absorbed into the queries (one head).
-
-
-def _absorb_fn(absorb, impl='einsum', heads=1, dropout=0.0):
-  def fn(z, x, mask, is_training=False):
-    block = attention.CrossAttendBlock(
-        input_channels=6, num_heads=heads, attention_impl=impl,
-        dropout=dropout, absorb_projections=absorb, name='cross')
-    direct = block(z, x, input_mask=mask, is_training=is_training)
-    cached = block(z, keys_values=block.keys_values(x), input_mask=mask,
-                   is_training=is_training)
-    return direct, cached
-  return hk.transform(fn)
-
-
-def _absorb_data():
-  rng = np.random.default_rng(21)
-  z = rng.standard_normal((2, 4, 8)).astype(np.float32)
-  x = rng.standard_normal((2, 9, 6)).astype(np.float32)
-  mask = rng.uniform(size=(2, 9)) > 0.3
-  mask[:, 0] = True
-  return z, x, mask
-
-
-@pytest.mark.parametrize('impl', IMPLS)
-def test_absorbed_projections_match_numpy(impl):
-  """Random weights and biases (the key bias included), a key mask: the
-  block with K/V projections on the query side equals the numpy block that
-  projects the inputs."""
-  z, x, mask = _absorb_data()
-  plain, absorbed = _absorb_fn(False, impl), _absorb_fn(True, impl)
-  # Same parameters, created in the same order: same initial values.
-  init_plain = jit(plain.init)(jax.random.PRNGKey(0), z, x, mask)
-  init_absorbed = jit(absorbed.init)(jax.random.PRNGKey(0), z, x, mask)
-  assert jax.tree.structure(init_plain) == jax.tree.structure(init_absorbed)
-  jax.tree.map(np.testing.assert_array_equal, init_plain, init_absorbed)
-  params = random_params(init_shapes(absorbed, z, x, mask), seed=22,
-                         scale=0.5)
-  assert np.abs(params['cross/attention/key']['b']).min() > 0
-  expected = np_cross_attend_block(params, 'cross', f64(z), f64(x), 1, mask)
-  direct, cached = jit(absorbed.apply)(params, None, z, x, mask)
-  np.testing.assert_allclose(direct, expected, atol=1e-4, rtol=1e-4)
-  np.testing.assert_allclose(cached, expected, atol=1e-4, rtol=1e-4)
-
-
-def test_absorbed_projections_have_the_plain_gradients():
-  z, x, mask = _absorb_data()
-  params = random_params(init_shapes(_absorb_fn(True), z, x, mask), seed=23,
-                         scale=0.5)
-  weights = np.random.default_rng(24).standard_normal((2, 4, 8))
-
-  def loss(absorb):
-    f = _absorb_fn(absorb)
-    return lambda p: sum(jnp.sum(out * weights)
-                         for out in f.apply(p, None, z, x, mask))
-
-  plain = jit(jax.grad(loss(False)))(params)
-  absorbed = jit(jax.grad(loss(True)))(params)
-  for module in params:
-    for name in params[module]:
-      np.testing.assert_allclose(absorbed[module][name], plain[module][name],
-                                 atol=2e-4, rtol=2e-4,
-                                 err_msg=f'{module}/{name}')
-  # The softmax cancels the key bias, so its gradient is zero in both.
-  np.testing.assert_allclose(plain['cross/attention/key']['b'], 0.0,
-                             atol=1e-4)
-
-
-def test_absorbed_projections_do_not_project_the_inputs():
-  """No matmul has the B * M input rows on one side and a weight on the
-  other; the plain block has two (keys and values)."""
-  z, x, mask = _absorb_data()
-
-  def input_projections(absorb):
-    f = _absorb_fn(absorb)
-    params = init_shapes(f, z, x, mask)
-    jaxpr = jax.make_jaxpr(lambda p: f.apply(p, None, z, x, mask))(params)
-    return sum(eqn.primitive.name == 'dot_general' and
-               eqn.invars[0].aval.shape == (2 * 9, 6) and
-               eqn.invars[1].aval.shape == (6, 6)
-               for eqn in jaxpr.jaxpr.eqns)
-
-  # Direct and cached calls: 2 projections each in the plain block.
-  assert input_projections(False) == 4
-  assert input_projections(True) == 0
-
-
-def test_absorbed_projections_compute_no_input_sized_gradient():
-  """The gradient with respect to the parameters produces no `[B, M, C]`
-  array by a matmul: the inputs' LayerNorm output, keys and values have no
-  gradient to compute when the LayerNorm's scale and offset act on the
-  query side. The plain block computes several (d keys, d values, d of the
-  LayerNorm output)."""
-  z, x, mask = _absorb_data()
-  input_size = x.size  # 2 * 9 * 6 = 108, no other array of the block's.
-
-  def input_sized_matmuls(absorb):
-    f = _absorb_fn(absorb)
-    params = init_shapes(f, z, x, mask)
-    loss = lambda p: sum(jnp.sum(out) for out in f.apply(p, None, z, x, mask))
-    jaxpr = jax.make_jaxpr(jax.grad(loss))(params)
-    count = 0
-    for eqn in jaxpr.jaxpr.eqns:
-      count += (eqn.primitive.name == 'dot_general' and
-                eqn.outvars[0].aval.size == input_size)
-    return count
-
-  assert input_sized_matmuls(False) >= 4
-  assert input_sized_matmuls(True) == 0
-
-
-def test_absorbed_projections_fall_back_with_attention_dropout():
-  """Training with dropout on the weights (rows no longer sum to 1) projects
-  K and V: the same outputs as the plain block for the same rng; with more
-  than one head the option does nothing."""
-  z, x, mask = _absorb_data()
-  for heads, dropout, is_training in ((1, 0.5, True), (2, 0.0, False)):
-    plain = _absorb_fn(False, heads=heads, dropout=dropout)
-    absorbed = _absorb_fn(True, heads=heads, dropout=dropout)
-    params = random_params(init_shapes(plain, z, x, mask), seed=25,
-                           scale=0.5)
-    run = lambda f: jit(f.apply, static_argnums=5)(  # pylint: disable=cell-var-from-loop
-        params, jax.random.PRNGKey(4), z, x, mask, is_training)
-    for got, want in zip(run(absorbed), run(plain)):
-      np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
-
-
-def test_absorb_projections_must_be_a_bool():
-  with pytest.raises(ValueError, match='absorb_projections must be a bool'):
-    build(lambda: attention.CrossAttendBlock(input_channels=6,
-                                             absorb_projections='yes'))
 
 
 # ----------------------------------------------------------------------------
@@ -434,56 +328,63 @@ def test_dot_product_impl_with_attention_dropout_matches_einsum():
 
 
 # ----------------------------------------------------------------------------
-# Bad configurations and inputs.
+# Bad settings. The blocks take their hyperparameters as given: every check
+# lives in `encoder_config.EncoderConfig` (which the Perceiver builds).
 
 
-def build(fn, *args):
-  """Runs `fn` inside a Haiku transform (modules are built only there)."""
-  return hk.transform(lambda: fn()).init(None, *args)  # pylint: disable=unnecessary-lambda
+def test_heads_that_do_not_divide_their_channels_raise():
+  with pytest.raises(ValueError, match='num_self_heads=3 does not divide '
+                     'num_latent_channels=8'):
+    encoder_config.EncoderConfig(num_self_heads=3, num_latent_channels=8)
+  config = encoder_config.EncoderConfig(num_cross_heads=2,
+                                        num_latent_channels=8)
+  # The cross-attend's width is the inputs' C, known only from the inputs.
+  with pytest.raises(ValueError,
+                     match=r'num_cross_heads=2.* 7 \(inputs of shape '
+                     r'\(1, 5, 7\)\)'):
+    config.check_input_channels(7, 'inputs of shape (1, 5, 7)')
+  config.check_input_channels(6, 'inputs of shape (1, 5, 6)')  # Divides.
+  with pytest.raises(ValueError, match='input_channels.*got 0'):
+    config.check_input_channels(0, 'inputs of shape (1, 5, 0)')
 
 
-@pytest.mark.parametrize('kwargs, match', [
-    (dict(num_heads=3, qk_channels=8, v_channels=9), 'qk_channels=8'),
-    (dict(num_heads=3, qk_channels=9, v_channels=8), 'v_channels=8'),
-    (dict(num_heads=0, qk_channels=8, v_channels=8), 'num_heads.* 0'),
-])
-def test_attention_rejects_heads_that_do_not_divide(kwargs, match):
-  with pytest.raises(ValueError, match=match):
-    build(lambda: attention.Attention(output_channels=4, **kwargs))
-
-
-def test_cross_attend_rejects_bad_heads_and_channels():
-  with pytest.raises(ValueError, match='num_cross_heads=2.*7'):
-    build(lambda: attention.CrossAttendBlock(input_channels=7, num_heads=2))
-  f = hk.transform(lambda z, x: attention.CrossAttendBlock(
-      input_channels=6)(z, x, is_training=False))
-  with pytest.raises(ValueError, match=r'\(1, 5, 7\).*6 input channels'):
-    jax.eval_shape(f.init, jax.random.PRNGKey(0), jnp.zeros((1, 4, 8)),
-                   jnp.zeros((1, 5, 7)))
-  g = hk.transform(lambda z: attention.CrossAttendBlock(input_channels=6)(
-      z, is_training=False))
-  with pytest.raises(ValueError, match='exactly one of inputs'):
-    jax.eval_shape(g.init, jax.random.PRNGKey(0), jnp.zeros((1, 4, 8)))
-
-
-def test_self_attend_rejects_heads_that_do_not_divide_latents():
-  f = hk.transform(lambda z: attention.SelfAttendLayer(num_heads=3)(
-      z, is_training=False))
-  with pytest.raises(ValueError, match='num_self_heads=3.*8'):
-    jax.eval_shape(f.init, jax.random.PRNGKey(0), jnp.zeros((1, 4, 8)))
+POSITIVE_INT_FIELDS = ('num_blocks', 'num_cross_attends', 'num_latents',
+                       'num_latent_channels', 'num_cross_heads',
+                       'num_self_heads', 'widening_factor')
 
 
 @pytest.mark.parametrize('value', [0, -1, 2.0, True, None, '4'])
 def test_non_positive_integers_are_named(value):
-  with pytest.raises(ValueError, match=f'widening_factor.*{value!r}'):
-    build(lambda: attention.MLP(widening_factor=value))
-  with pytest.raises(ValueError, match='num_layers|num_self_attends'):
-    build(lambda: attention.LatentTransformer(num_layers=value))
+  for name in POSITIVE_INT_FIELDS:
+    with pytest.raises(ValueError, match=re.escape(
+        f'{name} must be a positive integer, got {value!r}')):
+      encoder_config.EncoderConfig(**{name: value})
+  # Zero self-attends is a valid depth (cross-attends only); the rest not.
+  if value != 0 or isinstance(value, bool):
+    with pytest.raises(ValueError, match=re.escape(
+        f'num_self_attends_per_block must be a non-negative integer, got '
+        f'{value!r}')):
+      encoder_config.EncoderConfig(num_self_attends_per_block=value)
+  else:
+    encoder_config.EncoderConfig(num_self_attends_per_block=0)
 
 
-@pytest.mark.parametrize('rate', [float('nan'), float('inf'), 1.0, -0.1])
+@pytest.mark.parametrize('rate', [float('nan'), float('inf'), 1.0, -0.1,
+                                  True, '0.1'])
 def test_non_finite_or_out_of_range_dropout_raises(rate):
-  with pytest.raises(ValueError, match=f'dropout.*{rate!r}'):
-    build(lambda: attention.SelfAttendLayer(dropout=rate))
-  with pytest.raises(ValueError, match=f'dropout.*{rate!r}'):
-    build(lambda: attention.CrossAttendBlock(input_channels=4, dropout=rate))
+  with pytest.raises(ValueError, match=re.escape(
+      f'dropout must be a finite rate in [0, 1), got {rate!r}')):
+    encoder_config.EncoderConfig(dropout=rate)
+
+
+def test_valid_settings_are_accepted():
+  """The checks above reject only what they name."""
+  for rate in (0, 0.0, 0.5, 0.999):
+    assert encoder_config.EncoderConfig(dropout=rate).dropout == rate
+  for impl in attention.ATTENTION_IMPLS:
+    encoder_config.EncoderConfig(attention_impl=impl)
+  config = encoder_config.EncoderConfig(
+      num_blocks=1, num_self_attends_per_block=1, num_cross_attends=1,
+      num_latents=1, num_latent_channels=6, num_cross_heads=3,
+      num_self_heads=6, widening_factor=1)
+  config.check_input_channels(9, 'input_channels')

@@ -14,7 +14,8 @@ import pytest
 import command_utils
 from configs import audioset as audioset_config
 from perceiver_jax.data import audioset
-from perceiver_jax.model import perceiver
+from perceiver_jax.model import factory
+from perceiver_jax.model import schedule
 from perceiver_jax.train import loop
 
 def _smoke_config(variant):
@@ -78,12 +79,7 @@ def test_mock_epochs_are_the_mock_clips():
 
 
 def _schedule_kinds(model):
-  steps = perceiver.schedule(
-      num_blocks=model.num_blocks,
-      num_self_attends_per_block=model.num_self_attends_per_block,
-      num_cross_attends=model.num_cross_attends,
-      cross_attend_placement=model.cross_attend_placement,
-      share_weights=model.share_weights)
+  steps = schedule.schedule(factory.encoder_config(model))
   return [s.kind for s in steps], {s.weight_set for s in steps
                                    if s.kind == 'cross_attend'}
 
@@ -95,9 +91,10 @@ def test_paper_model_and_recipe():
   kinds, cross_sets = _schedule_kinds(model)
   # 2 cross-attends, each followed by a latent Transformer of 8 layers.
   assert kinds == ['cross_attend', 'latent_transformer'] * 2
-  assert model.num_self_attends_per_block == 8
-  assert cross_sets == {0, 1} and not model.share_weights
-  assert (model.num_latents, model.num_latent_channels) == (512, 512)
+  assert model.encoder.num_self_attends_per_block == 8
+  assert cross_sets == {0, 1} and not model.encoder.share_weights
+  assert (model.encoder.num_latents,
+          model.encoder.num_latent_channels) == (512, 512)
   assert config.loss.type == 'sigmoid_xent'
   assert config.evaluator.type == 'multilabel_map'
   assert config.evaluator.metric == 'map'

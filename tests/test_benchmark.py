@@ -57,8 +57,8 @@ def test_log_spaced_and_num_inputs_override():
 def tiny_config():
   """runlocal ImageNet cut to one block of one layer: quick to compile."""
   config = imagenet.get_config('runlocal')
-  config.model.update(num_blocks=1, num_cross_attends=1,
-                      num_self_attends_per_block=1)
+  config.model.encoder.update(num_blocks=1, num_cross_attends=1,
+                              num_self_attends_per_block=1)
   return config
 
 
@@ -117,7 +117,7 @@ def test_command_line_prints_json_lines():
       [sys.executable, '-m', 'experiments.benchmark',
        '--config=configs/digits.py:runlocal', '--mode=forward',
        '--batch_size=4', '--steps=1', '--warmup=1', '--fast_compile',
-       '--precision=bfloat16', '--config.model.scan_blocks=True'],
+       '--precision=bfloat16', '--config.model.encoder.scan_blocks=True'],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]

@@ -37,7 +37,7 @@ def test_main_prints_one_json_line_per_implementation_and_a_summary(
 
   def small_config(*args, **kwargs):
     config = full_config(*args, **kwargs)
-    config.model.update(num_latents=8, num_latent_channels=16)
+    config.model.encoder.update(num_latents=8, num_latent_channels=16)
     return config
 
   monkeypatch.setattr(compare_peers, 'our_config', small_config)

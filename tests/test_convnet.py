@@ -8,6 +8,7 @@ import pytest
 from configs import digits_ablations
 from perceiver_jax.model import convnet
 from perceiver_jax.model import factory
+from perceiver_jax.model import inputs as model_inputs
 
 
 def _config(**overrides):
@@ -40,7 +41,7 @@ def test_permuted_convnet_sees_the_scrambled_image():
   images = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
   params = plain.init(jax.random.PRNGKey(0), {'image': images},
                       is_training=False)
-  perm = factory.input_permutation(_config(permutation_seed=3).model.input)
+  perm = model_inputs.input_permutation(_config(permutation_seed=3).model.input)
   # The same scrambling done by hand, in row-major pixel order.
   scrambled = images.reshape(2, 64, 1)[:, perm].reshape(2, 8, 8, 1)
   np.testing.assert_allclose(

@@ -15,7 +15,7 @@ import pytest
 
 from configs import digits
 from perceiver_jax.model import adapters
-from perceiver_jax.model import attention
+from perceiver_jax.model import fast_cross_attend
 from perceiver_jax.model import factory
 from perceiver_jax.model import grid_byte_array
 from perceiver_jax.model import position_encoding as pe
@@ -211,7 +211,7 @@ def test_overlapping_tables_are_handled():
 
 def _block_fn(absorb, dropout=0.0):
   def fn(z, content, mask, dense, is_training=False):
-    block = attention.CrossAttendBlock(
+    block = fast_cross_attend.FastCrossAttendBlock(
         input_channels=CONTENT + FEATURES, absorb_projections=absorb,
         dropout=dropout, name='cross')
     if dense:  # By hand, as `_dense` (content is traced here).
@@ -313,7 +313,8 @@ DIGITS_BYTE_ARRAY = (3, 64, 19)
 def _digits_loss(grid_parts, permuted=False, scan=False, **model):
   """(loss function of the parameters, parameters) on 3 random digits."""
   config = digits.get_config('runlocal')
-  config.model.update(grid_parts=grid_parts, scan_blocks=scan, **model)
+  config.model.grid_parts = grid_parts
+  config.model.encoder.update(scan_blocks=scan, **model)
   if permuted:
     config.model.input.permutation_seed = 0
   forward = factory.transform_classifier(config.model, 10)

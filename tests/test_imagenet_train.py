@@ -43,13 +43,13 @@ def test_permutation_is_the_same_across_launches(tmp_path):
 
 def test_variant_models_match_the_paper_description():
   fourier = imagenet_config.get_config()
-  assert fourier.model.num_cross_attends == 8
-  assert fourier.model.share_weights
+  assert fourier.model.encoder.num_cross_attends == 8
+  assert fourier.model.encoder.share_weights
   assert fourier.model.input.position_encoding == 'fourier'
   assert fourier.model.input.num_bands == 64
   assert tuple(fourier.model.input.index_dims) == (224, 224)
   learned = imagenet_config.get_config('variant=learned_pos')
-  assert learned.model.num_cross_attends == 1
+  assert learned.model.encoder.num_cross_attends == 1
   assert learned.model.input.position_encoding == 'learned'
   assert learned.model.input.learned_position_channels == 128
   permuted = imagenet_config.get_config('variant=permuted')

@@ -1,6 +1,6 @@
 """Tests of experiments/model_summary.py: parameters and FLOPs per config.
 
-Expected numbers are derived by hand (PAPER.md sections 1 and 4), not from
+Expected numbers are derived by hand (docs/paper.md sections 1 and 4), not from
 the code.
 """
 
@@ -80,7 +80,7 @@ def test_command_line_on_digits_runlocal():
   out = subprocess.run(
       [sys.executable, '-m', 'experiments.model_summary',
        '--config=configs/digits.py:runlocal',
-       '--config.model.share_weights=False'],
+       '--config.model.encoder.share_weights=False'],
       cwd=REPO, capture_output=True, text=True, check=True, timeout=120).stdout
   lines = out.strip().splitlines()
   result = json.loads(lines[-1])

@@ -9,7 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
+from perceiver_jax.model import encoder_config
 from perceiver_jax.model import perceiver
+from perceiver_jax.model import schedule
 from model_test_utils import f64
 from model_test_utils import jit
 from model_test_utils import np_classifier
@@ -24,6 +26,11 @@ TINY = dict(num_blocks=3, num_self_attends_per_block=1, num_cross_attends=3,
             num_latents=4, num_latent_channels=8, num_cross_heads=1,
             num_self_heads=2)
 TINY_STEPS = ['C0', 'L0', 'C1', 'L0', 'C1', 'L0']
+
+
+def schedule_of(**fields) -> list[schedule.Step]:
+  """The schedule of an encoder config with `fields`."""
+  return schedule.schedule(encoder_config.EncoderConfig(**fields))
 
 
 def classifier(**overrides) -> hk.Transformed:
@@ -86,14 +93,14 @@ def steps_text(steps):
 
 
 def test_schedule_headline_steps():
-  steps = perceiver.schedule(num_blocks=8, num_self_attends_per_block=6,
+  steps = schedule_of(num_blocks=8, num_self_attends_per_block=6,
                              num_cross_attends=8,
                              cross_attend_placement='interleaved',
                              share_weights=True)
   expected = []
   for b in range(8):
-    expected.append(perceiver.Step('cross_attend', b, 0 if b == 0 else 1))
-    expected.append(perceiver.Step('latent_transformer', b, 0))
+    expected.append(schedule.Step('cross_attend', b, 0 if b == 0 else 1))
+    expected.append(schedule.Step('latent_transformer', b, 0))
   assert steps == expected
 
 
@@ -116,7 +123,7 @@ def test_schedule_headline_steps():
     ('start', 8, True, 'C0 C1 C1 C1 C1 C1 C1 C1 L0 L0 L0 L0 L0 L0 L0 L0'),
 ])
 def test_schedule_order(placement, cross, share, expected):
-  steps = perceiver.schedule(num_blocks=8, num_self_attends_per_block=6,
+  steps = schedule_of(num_blocks=8, num_self_attends_per_block=6,
                              num_cross_attends=cross,
                              cross_attend_placement=placement,
                              share_weights=share)
@@ -133,7 +140,7 @@ def test_schedule_order(placement, cross, share, expected):
     (4, True, 'C0 C1 C1 C1'),
 ])
 def test_schedule_cross_attends_only(placement, cross, share, expected):
-  steps = perceiver.schedule(num_blocks=8, num_self_attends_per_block=0,
+  steps = schedule_of(num_blocks=8, num_self_attends_per_block=0,
                              num_cross_attends=cross,
                              cross_attend_placement=placement,
                              share_weights=share)
@@ -153,11 +160,11 @@ def test_schedule_rejects_bad_values(kwargs, match):
               cross_attend_placement='interleaved', share_weights=True)
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
-    perceiver.schedule(**args)
+    schedule_of(**args)
 
 
 def test_more_cross_attends_than_blocks_at_start_is_fine():
-  steps = perceiver.schedule(num_blocks=2, num_self_attends_per_block=1,
+  steps = schedule_of(num_blocks=2, num_self_attends_per_block=1,
                              num_cross_attends=3,
                              cross_attend_placement='start',
                              share_weights=False)
@@ -495,15 +502,20 @@ def test_bad_encoder_config_raises(overrides, match):
     f.init(None)
 
 
-def test_non_finite_config_values_name_the_field():
-  model = ml_collections.ConfigDict(dict(TINY, dropout=0.0))
-  assert perceiver.encoder_kwargs(model) == dict(TINY, dropout=0.0)
+def test_config_values_are_named_by_their_path():
+  model = ml_collections.ConfigDict(dict(encoder=dict(TINY, dropout=0.0)))
+  assert encoder_config.EncoderConfig.from_mapping(
+      model.encoder) == encoder_config.EncoderConfig(**TINY)
   for value in (float('nan'), float('inf'), -float('inf')):
-    model.dropout = value
-    with pytest.raises(ValueError, match=f'config.model.dropout.*{value}'):
-      perceiver.encoder_kwargs(model)
-  with pytest.raises(ValueError, match='config.model.num_latents.*inf'):
-    perceiver.encoder_kwargs(dict(TINY, num_latents=float('inf')))
+    model.encoder.dropout = value
+    with pytest.raises(ValueError,
+                       match=f'config.model.encoder.dropout.*{value}'):
+      encoder_config.EncoderConfig.from_mapping(model.encoder)
+  with pytest.raises(ValueError, match='config.model.encoder.num_latents.*inf'):
+    encoder_config.EncoderConfig.from_mapping(
+        dict(TINY, num_latents=float('inf')))
+  with pytest.raises(ValueError, match=r"unknown field\(s\) \['num_latent'\]"):
+    encoder_config.EncoderConfig.from_mapping(dict(TINY, num_latent=3))
 
 
 def test_bad_mask_shape_and_num_classes_raise():

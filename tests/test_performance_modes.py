@@ -13,7 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from perceiver_jax.model import encoder_config
+from perceiver_jax.model import layers
 from perceiver_jax.model import perceiver
+from perceiver_jax.model import schedule
 from model_test_utils import jit
 from model_test_utils import random_params
 
@@ -89,30 +92,38 @@ def steps_text(steps):
 
 
 # ----------------------------------------------------------------------------
-# Scan segments.
+# Runs of identical blocks (what scan_blocks scans).
 
 
 @pytest.mark.parametrize('placement, cross, share, expected', [
-    ('interleaved', 8, True, '[C0] [L0 C1]x7 [L0]'),
-    ('interleaved', 4, True, '[C0] [L0 L0 C1]x3 [L0]x2'),
-    ('interleaved', 1, True, '[C0] [L0]x8'),
-    ('start', 4, True, '[C0] [C1]x3 [L0]x8'),
+    ('interleaved', 8, True, '[C0 L0] [C1 L0]x7'),
+    ('interleaved', 4, True,
+     '[C0 L0] [L0] [C1 L0] [L0] [C1 L0] [L0] [C1 L0] [L0]'),
+    ('interleaved', 1, True, '[C0 L0] [L0]x7'),
+    ('start', 4, True, '[C0 C1 C1 C1 L0] [L0]x7'),
     ('interleaved', 8, False,
-     '[C0] [L0] [C1] [L1] [C2] [L2] [C3] [L3] [C4] [L4] [C5] [L5] [C6] [L6] '
-     '[C7] [L7]'),
+     '[C0 L0] [C1 L1] [C2 L2] [C3 L3] [C4 L4] [C5 L5] [C6 L6] [C7 L7]'),
 ])
-def test_scan_segments(placement, cross, share, expected):
-  steps = perceiver.schedule(num_blocks=8, num_self_attends_per_block=6,
-                             num_cross_attends=cross,
-                             cross_attend_placement=placement,
-                             share_weights=share)
-  segments = perceiver.scan_segments(steps)
-  text = ' '.join(f'[{steps_text(s.unit)}]' + (
-      f'x{s.repeats}' if s.repeats > 1 else '') for s in segments)
+def test_runs_of_identical_blocks(placement, cross, share, expected):
+  steps = schedule.schedule(encoder_config.EncoderConfig(
+      num_blocks=8, num_self_attends_per_block=6, num_cross_attends=cross,
+      cross_attend_placement=placement, share_weights=share))
+  runs = schedule.runs(steps)
+  text = ' '.join(f'[{steps_text(block)}]' + (
+      f'x{repeats}' if repeats > 1 else '') for block, repeats in runs)
   assert text == expected
-  # Units repeated and concatenated give the schedule back, step for step.
-  flat = [step for s in segments for _ in range(s.repeats) for step in s.unit]
+  # Blocks repeated and concatenated give the schedule back, step for step.
+  flat = [step for block, repeats in runs for _ in range(repeats)
+          for step in block]
   assert steps_text(flat) == steps_text(steps)
+
+
+def test_cross_attends_only_are_blocks_of_their_own():
+  steps = schedule.schedule(encoder_config.EncoderConfig(
+      num_blocks=8, num_self_attends_per_block=0, num_cross_attends=3,
+      share_weights=True))
+  assert [(steps_text(b), r) for b, r in schedule.runs(steps)] == [
+      ('C0', 1), ('C1', 2)]
 
 
 # ----------------------------------------------------------------------------
@@ -219,7 +230,7 @@ def test_bfloat16_layer_norm_statistics_are_float32():
   # bfloat16 statistics would be poor.
   x = (100.0 + np.linspace(-1, 1, 64)).astype(np.float32)[None]
   fn = hk.without_apply_rng(hk.transform(
-      lambda v: perceiver.attention_lib.layer_norm('norm')(v)))
+      lambda v: layers.layer_norm('norm')(v)))
   p = fn.init(jax.random.PRNGKey(0), x)
   x16 = jnp.asarray(x, jnp.bfloat16)
   out = fn.apply(p, x16)

@@ -38,14 +38,14 @@ def _layer_norm(x, p):
 
 def test_first_cross_attend_weights_match_a_hand_computation():
   config = digits_config.get_config('runlocal')
-  config.model.num_cross_heads = 1
-  config.model.absorb_cross_attend_projections = False  # Keys recorded.
+  config.model.encoder.num_cross_heads = 1
+  config.model.encoder.absorb_cross_attend_projections = False  # Keys recorded.
   forward = factory.transform_classifier(config.model, 10)
   rng = np.random.default_rng(0)
   batch = {'image': rng.uniform(0, 1, (3, 8, 8, 1)).astype(np.float32)}
   params = forward.init(jax.random.PRNGKey(1), batch, is_training=False)
   maps = pictures.cross_attention_weights(forward, params, batch)
-  assert len(maps) == config.model.num_cross_attends == 2
+  assert len(maps) == config.model.encoder.num_cross_attends == 2
   for m in maps:
     assert m.shape == (3, 1, 8, 64)  # [B, heads, N latents, M pixels].
     np.testing.assert_allclose(m.sum(-1), 1.0, rtol=1e-5)

@@ -112,9 +112,9 @@ def test_example_batch_initialises_the_modelnet40_model():
 def test_configs_follow_the_paper():
   config = modelnet40_config.get_config('')
   assert config.task == 'modelnet40'
-  assert config.model.num_cross_attends == 2
-  assert config.model.num_self_attends_per_block == 6
-  assert config.model.num_blocks == 8
+  assert config.model.encoder.num_cross_attends == 2
+  assert config.model.encoder.num_self_attends_per_block == 6
+  assert config.model.encoder.num_blocks == 8
   assert config.model.input.type == 'points'
   assert config.model.input.num_bands == 64
   assert tuple(config.model.input.max_resolution) == (2240.0,) * 3

@@ -1,4 +1,4 @@
-"""Tests of perceiver_jax.model.position_encoding (PAPER.md section 3)."""
+"""Tests of perceiver_jax.model.position_encoding (docs/paper.md section 3)."""
 
 import math
 

@@ -17,6 +17,7 @@ from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import evaluators
 from perceiver_jax.train import loop
 from perceiver_jax.train import parallel
+from perceiver_jax.train import run_config
 
 def _runlocal_config(**train_overrides) -> ml_collections.ConfigDict:
   config = digits_config.get_config('runlocal')
@@ -151,7 +152,7 @@ def test_config_typo_fails_naming_the_key(tmp_path):
                                     '--config=configs/digits.py:runlocal',
                                     '--config.train.batch_sise=32',
                                     f'--workdir={tmp_path}')
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert result.stderr.strip() == (
       'error: Unknown config field in an override: \'batch_sise\' Did you '
       'mean "batch_size" instead of "batch_sise"? (--traceback for details)')
@@ -161,7 +162,7 @@ def test_config_typo_fails_naming_the_key(tmp_path):
   result = command_utils.run_module(
       'experiments.train', '--config.train.batch_sise=32',
       f'--workdir={tmp_path}')
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert result.stderr.strip().startswith(
       "error: Unknown config field in an override: 'batch_sise'")
 
@@ -199,3 +200,16 @@ def test_end_to_end_train_checkpoint_evaluate(tmp_path):
   assert result['top1'] == pytest.approx(final_eval['test/top1'], abs=1e-6)
   assert sorted(os.listdir(checkpoints)) == before  # Nothing written there.
   assert (workdir / 'evaluations' / 'test-step6.json').exists()
+
+  # A run written before the encoder fields moved to config.model.encoder
+  # (its config.json made here from this one) still reads and evaluates the
+  # same: the parameter names did not change.
+  new_layout = json.loads((workdir / 'config.json').read_text())
+  old_layout = json.loads(json.dumps(new_layout))
+  old_layout['model'].update(old_layout['model'].pop('encoder'))
+  (workdir / 'config.json').write_text(json.dumps(old_layout))
+  upgraded = run_config.read(str(workdir))
+  assert upgraded.to_dict() == ml_collections.ConfigDict(new_layout).to_dict()
+  metrics = loop.evaluate_checkpoint(upgraded, str(checkpoints))
+  assert metrics['step'] == 6
+  assert metrics['top1'] == pytest.approx(result['top1'], abs=1e-6)

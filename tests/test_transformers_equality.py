@@ -32,7 +32,8 @@ def _our_classifier(directory, **model_overrides):
   hf_config = fixtures.read_config(directory)
   model_config = tf_format.model_config(
       hf_config, image_size=(fixtures.IMAGE_SIZE, fixtures.IMAGE_SIZE))
-  model_config.update(model_overrides)
+  model_config['grid_parts'] = model_overrides.pop('grid_parts', True)
+  model_config['encoder'].update(model_overrides)
   forward = factory.transform_classifier(model_config, fixtures.NUM_LABELS)
   example = {'image': jnp.zeros((1, fixtures.IMAGE_SIZE,
                                  fixtures.IMAGE_SIZE, 3))}
@@ -121,7 +122,7 @@ def test_paper_encoder_equals_transformers_encoder(tmp_path, hidden_act,
   model = fixtures.randomize(transformers.PerceiverModel(config), seed=3)
   fixtures.save(model, tmp_path)
   hf_config = fixtures.read_config(tmp_path)
-  encoder_config = tf_format.model_config(hf_config)
+  encoder_config = tf_format.model_config(hf_config)['encoder']
   assert encoder_config['mlp_activation'] == mlp_activation
   inputs = np.random.default_rng(0).normal(
       size=(2, 50, config.d_model)).astype(np.float32)

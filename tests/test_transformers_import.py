@@ -174,7 +174,7 @@ def test_export_refuses_what_transformers_cannot_express(field, value,
           'architectures': ['PerceiverForImageClassificationFourier']},
       image_size=(32, 32))
   assert tf_format.transformers_config(model, 7)['d_latents'] == 64
-  model[field] = value
+  model['encoder'][field] = value
   with pytest.raises(tf_format.CheckpointError, match=needle):
     tf_format.transformers_config(model, 7)
 

@@ -5,7 +5,7 @@ Reads the `audioset` TFDS dataset prepared by
 JPEG frames, class indices) and yields batches for the data API
 (`load`, `num_examples`).
 
-Windows (PAPER.md section 4): 32 frames at 25 fps = 1.28 s = 61,440
+Windows (docs/paper.md section 4): 32 frames at 25 fps = 1.28 s = 61,440
 samples at 48 kHz (1,920 samples per frame).
 
 - Training: one window per clip at a random start. Audio-only modalities
@@ -200,7 +200,7 @@ def _builder(config: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
         f'{builder.data_dir}; build it with `python -m '
         f'perceiver_jax.data.builders.audioset --manual_dir=... '
         f'--data_dir=... --config={builder_config}` (see '
-        f'README, AudioSet), or set config.data.mock=True.')
+        f'docs/audioset.md), or set config.data.mock=True.')
   return builder
 
 

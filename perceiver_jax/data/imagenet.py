@@ -31,7 +31,6 @@ eval_preprocessing ('paper', the default: `augment.eval_image`; or
 checkpoints, `transformers_preprocessing.eval_image`).
 """
 
-import argparse
 import functools
 import os
 from typing import Callable, Iterator, Optional, Sequence
@@ -41,6 +40,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from perceiver_jax import cli
+from perceiver_jax import progress
 from perceiver_jax.data import augment
 from perceiver_jax.data import pipeline
 from perceiver_jax.data import transformers_preprocessing
@@ -377,13 +378,36 @@ def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
         + PREPARE_INSTRUCTIONS.format(data_dir=data_dir or 'DATA_DIR'))
   data_dir = os.path.expanduser(data_dir) if data_dir else None
   builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
+  _track_generation(builder)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return os.fspath(builder.data_dir)
 
 
+# Images per split of ILSVRC-2012 (the expected totals of the progress).
+SPLIT_SIZES = {'train': 1_281_167, 'validation': 50_000, 'test': 100_000}
+
+
+def _track_generation(builder: tfds.core.DatasetBuilder) -> None:
+  """Reports the examples TFDS generates, with rate and ETA.
+
+  TFDS's imagenet2012 builder calls `self._generate_examples(**gen_kwargs)`
+  once per split (validation_labels for validation, labels_exist=False for
+  test); the instance's method is wrapped to count what it yields.
+  """
+  generate = builder._generate_examples  # pylint: disable=protected-access
+
+  def tracked(**kwargs):
+    split = ('test' if not kwargs.get('labels_exist', True) else
+             'validation' if kwargs.get('validation_labels') else 'train')
+    yield from progress.track(generate(**kwargs), f'ImageNet {split}',
+                              total=SPLIT_SIZES[split], unit='images')
+
+  builder._generate_examples = tracked  # pylint: disable=protected-access
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       description='Prepare TFDS imagenet2012 from the manual download.')
   parser.add_argument('--manual_dir', required=True,
                       help='folder with ILSVRC2012_img_{train,val}.tar')
@@ -391,9 +415,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       help='TFDS data dir (default: $TFDS_DATA_DIR or '
                       '~/tensorflow_datasets)')
   args = parser.parse_args(argv)
+  tars = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+  manual_dir = os.path.expanduser(args.manual_dir)
+  if not any(os.path.isfile(os.path.join(manual_dir, t)) for t in tars):
+    raise cli.UsageError(
+        f'--manual_dir={args.manual_dir} holds neither {tars[0]} nor '
+        f'{tars[1]}; download them from https://image-net.org into one '
+        'folder and give that folder (python -m perceiver_jax.data.imagenet '
+        '--help).')
   pipeline.hide_gpus_from_tf()
+  # Ours counts the examples with an ETA; TFDS's bars would share its line.
+  tfds.disable_progress_bar()
   print(f'Prepared {prepare(args.manual_dir, args.data_dir)}')
 
 
 if __name__ == '__main__':
-  main()
+  cli.guard(main)

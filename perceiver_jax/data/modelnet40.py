@@ -198,14 +198,23 @@ def main(argv: list[str]) -> None:
   import json  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
+  from perceiver_jax import cli  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(os.path.expanduser(f.manual_dir)):
+    raise cli.UsageError(
+        f'--manual_dir={f.manual_dir} is not a directory; give the folder '
+        f'holding {builder_lib.ROOT_NAMES[f.config]}.zip or its extracted '
+        'folder (https://modelnet.cs.princeton.edu/).')
+  # The builder counts the meshes with an ETA; TFDS's bars would share its
+  # line.
+  builder_lib.tfds.disable_progress_bar()
   builder = builder_lib.build(f.manual_dir, config=f.config,
                               data_dir=f.data_dir, num_workers=f.num_workers)
   print(json.dumps(builder_lib.report(builder), indent=2))
 
 
 if __name__ == '__main__':
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from perceiver_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('manual_dir', None, 'Folder holding the download.',
                       required=True)
   flags.DEFINE_enum('config', 'official', sorted(builder_lib.ROOT_NAMES),
@@ -213,4 +222,4 @@ if __name__ == '__main__':
   flags.DEFINE_string('data_dir', None, "TFDS data dir (default: TFDS's).")
   flags.DEFINE_integer('num_workers', os.cpu_count() or 1,
                        'Processes that read and sample meshes.')
-  app.run(main)
+  cli.run(main)

@@ -1,7 +1,7 @@
 """Point clouds from meshes: OFF reading, surface sampling, normalisation.
 
 Shared by the ModelNet40 builder and the embedded shapes dataset, so both
-give the model point clouds made the same way (PAPER.md section 4):
+give the model point clouds made the same way (docs/paper.md section 4):
 
 1. `read_off`: a mesh from OFF text, tolerant of ModelNet's malformed
    headers (the keyword fused with the counts: `OFF490 518 0`).

@@ -12,13 +12,14 @@ file size of an average ImageNet image; prints one JSON line):
   python -m perceiver_jax.data.throughput --image_size=224 --threads=1
 """
 
-import argparse
 import io
 import json
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
+
+from perceiver_jax import cli
 
 
 def measure_input_throughput(load_fn: Callable[..., Iterator[Any]], *,
@@ -87,7 +88,7 @@ def photo_jpegs(num: int, seed: int = 0) -> list[bytes]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser = cli.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--batch_size', type=int, default=32)
   parser.add_argument('--num_batches', type=int, default=10)
@@ -130,4 +131,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  cli.guard(main)

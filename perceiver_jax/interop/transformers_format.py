@@ -246,8 +246,8 @@ def model_config(hf_config: Mapping[str, Any], *,
       Unused for the bare encoder.
 
   Returns:
-    Encoder fields, `head`, `decoder` and `input`, as `factory` reads them;
-    for the bare encoder, the encoder fields only.
+    `encoder` (`EncoderConfig` fields), `head`, `decoder` and `input`, as
+    `factory` reads them; for the bare encoder, `encoder` only.
   """
   architecture = architecture_of(hf_config)
   input_type = ARCHITECTURES[architecture]
@@ -259,7 +259,7 @@ def model_config(hf_config: Mapping[str, Any], *,
     raise CheckpointError(
         "only cross_attention_shape_for_attention='kv' is supported, got "
         f"{hf_config.get('cross_attention_shape_for_attention')!r}.")
-  model = dict(
+  encoder = dict(
       num_blocks=int(hf_config['num_blocks']),
       num_self_attends_per_block=int(hf_config['num_self_attends_per_block']),
       num_cross_attends=1,
@@ -281,8 +281,9 @@ def model_config(hf_config: Mapping[str, Any], *,
                                                      True)),
       dropout=0.0,
   )
+  model = {'encoder': encoder}
   if input_type is None:
-    return model  # The encoder alone: `perceiver.Perceiver(**model)`.
+    return model  # The encoder alone: `Perceiver(**model['encoder'])`.
   model['head'] = 'perceiver_io'
   model['decoder'] = dict(num_heads=1, widening_factor=1, query_residual=True)
   if input_type == 'conv1x1_learned':
@@ -396,27 +397,28 @@ _HIDDEN_ACT = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh'}
 
 def _architecture_values(model: Mapping[str, Any]) -> dict[str, Any]:
   """The values that decide a model's function, defaults filled in."""
-  widening = model.get('widening_factor', 1)
+  encoder = dict(model.get('encoder') or {})
+  widening = encoder.get('widening_factor', 1)
   values = {
-      'num_blocks': model.get('num_blocks'),
-      'num_self_attends_per_block': model.get('num_self_attends_per_block'),
-      'num_cross_attends': model.get('num_cross_attends'),
-      'cross_attend_placement': model.get('cross_attend_placement',
-                                          'interleaved'),
-      'share_weights': model.get('share_weights', True),
-      'num_latents': model.get('num_latents'),
-      'num_latent_channels': model.get('num_latent_channels'),
-      'num_cross_heads': model.get('num_cross_heads', 1),
-      'num_self_heads': model.get('num_self_heads', 8),
+      'num_blocks': encoder.get('num_blocks'),
+      'num_self_attends_per_block': encoder.get('num_self_attends_per_block'),
+      'num_cross_attends': encoder.get('num_cross_attends'),
+      'cross_attend_placement': encoder.get('cross_attend_placement',
+                                            'interleaved'),
+      'share_weights': encoder.get('share_weights', True),
+      'num_latents': encoder.get('num_latents'),
+      'num_latent_channels': encoder.get('num_latent_channels'),
+      'num_cross_heads': encoder.get('num_cross_heads', 1),
+      'num_self_heads': encoder.get('num_self_heads', 8),
       'cross_attend_widening_factor': (
-          model.get('cross_attend_widening_factor') or widening),
+          encoder.get('cross_attend_widening_factor') or widening),
       'self_attend_widening_factor': (
-          model.get('self_attend_widening_factor') or widening),
-      'qk_channels': model.get('qk_channels'),
-      'v_channels': model.get('v_channels'),
-      'mlp_activation': model.get('mlp_activation', 'gelu_tanh'),
-      'cross_attend_query_residual': model.get('cross_attend_query_residual',
-                                               True),
+          encoder.get('self_attend_widening_factor') or widening),
+      'qk_channels': encoder.get('qk_channels'),
+      'v_channels': encoder.get('v_channels'),
+      'mlp_activation': encoder.get('mlp_activation', 'gelu_tanh'),
+      'cross_attend_query_residual': encoder.get(
+          'cross_attend_query_residual', True),
       'head': model.get('head', 'mean_linear'),
   }
   if values['num_cross_attends'] == 1:
@@ -455,7 +457,8 @@ def transformers_config(model: Mapping[str, Any],
     raise CheckpointError(
         f"head {model.get('head', 'mean_linear')!r} has no transformers "
         "counterpart; only head='perceiver_io' models export.")
-  activation = model.get('mlp_activation', 'gelu_tanh')
+  activation = dict(model.get('encoder') or {}).get('mlp_activation',
+                                                   'gelu_tanh')
   values = _architecture_values(model)
   index_dims = values.get('input.index_dims') or (224, 224)
   hf_config = {
@@ -506,8 +509,8 @@ def merge_model_config(config_model: Any, model: Mapping[str, Any]) -> None:
   """
   import ml_collections  # pylint: disable=g-import-not-at-top
   for key, value in model.items():
-    if key == 'decoder' and 'decoder' in config_model:
-      config_model.decoder.update(value)
+    if key in ('encoder', 'decoder') and key in config_model:
+      config_model[key].update(value)
     elif key != 'input':
       config_model[key] = value
   if 'input' in model:

@@ -5,8 +5,9 @@ of step 0, as a training run leaves them) from a transformers checkpoint
 directory; `export_checkpoint` writes a transformers checkpoint directory
 (`config.json`, `model.safetensors`) from a workdir. Both check everything
 before writing anything, and refuse bad input with `ImportFailure` /
-`ExportFailure`, one line each (the commands `experiments.import_checkpoint`
-and `experiments.export_checkpoint` print it as `error: ...`).
+`ExportFailure` (`cli.UsageError`s: the commands `experiments.
+import_checkpoint` and `experiments.export_checkpoint` print them as one
+`error: ...` line, exit status 2).
 """
 
 import json
@@ -15,12 +16,14 @@ from typing import Optional
 
 import ml_collections
 
+from perceiver_jax import cli
+
 
 _PICKLE_FILES = ('pytorch_model.bin', 'model.bin', 'pytorch_model.pt')
 
 
-class ImportFailure(Exception):
-  """A refused checkpoint: printed as one line, exit status 2."""
+class ImportFailure(cli.UsageError):
+  """A refused checkpoint: one `error:` line, exit status 2 (`cli`)."""
 
 
 def _read_json(path: str, what: str) -> dict:
@@ -157,8 +160,8 @@ def import_checkpoint(source: str, workdir: str,
 
 
 
-class ExportFailure(Exception):
-  """A refused export: printed as one line, exit status 2."""
+class ExportFailure(cli.UsageError):
+  """A refused export: one `error:` line, exit status 2 (`cli`)."""
 
 
 def export_checkpoint(workdir: str, target: str,

@@ -25,6 +25,31 @@ from perceiver_jax.model import position_encoding as pe
 POSITION_ENCODINGS = ('fourier', 'learned', 'none')
 
 
+def _checked_permutation(permutation: np.ndarray,
+                         index_dims: tuple[int, ...]) -> np.ndarray:
+  """`permutation` as an integer array, checked to reorder the grid's M
+  positions."""
+  permutation = np.asarray(permutation)
+  num_positions = int(np.prod(index_dims))
+  # Integer indices only: floats equal to 0..M-1 would pass the check
+  # below but fail as indices, and booleans would act as a mask.
+  if (permutation.ndim != 1 or
+      not np.issubdtype(permutation.dtype, np.integer) or
+      sorted(permutation.tolist()) != list(range(num_positions))):
+    raise ValueError(
+        f'permutation must be a permutation of range({num_positions}) (the '
+        f'grid {index_dims}) as integers, got an array of shape '
+        f'{permutation.shape} and dtype {permutation.dtype}.')
+  return permutation
+
+
+def _check_grid_shape(x: jax.Array, dims: tuple[int, ...]) -> None:
+  """Checks that `x` is `[batch, *dims, channels]`."""
+  if x.ndim != len(dims) + 2 or tuple(x.shape[1:-1]) != dims:
+    raise ValueError(f'Expected inputs of shape [batch, *{list(dims)}, '
+                     f'channels], got {x.shape}.')
+
+
 class GridAdapter(hk.Module):
   """Inputs on a regular grid (images, audio patches, video patches).
 
@@ -73,16 +98,7 @@ class GridAdapter(hk.Module):
     self._learned_channels = learned_position_channels
     self._learned_init_scale = learned_position_init_scale
     if permutation is not None:
-      permutation = np.asarray(permutation)
-      # Integer indices only: floats equal to 0..M-1 would pass the check
-      # below but fail as indices, and booleans would act as a mask.
-      if (permutation.ndim != 1 or
-          not np.issubdtype(permutation.dtype, np.integer) or
-          sorted(permutation.tolist()) != list(range(self._num_positions))):
-        raise ValueError(
-            f'permutation must be a permutation of range({self._num_positions})'
-            f' (the grid {self._index_dims}) as integers, got an array of '
-            f'shape {permutation.shape} and dtype {permutation.dtype}.')
+      permutation = _checked_permutation(permutation, self._index_dims)
     self._permutation = permutation
 
   @property
@@ -109,11 +125,7 @@ class GridAdapter(hk.Module):
 
   def _flatten(self, x: jax.Array) -> jax.Array:
     """`[B, *index_dims, C_raw]` -> `[B, M, C_raw]`, checking the shape."""
-    if x.ndim != len(self._index_dims) + 2 or (
-        tuple(x.shape[1:-1]) != self._index_dims):
-      raise ValueError(
-          f'Expected inputs of shape [batch, *{list(self._index_dims)}, '
-          f'channels], got {x.shape}.')
+    _check_grid_shape(x, self._index_dims)
     return x.reshape(x.shape[0], self._num_positions, x.shape[-1])
 
   def parts(self, x: jax.Array) -> grid_byte_array.GridByteArray:
@@ -241,11 +253,7 @@ class PatchAdapter(hk.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps `[B, *input_dims, C_raw]` to the byte array `[B, M, C]`."""
-    if x.ndim != len(self._input_dims) + 2 or (
-        tuple(x.shape[1:-1]) != self._input_dims):
-      raise ValueError(
-          f'Expected inputs of shape [batch, *{list(self._input_dims)}, '
-          f'channels], got {x.shape}.')
+    _check_grid_shape(x, self._input_dims)
     return self._grid_adapter(patchify(x, self._patch_shape))
 
 

@@ -1,6 +1,6 @@
 """A small convolutional baseline for image classification.
 
-Used by the miniature ablations (README, Sweeps) to show the point
+Used by the miniature ablations (docs/sweeps_and_results.md) to show the point
 of the paper's Table 2 at small scale: a ConvNet relies on the pixels'
 spatial neighbourhoods, so a fixed permutation of the pixel grid hurts it,
 while a Perceiver whose position features travel with the pixels does not

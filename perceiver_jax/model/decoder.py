@@ -20,6 +20,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from perceiver_jax import checks
 from perceiver_jax.model import attention as attention_lib
 from perceiver_jax.model import perceiver
 
@@ -86,20 +87,28 @@ class ClassificationDecoder(hk.Module):
       name: module name.
     """
     super().__init__(name=name)
-    self._num_classes = attention_lib.check_positive_int(
-        num_classes, 'num_classes')
-    if num_query_channels is not None:
-      attention_lib.check_positive_int(num_query_channels,
-                                       'decoder num_query_channels')
+    self._num_classes = checks.positive_int(num_classes, 'num_classes')
+    for what, value in (('num_query_channels', num_query_channels),
+                        ('qk_channels', qk_channels),
+                        ('v_channels', v_channels)):
+      if value is not None:
+        checks.positive_int(value, f'config.model.decoder.{what}')
+    if mlp_activation not in attention_lib.ACTIVATIONS:
+      raise ValueError(f'mlp_activation must be one of '
+                       f'{sorted(attention_lib.ACTIVATIONS)}, got '
+                       f'{mlp_activation!r}.')
+    if not isinstance(query_residual, bool):
+      raise ValueError(f'config.model.decoder.query_residual must be a bool, '
+                       f'got {query_residual!r}.')
     self._num_query_channels = num_query_channels
     self._block_kwargs = dict(
-        num_heads=attention_lib.check_positive_int(num_heads,
-                                                   'decoder num_heads'),
-        widening_factor=attention_lib.check_positive_int(
-            widening_factor, 'decoder widening_factor'),
+        num_heads=checks.positive_int(num_heads,
+                                      'config.model.decoder.num_heads'),
+        widening_factor=checks.positive_int(
+            widening_factor, 'config.model.decoder.widening_factor'),
         qk_channels=qk_channels,
         v_channels=v_channels,
-        mlp_activation=attention_lib.check_mlp_activation(mlp_activation),
+        activation=mlp_activation,
         query_residual=query_residual,
         attention_impl=attention_impl)
 
@@ -112,8 +121,16 @@ class ClassificationDecoder(hk.Module):
         init=hk.initializers.TruncatedNormal(stddev=0.02))
     query = jnp.broadcast_to(query.astype(latents.dtype),
                              (batch_size, 1, query_channels))  # [B, 1, E]
-    block = attention_lib.CrossAttendBlock(
-        input_channels=channels, name='cross_attend', **self._block_kwargs)
+    qk_channels = self._block_kwargs['qk_channels'] or channels
+    v_channels = self._block_kwargs['v_channels'] or qk_channels
+    if qk_channels % self._block_kwargs['num_heads'] or (
+        v_channels % self._block_kwargs['num_heads']):
+      raise ValueError(
+          f'config.model.decoder.num_heads={self._block_kwargs["num_heads"]} '
+          f'does not divide the decoder\'s query/key width {qk_channels} or '
+          f'value width {v_channels}.')
+    block = attention_lib.CrossAttendBlock(name='cross_attend',
+                                           **self._block_kwargs)
     decoded = block(query, latents, is_training=is_training)  # [B, 1, E]
     logits = hk.Linear(self._num_classes, name='logits')(decoded[:, 0])
     return logits.astype(jnp.float32)  # [B, num_classes]

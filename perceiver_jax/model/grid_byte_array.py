@@ -5,7 +5,7 @@ position's raw channels (`content`, `[B, M, Cc]`) followed by its position
 features, and the Fourier features of position `(i_1, ..., i_d)` are a sum
 of one table row per axis, `sum_a T_a[i_a]` (`position_encoding.
 axis_tables`). The cross-attend with absorbed projections
-(`attention.Attention._attend_unprojected`) needs only two contractions
+(`fast_cross_attend`) needs only two contractions
 with the standardised byte array S (the input LayerNorm without its scale
 and offset): the logits `q S^T` and the pooled values `w S`. Both follow
 from the parts without building S or the byte array:
@@ -23,7 +23,7 @@ So the `4 B N M C` FLOPs of the two `[B, N, M] x C` matmuls (ImageNet:
 C = 261, of which 258 are position features) become `4 B N M Cc` plus
 `O(B N M)` elementwise work, and the `[B, M, C]` array is never stored.
 Same values as the dense path up to float rounding (the variance is
-`E[x^2] - mean^2` here, two-pass in `Float32LayerNorm`).
+`E[x^2] - mean^2` here, two-pass in `layers.LayerNorm`).
 """
 
 import itertools

@@ -1,4 +1,4 @@
-"""Position encodings concatenated to the inputs (PAPER.md section 3).
+"""Position encodings concatenated to the inputs (docs/paper.md section 3).
 
 - Fourier features: for positions `x_d in [-1, 1]` on d axes and K bands
   `f_k = linspace(1, mu_d / 2, K)` per axis, the features are

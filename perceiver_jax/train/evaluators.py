@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from perceiver_jax import checks
+from perceiver_jax import progress
 from perceiver_jax.train import losses
 from perceiver_jax.train import metrics as metrics_lib
 from perceiver_jax.train import parallel
@@ -72,6 +73,18 @@ def num_batches(num_examples: int, *, max_examples: Optional[int],
   return math.ceil(per_host * rows_per_example / batch_size)
 
 
+_progress = {'shown': False}
+
+
+def show_progress(enabled: bool = True) -> None:
+  """Whether evaluations report their batches (`perceiver_jax.progress`).
+
+  Off by default, so training logs stay quiet; `experiments.evaluate`
+  turns it on.
+  """
+  _progress['shown'] = enabled
+
+
 def _top_k(num_classes: int) -> int:
   """The k of the second accuracy: 5, or every class when there are fewer."""
   return min(5, num_classes)
@@ -97,6 +110,14 @@ class _SplitEvaluator:
         max_examples=self._config.evaluator.get('max_examples'),
         batch_size=int(np.prod(self._batch_dims)),
         rows_per_example=rows_per_example)
+
+  def _tracked(self, batches: Iterator[Batch],
+               total: int) -> Iterator[Batch]:
+    """`batches`, counted on stderr when `show_progress` is on (host 0)."""
+    if not _progress['shown'] or jax.process_index() != 0:
+      return batches
+    return progress.track(batches, f'evaluating {self.split}', total=total,
+                          unit='batches')
 
   def _load(self) -> Iterator[Batch]:
     return self._data.load(self.split, is_training=False,
@@ -167,7 +188,9 @@ class ClassificationEvaluator(_SplitEvaluator):
   def run(self, params: Any) -> dict[str, float]:
     """Evaluates replicated `params` on the split."""
     totals = None
-    for batch in _padded_to(self._batches(), self._num_batches()):
+    for batch in self._tracked(
+        _padded_to(self._batches(), self._num_batches()),
+        self._num_batches()):
       sums = self._eval_step(params, parallel.shard(batch))
       # np.asarray first: indexing a device array would dispatch a gather.
       sums = jax.tree.map(lambda x: float(np.asarray(x)[0]), sums)
@@ -319,8 +342,8 @@ class MultilabelMapEvaluator(_SplitEvaluator):
     scores = _ClipScores()
     loss_sum = 0.0
     num_windows = 0
-    for batch in _padded_to(self._batches(),
-                            self._num_batches(rows_per_example=self._windows)):
+    total = self._num_batches(rows_per_example=self._windows)
+    for batch in self._tracked(_padded_to(self._batches(), total), total):
       labels = batch['label']
       if labels.shape != (*batch['mask'].shape, self._num_classes):
         raise ValueError(

@@ -1,10 +1,9 @@
-"""What the command-line tools share: clean errors and multi-host start-up.
+"""Multi-host start-up, and the runner of the training commands.
 
-`run(main)` replaces `absl.app.run(main)`: flag errors and the errors a user
-can fix (ValueError for a bad config value, OSError for missing data or a
-failed checkpoint write, FloatingPointError for a diverged loss) end the
-process with one `error: ...` message on stderr and exit status 1, instead
-of a traceback. `--traceback` shows the full traceback instead.
+`run(main)` replaces `absl.app.run(main)` with one-line errors; it is
+`perceiver_jax.cli.run` (see there: a user's mistake ends with one
+`error: ...` line and exit status 2, a diverged loss with status 1, a bug
+with its traceback; `--traceback` shows the full traceback).
 
 `initialize_distributed()` joins a multi-process run through
 `jax.distributed.initialize` when `--multihost` or `--coordinator_address`
@@ -16,12 +15,11 @@ This module imports JAX only inside functions, so `--help` stays fast.
 """
 
 import os
-import sys
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
-from absl import app
 from absl import flags
-from ml_collections import config_flags
+
+from perceiver_jax import cli
 
 _MULTIHOST = flags.DEFINE_bool(
     'multihost', False, 'Join a multi-process run with '
@@ -34,92 +32,9 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'Processes in the multi-process run.')
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'This process\'s index in [0, num_processes).')
-_TRACEBACK = flags.DEFINE_bool(
-    'traceback', False, 'Show full tracebacks instead of one-line errors.')
 
-# Errors a user fixes by changing a value, a path or the disk; anything
-# else (a bug) keeps its traceback.
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
-
-
-def _fail(message: str, status: int = 1) -> None:
-  print(f'error: {message}', file=sys.stderr, flush=True)
-  sys.exit(status)
-
-
-def _flag_error_message(error: Exception) -> str:
-  """A flag error in one line; config files' tracebacks reduced to the end."""
-  text = str(error)
-  if 'Traceback (most recent call last)' in text:
-    first = text.splitlines()[0].rstrip(':').strip()
-    last = [line.strip() for line in text.splitlines() if line.strip()][-1]
-    return f'{first}: {last}'
-  return ' '.join(line.strip() for line in text.splitlines() if line.strip())
-
-
-def define_config_flag(default: str, help_text: str) -> flags.FlagHolder:
-  """`--config` (locked), with a mistyped override of it in one line.
-
-  ml_collections loads the default config file, and applies `--config.x=y`
-  overrides from the command line, when the flag is defined: a mistyped
-  field of the default config fails there, before `run` can catch it.
-  """
-  try:
-    return config_flags.DEFINE_config_file('config', default, help_text,
-                                           lock_config=True)
-  except (AttributeError, KeyError) as e:
-    if '--traceback' in sys.argv:
-      raise
-    _fail(_unknown_field_message(e))
-    raise  # Not reached.
-
-
-def _unknown_field_message(error: Exception) -> str:
-  """ConfigDict's (nested) unknown-field error as one line."""
-  while error.args and isinstance(error.args[0], Exception):
-    error = error.args[0]
-  text = str(error.args[0]) if error.args else str(error)
-  return ('Unknown config field in an override: ' +
-          ' '.join(text.split()) + ' (--traceback for details)')
-
-
-def parse_flags(argv: Sequence[str]) -> list[str]:
-  """`app.run`'s flag parser, reporting bad flags in one line."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    if '--traceback' in argv:
-      raise
-    _fail(f'{_flag_error_message(e)} (--helpshort lists the flags)')
-  except (AttributeError, KeyError) as e:
-    # A `--config.x=y` override naming no field of the config.
-    if '--traceback' in argv:
-      raise
-    _fail(_unknown_field_message(e))
-  return []  # Not reached.
-
-
-def _clean_errors(main: Callable[[list[str]], Optional[int]]
-                  ) -> Callable[[list[str]], Optional[int]]:
-  def wrapped(argv):
-    try:
-      return main(argv)
-    except USER_ERRORS as e:
-      if _TRACEBACK.value:
-        raise
-      _fail(f'{type(e).__name__}: {e}')
-    except KeyboardInterrupt:
-      if _TRACEBACK.value:
-        raise
-      _fail('interrupted.', status=130)
-    return None  # Not reached.
-
-  return wrapped
-
-
-def run(main: Callable[[list[str]], Optional[int]]) -> None:
-  """`app.run(main)` with one-line errors (see the module docstring)."""
-  app.run(_clean_errors(main), flags_parser=parse_flags)
+run = cli.run
+define_config_flag = cli.define_config_flag
 
 
 def cluster_environment() -> Optional[str]:

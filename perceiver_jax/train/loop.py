@@ -17,7 +17,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import haiku as hk
 import jax
@@ -28,6 +28,7 @@ import optax
 
 from perceiver_jax import checks
 from perceiver_jax.model import factory
+from perceiver_jax.model import inputs as model_inputs
 from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import evaluators
 from perceiver_jax.train import losses
@@ -248,7 +249,7 @@ class Run:
 def _write_run_files(run: Run) -> None:
   os.makedirs(run.workdir, exist_ok=True)
   run_config.write(run.workdir, run.config)
-  permutation = factory.input_permutation(run.config.model.input)
+  permutation = model_inputs.input_permutation(run.config.model.input)
   if permutation is not None:
     np.save(os.path.join(run.workdir, 'permutation.npy'), permutation)
 
@@ -496,3 +497,41 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str,
   metrics = run.evaluator(split).run(parallel.replicate(state.params))
   run.checkpointer.close()
   return {**metrics, 'step': int(state.step)}
+
+
+def evaluate_checkpoints(config: ml_collections.ConfigDict,
+                         checkpoint_dir: str,
+                         steps: Optional[Sequence[int]] = None, *,
+                         split: Optional[str] = None) -> list[dict[str, Any]]:
+  """Evaluates several checkpoints with one model and one compiled step.
+
+  Writes nothing next to the checkpoints.
+
+  Args:
+    config: the run's config (its `config.json`, with any evaluation
+      overrides applied).
+    checkpoint_dir: the directory holding step directories.
+    steps: the checkpoints to evaluate, in this order (default: every
+      complete one, oldest first).
+    split: the split to evaluate (default: `config.evaluator.split`).
+
+  Returns:
+    One dict per step: the evaluator's metrics plus 'step'.
+  """
+  run = Run(config, workdir=os.path.dirname(checkpoint_dir),
+            checkpoint_dir=checkpoint_dir, read_only=True)
+  example = next(run.task.data.load(
+      config.evaluator.split if split is None else split, is_training=False,
+      batch_dims=run.batch_dims, config=config.data))
+  evaluator = run.evaluator(split)
+  if steps is None:
+    steps = run.checkpointer.all_steps()
+  if not steps:
+    raise FileNotFoundError(f'No checkpoint in {run.checkpointer.directory}.')
+  results = []
+  for step in steps:
+    state = run.restore_state(example, step)
+    metrics = evaluator.run(parallel.replicate(state.params))
+    results.append({**metrics, 'step': int(state.step)})
+  run.checkpointer.close()
+  return results

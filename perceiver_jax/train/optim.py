@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules from `config.optimizer`.
 
-Weight decay is masked off biases and LayerNorm parameters (PAPER.md
+Weight decay is masked off biases and LayerNorm parameters (docs/paper.md
 section 4); every other parameter (weights, latents, learned positions)
 decays. Gradients are clipped by global norm before the update when
 `clip_global_norm` is set.

@@ -77,6 +77,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from perceiver_jax import checks
+from perceiver_jax import progress
 
 SAMPLE_RATE = 48_000
 FPS = 25
@@ -472,7 +473,9 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
     results = _ordered_map(
         lambda item: (item[0], *self._decode(item[1], clip_index)), unique,
         self._num_workers)
-    for key, segment, example, errors in results:
+    for key, segment, example, errors in progress.track(
+        results, f'AudioSet {self.builder_config.name}/{split}',
+        total=len(unique), unit='rows'):
       if example is not None:
         written += 1
         yield key, example

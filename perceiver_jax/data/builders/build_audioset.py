@@ -11,17 +11,17 @@ dir layout is described in `perceiver_jax/data/builders/audioset.py`.
 register the dataset twice.)
 """
 
-import argparse
 import logging
 import os
 from typing import Optional, Sequence
 
+from perceiver_jax import cli
 from perceiver_jax.data.builders import audioset
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   """Parses flags, builds the dataset and prints the report summary."""
-  parser = argparse.ArgumentParser(
+  parser = cli.ArgumentParser(
       description='Prepare AudioSet (TFDS) from its CSVs and your clips.')
   parser.add_argument('--manual_dir', required=True,
                       help='Folder with the four CSVs and clips/.')
@@ -33,7 +33,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument('--num_workers', type=int, default=1,
                       help='Threads decoding clips.')
   args = parser.parse_args(argv)
+  if not os.path.isdir(os.path.expanduser(args.manual_dir)):
+    raise cli.UsageError(
+        f'--manual_dir={args.manual_dir} is not a directory; give the folder '
+        "holding AudioSet's four CSVs and clips/ (see perceiver_jax/data/"
+        'builders/audioset.py).')
   logging.basicConfig(level=logging.INFO)
+  # The builder counts the rows with an ETA; TFDS's bars would share its line.
+  audioset.tfds.disable_progress_bar()
   builder = audioset.build(args.manual_dir, args.data_dir, args.config,
                            args.num_workers)
   report = audioset.read_report(builder)
@@ -47,4 +54,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-  main()
+  cli.guard(main)

@@ -47,6 +47,7 @@ from typing import Any, Iterator, Optional
 
 from absl import logging
 import numpy as np
+from perceiver_jax import progress
 from perceiver_jax.data import pointcloud
 import tensorflow_datasets as tfds
 
@@ -278,7 +279,9 @@ class Modelnet40(tfds.core.GeneratorBasedBuilder):
       pool = None
       results = map(_process_job, jobs)
     try:
-      for (path, label), (points, error) in zip(examples, results):
+      for (path, label), (points, error) in zip(examples, progress.track(
+          results, f'ModelNet40 {self.builder_config.name}/{split}',
+          total=len(examples), unit='meshes')):
         if error is not None:
           logging.warning('Skipping unreadable %s: %s', path, error)
           skipped.append({'path': path, 'error': error})

@@ -1,0 +1,259 @@
+"""One way for every command to report a mistake: one `error: ...` line.
+
+Every command under `experiments/` and every `python -m perceiver_jax...`
+tool runs its `main` through this module:
+
+- absl commands: `cli.run(main)` instead of `absl.app.run(main)`;
+- argparse commands: `cli.ArgumentParser` instead of
+  `argparse.ArgumentParser`, and `cli.guard(main)` around the call.
+
+A mistake in what the user typed (a missing or unknown flag, a config file
+that does not exist, a workdir that holds no run, ...) ends the process with
+one line on stderr, `error: <what is wrong and how to fix it>`, and exit
+status 2 (`USAGE_STATUS`). A run that fails for a reason outside the command
+line (a diverged loss: FloatingPointError) ends with one line and status 1.
+Anything else is a bug of ours and keeps its traceback; `--traceback` shows
+the traceback of a user error too.
+
+Which exceptions count as the user's: `UsageError` (raised by our commands
+for a mistake they detect), absl's `app.UsageError`, flag parsing errors,
+ValueError (a bad value) and OSError (a missing or unwritable path).
+
+This module imports neither JAX nor TensorFlow, so that commands can check
+their flags and paths, and fail, before paying for those imports.
+"""
+
+import argparse
+import ast
+import os
+import sys
+from typing import Any, Callable, NoReturn, Optional, Sequence
+
+from absl import app
+from absl import flags
+from ml_collections import config_dict
+from ml_collections import config_flags
+from ml_collections.config_flags import config_path
+from ml_collections.config_flags import tuple_parser
+
+USAGE_STATUS = 2  # The command line holds a mistake.
+FAILURE_STATUS = 1  # The command ran and failed (e.g. a diverged loss).
+INTERRUPTED_STATUS = 130  # Ctrl-C or SIGTERM.
+
+_TRACEBACK = flags.DEFINE_bool(
+    'traceback', False, 'Show full tracebacks instead of one-line errors.')
+
+
+class UsageError(ValueError):
+  """A mistake in a command's flags or paths; its message says the fix."""
+
+
+def fail(message: str, status: int = USAGE_STATUS) -> NoReturn:
+  """Prints `error: message` on stderr and exits with `status`."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _traceback_wanted() -> bool:
+  return '--traceback' in sys.argv[1:] or (
+      flags.FLAGS.is_parsed() and _TRACEBACK.value)
+
+
+def error_status(error: BaseException) -> Optional[int]:
+  """The exit status of a user-facing error, or None for a bug."""
+  if isinstance(error, (UsageError, app.UsageError, flags.Error)):
+    return USAGE_STATUS
+  if isinstance(error, FloatingPointError):
+    return FAILURE_STATUS
+  if isinstance(error, (ValueError, OSError)):
+    return USAGE_STATUS
+  return None
+
+
+def error_message(error: BaseException) -> str:
+  """The text after `error: `: our own mistakes' messages as they are."""
+  if isinstance(error, (UsageError, app.UsageError)):
+    return str(error)
+  return f'{type(error).__name__}: {error}'
+
+
+def guard(main: Callable[..., Any], *args: Any) -> Any:
+  """`main(*args)`, with user errors (see the module docstring) in one line."""
+  try:
+    return main(*args)
+  except KeyboardInterrupt:
+    if _traceback_wanted():
+      raise
+    fail('interrupted.', status=INTERRUPTED_STATUS)
+  except Exception as e:  # pylint: disable=broad-except
+    status = error_status(e)
+    if status is None or _traceback_wanted():
+      raise
+    fail(error_message(e), status)
+
+
+# ---------------------------------------------------------------- absl ----
+
+def _flag_error_message(error: Exception) -> str:
+  """A flag error in one line; a config file's traceback reduced to its end."""
+  text = str(error)
+  if 'Traceback (most recent call last)' in text:
+    first = text.splitlines()[0].rstrip(':').strip()
+    last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+    return f'{first}: {last}'
+  return ' '.join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _config_spec_in(argv: Sequence[str]) -> Optional[str]:
+  """The value of `--config=...` in `argv`, if given."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg[len('--config='):]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _unknown_field_message(error: Exception) -> str:
+  """ConfigDict's (nested) unknown-field error as one line."""
+  while error.args and isinstance(error.args[0], Exception):
+    error = error.args[0]
+  text = str(error.args[0]) if error.args else str(error)
+  if "has no attribute 'get_config'" in text:
+    spec = _config_spec_in(sys.argv) or 'the config file'
+    return (f'{spec.partition(":")[0]} defines no get_config(); give a '
+            'config file of configs/ (or one with a get_config function).')
+  return ('Unknown config field in an override: ' +
+          ' '.join(text.split()) + ' (--traceback for details)')
+
+
+_defined_config_flags: list[str] = []
+
+
+def define_config_flag(default: Optional[str], help_text: str
+                       ) -> flags.FlagHolder:
+  """`--config` (locked), with a mistyped override of it in one line.
+
+  ml_collections loads the default config file, and applies `--config.x=y`
+  overrides from the command line, when the flag is defined: a mistyped
+  field of the default config fails there, before `run` can catch it.
+  """
+  _defined_config_flags.append('config')
+  try:
+    return config_flags.DEFINE_config_file('config', default, help_text,
+                                           lock_config=True)
+  except (AttributeError, KeyError) as e:
+    if _traceback_wanted():
+      raise
+    fail(_unknown_field_message(e))
+
+
+def _check_config_file(argv: Sequence[str]) -> None:
+  """Fails in one line if `--config=` names a file that does not exist.
+
+  ml_collections defers that error to the config's first use, as a
+  multi-line OSError.
+  """
+  spec = _config_spec_in(argv)
+  if spec is not None:
+    path = spec.partition(':')[0]
+    if not os.path.isfile(path):
+      fail(f'config file {path} not found; give --config=path/to/config.py'
+           '[:arg], e.g. --config=configs/digits.py.')
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parser, reporting a bad flag in one line."""
+  if _defined_config_flags:
+    _check_config_file(argv)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    if '--traceback' in argv:
+      raise
+    fail(f'{_flag_error_message(e)} (--helpshort lists the flags)')
+  except (AttributeError, KeyError) as e:
+    # A `--config.x=y` override naming no field of the config.
+    if '--traceback' in argv:
+      raise
+    fail(_unknown_field_message(e))
+
+
+def run(main: Callable[[list[str]], Optional[int]]) -> None:
+  """`absl.app.run(main)` with one-line errors (see the module docstring)."""
+  app.run(lambda argv: guard(main, argv), flags_parser=parse_flags)
+
+
+def no_arguments(argv: Sequence[str]) -> None:
+  """Raises UsageError if `argv` holds anything after the program name."""
+  if len(argv) > 1:
+    raise UsageError(f'unexpected arguments {list(argv[1:])}: every option '
+                     'is a --flag=value (--helpshort lists them).')
+
+
+# Parsers of an override by the type of the field it sets, as
+# ml_collections' config flags choose them.
+_PARSERS = {
+    float: flags.FloatParser(),
+    bool: flags.BooleanParser(),
+    int: flags.IntegerParser(),
+    str: flags.ArgumentParser(),
+    tuple: tuple_parser.TupleParser(),
+}
+
+
+def parse_override(config: config_dict.ConfigDict, key: str,
+                   text: str) -> Any:
+  """The value `--{key}={text}` would set in `config`.
+
+  Args:
+    config: the config the override applies to.
+    key: 'config.a.b'.
+    text: the value as typed.
+
+  Raises:
+    cli.UsageError: `key` is no field of `config`, names a group of fields,
+      or `text` does not parse as the field's type.
+  """
+  field = key[len('config.'):]
+  try:
+    field_type = config_path.get_type(field, config)
+    default = config_path.get_value(field, config)
+  except (AttributeError, KeyError) as e:
+    while e.args and isinstance(e.args[0], Exception):
+      e = e.args[0]
+    detail = ' '.join(str(e.args[0] if e.args else e).split())
+    raise UsageError(f'{field} is not a field of the config ({detail}); '
+                         'check its spelling in the config file.') from None
+  if text == 'None' and default is None:
+    return None
+  if isinstance(field_type, type) and issubclass(field_type,
+                                                 config_dict.ConfigDict):
+    raise UsageError(f'{field} is a group of fields, not a value; name '
+                         f'one of them, e.g. {field}.{sorted(default)[0]}.')
+  parser = _PARSERS.get(config_path.get_origin(field_type) or field_type)
+  try:
+    if parser is None:  # A field without a type (its default is None).
+      try:
+        return ast.literal_eval(text)
+      except (SyntaxError, ValueError):
+        return text
+    return parser.parse(text)
+  except (ValueError, TypeError) as e:
+    raise UsageError(
+        f'{text!r} is not a valid {getattr(field_type, "__name__", field_type)}'
+        f' for {field} ({" ".join(str(e).split())}).') from None
+
+
+# ------------------------------------------------------------ argparse ----
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse with a `--traceback` flag and one-line errors (status 2)."""
+
+  def __init__(self, *args: Any, **kwargs: Any):
+    super().__init__(*args, **kwargs)
+    self.add_argument('--traceback', action='store_true',
+                      help='show full tracebacks instead of one-line errors')
+
+  def error(self, message: str) -> NoReturn:
+    fail(f'{message} (--help lists the flags)')
