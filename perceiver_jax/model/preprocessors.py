@@ -13,9 +13,10 @@ classifiers use:
   per axis), then Fourier features of the pooled grid concatenated.
 
 The conv stem's batch normalisation uses fixed statistics (`mean`, `var`
-parameters, the checkpoint's running averages): these preprocessors exist to
-evaluate and fine-tune imported checkpoints, and the training loop keeps no
-Haiku state. Training with it treats the statistics as ordinary parameters.
+parameters, the checkpoint's running averages; the training loop keeps no
+Haiku state): no gradient reaches them and weight decay skips them, so
+fine-tuning keeps them as imported (as "frozen" batch norm does); its scale
+and offset train.
 """
 
 from typing import Optional, Sequence
@@ -117,7 +118,7 @@ class ConvStemAdapter(hk.Module):
     """Builds the adapter.
 
     Args:
-      image_shape: `(H, W, C_raw)`, at least 7 x 7 pixels.
+      image_shape: `(H, W, C_raw)`, at least 5 x 5 pixels.
       out_channels: the convolution's output channels.
       num_bands: K, Fourier bands per axis.
       max_resolution: mu per axis (default: the pooled grid).
@@ -128,7 +129,7 @@ class ConvStemAdapter(hk.Module):
     self._grid = conv_stem_grid(*self._image_shape[:2])
     if min(self._grid) < 1:
       raise ValueError(f'images of {self._image_shape[:2]} pixels are too '
-                       'small for the conv stem (at least 7 x 7).')
+                       'small for the conv stem (at least 5 x 5).')
     self._out_channels = checks.positive_int(out_channels, 'out_channels')
     self._fourier = pe.fourier_grid_features(self._grid, num_bands,
                                              max_resolution)
@@ -151,8 +152,12 @@ class ConvStemAdapter(hk.Module):
         padding=((3, 3), (3, 3)), with_bias=False, name='conv')(x)
     with hk.experimental.name_scope('batch_norm'):
       shape = [self._out_channels]
-      mean = hk.get_parameter('mean', shape, init=jnp.zeros)
-      var = hk.get_parameter('var', shape, init=jnp.ones)
+      # Fixed statistics: no gradient (a step could make `var` negative),
+      # and no weight decay (`optim.weight_decay_mask`).
+      mean = jax.lax.stop_gradient(
+          hk.get_parameter('mean', shape, init=jnp.zeros))
+      var = jax.lax.stop_gradient(
+          hk.get_parameter('var', shape, init=jnp.ones))
       scale = hk.get_parameter('scale', shape, init=jnp.ones)
       offset = hk.get_parameter('offset', shape, init=jnp.zeros)
     features = ((features - mean) * jax.lax.rsqrt(var + BATCH_NORM_EPS) *
