@@ -335,12 +335,11 @@ def to_params(state: Mapping[str, np.ndarray],
       raise CheckpointError(f'tensor {key!r} (shape {state[key].shape}) has '
                             'no place in the perceiver_jax model.')
     where = names[key]
-    value = where.to_ours(np.asarray(state[key], np.float32))
-    shape = tuple(expected.get(where.module, {}).get(where.name, value).shape)
-    if where.module not in expected or where.name not in expected[
-        where.module]:
+    if where.name not in expected.get(where.module, {}):
       raise CheckpointError(f'tensor {key!r} maps to {where.module}/'
                             f'{where.name}, which the model does not have.')
+    value = where.to_ours(np.asarray(state[key], np.float32))
+    shape = tuple(expected[where.module][where.name].shape)
     if value.shape != shape:
       raise CheckpointError(
           f'tensor {key!r} has shape {state[key].shape}: as '

@@ -9,7 +9,7 @@ DeepMind's released ImageNet classifiers (and of transformers'
 averages the latents instead (`perceiver.ClassificationHead`).
 
 Parameter names: `classification_decoder/query`,
-`classification_decoder/cross_attend/...` (a `attention.CrossAttendBlock`:
+`classification_decoder/cross_attend/...` (an `attention.CrossAttendBlock`:
 the query plays the latents' part, the latents the inputs'), and
 `classification_decoder/logits/{w,b}`.
 """
