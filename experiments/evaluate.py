@@ -16,6 +16,11 @@ Fields that change only the evaluation may be overridden as in training,
 `--config.evaluator.max_examples=1000` (at most this many examples; clips
 for AudioSet); any other `--config.` override is refused, since the
 checkpoint was trained with the run's config.
+
+A damaged checkpoint (the newest, or the one asked for) is refused with one
+line naming it and the newest intact one; `--fallback` evaluates that intact
+one instead, and the JSON records it under 'step' and the damaged ones
+under 'skipped_steps'.
 """
 
 import json
@@ -37,6 +42,9 @@ _CHECKPOINT = flags.DEFINE_string(
     'kept checkpoint (default: the newest in WORKDIR/checkpoints).')
 _SPLIT = flags.DEFINE_string('split', None, 'The split to evaluate.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON.')
+_FALLBACK = flags.DEFINE_bool(
+    'fallback', False, 'When the checkpoint is damaged, evaluate the newest '
+    'intact one before it instead of refusing.')
 
 def evaluate_all(config, workdir: str, split: str | None,
                  output: str | None, overrides: list[str]) -> dict:
@@ -105,7 +113,8 @@ def main(argv):
   else:
     checkpoint_dir, step = os.path.join(workdir, 'checkpoints'), None
   metrics = loop.evaluate_checkpoint(config, checkpoint_dir, step=step,
-                                     split=_SPLIT.value)
+                                     split=_SPLIT.value,
+                                     fallback=_FALLBACK.value)
   split = _SPLIT.value or config.evaluator.split
   result = {'split': split, 'checkpoint': os.path.join(
       checkpoint_dir, str(metrics['step'])), **metrics}

@@ -33,7 +33,6 @@ import importlib.util
 import inspect
 import io
 import itertools
-import json
 import math
 import os
 import re
@@ -376,8 +375,7 @@ def read_point_status(workdir: str) -> dict[str, Any]:
   path = os.path.join(workdir, POINT_FILE)
   if not os.path.exists(path):
     return {}
-  with open(path) as f:
-    return json.load(f)
+  return writers.read_json(path)
 
 
 def is_finished(workdir: str) -> bool:
@@ -515,8 +513,7 @@ def _point_dirs(root: str) -> list[tuple[str, Point]]:
   sweep_path = os.path.join(root, SWEEP_FILE)
   names = []
   if os.path.exists(sweep_path):
-    with open(sweep_path) as f:
-      names = json.load(f).get('names', [])
+    names = writers.read_json(sweep_path).get('names', [])
   found = sorted(d for d in os.listdir(root)
                  if os.path.exists(os.path.join(root, d, POINT_FILE)))
   ordered = [n for n in names if n in found] + [
@@ -548,8 +545,7 @@ def summary_rows(root: str
   sweep_path = os.path.join(root, SWEEP_FILE)
   if os.path.exists(sweep_path):
     # The order the config gave (the points' files sort their keys).
-    with open(sweep_path) as f:
-      order = json.load(f).get('keys', [])
+    order = writers.read_json(sweep_path).get('keys', [])
     keys = [k for k in order if k in keys] + [k for k in keys
                                               if k not in order]
   rows = []

@@ -1,8 +1,11 @@
 """Running the project's commands in a subprocess, as a user would."""
 
+import glob
+import hashlib
 import os
 import subprocess
 import sys
+from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,3 +27,20 @@ def run_module(*args: str,
   return subprocess.run([sys.executable, '-m', *args], cwd=REPO,
                         env=one_device_env(), capture_output=True, text=True,
                         timeout=timeout)
+
+
+def file_digests(directory: str) -> Optional[dict[str, str]]:
+  """`{relative path: sha256}` of every file under `directory`, or None.
+
+  Two equal results mean the same files with the same bytes (None: the
+  directory does not exist).
+  """
+  if not os.path.exists(directory):
+    return None
+  digests = {}
+  for path in glob.glob(f'{directory}/**', recursive=True):
+    if os.path.isfile(path):
+      with open(path, 'rb') as f:
+        digests[os.path.relpath(path, directory)] = hashlib.sha256(
+            f.read()).hexdigest()
+  return digests

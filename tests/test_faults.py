@@ -194,12 +194,18 @@ def test_corrupt_latest_checkpoint_falls_back_and_is_kept(tmp_path,
   with open(damaged, 'r+b') as f:
     f.truncate(size // 2)
 
-  # Evaluation reads the previous checkpoint and writes nothing there.
+  # Evaluation refuses it, or (fallback) reads the previous checkpoint, and
+  # writes nothing there.
   checkpoints = workdir / 'checkpoints'
   before = {p: os.path.getmtime(p) for p in glob.glob(
       f'{checkpoints}/**', recursive=True)}
-  metrics = loop.evaluate_checkpoint(_config(), str(checkpoints))
+  with pytest.raises(loop.DamagedCheckpointError, match='newest intact one '
+                     f'is {checkpoints}/3'):
+    loop.evaluate_checkpoint(_config(), str(checkpoints))
+  metrics = loop.evaluate_checkpoint(_config(), str(checkpoints),
+                                     fallback=True)
   assert metrics['step'] == 3
+  assert metrics['skipped_steps'] == [6]
   assert {p: os.path.getmtime(p) for p in glob.glob(
       f'{checkpoints}/**', recursive=True)} == before
 

@@ -33,6 +33,7 @@ checkpoints, `transformers_preprocessing.eval_image`).
 
 import functools
 import os
+import tarfile
 from typing import Callable, Iterator, Optional, Sequence
 
 import ml_collections
@@ -45,6 +46,7 @@ from perceiver_jax import progress
 from perceiver_jax.data import augment
 from perceiver_jax.data import pipeline
 from perceiver_jax.data import transformers_preprocessing
+from perceiver_jax.data.builders import atomic
 
 TFDS_NAME = 'imagenet2012'
 DEFAULT_MOCK_EXAMPLES = 20
@@ -358,8 +360,38 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
                             process_count=process_count)
 
 
+def _check_tar(path: str) -> int:
+  """The number of members of the tar `path`, read through to its end.
+
+  Only headers are read (the data of each member is skipped), so a
+  truncated or garbage tar is found, and named, before anything is written.
+
+  Raises:
+    ValueError: `path` is not a complete tar archive.
+  """
+  try:
+    with tarfile.open(path, 'r:') as archive:
+      members = archive.getmembers()
+  except (tarfile.TarError, EOFError, OSError) as e:
+    reason = ' '.join(str(e).split())
+    raise ValueError(f'{path} is not a readable tar archive '
+                     f'({type(e).__name__}: {reason}).') from None
+  # tarfile takes a file cut inside a member's data for a shorter archive.
+  size = os.path.getsize(path)
+  for member in members:
+    if member.offset_data + member.size > size:
+      raise ValueError(
+          f'{path} is not a readable tar archive (truncated: its member '
+          f'{member.name} ends at byte {member.offset_data + member.size}, '
+          f'the file has {size} bytes).')
+  return len(members)
+
+
 def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
   """Builds TFDS imagenet2012 from the manual download; returns its path.
+
+  All or nothing (`builders.atomic.prepare`): the tars are checked first,
+  and a failed build leaves `data_dir` as it was.
 
   Args:
     manual_dir: a folder holding ILSVRC2012_img_train.tar and/or
@@ -369,18 +401,27 @@ def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
 
   Raises:
     FileNotFoundError: neither tar file is in `manual_dir`.
+    ValueError: a tar is damaged or empty (it is named).
   """
   manual_dir = os.path.expanduser(manual_dir)
   wanted = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
-  if not any(os.path.exists(os.path.join(manual_dir, f)) for f in wanted):
+  present = [os.path.join(manual_dir, f) for f in wanted
+             if os.path.exists(os.path.join(manual_dir, f))]
+  if not present:
     raise FileNotFoundError(
         f'Neither {wanted[0]} nor {wanted[1]} is in {manual_dir}.\n'
         + PREPARE_INSTRUCTIONS.format(data_dir=data_dir or 'DATA_DIR'))
+  for path in present:
+    if not _check_tar(path):
+      raise atomic.EmptyBuildError(f'{path} holds no file; nothing was '
+                                   'written.')
   data_dir = os.path.expanduser(data_dir) if data_dir else None
-  builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
-  _track_generation(builder)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  def make_builder(root: Optional[str]) -> tfds.core.DatasetBuilder:
+    builder = tfds.builder(TFDS_NAME, data_dir=root)
+    _track_generation(builder)
+    return builder
+
+  builder = atomic.prepare(make_builder, data_dir, manual_dir)
   return os.fspath(builder.data_dir)
 
 

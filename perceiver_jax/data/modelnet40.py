@@ -197,6 +197,7 @@ def main(argv: list[str]) -> None:
   del argv
   import json  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   from perceiver_jax import cli  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(os.path.expanduser(f.manual_dir)):
@@ -207,6 +208,9 @@ def main(argv: list[str]) -> None:
   # The builder counts the meshes with an ETA; TFDS's bars would share its
   # line.
   builder_lib.tfds.disable_progress_bar()
+  if not f['verbosity'].present:
+    # TFDS's INFO lines; skipped files are still reported (WARNING).
+    logging.set_verbosity(logging.WARNING)
   builder = builder_lib.build(f.manual_dir, config=f.config,
                               data_dir=f.data_dir, num_workers=f.num_workers)
   print(json.dumps(builder_lib.report(builder), indent=2))

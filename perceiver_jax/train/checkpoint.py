@@ -4,15 +4,25 @@ A checkpoint is a directory `<workdir>/checkpoints/<step>/` written by orbax
 to a temporary name (`<step>.orbax-checkpoint-tmp-*`) and renamed when
 complete, so a crash mid-save never leaves a half-written checkpoint under a
 step's name; such temporary directories are never listed as checkpoints and
-are removed when a run next opens the directory for writing. Arrays are
-stored with orbax's array format (never pickle).
+are removed by the next run once it has restored
+(`Checkpointer.remove_unfinished_saves`). Arrays are stored with orbax's
+array format (never pickle).
 
 Faults:
 - A checkpoint that cannot be read (a truncated or missing file) is skipped
-  with a warning by `restore_newest`, which falls back to the next older
-  one. When an older one restores, the unreadable newer ones are moved aside
-  to `<directory>.corrupt/` (kept, never deleted) so that the resumed run
-  can write those steps again.
+  by `restore_newest`, which falls back to the next older one and reports
+  what it skipped (`Restored.skipped`); the caller decides how to say so.
+  When an older one restores, the unreadable newer ones are moved aside to
+  `<directory>.corrupt/` (kept, never deleted) so that the resumed run can
+  write those steps again.
+- A checkpoint of another model (a config whose parameter shapes differ
+  from those in the checkpoint's metadata) is refused with
+  `CheckpointMismatchError` naming the parameter and both shapes, before
+  anything is read or written: orbax would otherwise restore the stored
+  shapes whatever the target says.
+- A failed read or write leaves tensorstore callbacks aimed at orbax's
+  closed event loop; their "Event loop is closed" errors are awaited and
+  counted here instead of each printing a traceback.
 - A save that fails (full disk, read-only file system) raises
   `CheckpointWriteError` naming the directory and the previous checkpoint,
   which the failed save never touches.
@@ -22,13 +32,18 @@ writes host (numpy) arrays from process 0 only, and all processes read the
 same step.
 """
 
+import dataclasses
 import os
+import re
 import shutil
 import signal
+import sys
+import threading
 import time
 from typing import Any, Mapping, Optional
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -51,6 +66,98 @@ class CheckpointWriteError(OSError):
 
 class CheckpointReadError(ValueError):
   """No checkpoint of a directory could be restored."""
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint holds parameters of other shapes than the config's."""
+
+
+@dataclasses.dataclass
+class Restored:
+  """What `restore_newest` restored and what it skipped.
+
+  Attributes:
+    state: the restored state, or None when there is no checkpoint.
+    step: its step, or None.
+    skipped: `(step, reason)` of each newer checkpoint that was unreadable,
+      newest first.
+  """
+  state: Optional[PyTree]
+  step: Optional[int]
+  skipped: list[tuple[int, str]]
+
+
+class _ClosedLoopErrors:
+  """Counts the "Event loop is closed" errors of orbax's failed reads.
+
+  When a restore fails, orbax closes its event loop while tensorstore still
+  has reads in flight; each of them then reports `RuntimeError('Event loop
+  is closed')` through `sys.unraisablehook`, one traceback apiece (about 150
+  for a small model). They say nothing the failed restore has not said, so
+  they are counted here and every other unraisable error goes on to the
+  previous hook.
+  """
+
+  def __init__(self):
+    self.count = 0
+    self._previous = None
+    self._lock = threading.Lock()
+
+  def install(self) -> None:
+    with self._lock:
+      # Again whenever another hook replaced ours (pytest does, per test).
+      if sys.unraisablehook != self._hook:
+        self._previous = sys.unraisablehook
+        sys.unraisablehook = self._hook
+
+  def _hook(self, unraisable) -> None:
+    error = unraisable.exc_value
+    if (isinstance(error, RuntimeError) and
+        str(error) == 'Event loop is closed'):
+      with self._lock:
+        self.count += 1
+      return
+    self._previous(unraisable)
+
+  def settle(self, quiet_for: float = 0.2, at_most: float = 2.0) -> int:
+    """Waits until no such error came for `quiet_for` s; their number."""
+    deadline = time.time() + at_most
+    seen = -1
+    while seen != self.count and time.time() < deadline:
+      seen = self.count
+      time.sleep(quiet_for)
+    return self.count
+
+
+_CLOSED_LOOP_ERRORS = _ClosedLoopErrors()
+
+
+def short_reason(error: Exception) -> str:
+  """An exception as a short one-line reason (tensorstore's run long).
+
+  Tensorstore's errors name the file they failed on last: the reason is
+  then its status code and that file.
+  """
+  text = ' '.join(str(error).split())
+  files = re.findall(r'local file "([^"]+)"', text)
+  if files and not files[-1].endswith('/'):
+    code = text.split(':', 1)[0]
+    return f'{code} reading {files[-1]}'
+  if len(text) > 160:
+    text = text[:157] + '...'
+  return f'{type(error).__name__}: {text}'
+
+
+def _param_shapes(tree: Any, prefix: str = '') -> dict[str, tuple[int, ...]]:
+  """`{'module/name': shape}` of a nested mapping of arrays (or metadata)."""
+  shapes = {}
+  for key, value in tree.items():
+    name = f'{prefix}/{key}' if prefix else str(key)
+    if isinstance(value, Mapping):
+      shapes.update(_param_shapes(value, name))
+    else:
+      shapes[name] = tuple(value.shape)
+  return shapes
 
 
 class _KillBeforeRename(ocp.path.atomicity.AtomicRenameTemporaryPath):
@@ -116,6 +223,8 @@ class Checkpointer:
       raise ValueError(f'best_mode must be "max" or "min", got {best_mode!r}.')
     self.directory = os.path.abspath(directory)
     self._read_only = read_only
+    # Where `restore_newest` moved damaged checkpoints to, for the report.
+    self.set_aside_to: list[str] = []
     policies = [ocp.checkpoint_managers.LatestN(keep)]
     if best_metric is not None:
       policies.append(ocp.checkpoint_managers.BestN(
@@ -137,7 +246,16 @@ class Checkpointer:
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(
             policies))
     self._manager = ocp.CheckpointManager(self.directory, options=options)
-    if not read_only:
+    _CLOSED_LOOP_ERRORS.install()
+
+  def remove_unfinished_saves(self) -> None:
+    """Deletes the leftovers of saves killed midway (see the docstring).
+
+    Called by a run once it has restored (or found nothing to restore):
+    until then, a launch writes nothing, so that a refused one leaves the
+    directory as it was.
+    """
+    if not self._read_only:
       _remove_unfinished_saves(self.directory)
 
   def latest_step(self) -> Optional[int]:
@@ -165,6 +283,7 @@ class Checkpointer:
           force=True)
       self._manager.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
+      _CLOSED_LOOP_ERRORS.settle()  # A failed write strands callbacks too.
       kept = ('no earlier checkpoint' if previous is None else
               f'the previous checkpoint {self.directory}/{previous} is '
               'untouched')
@@ -173,11 +292,39 @@ class Checkpointer:
           f'{self.directory}: {type(e).__name__}: {e}. Free space or fix '
           f'permissions there and relaunch; {kept}.') from e
 
+  def check_shapes(self, target: PyTree, step: int) -> None:
+    """Refuses a checkpoint whose parameters differ in shape from `target`'s.
+
+    Reads only the step's metadata (no array).
+
+    Raises:
+      CheckpointMismatchError: a parameter is missing, extra or of another
+        shape; the first such is named with both shapes.
+      Exception: the metadata cannot be read (a damaged checkpoint).
+    """
+    # The item orbax stores a `StandardSave` under, in the step's folder.
+    item = epath.Path(self.directory) / str(step) / (
+        ocp.checkpoint_manager.DEFAULT_ITEM_NAME)
+    stored = _param_shapes(
+        ocp.StandardCheckpointHandler().metadata(item)['params'])
+    wanted = _param_shapes(target.params)
+    where = f'{self.directory}/{step}'
+    for name in sorted(set(stored) | set(wanted)):
+      if stored.get(name) != wanted.get(name):
+        has = lambda shapes: ('no such parameter' if name not in shapes
+                              else f'shape {shapes[name]}')
+        raise CheckpointMismatchError(
+            f'Checkpoint {where} does not fit this config: parameter {name} '
+            f'has {has(stored)} there and {has(wanted)} in the config. Use '
+            'the config the run was trained with, or a new --workdir.')
+
   def restore(self, target: PyTree, step: Optional[int] = None) -> PyTree:
     """Restores the checkpoint of `step` (default: newest) shaped as `target`.
 
     Raises:
       FileNotFoundError: there is no checkpoint (of that step).
+      CheckpointMismatchError: its parameters have other shapes.
+      Exception: the checkpoint is damaged (orbax's or tensorstore's error).
     """
     if step is None:
       step = self.latest_step()
@@ -185,26 +332,44 @@ class Checkpointer:
       raise FileNotFoundError(
           f'No checkpoint{"" if step is None else f" for step {step}"} in '
           f'{self.directory}.')
-    return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+    try:
+      self.check_shapes(target, step)
+      return self._manager.restore(step,
+                                   args=ocp.args.StandardRestore(target))
+    except CheckpointMismatchError:
+      raise
+    except Exception:
+      # Let the failed read's stray callbacks land before anything else is
+      # printed (see `_ClosedLoopErrors`).
+      _CLOSED_LOOP_ERRORS.settle()
+      raise
 
-  def restore_newest(self, target: PyTree) -> tuple[Optional[PyTree],
-                                                    Optional[int]]:
+  def restore_newest(self, target: PyTree, *, up_to: Optional[int] = None,
+                     set_aside: bool = True) -> Restored:
     """The newest checkpoint that restores, shaped as `target`.
 
-    Unreadable checkpoints are skipped with a warning. If an older one
-    restores (so the newer ones are damaged, not of another model), the
-    damaged ones are moved to `<directory>.corrupt/` unless the directory is
-    read-only. Every process restores the same step.
+    Unreadable checkpoints are skipped and listed in the result. If an older
+    one restores (so the newer ones are damaged, not of another model), the
+    damaged ones are moved to `<directory>.corrupt/` when `set_aside` and
+    the directory is writable. Every process restores the same step.
+
+    Args:
+      target: the state's structure, shapes and dtypes (host arrays).
+      up_to: consider only checkpoints of this step and older.
+      set_aside: move the damaged newer checkpoints aside (see above).
 
     Returns:
-      `(state, step)`, or `(None, None)` when there is no checkpoint.
+      The restored state and step (None and None when there is no
+      checkpoint) and the skipped steps.
 
     Raises:
+      CheckpointMismatchError: the newest readable metadata has parameters
+        of other shapes than `target` (a config of another model).
       CheckpointReadError: no checkpoint restores; the error of each is
         given (nothing is moved).
     """
     failures = []
-    steps = self.all_steps()
+    steps = [s for s in self.all_steps() if up_to is None or s <= up_to]
     # Every process must try the same steps in the same order: each try
     # below ends in a collective.
     if not (_same_on_all_processes(len(steps)) and
@@ -216,29 +381,24 @@ class Checkpointer:
       message = None
       try:
         state = self.restore(target, step)
+      except CheckpointMismatchError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         # Damage shows up as many kinds of error (tensorstore, orbax
         # metadata, missing files); all mean this step cannot be used.
-        message = f'{type(e).__name__}: {str(e)[:300]}'
+        message = short_reason(e)
       # A step counts only if every process read it.
       if not _true_on_all_processes(message is None):
-        message = message or 'unreadable on another process'
-        logging.warning('Checkpoint %s/%d is unreadable (%s); %s.',
-                        self.directory, step, message,
-                        'trying the previous one' if step != steps[0] else
-                        'it was the oldest')
-        failures.append((step, message))
+        failures.append((step, message or 'unreadable on another process'))
         continue
-      if failures:
+      if failures and set_aside:
         self._set_aside([s for s, _ in failures])
-      return state, step
+      return Restored(state, step, failures)
     if failures:
       listed = '; '.join(f'step {s}: {m}' for s, m in failures)
       raise CheckpointReadError(
-          f'No checkpoint in {self.directory} could be restored ({listed}). '
-          'If the config changed since they were written, use the original '
-          'config or a new workdir.')
-    return None, None
+          f'No checkpoint in {self.directory} could be restored ({listed}).')
+    return Restored(None, None, [])
 
   def _set_aside(self, steps: list[int]) -> None:
     """Moves unreadable step directories out of the way, keeping them."""
@@ -254,8 +414,7 @@ class Checkpointer:
           target = os.path.join(
               corrupt, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
           os.replace(os.path.join(self.directory, str(step)), target)
-          logging.warning('Moved unreadable checkpoint %s/%d to %s.',
-                          self.directory, step, target)
+          self.set_aside_to.append(target)
       except OSError as e:
         error = e
     # Every process learns of a failure on process 0 (none waits forever).

@@ -5,8 +5,15 @@ that already holds a checkpoint resumes from the newest one; because data
 order and randomness are functions of the step, the resumed run continues
 exactly as an uninterrupted run would.
 
+A relaunch is checked before it writes anything: a config that differs from
+the run's `config.json` in more than its length and cadence
+(`run_config.check_relaunch`), or whose parameters do not fit the newest
+checkpoint's shapes, is refused; the run's files are written only after the
+restore succeeded.
+
 Workdir layout (written by process 0 only):
   config.json          the resolved config of the run
+  config_history/      earlier config.json files, kept at each accepted change
   metrics.jsonl        one JSON line per log step and per evaluation
   tensorboard/         TensorBoard events
   checkpoints/<step>/  orbax checkpoints (the newest few plus the best)
@@ -233,21 +240,43 @@ class Run:
   def initial_or_restored_state(self, example_batch) -> TrainState:
     """Restores the newest readable checkpoint, else initialises.
 
-    An unreadable newest checkpoint is skipped with a warning (see
-    `Checkpointer.restore_newest`) and the previous one restored.
+    An unreadable newest checkpoint is skipped (see
+    `Checkpointer.restore_newest`), the previous one restored and one
+    warning line printed.
+
+    Raises:
+      checkpoint_lib.CheckpointMismatchError: the checkpoint's parameters
+        have other shapes than this config's model.
     """
     target = jax.tree.map(np.asarray, self.fresh_state(example_batch))
-    restored, step = self.checkpointer.restore_newest(target)
-    if restored is None:
+    restored = self.checkpointer.restore_newest(target)
+    if restored.state is None:
       return target
     if self.is_chief:
-      writers.console(f'Resumed from {self.checkpointer.directory}/{step} '
-                      f'(step {int(restored.step)}).')
-    return restored
+      directory = self.checkpointer.directory
+      if restored.skipped:
+        damaged = ', '.join(f'{directory}/{step}'
+                            for step, _ in restored.skipped)
+        kept = (f'kept in {", ".join(self.checkpointer.set_aside_to)}'
+                if self.checkpointer.set_aside_to else 'left in place')
+        writers.warn(f'checkpoint {damaged} is damaged '
+                     f'({restored.skipped[0][1]}); resuming from '
+                     f'{directory}/{restored.step} instead, the damaged one '
+                     f'{kept}.')
+      writers.console(f'Resumed from {directory}/{restored.step} '
+                      f'(step {int(restored.state.step)}).')
+    return restored.state
 
 
-def _write_run_files(run: Run) -> None:
+def _write_run_files(run: Run,
+                     changes: list[run_config.Change]) -> None:
+  """config.json (its previous version kept if `changes`) and the rest."""
   os.makedirs(run.workdir, exist_ok=True)
+  if changes:
+    kept = run_config.keep_history(run.workdir)
+    writers.console(f'Config changed since the last launch: '
+                    f'{run_config.describe(changes)}; the previous config is '
+                    f'kept in {kept}.')
   run_config.write(run.workdir, run.config)
   permutation = model_inputs.input_permutation(run.config.model.input)
   if permutation is not None:
@@ -300,6 +329,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         signals: stopping.StopSignals, *,
                         stop_after_steps: Optional[int],
                         return_state: bool) -> dict[str, Any]:
+  # A relaunch that would change the run's model (or anything but its
+  # length and cadence) is refused here, before anything is written.
+  changes = run_config.check_relaunch(workdir, config)
   run = Run(config, workdir)
   length = run.length
 
@@ -313,10 +345,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # the one restored instead.
     batches = run.train_batches(start_step=start_step)
     first_batch = next(batches)
+  # Only now: a config that cannot restore the run's checkpoints must not
+  # replace the one that can, nor change anything else.
+  run.checkpointer.remove_unfinished_saves()
   if run.is_chief:
-    # Only now: a config that cannot restore the run's checkpoints must not
-    # replace the one that can.
-    _write_run_files(run)
+    _write_run_files(run, changes)
   writer = writers.MetricWriter(workdir, enabled=run.is_chief)
   num_params = state_lib.num_params(state.params)
   if run.is_chief:
@@ -465,9 +498,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return result
 
 
+class DamagedCheckpointError(checkpoint_lib.CheckpointReadError):
+  """The checkpoint to evaluate is damaged (an intact one may exist)."""
+
+
 def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str,
                         *, step: Optional[int] = None,
-                        split: Optional[str] = None) -> dict[str, Any]:
+                        split: Optional[str] = None,
+                        fallback: bool = False) -> dict[str, Any]:
   """Evaluates a checkpoint without writing anything next to it.
 
   Args:
@@ -475,28 +513,50 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str,
     checkpoint_dir: the directory holding step directories.
     step: the checkpoint to read (default: the newest).
     split: the split to evaluate (default: `config.evaluator.split`).
+    fallback: when that checkpoint is damaged, evaluate the newest intact
+      older one instead of refusing.
 
   Returns:
-    The evaluator's metrics plus 'step'.
+    The evaluator's metrics plus 'step' (the step scored) and
+    'skipped_steps' (the damaged steps passed over, newest first; empty
+    unless `fallback` was needed).
+
+  Raises:
+    DamagedCheckpointError: the checkpoint is damaged and not `fallback`;
+      the message names it and the newest intact one.
+    checkpoint_lib.CheckpointMismatchError: the config does not fit it.
   """
   run = Run(config, workdir=os.path.dirname(checkpoint_dir),
             checkpoint_dir=checkpoint_dir, read_only=True)
   example = next(run.task.data.load(
       config.evaluator.split if split is None else split, is_training=False,
       batch_dims=run.batch_dims, config=config.data))
-  if step is None:
-    # The newest readable checkpoint (an unreadable one is skipped with a
-    # warning, and left where it is: evaluation writes nothing there).
-    target = jax.tree.map(np.asarray, run.fresh_state(example))
-    state, step = run.checkpointer.restore_newest(target)
-    if state is None:
-      raise FileNotFoundError(
-          f'No checkpoint in {run.checkpointer.directory}.')
-  else:
-    state = run.restore_state(example, step)
-  metrics = run.evaluator(split).run(parallel.replicate(state.params))
+  target = jax.tree.map(np.asarray, run.fresh_state(example))
+  directory = run.checkpointer.directory
+  if step is not None and step not in run.checkpointer.all_steps():
+    raise FileNotFoundError(f'No checkpoint {directory}/{step} (there are '
+                            f'steps {run.checkpointer.all_steps()}).')
+  # The newest readable checkpoint at or before `step`; nothing is moved
+  # (evaluation writes nothing there).
+  restored = run.checkpointer.restore_newest(target, up_to=step,
+                                             set_aside=False)
+  if restored.state is None:
+    raise FileNotFoundError(f'No checkpoint in {directory}.')
+  skipped = [s for s, _ in restored.skipped]
+  if skipped and not fallback:
+    damaged, reason = restored.skipped[0]
+    raise DamagedCheckpointError(
+        f'Checkpoint {directory}/{damaged} is damaged ({reason}); the newest '
+        f'intact one is {directory}/{restored.step}. Pass --fallback to '
+        'evaluate that one, or --checkpoint to choose.')
+  if skipped and jax.process_index() == 0:
+    writers.warn(f'checkpoint {directory}/{skipped[0]} is damaged '
+                 f'({restored.skipped[0][1]}); evaluating '
+                 f'{directory}/{restored.step}, the newest intact one.')
+  metrics = run.evaluator(split).run(parallel.replicate(restored.state.params))
   run.checkpointer.close()
-  return {**metrics, 'step': int(state.step)}
+  return {**metrics, 'step': int(restored.state.step),
+          'skipped_steps': skipped}
 
 
 def evaluate_checkpoints(config: ml_collections.ConfigDict,

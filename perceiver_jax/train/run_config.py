@@ -3,17 +3,44 @@
 Evaluation, the sweep summary and the pictures all rebuild a run from this
 file alone, so it holds the fully resolved config (overrides and values
 derived from them included).
+
+A relaunch in a workdir that holds a run may change only how long it trains,
+how often it logs, evaluates and checkpoints, how it treats a non-finite
+loss, memory and speed settings, and where its data lives
+(`RELAUNCH_MAY_CHANGE`, `*_dir` fields);
+`check_relaunch` refuses any other difference before anything is written.
+An accepted change is recorded: the previous `config.json` is copied into
+`config_history/` before the new one replaces it.
 """
 
 import json
 import os
-from typing import Any
+import shutil
+import time
+from typing import Any, Optional
 
 import ml_collections
 
 from perceiver_jax.train import writers
 
 FILE_NAME = 'config.json'
+HISTORY_DIR = 'config_history'
+
+# Fields a relaunch of an existing run may change (see the module docstring):
+# its length and cadence, and knobs that change neither the parameters nor
+# the numbers trained (memory, speed, the evaluation's batching).
+RELAUNCH_MAY_CHANGE = (
+    'train.num_steps', 'train.num_epochs', 'train.log_every_steps',
+    'train.eval_every_steps', 'train.checkpoint_every_steps',
+    'train.skip_nonfinite_updates', 'checkpoint.keep',
+    'evaluator.max_examples', 'evaluator.batch_size',
+    'data.threadpool_size',
+    # Execution modes: the same function, computed another way.
+    'model.encoder.remat', 'model.encoder.attention_impl',
+    'model.encoder.scan_blocks', 'model.encoder.reuse_shared_keys_values',
+    'model.encoder.absorb_cross_attend_projections', 'model.grid_parts')
+
+Change = tuple[str, Any, Any]  # (field, value in config.json, new value)
 
 
 def path(workdir: str) -> str:
@@ -40,12 +67,89 @@ def read(workdir: str) -> ml_collections.ConfigDict:
 
   Raises:
     FileNotFoundError: `workdir` is not a run directory.
+    ValueError: the file is not a JSON object (truncated, edited...).
   """
   if not exists(workdir):
     raise FileNotFoundError(f'{path(workdir)} not found: is {workdir} a run '
                             'directory made by experiments.train?')
-  with open(path(workdir)) as f:
-    return ml_collections.ConfigDict(upgrade(json.load(f)))
+  return ml_collections.ConfigDict(upgrade(writers.read_json(path(workdir))))
+
+
+def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if not isinstance(tree, dict):
+    return {prefix: tree}
+  flat = {}
+  for key, value in tree.items():
+    flat.update(_flat(value, f'{prefix}.{key}' if prefix else key))
+  return flat
+
+
+def _may_change(field: str) -> bool:
+  return field in RELAUNCH_MAY_CHANGE or field.endswith('_dir')
+
+
+def check_relaunch(workdir: str,
+                   config: ml_collections.ConfigDict) -> list[Change]:
+  """Compares a relaunch's config with the run's `config.json`.
+
+  Reads only. Fields that only one side has (a field added to the configs
+  since the run started) are not compared: the checkpoint's parameter
+  shapes are checked on restore as well.
+
+  Returns:
+    The accepted changes, `(field, old, new)`; empty for a new run.
+
+  Raises:
+    ValueError: a field other than those a relaunch may change differs
+      (the first is named with both values), or config.json is unreadable.
+  """
+  if not exists(workdir):
+    return []
+  # An older run's layout is upgraded first, so that a relaunch of it in
+  # today's layout compares field by field.
+  stored = _flat(upgrade(writers.read_json(path(workdir))))
+  new = _flat(json.loads(config.to_json_best_effort()))
+  changes = [(field, stored[field], new[field]) for field in sorted(stored)
+             if field in new and stored[field] != new[field]]
+  refused = [change for change in changes if not _may_change(change[0])]
+  if refused:
+    field, old, value = refused[0]
+    more = (f' (and {len(refused) - 1} more field(s): '
+            f'{", ".join(c[0] for c in refused[1:])})' if len(refused) > 1
+            else '')
+    raise ValueError(
+        f'config.{field} is {json.dumps(old)} in {path(workdir)} but '
+        f'{json.dumps(value)} in this launch{more}: a relaunch of an existing '
+        'run may change only its length, evaluation cadence, data paths and '
+        'execution modes that compute the same function. '
+        'Train the changed config in a new --workdir; nothing was written.')
+  return changes
+
+
+def describe(changes: list[Change]) -> str:
+  """`'train.num_steps 6 -> 12, ...'` for a console line."""
+  return ', '.join(f'{field} {json.dumps(old)} -> {json.dumps(new)}'
+                   for field, old, new in changes)
+
+
+def keep_history(workdir: str) -> Optional[str]:
+  """Copies the current `config.json` into `config_history/`; its new path.
+
+  The copy is named by the time of the change and never overwrites an
+  earlier copy. None when there is no config.json yet.
+  """
+  if not exists(workdir):
+    return None
+  history = os.path.join(workdir, HISTORY_DIR)
+  os.makedirs(history, exist_ok=True)
+  stamp = time.strftime('%Y%m%d-%H%M%S')
+  target = os.path.join(history, f'config-{stamp}.json')
+  number = 1
+  while os.path.exists(target):
+    number += 1
+    target = os.path.join(history, f'config-{stamp}-{number}.json')
+  shutil.copy2(path(workdir), target)
+  return target
 
 
 # The encoder fields that runs written before 2026-12 kept directly in

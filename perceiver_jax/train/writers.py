@@ -5,6 +5,7 @@ Only process 0 writes; other processes get writers that do nothing.
 
 import json
 import os
+import sys
 import time
 from typing import Any, Mapping, Optional
 
@@ -16,6 +17,11 @@ METRICS_FILE = 'metrics.jsonl'
 def console(message: str) -> None:
   """One line for the person watching the run."""
   print(message, flush=True)
+
+
+def warn(message: str) -> None:
+  """One `warning: ...` line on stderr, for what the user should know."""
+  print(f'warning: {message}', file=sys.stderr, flush=True)
 
 
 def _plain(value: Any) -> Any:
@@ -37,7 +43,10 @@ class MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, METRICS_FILE), 'a')
     if tensorboard:
-      # TensorFlow is imported only here, and kept off any GPU.
+      # TensorFlow is imported only here, and kept off any GPU. It only
+      # writes summaries: its oneDNN kernels would never run, and their
+      # start-up notice (two lines on stderr) would only hide ours.
+      os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       tf.config.set_visible_devices([], 'GPU')
       self._tf = tf
@@ -81,8 +90,17 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   if not os.path.exists(path):
     raise FileNotFoundError(f'{path} not found: is {workdir} a run '
                             'directory made by experiments.train?')
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  records = []
+  with open(path, encoding='utf-8') as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}, line {number}, is not readable JSON '
+                         f'({e}).') from None
+  return records
 
 
 def write_json(path: str, payload: Mapping[str, Any]) -> None:
@@ -93,6 +111,25 @@ def write_json(path: str, payload: Mapping[str, Any]) -> None:
               sort_keys=True)
     f.write('\n')
   os.replace(tmp, path)
+
+
+def read_json(file: str) -> dict[str, Any]:
+  """A JSON object from `file`; any failure to read it names the file.
+
+  Raises:
+    OSError: the file cannot be opened.
+    ValueError: it is not UTF-8 JSON holding an object.
+  """
+  try:
+    with open(file, encoding='utf-8') as f:
+      payload = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise ValueError(f'{file} is not readable JSON ({e}); it may be '
+                     'truncated or edited by hand.') from None
+  if not isinstance(payload, dict):
+    raise ValueError(f'{file} holds a JSON {type(payload).__name__}, not '
+                     'the object expected.')
+  return payload
 
 
 def format_duration(seconds: float) -> str:

@@ -62,6 +62,7 @@ Build (`builders/build_audioset.py`; `--help` lists the flags)::
 
 import collections
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import io
@@ -78,6 +79,8 @@ import tensorflow_datasets as tfds
 
 from perceiver_jax import checks
 from perceiver_jax import progress
+from perceiver_jax.data.builders import atomic
+from perceiver_jax.train import writers
 
 SAMPLE_RATE = 48_000
 FPS = 25
@@ -109,13 +112,25 @@ class ClipError(Exception):
   """A clip that cannot be used (the build skips and reports it)."""
 
 
+@contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+  """Turns any parse error of the CSV `path` into one naming it."""
+  try:
+    yield
+  except (ValueError, IndexError, csv.Error) as e:
+    if str(e).startswith(path):
+      raise
+    raise ValueError(f'{path}: malformed CSV ({type(e).__name__}: {e}).'
+                     ) from None
+
+
 def read_class_index(path: str) -> dict[str, int]:
   """Reads `class_labels_indices.csv` into `{mid: index}`.
 
   Raises:
     ValueError: a bad header, or indices that are not 0..n-1 in order.
   """
-  with open(path, newline='') as f:
+  with _naming(path), open(path, newline='', encoding='utf-8') as f:
     reader = csv.reader(f)
     header = next(reader, None)
     if header is None or [h.strip() for h in header[:2]] != ['index', 'mid']:
@@ -141,7 +156,7 @@ def read_segments(path: str, mid_to_index: dict[str, int]) -> list[Segment]:
       (the CSVs and the class index then come from different releases).
   """
   segments = []
-  with open(path, newline='') as f:
+  with _naming(path), open(path, newline='', encoding='utf-8') as f:
     rows = csv.reader((line for line in f if not line.startswith('#')),
                       skipinitialspace=True)
     for row in rows:
@@ -424,12 +439,17 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
                        f'classes; AudioSet has {NUM_CLASSES}.')
     clip_index = ClipIndex(clips_dir)
     logging.info('AudioSet: %d files under %s.', len(clip_index), clips_dir)
-    return {
-        split: self._generate_examples(
-            split, read_segments(os.path.join(manual_dir, file_name),
-                                 mid_to_index), clip_index)
-        for split, file_name in SEGMENT_FILES.items()
-    }
+    segments = {split: read_segments(os.path.join(manual_dir, file_name),
+                                     mid_to_index)
+                for split, file_name in SEGMENT_FILES.items()}
+    if not any(clip_index.find(segment.ytid, segment.start_seconds)
+               for rows in segments.values() for segment in rows):
+      # Refused before TFDS writes a split.
+      raise atomic.EmptyBuildError(
+          f'No file under {clips_dir} ({len(clip_index)} files) is a clip '
+          'of a segment the CSVs list; nothing was written.')
+    return {split: self._generate_examples(split, rows, clip_index)
+            for split, rows in segments.items()}
 
   def _decode(self, segment: Segment, clip_index: ClipIndex
               ) -> tuple[Segment, Optional[dict[str, Any]], list[dict]]:
@@ -514,8 +534,8 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
 
 def read_report(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
   """The build report of a prepared dataset."""
-  with open(os.path.join(os.fspath(builder.data_dir), REPORT_FILE)) as f:
-    return json.load(f)
+  return writers.read_json(os.path.join(os.fspath(builder.data_dir),
+                                       REPORT_FILE))
 
 
 def build(manual_dir: str, data_dir: Optional[str], config: Any = 'audio',
@@ -527,9 +547,17 @@ def build(manual_dir: str, data_dir: Optional[str], config: Any = 'audio',
     data_dir: TFDS data dir (None: TFDS's default, ~/tensorflow_datasets).
     config: 'audio', 'audio_video' or an `AudiosetConfig`.
     num_workers: threads decoding clips.
+
+  All or nothing (`atomic.prepare`): a failed build leaves `data_dir` as it
+  was, and its error names the file it failed on.
   """
-  builder = Audioset(config=config, data_dir=data_dir,
-                     num_workers=num_workers)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  return builder
+  if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+    # Said here: TFDS's own check of an empty manual dir is an assertion.
+    raise FileNotFoundError(
+        f'AudioSet manual dir {manual_dir} does not exist or is empty; it '
+        f'needs {CLASS_INDEX_FILE}, {", ".join(SEGMENT_FILES.values())} and '
+        f'{CLIPS_DIR}/.')
+  return atomic.prepare(
+      lambda root: Audioset(config=config, data_dir=root,
+                            num_workers=num_workers),
+      data_dir, manual_dir)

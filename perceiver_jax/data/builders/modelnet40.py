@@ -43,12 +43,14 @@ which prints the split sizes and the skipped files.
 import multiprocessing
 import os
 import zipfile
+import zlib
 from typing import Any, Iterator, Optional
 
 from absl import logging
 import numpy as np
 from perceiver_jax import progress
 from perceiver_jax.data import pointcloud
+from perceiver_jax.data.builders import atomic
 import tensorflow_datasets as tfds
 
 DEFAULT_NUM_POINTS = pointcloud.DEFAULT_NUM_POINTS
@@ -75,7 +77,11 @@ class _Source:
     if os.path.isdir(folder):
       self._root = folder
     elif os.path.isfile(archive):
-      self._zip = zipfile.ZipFile(archive)
+      try:
+        self._zip = zipfile.ZipFile(archive)
+      except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f'{archive} is not a readable zip archive ({e}).'
+                         ) from None
       self._root = name + '/'
     else:
       raise FileNotFoundError(
@@ -97,8 +103,22 @@ class _Source:
     return sorted(paths)
 
   def read(self, relative_path: str) -> bytes:
+    """The bytes of one file.
+
+    Raises:
+      ValueError: a member of the zip cannot be read (a damaged archive).
+      OSError: a file of the folder cannot be read (it is named).
+    """
     if self._zip is not None:
-      return self._zip.read(self._root + relative_path)
+      member = self._root + relative_path
+      try:
+        return self._zip.read(member)
+      except KeyError:
+        raise FileNotFoundError(f'{self.description} has no {member}.'
+                                ) from None
+      except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise ValueError(f'{self.description}: cannot read {member} '
+                         f'({e}); the archive is damaged.') from None
     with open(os.path.join(self._root, *relative_path.split('/')), 'rb') as f:
       return f.read()
 
@@ -257,6 +277,13 @@ class Modelnet40(tfds.core.GeneratorBasedBuilder):
       examples = official_examples(source.relative_paths())
     else:
       examples = resampled_examples(source)
+    if not any(examples.values()):
+      # Refused before TFDS writes a split.
+      raise atomic.EmptyBuildError(
+          f'{source.description} holds no ModelNet40 '
+          + ('mesh (<class>/<split>/<name>.off)' if layout == 'official'
+             else 'shape listed in modelnet40_{train,test}.txt')
+          + '; nothing was written.')
     metadata = self.info.metadata
     metadata['skipped'] = {split: [] for split in SPLITS}
     metadata['num_skipped'] = {split: 0 for split in SPLITS}
@@ -298,13 +325,19 @@ class Modelnet40(tfds.core.GeneratorBasedBuilder):
 def build(manual_dir: str, *, config: str = 'official',
           data_dir: Optional[str] = None, num_workers: int = 1
           ) -> tfds.core.DatasetBuilder:
-  """Prepares `modelnet40/<config>` from `manual_dir`; returns the builder."""
-  builder = Modelnet40(config=config, data_dir=data_dir,
-                       num_workers=num_workers)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          manual_dir=os.path.expanduser(manual_dir)))
-  return builder
+  """Prepares `modelnet40/<config>` from `manual_dir`; returns the builder.
+
+  All or nothing (`atomic.prepare`): a failed build leaves `data_dir` as it
+  was, and its error names the file it failed on.
+  """
+  manual_dir = os.path.expanduser(manual_dir)
+  # The layout is looked for first: TFDS's own check of an empty manual dir
+  # is an assertion.
+  _Source(manual_dir, ROOT_NAMES[Modelnet40.builder_configs[config].layout])
+  return atomic.prepare(
+      lambda root: Modelnet40(config=config, data_dir=root,
+                              num_workers=num_workers),
+      data_dir, manual_dir)
 
 
 def report(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
