@@ -209,7 +209,9 @@ def export_checkpoint(workdir: str, target: str,
       os.path.join(workdir, 'checkpoints'), read_only=True)
   try:
     if step is None:
-      state, step = checkpointer.restore_newest(fresh)
+      # Read-only: a damaged newest checkpoint is skipped, not moved.
+      restored = checkpointer.restore_newest(fresh, set_aside=False)
+      state, step = restored.state, restored.step
       if state is None:
         raise ExportFailure(f'no checkpoint in {checkpointer.directory}.')
     else:
