@@ -23,6 +23,7 @@ from typing import Any, Iterable, Optional
 
 import ml_collections
 
+from perceiver_jax.model import decoder as decoder_lib
 from perceiver_jax.model import encoder_config
 
 
@@ -82,7 +83,14 @@ def perceiver_model(**encoder_overrides: Any) -> ml_collections.ConfigDict:
       # a default of None.
       encoder[field.name] = ml_collections.FieldReference(
           encoder[field.name], field_type=int)
-  return ml_collections.ConfigDict(dict(encoder=encoder, grid_parts=True))
+  # 'mean_linear' (the paper's) or 'perceiver_io' (one trainable query
+  # cross-attends to the latents; model/decoder.py, set by `decoder`).
+  decoder = {
+      key: (ml_collections.FieldReference(None, field_type=int)
+            if value is None else value)
+      for key, value in decoder_lib.DECODER_DEFAULTS.items()}
+  return ml_collections.ConfigDict(dict(encoder=encoder, grid_parts=True,
+                                        head='mean_linear', decoder=decoder))
 
 
 def small_model() -> ml_collections.ConfigDict:

@@ -10,6 +10,14 @@ Variants (`--config=configs/imagenet.py:variant=NAME`):
   learned_pos  one cross-attend, 128-d learned positions (70.9%).
   permuted     one fixed pixel permutation, seed in
                `model.input.permutation_seed` (78.0%).
+  perceiver_io_fourier, perceiver_io_learned, perceiver_io_conv
+               the shapes of DeepMind's released Perceiver IO classifiers
+               (deepmind/vision-perceiver-*: 79.0%, 72.7%, 82.1% on their
+               model cards): one cross-attend, 8 x 6 shared self-attends,
+               exact-erf GELU, the one-query decoder head, their input
+               preprocessors and evaluation preprocessing. Random weights
+               unless imported (experiments.import_checkpoint, which
+               writes such a config); see docs/checkpoints.md.
 
 Flags: `runlocal` shrinks model, batch and data to seconds on a CPU; `mock`
 reads TFDS mock data instead of the prepared dataset.
@@ -32,8 +40,10 @@ Perceiver IO recipe (docs/paper.md section 4).
 import ml_collections
 
 from configs import common
+from perceiver_jax.interop import transformers_format
 
-VARIANTS = ('fourier', 'learned_pos', 'permuted')
+VARIANTS = ('fourier', 'learned_pos', 'permuted', 'perceiver_io_fourier',
+            'perceiver_io_learned', 'perceiver_io_conv')
 NUM_TRAIN_EXAMPLES = 1_281_167
 NUM_EVAL_EXAMPLES = 50_000
 
@@ -54,6 +64,10 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       num_train_examples=NUM_TRAIN_EXAMPLES,
       image_shape=(224, 224),  # Crop size (H, W); the model's grid follows.
       eval_crop_fraction=224 / 256,
+      # 'paper' (ours) or 'transformers' (their Perceiver image processor's
+      # crop, PIL bicubic resize and normalisation; set by
+      # experiments.import_checkpoint for the released checkpoints).
+      eval_preprocessing='paper',
       randaugment_layers=4,
       randaugment_magnitude=5,  # Of 10.
       mixup_alpha=0.2,  # ASSUMED
@@ -79,6 +93,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.model.input.position_encoding = 'learned'
   elif variant == 'permuted':
     config.model.input.permutation_seed = 0
+  elif variant.startswith('perceiver_io_'):
+    released = transformers_format.RELEASED_CONFIGS[
+        'deepmind/vision-perceiver-' + variant[len('perceiver_io_'):]]
+    transformers_format.merge_model_config(
+        config.model, transformers_format.model_config(
+            released, image_size=config.data.image_shape))
+    # The grid follows the crop size, as in the other variants.
+    config.model.input.index_dims = config.data.get_ref('image_shape')
+    config.data.eval_preprocessing = 'transformers'
 
   config.train.batch_size = 1024  # ASSUMED
   config.train.num_epochs = 120.0
@@ -99,5 +122,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.data.image_shape = (32, 32)
     config.data.shuffle_buffer = 64
     common.paper_scale_runlocal(config)
-    config.model.input.num_bands = 4
+    if 'num_bands' in config.model.input:
+      config.model.input.num_bands = 4
   return config

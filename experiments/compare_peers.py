@@ -35,8 +35,20 @@ least, `round_seconds` all of them; for transformers' architecture also
 installed is reported as such (`"status": "not installed"`) and skipped;
 the script never needs one. One JSON line per implementation, then a
 summary line with our speed-ups (from the medians, and from the minima).
+
+`--released=fourier` (or `learned`, `conv`) instead times the inference
+forward pass of one of DeepMind's released Perceiver IO classifiers' shapes
+(`deepmind/vision-perceiver-*`, full size, from their published config
+values, random weights: `interop.transformers_format.RELEASED_CONFIGS`):
+transformers' class against ours (`configs/imagenet.py`'s
+`variant=perceiver_io_*`) on the same weights, mapped as
+`experiments.import_checkpoint` maps them, at `--image_size` (default 224
+then) and `--batch_size`; the logits' largest difference is reported.
+`--tiny` shrinks both alike (16 latents of 32 channels, 2 blocks of one
+self-attend, 32x32 images) to try the script out.
 """
 
+import argparse
 import functools
 import importlib.util
 import json
@@ -215,6 +227,81 @@ def prepare_transformers(image_size: int, batch_size: int) -> Contender:
   return _torch_contender(name, Wrapped(model), images)
 
 
+def prepare_released_forward(kind: str, image_size: int, batch_size: int,
+                             tiny: bool = False) -> list[Contender]:
+  """Transformers' and our forward pass of a released classifier's shape.
+
+  Both get the same random weights (transformers' initialisation, mapped to
+  ours); each contender's `step` runs one inference forward on the same
+  images. Returns [ours, transformers] (transformers 'not installed' when
+  absent; ours then uses its own initialisation).
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  from perceiver_jax.interop import transformers_format as tf_format
+  from perceiver_jax.model import factory
+  # pylint: enable=g-import-not-at-top
+  hf_config = dict(tf_format.RELEASED_CONFIGS[
+      f'deepmind/vision-perceiver-{kind}'])
+  if tiny:
+    hf_config.update(num_latents=16, d_latents=32, num_blocks=2,
+                     num_self_attends_per_block=1, num_self_attention_heads=2)
+  hf_config['image_size'] = image_size
+  model_config = tf_format.model_config(hf_config,
+                                        image_size=(image_size, image_size))
+  forward = factory.transform_classifier(model_config,
+                                         hf_config['num_labels'])
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(batch_size, 3, image_size, image_size)).astype(
+      np.float32)  # Channels first, as transformers' processor gives them.
+  ours_batch = {'image': jnp.asarray(images.transpose(0, 2, 3, 1))}
+  name = f'transformers {hf_config["architectures"][0]} (forward)'
+  missing = _installed('torch', 'transformers')
+  theirs = None
+  if missing:
+    params = forward.init(jax.random.key(0), ours_batch, is_training=False)
+    peer = Contender(dict(name=name, status='not installed',
+                          missing=missing), None)
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+    torch.manual_seed(0)
+    model = getattr(transformers, hf_config['architectures'][0])(
+        transformers.PerceiverConfig(**{
+            k: v for k, v in hf_config.items()
+            if k not in ('model_type', 'architectures')})).eval()
+    expected = jax.eval_shape(forward.init, jax.random.key(0), ours_batch,
+                              is_training=False)
+    params = tf_format.to_params(
+        {k: v.numpy() for k, v in model.state_dict().items()}, hf_config,
+        expected)
+    inputs = torch.from_numpy(images)
+
+    def their_step():
+      with torch.no_grad():
+        return model(inputs=inputs).logits
+
+    theirs = their_step().numpy()
+    peer = Contender(dict(
+        name=name, status='ok',
+        params=sum(p.numel() for p in model.parameters()), device='cpu',
+        torch_threads=torch.get_num_threads()), their_step)
+  apply = jax.jit(functools.partial(forward.apply, is_training=False))
+  params = jax.device_put(params)
+  ours = np.asarray(apply(params, None, ours_batch))
+
+  def our_step():
+    jax.block_until_ready(apply(params, None, ours_batch))
+
+  fields = dict(name=f'perceiver_jax (ours) {kind} (forward)', status='ok',
+                params=int(sum(np.size(v) for v in jax.tree.leaves(params))),
+                device=jax.local_devices()[0].device_kind)
+  if theirs is not None:
+    fields['max_abs_logit_difference'] = float(np.max(np.abs(ours - theirs)))
+  return [Contender(fields, our_step), peer]
+
+
 def time_in_rounds(contenders: Sequence[Contender], *, rounds: int,
                    steps: int, warmup: int) -> list[list[float]]:
   """Per contender, its mean seconds per step in each round.
@@ -244,19 +331,31 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
   parser = cli.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--batch_size', type=int, default=8)
-  parser.add_argument('--image_size', type=int, default=64)
+  parser.add_argument('--image_size', type=int, default=None,
+                      help='default 64; with --released 224 (32 if --tiny)')
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--released', choices=('fourier', 'learned', 'conv'),
+                      help='time the inference forward of this released '
+                      'classifier shape, ours against transformers\'')
+  parser.add_argument('--tiny', action='store_true',
+                      help='with --released: a tiny version, to try it out')
   parser.add_argument('--fast_compile', action='store_true',
                       help='compile ours with reduced XLA:CPU optimisations '
                       '(quicker to start, slower steps: not for timings)')
   args = parser.parse_args(argv)
+  if args.image_size is None:
+    args.image_size = (64 if not args.released else 32 if args.tiny
+                       else 224)
   for flag in ('batch_size', 'image_size', 'rounds', 'steps'):
     if getattr(args, flag) < 1:
       parser.error(f'--{flag} must be at least 1')
   if args.warmup < 0:
     parser.error('--warmup must be at least 0')
+  if args.released:
+    released_main(args)
+    return
   common = dict(image_size=args.image_size, batch_size=args.batch_size)
   ours = functools.partial(prepare_ours, **common,
                            fast_compile=args.fast_compile)
@@ -299,6 +398,38 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     summary['speedup_vs_transformers_one_cross_attend_by_round'] = (
         paired_speedup(results[2]['round_seconds'],
                        results[3]['round_seconds']))
+  print(json.dumps(summary), flush=True)
+
+
+def released_main(args: argparse.Namespace) -> None:
+  """`--released`: our forward against transformers' (see the docstring)."""
+  contenders = prepare_released_forward(args.released, args.image_size,
+                                        args.batch_size, tiny=args.tiny)
+  seconds = time_in_rounds(contenders, rounds=args.rounds, steps=args.steps,
+                           warmup=args.warmup)
+  results = []
+  for contender, own in zip(contenders, seconds):
+    result = dict(contender.fields, batch_size=args.batch_size,
+                  image_size=args.image_size, tiny=args.tiny)
+    if own:
+      result.update(forward_seconds=float(np.median(own)),
+                    forward_seconds_min=min(own), round_seconds=own,
+                    images_per_second=args.batch_size / float(np.median(own)),
+                    rounds=args.rounds, steps=args.steps)
+    results.append(result)
+    print(json.dumps(result), flush=True)
+  ours, theirs = results
+  summary = dict(summary=True, released=args.released)
+  if theirs['status'] == 'ok':
+    summary.update(
+        speedup_vs_transformers=(theirs['forward_seconds'] /
+                                 ours['forward_seconds']),
+        speedup_vs_transformers_by_min=(theirs['forward_seconds_min'] /
+                                        ours['forward_seconds_min']),
+        speedup_vs_transformers_by_round=paired_speedup(
+            theirs['round_seconds'], ours['round_seconds']))
+  else:
+    summary['not_installed'] = [theirs['name']]
   print(json.dumps(summary), flush=True)
 
 

@@ -186,6 +186,24 @@ CASES = [
     (['perceiver_jax.data.modelnet40'],
      'error: flag --manual_dir=None: Flag --manual_dir must have a value '
      'other than None. (--helpshort lists the flags)'),
+    # experiments.import_checkpoint / export_checkpoint
+    (['experiments.import_checkpoint', '--from={T}/empty',
+      '--workdir={T}/x'],
+     'error: config.json not found: {T}/empty/config.json'),
+    (['experiments.import_checkpoint', '--from={T}/norun',
+      '--workdir={T}/x'],
+     'error: config.json has model_type None (architectures []); only '
+     'Perceiver checkpoints are supported: '
+     'PerceiverForImageClassificationFourier, '
+     'PerceiverForImageClassificationLearned, '
+     'PerceiverForImageClassificationConvProcessing, PerceiverModel.'),
+    (['experiments.export_checkpoint', '--workdir={T}/empty',
+      '--to={T}/y'],
+     'error: no config.json in {T}/empty.'),
+    (['experiments.export_checkpoint', '--workdir={T}/norun',
+      '--to={T}/y'],
+     'error: {T}/norun/config.json is not a perceiver_jax run config (no '
+     'data.num_classes or model.input).'),
 ]
 
 

@@ -67,3 +67,26 @@ def test_main_prints_one_json_line_per_implementation_and_a_summary(
   for name, ratio in summary['speedup_vs'].items():
     peer = next(r for r in results if r['name'] == name)
     assert ratio == peer['step_seconds'] / ours['step_seconds']
+
+
+def test_released_forward_times_ours_and_transformers_on_the_same_weights(
+    capsys):
+  compare_peers.main(['--released=conv', '--tiny', '--batch_size=2',
+                      '--rounds=2', '--steps=1', '--warmup=0'])
+  lines = [json.loads(line) for line in
+           capsys.readouterr().out.strip().splitlines()]
+  assert len(lines) == 3
+  ours, theirs, summary = lines
+  assert ours['name'] == 'perceiver_jax (ours) conv (forward)'
+  assert theirs['name'] == (
+      'transformers PerceiverForImageClassificationConvProcessing (forward)')
+  assert theirs['status'] == 'ok'  # A test dependency (requirements-test.txt).
+  # Same function on the same weights (transformers' initialisation).
+  assert ours['max_abs_logit_difference'] < 1e-4
+  # Ours also counts the BatchNorm's running mean and variance (64 each).
+  assert ours['params'] == theirs['params'] + 2 * 64
+  for result in (ours, theirs):
+    assert result['image_size'] == 32 and len(result['round_seconds']) == 2
+    assert result['images_per_second'] == 2 / result['forward_seconds']
+  assert summary['speedup_vs_transformers'] == (
+      theirs['forward_seconds'] / ours['forward_seconds'])

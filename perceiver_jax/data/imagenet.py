@@ -25,7 +25,10 @@ without the dataset.
 Config fields read (`config` is `config.data`): image_shape,
 eval_crop_fraction, randaugment_layers, randaugment_magnitude, mixup_alpha,
 cutmix_alpha, shuffle_buffer, data_dir, mock, num_classes, and optionally
-mock_num_examples (default 20) and threadpool_size (default 0: all cores).
+mock_num_examples (default 20), threadpool_size (default 0: all cores) and
+eval_preprocessing ('paper', the default: `augment.eval_image`; or
+'transformers': transformers' Perceiver image processor, for imported
+checkpoints, `transformers_preprocessing.eval_image`).
 """
 
 import functools
@@ -42,6 +45,7 @@ from perceiver_jax import cli
 from perceiver_jax import progress
 from perceiver_jax.data import augment
 from perceiver_jax.data import pipeline
+from perceiver_jax.data import transformers_preprocessing
 from perceiver_jax.data.builders import atomic
 
 TFDS_NAME = 'imagenet2012'
@@ -279,6 +283,14 @@ def training_batches(source: Source, config: ml_collections.ConfigDict, *,
       threadpool_size=int(config.get('threadpool_size', 0)))
 
 
+# `config.data.eval_preprocessing` -> the evaluation image function: ours, or
+# transformers' Perceiver image processor's (for imported checkpoints).
+EVAL_PREPROCESSING = {
+    'paper': augment.eval_image,
+    'transformers': transformers_preprocessing.eval_image,
+}
+
+
 def evaluation_batches(source: Source, config: ml_collections.ConfigDict,
                        *, batch_dims: Sequence[int], process_count: int
                        ) -> pipeline.BatchIterator:
@@ -289,10 +301,15 @@ def evaluation_batches(source: Source, config: ml_collections.ConfigDict,
     raise ValueError(f'eval_crop_fraction must be in (0, 1], got '
                      f'{crop_fraction}.')
 
+  kind = config.get('eval_preprocessing', 'paper')
+  if kind not in EVAL_PREPROCESSING:
+    raise ValueError(f'config.data.eval_preprocessing must be one of '
+                     f'{sorted(EVAL_PREPROCESSING)}, got {kind!r}.')
+  eval_image = EVAL_PREPROCESSING[kind]
+
   def preprocess(record):
-    return {'image': augment.eval_image(record['image'],
-                                        image_shape=image_shape,
-                                        crop_fraction=crop_fraction),
+    return {'image': eval_image(record['image'], image_shape=image_shape,
+                                crop_fraction=crop_fraction),
             'label': tf.cast(record['label'], tf.int32)}
 
   num_batches = pipeline.evaluation_num_batches(

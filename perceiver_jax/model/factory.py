@@ -13,6 +13,9 @@
   'convnet', a small convolutional baseline (`convnet.ConvNet`) that reads a
   'grid' input's image directly, with `convnet.channels` and the same pixel
   permutation.
+- `head` (optional, default 'mean_linear', the paper's mean of the latents
+  and a Linear) or 'perceiver_io' (`decoder.ClassificationDecoder`, the
+  released Perceiver IO classifiers' head), set by `decoder`.
 """
 
 import copy
@@ -24,6 +27,7 @@ import jax
 
 from perceiver_jax import checks
 from perceiver_jax.model import convnet
+from perceiver_jax.model import decoder as decoder_lib
 from perceiver_jax.model import encoder_config as encoder_config_lib
 from perceiver_jax.model import inputs
 from perceiver_jax.model import perceiver
@@ -107,6 +111,15 @@ def classifier_forward(model_config: Mapping[str, Any],
   if architecture == 'convnet':
     return _convnet_forward(model_config, num_classes)
   encoder_fields = dataclasses.asdict(encoder_config(model_config))
+  head = model_config.get('head', 'mean_linear')
+  if head not in decoder_lib.HEADS:
+    raise ValueError(f'config.model.head must be one of {decoder_lib.HEADS}, '
+                     f'got {head!r}.')
+  if head == 'perceiver_io':
+    encoder_fields['decoder'] = decoder_lib.decoder_settings(model_config)
+    classifier_class = decoder_lib.PerceiverIOClassifier
+  else:
+    classifier_class = perceiver.PerceiverClassifier
   grid_parts = model_config.get('grid_parts', True)
   if not isinstance(grid_parts, bool):
     raise ValueError(f'config.model.grid_parts must be a bool, got '
@@ -123,7 +136,7 @@ def classifier_forward(model_config: Mapping[str, Any],
       byte_array, mask = parts, None
     else:
       byte_array, mask = adapter(batch, is_training=is_training)
-    classifier = perceiver.PerceiverClassifier(
+    classifier = classifier_class(
         num_classes, input_channels=adapter.num_channels, **encoder_fields)
     return classifier(byte_array, input_mask=mask, is_training=is_training)
 

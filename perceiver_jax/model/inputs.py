@@ -14,6 +14,11 @@ parts where a grid allows it, and describes the batch it reads.
 - 'points' (point clouds `[B, P, 3]`): `key`, `num_bands`,
   `max_resolution` (mu per axis, 3 values), `num_points` (P, which only the
   example batch uses; the adapter takes any P).
+- 'conv1x1_learned', 'conv_stem' (the image preprocessors of the released
+  Perceiver IO classifiers, `preprocessors.py`): `key`, `index_dims`
+  (H, W), `raw_channels`, `out_channels`; 'conv1x1_learned' also
+  `position_channels` and `projected_channels` (256 each); 'conv_stem'
+  also `num_bands` and `max_resolution` (of the pooled grid).
 """
 
 from typing import Any, Mapping, Optional, Protocol
@@ -25,6 +30,7 @@ import numpy as np
 from perceiver_jax.model import adapters
 from perceiver_jax.model import grid_byte_array
 from perceiver_jax.model import position_encoding as pe
+from perceiver_jax.model import preprocessors
 
 Batch = Mapping[str, jax.Array]
 InputConfig = Mapping[str, Any]
@@ -331,6 +337,42 @@ class PointsInput(_Input):
     return {input_config['key']: (int(num_points), 3)}
 
 
+class ImagePreprocessorInput(GridInput):
+  """Reads images `batch[key]` `[B, H, W, C_raw]` through one of
+  `preprocessors.py`'s adapters (types 'conv1x1_learned', 'conv_stem');
+  the example batch is `GridInput`'s."""
+
+  def __init__(self, input_config: InputConfig):  # pylint: disable=super-init-not-called
+    self._key = input_config['key']
+    image_shape = tuple(self.entry_shapes(input_config).values())[0]
+    if input_config['type'] == 'conv1x1_learned':
+      self._adapter = preprocessors.Conv1x1LearnedAdapter(
+          image_shape,
+          out_channels=input_config.get('out_channels', 256),
+          position_channels=input_config.get('position_channels', 256),
+          projected_channels=input_config.get('projected_channels', 256))
+    else:
+      max_resolution = input_config.get('max_resolution')
+      self._adapter = preprocessors.ConvStemAdapter(
+          image_shape,
+          out_channels=input_config.get('out_channels', 64),
+          num_bands=input_config.get('num_bands', 64),
+          max_resolution=None if max_resolution is None else tuple(
+              max_resolution))
+
+  @property
+  def num_channels(self) -> int:
+    return self._adapter.num_channels
+
+  def parts(self, batch: Batch) -> Optional[grid_byte_array.GridByteArray]:
+    del batch
+    return None
+
+  def __call__(self, batch: Batch, *, is_training: bool):
+    del is_training  # Augmentation happens in the data pipeline.
+    return self._adapter(batch[self._key]), None
+
+
 # `config.model.input.type` -> its adapter. A new modality registers here.
 INPUTS: dict[str, type[InputAdapter]] = {
     'grid': GridInput,
@@ -339,6 +381,8 @@ INPUTS: dict[str, type[InputAdapter]] = {
     'video': VideoInput,
     'audio_video': AudioVideoInput,
     'points': PointsInput,
+    'conv1x1_learned': ImagePreprocessorInput,
+    'conv_stem': ImagePreprocessorInput,
 }
 
 

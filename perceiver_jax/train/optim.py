@@ -1,7 +1,9 @@
 """Optimizers and learning-rate schedules from `config.optimizer`.
 
 Weight decay is masked off biases and LayerNorm parameters (docs/paper.md
-section 4); every other parameter (weights, latents, learned positions)
+section 4), and off the fixed BatchNorm statistics of the conv stem
+(`preprocessors.ConvStemAdapter`: no gradient reaches them, and decay would
+shrink them); every other parameter (weights, latents, learned positions)
 decays. Gradients are clipped by global norm before the update when
 `clip_global_norm` is set.
 """
@@ -14,8 +16,9 @@ import optax
 
 OPTIMIZERS = ('lamb', 'adamw', 'adam', 'sgd')
 SCHEDULES = ('constant', 'step', 'cosine')
-# Haiku's parameter names for biases and LayerNorm's scale and offset.
-_NO_DECAY_NAMES = ('b', 'scale', 'offset')
+# Haiku's parameter names for biases and LayerNorm's scale and offset, and
+# the conv stem's BatchNorm statistics.
+_NO_DECAY_NAMES = ('b', 'scale', 'offset', 'mean', 'var')
 
 
 def weight_decay_mask(params: hk.Params) -> hk.Params:

@@ -1,0 +1,517 @@
+"""transformers' Perceiver checkpoints <-> perceiver_jax parameters.
+
+A transformers checkpoint directory holds `config.json` (a `PerceiverConfig`
+with `architectures`) and the weights (`model.safetensors`). This module
+turns the config into our `config.model` and maps every tensor to one of our
+parameters and back, so that the same images give the same logits.
+
+Supported architectures (`ARCHITECTURES`): the three ImageNet classifiers
+DeepMind released with Perceiver IO and the bare encoder:
+
+| transformers class                              | our input type    |
+|-------------------------------------------------|-------------------|
+| `PerceiverForImageClassificationFourier`        | 'grid' (Fourier)  |
+| `PerceiverForImageClassificationLearned`        | 'conv1x1_learned' |
+| `PerceiverForImageClassificationConvProcessing` | 'conv_stem'       |
+| `PerceiverModel` (no preprocessor, no decoder)  | none: the encoder |
+
+Name mapping (transformers -> ours), `L` a transformers `PerceiverLayer`
+and `B` our block (`CrossAttendBlock` or `SelfAttendLayer`):
+
+- `L.attention.self.layernorm1` -> `B/query_norm` (self-attends:
+  `B/attention_norm`); `L.attention.self.layernorm2` -> `B/input_norm`
+  (cross-attends only).
+- `L.attention.self.{query,key,value}` -> `B/attention/{query,key,value}`;
+  `L.attention.output.dense` -> `B/attention/output`.
+- `L.layernorm` -> `B/mlp_norm`; `L.mlp.dense1`/`dense2` ->
+  `B/mlp/hidden`/`output`.
+- `embeddings.latents` -> `perceiver/latents`; `encoder.cross_attention` ->
+  `perceiver/cross_attend_0`; `encoder.self_attends.<i>` ->
+  `perceiver/latent_transformer_0/self_attend_<i>` (one shared stack, run
+  `num_blocks` times by both).
+- `decoder.decoder.output_position_encodings.position_embeddings` ->
+  `classification_decoder/query`; `decoder.decoder.decoding_cross_attention`
+  -> `classification_decoder/cross_attend`; `decoder.decoder.final_layer`
+  -> `classification_decoder/logits`.
+- preprocessors: `input_preprocessor.convnet_1x1` -> `.../conv1x1`,
+  `input_preprocessor.position_embeddings.position_embeddings` ->
+  `.../positions/pos_embs`, `input_preprocessor.positions_projection` ->
+  `.../position_projection`; `input_preprocessor.convnet.conv` ->
+  `.../conv`, `input_preprocessor.convnet.batchnorm.{weight, bias,
+  running_mean, running_var}` -> `.../batch_norm/{scale, offset, mean, var}`.
+
+Linear weights are stored `[out, in]` by torch and `[in, out]` by Haiku;
+LayerNorm `weight`/`bias` are our `scale`/`offset`; convolution kernels are
+`[out, in, h, w]` against Haiku's `[h, w, in, out]`.
+"""
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional
+
+import numpy as np
+
+# transformers architecture -> our input type (None: the bare encoder).
+ARCHITECTURES = {
+    'PerceiverForImageClassificationFourier': 'grid',
+    'PerceiverForImageClassificationLearned': 'conv1x1_learned',
+    'PerceiverForImageClassificationConvProcessing': 'conv_stem',
+    'PerceiverModel': None,
+}
+# The preprocessors' fixed settings in transformers' classifier classes.
+_FOURIER_MAX_RESOLUTION = {'grid': (224, 224), 'conv_stem': (56, 56)}
+_NUM_BANDS = 64
+_LEARNED_CHANNELS = 256
+_CONV_CHANNELS = 64
+# transformers' `hidden_act` -> our `mlp_activation`.
+_ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh',
+                'gelu_pytorch_tanh': 'gelu_tanh'}
+# Their `PerceiverModel` classes' prefix inside a classifier.
+_PREFIX = 'perceiver.'
+# Buffers that carry no value we need (a counter of BatchNorm updates).
+IGNORED_SUFFIXES = ('num_batches_tracked',)
+
+
+# The configs of DeepMind's released classifiers as converted to
+# transformers (the values transformers' conversion script sets; everything
+# else is `PerceiverConfig`'s default: widening factors 1, hidden_act 'gelu',
+# a cross-attend query residual), by hub name. No weights: for building
+# models of their shape here, where the hub cannot be reached.
+_RELEASED_COMMON = dict(
+    model_type='perceiver', num_latents=512, d_latents=1024, num_blocks=8,
+    num_self_attends_per_block=6, num_cross_attention_heads=1,
+    num_self_attention_heads=8, qk_channels=None, v_channels=None,
+    cross_attention_shape_for_attention='kv',
+    self_attention_widening_factor=1, cross_attention_widening_factor=1,
+    hidden_act='gelu', use_query_residual=True, num_labels=1000,
+    image_size=224)
+RELEASED_CONFIGS = {
+    'deepmind/vision-perceiver-fourier': dict(
+        _RELEASED_COMMON, d_model=261,
+        architectures=['PerceiverForImageClassificationFourier']),
+    'deepmind/vision-perceiver-learned': dict(
+        _RELEASED_COMMON, d_model=512,
+        architectures=['PerceiverForImageClassificationLearned']),
+    'deepmind/vision-perceiver-conv': dict(
+        _RELEASED_COMMON, d_model=322,
+        architectures=['PerceiverForImageClassificationConvProcessing']),
+}
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot become our parameters (or the reverse)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+  """Where one transformers tensor lives among our parameters.
+
+  Attributes:
+    module: our Haiku module path.
+    name: the parameter's name in it.
+    to_ours: maps their array to ours.
+    to_theirs: maps ours back.
+  """
+  module: str
+  name: str
+  to_ours: Callable[[np.ndarray], np.ndarray]
+  to_theirs: Callable[[np.ndarray], np.ndarray]
+
+
+def _same(x):
+  return x
+
+
+def _transpose(x):
+  return np.ascontiguousarray(x.T)
+
+
+def _conv_to_ours(x):  # [out, in, h, w] -> [h, w, in, out]
+  return np.ascontiguousarray(x.transpose(2, 3, 1, 0))
+
+
+def _conv_to_theirs(x):  # [h, w, in, out] -> [out, in, h, w]
+  return np.ascontiguousarray(x.transpose(3, 2, 0, 1))
+
+
+def _conv1x1_to_ours(x):  # [out, in, 1, 1] -> [in, out]
+  return np.ascontiguousarray(x[:, :, 0, 0].T)
+
+
+def _conv1x1_to_theirs(x):  # [in, out] -> [out, in, 1, 1]
+  return np.ascontiguousarray(x.T[:, :, None, None])
+
+
+def _linear(theirs: str, ours: str) -> dict[str, Tensor]:
+  return {f'{theirs}.weight': Tensor(ours, 'w', _transpose, _transpose),
+          f'{theirs}.bias': Tensor(ours, 'b', _same, _same)}
+
+
+def _norm(theirs: str, ours: str) -> dict[str, Tensor]:
+  return {f'{theirs}.weight': Tensor(ours, 'scale', _same, _same),
+          f'{theirs}.bias': Tensor(ours, 'offset', _same, _same)}
+
+
+def _layer(theirs: str, ours: str, *, cross: bool) -> dict[str, Tensor]:
+  """One `PerceiverLayer` against one of our blocks."""
+  names = {}
+  if cross:
+    names.update(_norm(f'{theirs}.attention.self.layernorm1',
+                       f'{ours}/query_norm'))
+    names.update(_norm(f'{theirs}.attention.self.layernorm2',
+                       f'{ours}/input_norm'))
+  else:
+    names.update(_norm(f'{theirs}.attention.self.layernorm1',
+                       f'{ours}/attention_norm'))
+  for projection in ('query', 'key', 'value'):
+    names.update(_linear(f'{theirs}.attention.self.{projection}',
+                         f'{ours}/attention/{projection}'))
+  names.update(_linear(f'{theirs}.attention.output.dense',
+                       f'{ours}/attention/output'))
+  names.update(_norm(f'{theirs}.layernorm', f'{ours}/mlp_norm'))
+  names.update(_linear(f'{theirs}.mlp.dense1', f'{ours}/mlp/hidden'))
+  names.update(_linear(f'{theirs}.mlp.dense2', f'{ours}/mlp/output'))
+  return names
+
+
+def architecture_of(hf_config: Mapping[str, Any]) -> str:
+  """The one supported architecture `config.json` names, else raises."""
+  architectures = hf_config.get('architectures') or []
+  model_type = hf_config.get('model_type')
+  supported = ', '.join(ARCHITECTURES)
+  if model_type != 'perceiver':
+    raise CheckpointError(
+        f'config.json has model_type {model_type!r} (architectures '
+        f'{architectures}); only Perceiver checkpoints are supported: '
+        f'{supported}.')
+  if len(architectures) != 1 or architectures[0] not in ARCHITECTURES:
+    raise CheckpointError(
+        f'unsupported architecture {architectures}; supported: '
+        f'{supported}.')
+  return architectures[0]
+
+
+def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
+  """transformers tensor name -> where it goes among our parameters."""
+  architecture = architecture_of(hf_config)
+  input_type = ARCHITECTURES[architecture]
+  prefix = '' if input_type is None else _PREFIX
+  names = {f'{prefix}embeddings.latents': Tensor(
+      'perceiver', 'latents', _same, _same)}
+  names.update(_layer(f'{prefix}encoder.cross_attention',
+                      'perceiver/cross_attend_0', cross=True))
+  for i in range(int(hf_config['num_self_attends_per_block'])):
+    names.update(_layer(f'{prefix}encoder.self_attends.{i}',
+                        f'perceiver/latent_transformer_0/self_attend_{i}',
+                        cross=False))
+  if input_type is None:
+    return names
+  decoder = f'{prefix}decoder.decoder'
+  names[f'{decoder}.output_position_encodings.position_embeddings'] = (
+      Tensor('classification_decoder', 'query', _same, _same))
+  names.update(_layer(f'{decoder}.decoding_cross_attention',
+                      'classification_decoder/cross_attend', cross=True))
+  names.update(_linear(f'{decoder}.final_layer',
+                       'classification_decoder/logits'))
+  pre = f'{prefix}input_preprocessor'
+  if input_type == 'conv1x1_learned':
+    ours = 'conv1x1_learned_adapter'
+    names[f'{pre}.convnet_1x1.weight'] = Tensor(
+        f'{ours}/conv1x1', 'w', _conv1x1_to_ours, _conv1x1_to_theirs)
+    names[f'{pre}.convnet_1x1.bias'] = Tensor(f'{ours}/conv1x1', 'b',
+                                              _same, _same)
+    names[f'{pre}.position_embeddings.position_embeddings'] = Tensor(
+        f'{ours}/positions', 'pos_embs', _same, _same)
+    names.update(_linear(f'{pre}.positions_projection',
+                         f'{ours}/position_projection'))
+  elif input_type == 'conv_stem':
+    ours = 'conv_stem_adapter'
+    names[f'{pre}.convnet.conv.weight'] = Tensor(
+        f'{ours}/conv', 'w', _conv_to_ours, _conv_to_theirs)
+    for theirs, mine in (('weight', 'scale'), ('bias', 'offset'),
+                         ('running_mean', 'mean'), ('running_var', 'var')):
+      names[f'{pre}.convnet.batchnorm.{theirs}'] = Tensor(
+          f'{ours}/batch_norm', mine, _same, _same)
+  return names
+
+
+def model_config(hf_config: Mapping[str, Any], *,
+                 image_size: Optional[tuple[int, int]] = None
+                 ) -> dict[str, Any]:
+  """Our `config.model` (a plain dict) for a transformers `config.json`.
+
+  Args:
+    hf_config: the parsed `config.json`.
+    image_size: `(H, W)` of the images the classifiers read (the image
+      processor's `size`); the 'learned' model's is fixed by its config.
+      Unused for the bare encoder.
+
+  Returns:
+    `encoder` (`EncoderConfig` fields), `head`, `decoder` and `input`, as
+    `factory` reads them; for the bare encoder, `encoder` only.
+  """
+  architecture = architecture_of(hf_config)
+  input_type = ARCHITECTURES[architecture]
+  activation = hf_config.get('hidden_act', 'gelu')
+  if activation not in _ACTIVATIONS:
+    raise CheckpointError(f'hidden_act {activation!r} is not supported; '
+                          f'supported: {sorted(_ACTIVATIONS)}.')
+  if hf_config.get('cross_attention_shape_for_attention', 'kv') != 'kv':
+    raise CheckpointError(
+        "only cross_attention_shape_for_attention='kv' is supported, got "
+        f"{hf_config.get('cross_attention_shape_for_attention')!r}.")
+  encoder = dict(
+      num_blocks=int(hf_config['num_blocks']),
+      num_self_attends_per_block=int(hf_config['num_self_attends_per_block']),
+      num_cross_attends=1,
+      cross_attend_placement='start',
+      share_weights=True,
+      num_latents=int(hf_config['num_latents']),
+      num_latent_channels=int(hf_config['d_latents']),
+      num_cross_heads=int(hf_config['num_cross_attention_heads']),
+      num_self_heads=int(hf_config['num_self_attention_heads']),
+      widening_factor=int(hf_config['self_attention_widening_factor']),
+      cross_attend_widening_factor=int(
+          hf_config['cross_attention_widening_factor']),
+      self_attend_widening_factor=int(
+          hf_config['self_attention_widening_factor']),
+      qk_channels=hf_config.get('qk_channels'),
+      v_channels=hf_config.get('v_channels'),
+      mlp_activation=_ACTIVATIONS[activation],
+      cross_attend_query_residual=bool(hf_config.get('use_query_residual',
+                                                     True)),
+      dropout=0.0,
+  )
+  model = {'encoder': encoder}
+  if input_type is None:
+    return model  # The encoder alone: `Perceiver(**model['encoder'])`.
+  model['head'] = 'perceiver_io'
+  model['decoder'] = dict(num_heads=1, widening_factor=1, query_residual=True)
+  if input_type == 'conv1x1_learned':
+    size = int(hf_config['image_size'])
+    image_size = (size, size)
+  if image_size is None:
+    raise CheckpointError(f'{architecture} needs the image size.')
+  model['input'] = dict(type=input_type, key='image',
+                        index_dims=tuple(int(n) for n in image_size),
+                        raw_channels=3)
+  if input_type == 'grid':
+    model['input'].update(position_encoding='fourier', num_bands=_NUM_BANDS,
+                          max_resolution=_FOURIER_MAX_RESOLUTION['grid'])
+  elif input_type == 'conv_stem':
+    model['input'].update(out_channels=_CONV_CHANNELS, num_bands=_NUM_BANDS,
+                          max_resolution=_FOURIER_MAX_RESOLUTION['conv_stem'])
+  else:
+    model['input'].update(out_channels=_LEARNED_CHANNELS,
+                          position_channels=_LEARNED_CHANNELS,
+                          projected_channels=_LEARNED_CHANNELS)
+  return model
+
+
+def to_params(state: Mapping[str, np.ndarray],
+              hf_config: Mapping[str, Any],
+              expected: Mapping[str, Mapping[str, Any]]
+              ) -> dict[str, dict[str, np.ndarray]]:
+  """Places transformers tensors as our parameters.
+
+  Args:
+    state: tensor name -> array (float32 after conversion).
+    hf_config: the parsed `config.json`.
+    expected: our parameters' shapes (`jax.eval_shape` of `init`), module
+      -> name -> anything with `.shape`.
+
+  Returns:
+    Our parameters as nested dicts of float32 numpy arrays.
+
+  Raises:
+    CheckpointError: naming the first tensor that has no place, the first
+      shape that does not fit, or the first parameter left without a value.
+  """
+  names = name_map(hf_config)
+  params: dict[str, dict[str, np.ndarray]] = {}
+  for key in sorted(state):
+    if key.endswith(IGNORED_SUFFIXES):
+      continue
+    if key not in names:
+      raise CheckpointError(f'tensor {key!r} (shape {state[key].shape}) has '
+                            'no place in the perceiver_jax model.')
+    where = names[key]
+    if where.name not in expected.get(where.module, {}):
+      raise CheckpointError(f'tensor {key!r} maps to {where.module}/'
+                            f'{where.name}, which the model does not have.')
+    value = where.to_ours(np.asarray(state[key], np.float32))
+    shape = tuple(expected[where.module][where.name].shape)
+    if value.shape != shape:
+      raise CheckpointError(
+          f'tensor {key!r} has shape {state[key].shape}: as '
+          f'{where.module}/{where.name} that is {value.shape}, but the model '
+          f'built from config.json needs {shape}.')
+    params.setdefault(where.module, {})[where.name] = value
+  for module in sorted(expected):
+    for name in sorted(expected[module]):
+      if name not in params.get(module, {}):
+        theirs = [k for k, v in names.items()
+                  if (v.module, v.name) == (module, name)]
+        raise CheckpointError(
+            f'the checkpoint has no tensor for {module}/{name} (expected '
+            f'{theirs[0] if theirs else "none known"!r}).')
+  return params
+
+
+def from_params(params: Mapping[str, Mapping[str, Any]],
+                hf_config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Our parameters as transformers tensors (the reverse of `to_params`).
+
+  Raises:
+    CheckpointError: if one of our parameters has no transformers name.
+  """
+  names = name_map(hf_config)
+  by_ours = {(t.module, t.name): (key, t) for key, t in names.items()}
+  state = {}
+  for module in sorted(params):
+    for name in sorted(params[module]):
+      if (module, name) not in by_ours:
+        raise CheckpointError(f'parameter {module}/{name} has no place in '
+                              'a transformers Perceiver.')
+      key, where = by_ours[(module, name)]
+      state[key] = where.to_theirs(np.asarray(params[module][name],
+                                              np.float32))
+  return state
+
+
+def count(tree: Mapping[str, Any]) -> int:
+  """Number of values in a flat name -> array dict or nested params."""
+  total = 0
+  for value in tree.values():
+    if isinstance(value, Mapping):
+      total += count(value)
+    else:
+      total += int(np.prod(np.shape(value)))
+  return total
+
+
+# Our input type -> the transformers classifier that reads it.
+_CLASS_OF_INPUT = {t: a for a, t in ARCHITECTURES.items() if t is not None}
+_HIDDEN_ACT = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh'}
+
+
+def _architecture_values(model: Mapping[str, Any]) -> dict[str, Any]:
+  """The values that decide a model's function, defaults filled in."""
+  encoder = dict(model.get('encoder') or {})
+  widening = encoder.get('widening_factor', 1)
+  values = {
+      'num_blocks': encoder.get('num_blocks'),
+      'num_self_attends_per_block': encoder.get('num_self_attends_per_block'),
+      'num_cross_attends': encoder.get('num_cross_attends'),
+      'cross_attend_placement': encoder.get('cross_attend_placement',
+                                            'interleaved'),
+      'share_weights': encoder.get('share_weights', True),
+      'num_latents': encoder.get('num_latents'),
+      'num_latent_channels': encoder.get('num_latent_channels'),
+      'num_cross_heads': encoder.get('num_cross_heads', 1),
+      'num_self_heads': encoder.get('num_self_heads', 8),
+      'cross_attend_widening_factor': (
+          encoder.get('cross_attend_widening_factor') or widening),
+      'self_attend_widening_factor': (
+          encoder.get('self_attend_widening_factor') or widening),
+      'qk_channels': encoder.get('qk_channels'),
+      'v_channels': encoder.get('v_channels'),
+      'mlp_activation': encoder.get('mlp_activation', 'gelu_tanh'),
+      'cross_attend_query_residual': encoder.get(
+          'cross_attend_query_residual', True),
+      'head': model.get('head', 'mean_linear'),
+  }
+  if values['num_cross_attends'] == 1:
+    # One cross-attend runs first whatever the placement says.
+    values['cross_attend_placement'] = 'start'
+  decoder = dict(model.get('decoder') or {})
+  for key, default in (('num_heads', 1), ('widening_factor', 1),
+                       ('query_residual', True), ('num_query_channels', None),
+                       ('qk_channels', None), ('v_channels', None)):
+    values[f'decoder.{key}'] = decoder.get(key, default)
+  for key, value in dict(model.get('input') or {}).items():
+    if key in ('permutation_seed',) and value is None:
+      continue
+    if key in ('index_dims', 'max_resolution') and value is not None:
+      value = tuple(int(n) for n in value)
+    values[f'input.{key}'] = value
+  return values
+
+
+def transformers_config(model: Mapping[str, Any],
+                        num_classes: int) -> dict[str, Any]:
+  """transformers' `config.json` for our `config.model`.
+
+  Raises:
+    CheckpointError: naming the first setting transformers' Perceiver
+      classifiers cannot express (checked by mapping the result back with
+      `model_config` and comparing every value that decides the function).
+  """
+  model = dict(model)
+  input_type = dict(model.get('input') or {}).get('type')
+  if input_type not in _CLASS_OF_INPUT:
+    raise CheckpointError(
+        f'input type {input_type!r} has no transformers classifier; '
+        f'exportable: {sorted(_CLASS_OF_INPUT)}.')
+  if model.get('head', 'mean_linear') != 'perceiver_io':
+    raise CheckpointError(
+        f"head {model.get('head', 'mean_linear')!r} has no transformers "
+        "counterpart; only head='perceiver_io' models export.")
+  activation = dict(model.get('encoder') or {}).get('mlp_activation',
+                                                   'gelu_tanh')
+  values = _architecture_values(model)
+  index_dims = values.get('input.index_dims') or (224, 224)
+  hf_config = {
+      'model_type': 'perceiver',
+      'architectures': [_CLASS_OF_INPUT[input_type]],
+      'num_latents': values['num_latents'],
+      'd_latents': values['num_latent_channels'],
+      'num_blocks': values['num_blocks'],
+      'num_self_attends_per_block': values['num_self_attends_per_block'],
+      'num_self_attention_heads': values['num_self_heads'],
+      'num_cross_attention_heads': values['num_cross_heads'],
+      'qk_channels': values['qk_channels'],
+      'v_channels': values['v_channels'],
+      'cross_attention_shape_for_attention': 'kv',
+      'self_attention_widening_factor': values['self_attend_widening_factor'],
+      'cross_attention_widening_factor': values[
+          'cross_attend_widening_factor'],
+      'hidden_act': _HIDDEN_ACT.get(activation, activation),
+      'use_query_residual': values['cross_attend_query_residual'],
+      'attention_probs_dropout_prob': 0.0,
+      'image_size': int(index_dims[0]),
+      'num_labels': int(num_classes),
+      'id2label': {str(i): f'LABEL_{i}' for i in range(int(num_classes))},
+      'label2id': {f'LABEL_{i}': i for i in range(int(num_classes))},
+  }
+  back = _architecture_values(model_config(hf_config,
+                                           image_size=tuple(index_dims)))
+  for key, value in values.items():
+    if key.startswith('input.') and key not in back:
+      continue  # A field the input type does not read.
+    if back.get(key) != value:
+      raise CheckpointError(
+          f'{key}={value!r} cannot be expressed in transformers\' '
+          f'{hf_config["architectures"][0]} (it fixes {back.get(key)!r}).')
+  return hf_config
+
+
+def merge_model_config(config_model: Any, model: Mapping[str, Any]) -> None:
+  """Writes `model_config`'s result into a run config's `config.model`.
+
+  The run config's execution modes (scan, precision, ...) stay; every field
+  that decides the function becomes the checkpoint's. `config.model.input`
+  is replaced whole (the input types have different fields).
+
+  Args:
+    config_model: an unlocked `ml_collections.ConfigDict`.
+    model: the result of `model_config`.
+  """
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  for key, value in model.items():
+    if key in ('encoder', 'decoder') and key in config_model:
+      config_model[key].update(value)
+    elif key != 'input':
+      config_model[key] = value
+  if 'input' in model:
+    config_model.input = ml_collections.ConfigDict(model['input'])
+

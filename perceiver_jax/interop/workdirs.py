@@ -1,0 +1,234 @@
+"""Workdirs <-> transformers Perceiver checkpoint directories.
+
+`import_checkpoint` writes a workdir (`config.json` and an orbax checkpoint
+of step 0, as a training run leaves them) from a transformers checkpoint
+directory; `export_checkpoint` writes a transformers checkpoint directory
+(`config.json`, `model.safetensors`) from a workdir. Both check everything
+before writing anything, and refuse bad input with `ImportFailure` /
+`ExportFailure` (`cli.UsageError`s: the commands `experiments.
+import_checkpoint` and `experiments.export_checkpoint` print them as one
+`error: ...` line, exit status 2).
+"""
+
+import json
+import os
+from typing import Optional
+
+import ml_collections
+
+from perceiver_jax import cli
+
+
+_PICKLE_FILES = ('pytorch_model.bin', 'model.bin', 'pytorch_model.pt')
+
+
+class ImportFailure(cli.UsageError):
+  """A refused checkpoint: one `error:` line, exit status 2 (`cli`)."""
+
+
+def _read_json(path: str, what: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise ImportFailure(f'{what} not found: {path}') from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ImportFailure(f'{path} is not valid JSON ({e}).') from None
+
+
+def _weights(directory: str, architecture: str) -> dict:
+  """The checkpoint's tensors, read without pickle."""
+  import safetensors  # pylint: disable=g-import-not-at-top
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  path = os.path.join(directory, 'model.safetensors')
+  if not os.path.exists(path):
+    pickles = [n for n in _PICKLE_FILES
+               if os.path.exists(os.path.join(directory, n))]
+    if pickles:
+      raise ImportFailure(
+          f'{directory} holds only {pickles[0]}, a pickle file, which this '
+          'command does not load (unpickling runs code). Convert it once '
+          'where you trust it: python -c "import transformers; transformers.'
+          f'{architecture}.from_pretrained(\'{directory}\').save_pretrained('
+          f'\'{directory}\')" (writes model.safetensors).')
+    raise ImportFailure(f'no model.safetensors in {directory}.')
+  try:
+    return safetensors.numpy.load_file(path)
+  except Exception as e:  # pylint: disable=broad-except
+    # safetensors raises its own error types (SafetensorError, and
+    # OSError-like ones) for truncated or malformed files.
+    raise ImportFailure(f'cannot read {path}: {" ".join(str(e).split())} '
+                        '(truncated or not a safetensors file?)') from None
+
+
+def _image_settings(directory: str) -> tuple[tuple[int, int], float]:
+  """The image size `(H, W)` and centre-crop fraction of the checkpoint's
+  image processor (`preprocessor_config.json`; transformers' defaults,
+  224 x 224 and 224/256, without one)."""
+  path = os.path.join(directory, 'preprocessor_config.json')
+  settings = (_read_json(path, 'preprocessor_config.json')
+              if os.path.exists(path) else {})
+  size = settings.get('size') or {}
+  crop = settings.get('crop_size') or {}
+  try:
+    height = int(size.get('height', 224))
+    width = int(size.get('width', 224))
+    fraction = height / int(crop.get('height', 256))
+  except (TypeError, ValueError, ZeroDivisionError) as e:
+    raise ImportFailure(f'{path}: unreadable size or crop_size ({e}).'
+                        ) from None
+  if not 0.0 < fraction <= 1.0:
+    raise ImportFailure(f'{path}: size {height} over crop_size '
+                        f'{crop.get("height")} is not a fraction in (0, 1].')
+  return (height, width), fraction
+
+
+def import_checkpoint(source: str, workdir: str,
+                      base_config: ml_collections.ConfigDict) -> str:
+  """Writes `workdir` from the checkpoint in `source`; returns the summary.
+
+  Args:
+    source: the transformers checkpoint directory.
+    workdir: the workdir to create (new or empty).
+    base_config: the run config to write (e.g. configs/imagenet.py's), its
+      `model` replaced by the checkpoint's and `data.num_classes` set to its
+      label count; not modified.
+
+  Raises:
+    ImportFailure: the checkpoint is refused (nothing written).
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from perceiver_jax.interop import transformers_format as tf_format
+  from perceiver_jax.model import factory
+  from perceiver_jax.train import checkpoint as checkpoint_lib
+  from perceiver_jax.train import optim
+  from perceiver_jax.train import run_config
+  from perceiver_jax.train import state as state_lib
+
+  if os.path.exists(workdir) and os.listdir(workdir):
+    raise ImportFailure(f'--workdir {workdir} exists and is not empty.')
+  hf_config = _read_json(os.path.join(source, 'config.json'), 'config.json')
+  try:
+    architecture = tf_format.architecture_of(hf_config)
+    if tf_format.ARCHITECTURES[architecture] is None:
+      raise tf_format.CheckpointError(
+          f'{architecture} has no classifier to evaluate; supported here: '
+          + ', '.join(a for a, t in tf_format.ARCHITECTURES.items() if t))
+    image_size, crop_fraction = _image_settings(source)
+    model = tf_format.model_config(hf_config, image_size=image_size)
+    state = _weights(source, architecture)
+    num_classes = int(hf_config.get('num_labels') or len(
+        hf_config.get('id2label') or {}) or 1000)
+    forward = factory.transform_classifier(model, num_classes)
+    example = factory.example_batch(model['input'], 1)
+    example = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
+    expected = jax.eval_shape(forward.init, jax.random.key(0), example,
+                              is_training=False)
+    params = tf_format.to_params(state, hf_config, expected)
+  except tf_format.CheckpointError as e:
+    raise ImportFailure(str(e)) from None
+  config = base_config.copy_and_resolve_references()
+  with config.unlocked():
+    tf_format.merge_model_config(config.model, model)
+    config.data.num_classes = num_classes
+    # Evaluated on the images the checkpoint was trained and evaluated on.
+    config.data.image_shape = tuple(model['input']['index_dims'])
+    config.data.eval_crop_fraction = crop_fraction
+    config.data.eval_preprocessing = 'transformers'
+  theirs = sum(int(np.prod(v.shape)) for k, v in state.items()
+               if not k.endswith(tf_format.IGNORED_SUFFIXES))
+  ours = tf_format.count(params)
+  params = jax.tree.map(jnp.asarray, params)
+  optimizer = optim.make_optimizer(config.optimizer, lambda step: 0.0)
+  train_state = state_lib.TrainState(
+      params=params, opt_state=optimizer.init(params),
+      step=jnp.zeros([], jnp.int32),
+      rng=jax.random.PRNGKey(config.seed),
+      num_skipped=jnp.zeros([], jnp.int32))
+  os.makedirs(workdir, exist_ok=True)
+  run_config.write(workdir, config)
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep)
+  checkpointer.save(0, jax.tree.map(np.asarray, train_state))
+  checkpointer.close()
+  return (f'{architecture}: transformers {theirs:,} values in '
+          f'{len(state)} tensors; perceiver_jax {ours:,} parameters; '
+          f'written to {workdir}')
+
+
+
+class ExportFailure(cli.UsageError):
+  """A refused export: one `error:` line, exit status 2 (`cli`)."""
+
+
+def export_checkpoint(workdir: str, target: str,
+                      step: Optional[int] = None) -> str:
+  """Writes `target` from `workdir`'s checkpoint; returns the summary.
+
+  Raises:
+    ExportFailure: the model cannot be expressed (nothing written).
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
+  import safetensors.numpy
+  from perceiver_jax.interop import transformers_format as tf_format
+  from perceiver_jax.model import factory
+  from perceiver_jax.train import checkpoint as checkpoint_lib
+  from perceiver_jax.train import loop
+  from perceiver_jax.train import optim
+  from perceiver_jax.train import run_config
+
+  if os.path.exists(target) and os.listdir(target):
+    raise ExportFailure(f'--to {target} exists and is not empty.')
+  if not run_config.exists(workdir):
+    raise ExportFailure(f'no config.json in {workdir}.')
+  config = run_config.read(workdir)
+  try:
+    num_classes = int(config.data.num_classes)
+    config.model.input.type  # pylint: disable=pointless-statement
+  except (AttributeError, KeyError):
+    raise ExportFailure(f'{workdir}/config.json is not a perceiver_jax run '
+                        'config (no data.num_classes or model.input).'
+                        ) from None
+  try:
+    hf_config = tf_format.transformers_config(config.model.to_dict(),
+                                              num_classes)
+  except tf_format.CheckpointError as e:
+    raise ExportFailure(str(e)) from None
+  forward = factory.transform_classifier(config.model, num_classes)
+  example = {k: np.zeros(v.shape, v.dtype) for k, v in
+             factory.example_batch(config.model.input, 1).items()}
+  optimizer = optim.make_optimizer(config.optimizer, lambda _: 0.0)
+  fresh = jax.tree.map(np.asarray, loop.initial_state(
+      forward, optimizer, example, config.seed))
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, 'checkpoints'), read_only=True)
+  try:
+    if step is None:
+      # Read-only: a damaged newest checkpoint is skipped, not moved.
+      restored = checkpointer.restore_newest(fresh, set_aside=False)
+      state, step = restored.state, restored.step
+      if state is None:
+        raise ExportFailure(f'no checkpoint in {checkpointer.directory}.')
+    else:
+      state = checkpointer.restore(fresh, step)
+  finally:
+    checkpointer.close()
+  try:
+    tensors = tf_format.from_params(state.params, hf_config)
+  except tf_format.CheckpointError as e:
+    raise ExportFailure(str(e)) from None
+  os.makedirs(target, exist_ok=True)
+  with open(os.path.join(target, 'config.json'), 'w') as f:
+    json.dump(hf_config, f, indent=2, sort_keys=True)
+  # 'format': 'pt' is the metadata transformers expects of its own files.
+  safetensors.numpy.save_file(tensors,
+                              os.path.join(target, 'model.safetensors'),
+                              metadata={'format': 'pt'})
+  return (f'{hf_config["architectures"][0]}: step {step}, '
+          f'{tf_format.count(state.params):,} parameters in {len(tensors)} '
+          f'tensors written to {target}')
