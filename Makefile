@@ -2,9 +2,8 @@
 #   make run   builds .venv and trains the default (digits) config
 #   make test  builds .venv, adds the test dependencies
 #              (requirements-test.txt) and runs the test suite
-# TORCH_INDEX: where the CPU build of torch comes from; on a machine that
-# cannot reach it but has the wheel in a --find-links directory, set
-# TORCH_INDEX= (empty) to use pip's configured sources only.
+# TORCH_INDEX: where the CPU build of torch comes from when pip's configured
+# sources (e.g. a --find-links directory) do not have it.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -26,11 +25,14 @@ $(STAMP): requirements.txt setup.py
 run: $(STAMP)
 	$(PY) -m experiments.train
 
-# torch alone first, with PyTorch's index; then the rest from the default
-# index (torch is then already satisfied, so nothing else consults it).
+# torch alone first: from pip's configured sources (a local wheel directory
+# given to pip with find-links, where there is one), else from PyTorch's CPU
+# index; then the rest from the default index (torch is then already
+# satisfied, so nothing else consults PyTorch's index).
 $(TEST_STAMP): $(STAMP) requirements-test.txt
-	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
-	    "$$(grep -E '^torch==' requirements-test.txt)"
+	torch="$$(grep -E '^torch==' requirements-test.txt)"; \
+	$(PY) -m pip install --quiet "$$torch" 2>/dev/null || \
+	    $(PY) -m pip install --quiet $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) "$$torch"
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	touch $(TEST_STAMP)
 
