@@ -8,6 +8,7 @@ device, in subprocesses.
 
 import glob
 import json
+import logging
 import os
 import re
 import shutil
@@ -182,3 +183,29 @@ def test_check_relaunch_allows_length_and_cadence_only(copy):
                      r'is 0\.001 in .* but 0\.5 in this launch'):
     run_config.check_relaunch(str(copy), config)
   assert run_config.check_relaunch(str(copy.parent / 'new'), config) == []
+
+
+def _record_of_error_raised_in(filename: str) -> logging.LogRecord:
+  """asyncio's log record of a collected task whose exception was raised in
+  code from `filename`."""
+  try:
+    exec(compile('raise ValueError("DATA_LOSS: read failed")', filename,
+                 'exec'))  # pylint: disable=exec-used
+  except ValueError as error:
+    exc_info = (type(error), error, error.__traceback__)
+  return logging.LogRecord('asyncio', logging.ERROR, 'base_events.py', 1,
+                           'Task exception was never retrieved', (), exc_info)
+
+
+def test_orbax_tasks_never_retrieved_are_counted_not_logged():
+  errors = checkpoint_lib._ClosedLoopErrors()  # pylint: disable=protected-access
+  before = errors.count
+  orbax_failure = _record_of_error_raised_in(
+      '/site-packages/orbax/checkpoint/_src/serialization/tensorstore.py')
+  other_failure = _record_of_error_raised_in('/home/user/my_code.py')
+  assert errors._log_filter(orbax_failure) is False  # pylint: disable=protected-access
+  assert errors._log_filter(other_failure) is True  # pylint: disable=protected-access
+  plain = logging.LogRecord('asyncio', logging.ERROR, 'x.py', 1,
+                            'Task exception was never retrieved', (), None)
+  assert errors._log_filter(plain) is True  # pylint: disable=protected-access
+  assert errors.count == before + 1

@@ -33,6 +33,7 @@ same step.
 """
 
 import dataclasses
+import logging as python_logging
 import os
 import re
 import shutil
@@ -40,6 +41,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from typing import Any, Mapping, Optional
 
 from absl import logging
@@ -93,9 +95,10 @@ class _ClosedLoopErrors:
   When a restore fails, orbax closes its event loop while tensorstore still
   has reads in flight; each of them then reports `RuntimeError('Event loop
   is closed')` through `sys.unraisablehook`, one traceback apiece (about 150
-  for a small model). They say nothing the failed restore has not said, so
-  they are counted here and every other unraisable error goes on to the
-  previous hook.
+  for a small model), and a task of orbax's that failed may be logged by
+  asyncio as "Task exception was never retrieved" when collected. They say
+  nothing the failed restore has not said, so they are counted here; every
+  other unraisable error and log record goes on as before.
   """
 
   def __init__(self):
@@ -109,6 +112,25 @@ class _ClosedLoopErrors:
       if sys.unraisablehook != self._hook:
         self._previous = sys.unraisablehook
         sys.unraisablehook = self._hook
+      asyncio_logger = python_logging.getLogger('asyncio')
+      if self._log_filter not in asyncio_logger.filters:
+        asyncio_logger.addFilter(self._log_filter)
+
+  def _log_filter(self, record: python_logging.LogRecord) -> bool:
+    """Drops (and counts) asyncio's "Task exception was never retrieved"
+    for a task of orbax's that failed reading or writing a checkpoint: the
+    same stranded work, reported when the task is garbage collected."""
+    error = record.exc_info[1] if record.exc_info else None
+    if not (error is not None and
+            record.getMessage().startswith('Task exception was never')):
+      return True
+    files = [frame.filename for frame in traceback.extract_tb(
+        error.__traceback__)]
+    if not any('orbax' in name or 'tensorstore' in name for name in files):
+      return True
+    with self._lock:
+      self.count += 1
+    return False
 
   def _hook(self, unraisable) -> None:
     error = unraisable.exc_value
