@@ -53,6 +53,24 @@ def decoder_settings(model_config: Mapping[str, Any]) -> dict[str, Any]:
   return {**DECODER_DEFAULTS, **given}
 
 
+def _checked_block_kwargs(**kwargs: Any) -> dict[str, Any]:
+  """The decoding cross-attend's `attention.CrossAttendBlock` arguments,
+  checked; errors name the `config.model.decoder` field."""
+  for name in ('num_heads', 'widening_factor'):
+    checks.positive_int(kwargs[name], f'config.model.decoder.{name}')
+  for name in ('qk_channels', 'v_channels'):
+    if kwargs[name] is not None:
+      checks.positive_int(kwargs[name], f'config.model.decoder.{name}')
+  if kwargs['activation'] not in attention_lib.ACTIVATIONS:
+    raise ValueError(f'mlp_activation must be one of '
+                     f'{sorted(attention_lib.ACTIVATIONS)}, got '
+                     f'{kwargs["activation"]!r}.')
+  if not isinstance(kwargs['query_residual'], bool):
+    raise ValueError(f'config.model.decoder.query_residual must be a bool, '
+                     f'got {kwargs["query_residual"]!r}.')
+  return kwargs
+
+
 class ClassificationDecoder(hk.Module):
   """One trainable query cross-attends to the latents; a Linear gives logits.
 
@@ -88,28 +106,14 @@ class ClassificationDecoder(hk.Module):
     """
     super().__init__(name=name)
     self._num_classes = checks.positive_int(num_classes, 'num_classes')
-    for what, value in (('num_query_channels', num_query_channels),
-                        ('qk_channels', qk_channels),
-                        ('v_channels', v_channels)):
-      if value is not None:
-        checks.positive_int(value, f'config.model.decoder.{what}')
-    if mlp_activation not in attention_lib.ACTIVATIONS:
-      raise ValueError(f'mlp_activation must be one of '
-                       f'{sorted(attention_lib.ACTIVATIONS)}, got '
-                       f'{mlp_activation!r}.')
-    if not isinstance(query_residual, bool):
-      raise ValueError(f'config.model.decoder.query_residual must be a bool, '
-                       f'got {query_residual!r}.')
+    if num_query_channels is not None:
+      checks.positive_int(num_query_channels,
+                          'config.model.decoder.num_query_channels')
     self._num_query_channels = num_query_channels
-    self._block_kwargs = dict(
-        num_heads=checks.positive_int(num_heads,
-                                      'config.model.decoder.num_heads'),
-        widening_factor=checks.positive_int(
-            widening_factor, 'config.model.decoder.widening_factor'),
-        qk_channels=qk_channels,
-        v_channels=v_channels,
-        activation=mlp_activation,
-        query_residual=query_residual,
+    self._block_kwargs = _checked_block_kwargs(
+        num_heads=num_heads, widening_factor=widening_factor,
+        qk_channels=qk_channels, v_channels=v_channels,
+        activation=mlp_activation, query_residual=query_residual,
         attention_impl=attention_impl)
 
   def __call__(self, latents: jax.Array, *, is_training: bool) -> jax.Array:
