@@ -79,3 +79,67 @@ def test_settings_are_checked():
   with pytest.raises(ValueError, match='mlp_activation'):
     hk.transform(lambda: decoder.ClassificationDecoder(
         3, mlp_activation='relu')).init(jax.random.key(0))
+
+
+def _fourier_queries(index_dims, num_bands):
+  """Positions in [-1, 1] per axis ('ij' grid, row-major), then sin and cos
+  of pi f_k x for f_k = linspace(1, n/2, K), axis-major: by hand."""
+  axes = [np.linspace(-1.0, 1.0, n) for n in index_dims]
+  grid = np.stack(np.meshgrid(*axes, indexing='ij'), -1).reshape(
+      -1, len(index_dims))  # [O, d]
+  freqs = np.stack([np.linspace(1.0, n / 2, num_bands) for n in index_dims])
+  angles = np.pi * (grid[:, :, None] * freqs[None]).reshape(len(grid), -1)
+  return np.concatenate([grid, np.sin(angles), np.cos(angles)], -1)
+
+
+def test_fourier_position_queries_equal_numpy():
+  """A 3x4 grid of outputs queried by their Fourier features (K=2: E =
+  2 * 5 = 10 channels), one head, exact GELU, over D=6 latents."""
+  rng = np.random.default_rng(1)
+  latents = rng.normal(size=(2, 5, 6)).astype(np.float32)  # [B, N, D]
+  forward = hk.transform(lambda z: decoder.PerceiverIODecoder(
+      3, output_index_dims=(3, 4), query_type='fourier', query_num_bands=2,
+      mlp_activation='gelu')(z, is_training=False))
+  params = forward.init(jax.random.key(0), latents)
+  assert 'perceiver_io_decoder' not in params  # Nothing trained in queries.
+  params = jax.tree.map(
+      lambda p: jnp.asarray(rng.normal(size=p.shape) * 0.3, jnp.float32),
+      params)
+  ours = np.asarray(forward.apply(params, None, latents))
+
+  p = {k.replace('perceiver_io_decoder/', ''): {
+      n: np.asarray(v, np.float64) for n, v in d.items()}
+       for k, d in params.items()}
+  query = np.broadcast_to(_fourier_queries((3, 4), 2), (2, 12, 10))
+  q = _linear(_layer_norm(query, p['cross_attend/query_norm']),
+              p['cross_attend/attention/query'])  # [B, 12, 6]
+  kv_in = _layer_norm(latents.astype(np.float64),
+                      p['cross_attend/input_norm'])
+  k = _linear(kv_in, p['cross_attend/attention/key'])
+  v = _linear(kv_in, p['cross_attend/attention/value'])
+  logits = np.einsum('bqd,bnd->bqn', q, k) / math.sqrt(6)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  z = query + _linear(np.einsum('bqn,bnd->bqd', weights, v),
+                      p['cross_attend/attention/output'])  # [B, 12, 10]
+  hidden = _gelu_erf(_linear(_layer_norm(z, p['cross_attend/mlp_norm']),
+                             p['cross_attend/mlp/hidden']))
+  z = z + _linear(hidden, p['cross_attend/mlp/output'])
+  expected = _linear(z, p['outputs'])  # [B, 12, 3]
+  assert ours.shape == (2, 12, 3)
+  np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_query_settings_are_checked():
+  def build(**kwargs):
+    return hk.transform(lambda: decoder.PerceiverIODecoder(
+        3, **kwargs)).init(jax.random.key(0))
+  with pytest.raises(ValueError, match="query_type.*'sine'"):
+    build(query_type='sine')
+  with pytest.raises(ValueError, match='num_query_channels must be None'):
+    build(query_type='fourier', num_query_channels=8)
+  with pytest.raises(ValueError, match='query_num_bands'):
+    build(query_type='fourier', query_num_bands=0)
+  with pytest.raises(ValueError, match='one output query'):
+    hk.transform(lambda: decoder.ClassificationDecoder(
+        3, output_index_dims=(2,))).init(jax.random.key(0))

@@ -424,9 +424,10 @@ def _architecture_values(model: Mapping[str, Any]) -> dict[str, Any]:
     # One cross-attend runs first whatever the placement says.
     values['cross_attend_placement'] = 'start'
   decoder = dict(model.get('decoder') or {})
-  for key, default in (('num_heads', 1), ('widening_factor', 1),
-                       ('query_residual', True), ('num_query_channels', None),
-                       ('qk_channels', None), ('v_channels', None)):
+  for key, default in (('query_type', 'trainable'), ('num_heads', 1),
+                       ('widening_factor', 1), ('query_residual', True),
+                       ('num_query_channels', None), ('qk_channels', None),
+                       ('v_channels', None)):
     values[f'decoder.{key}'] = decoder.get(key, default)
   for key, value in dict(model.get('input') or {}).items():
     if key in ('permutation_seed',) and value is None:

@@ -1,10 +1,12 @@
 """Perceiver IO decoding: output queries cross-attend to the latents.
 
 The Perceiver IO paper (Jaegle et al. 2021b) reads the encoder's latents
-`[B, N, D]` out with a cross-attend whose queries describe the outputs. For
-classification there is one trainable query `[1, E]`; its cross-attend output
-`[B, 1, E]` goes through a Linear to the logits. This is the head of
-DeepMind's released ImageNet classifiers (and of transformers'
+`[B, N, D]` out with a cross-attend whose queries describe the outputs
+(`PerceiverIODecoder`: trainable queries, or the Fourier features of the
+outputs' positions). For classification there is one trainable query
+`[1, E]`; its cross-attend output `[B, 1, E]` goes through a Linear to the
+logits (`ClassificationDecoder`). This is the head of DeepMind's released
+ImageNet classifiers (and of transformers'
 `PerceiverForImageClassification*` ports of them); the paper we reproduce
 averages the latents instead (`perceiver.ClassificationHead`).
 
@@ -14,7 +16,8 @@ the query plays the latents' part, the latents the inputs'), and
 `classification_decoder/logits/{w,b}`.
 """
 
-from typing import Any, Mapping, Optional
+import math
+from typing import Any, Mapping, Optional, Sequence
 
 import haiku as hk
 import jax
@@ -23,6 +26,7 @@ import jax.numpy as jnp
 from perceiver_jax import checks
 from perceiver_jax.model import attention as attention_lib
 from perceiver_jax.model import perceiver
+from perceiver_jax.model import position_encoding as pe
 
 HEADS = ('mean_linear', 'perceiver_io')
 
@@ -30,6 +34,8 @@ HEADS = ('mean_linear', 'perceiver_io')
 # classifiers: one head, no widening, a query residual, the query as wide
 # as the latents).
 DECODER_DEFAULTS = dict(
+    query_type='trainable',
+    query_num_bands=16,
     num_heads=1,
     widening_factor=1,
     query_residual=True,
@@ -71,15 +77,42 @@ def _checked_block_kwargs(**kwargs: Any) -> dict[str, Any]:
   return kwargs
 
 
-class ClassificationDecoder(hk.Module):
-  """One trainable query cross-attends to the latents; a Linear gives logits.
+QUERY_TYPES = ('trainable', 'fourier')
 
-  Maps latents `[B, N, D]` to logits `[B, num_classes]`.
+
+def _check_queries(query_type: str, num_bands: int,
+                   num_query_channels: Optional[int]) -> None:
+  """Checks the query settings; errors name the `config.model.decoder`
+  field."""
+  if query_type not in QUERY_TYPES:
+    raise ValueError(f'config.model.decoder.query_type must be one of '
+                     f'{QUERY_TYPES}, got {query_type!r}.')
+  checks.positive_int(num_bands, 'config.model.decoder.query_num_bands')
+  if num_query_channels is not None:
+    if query_type == 'fourier':
+      raise ValueError('config.model.decoder.num_query_channels must be None '
+                       'with Fourier queries (their width is d (2K + 1)).')
+    checks.positive_int(num_query_channels,
+                        'config.model.decoder.num_query_channels')
+
+
+class PerceiverIODecoder(hk.Module):
+  """Output queries cross-attend to the latents; a Linear maps each output.
+
+  Maps latents `[B, N, D]` to outputs `[B, O, output_channels]`, one per
+  query. The queries are trainable (`[O, E]`, truncated normal 0.02) or the
+  Fourier features of the outputs' positions on a grid
+  (`position_encoding.fourier_grid_features(output_index_dims, num_bands)`,
+  `E = d (2K + 1)`, nothing trained), as Perceiver IO queries dense outputs
+  by their position.
   """
 
   def __init__(self,
-               num_classes: int,
+               output_channels: int,
                *,
+               output_index_dims: Sequence[int] = (1,),
+               query_type: str = 'trainable',
+               query_num_bands: int = 16,
                num_heads: int = 1,
                widening_factor: int = 1,
                query_residual: bool = True,
@@ -88,43 +121,62 @@ class ClassificationDecoder(hk.Module):
                v_channels: Optional[int] = None,
                mlp_activation: str = 'gelu_tanh',
                attention_impl: str = 'einsum',
-               name: Optional[str] = 'classification_decoder'):
+               output_name: str = 'outputs',
+               name: Optional[str] = 'perceiver_io_decoder'):
     """Builds the decoder.
 
     Args:
-      num_classes: logits per example.
+      output_channels: channels of each output (logits per example for a
+        classifier).
+      output_index_dims: the outputs' grid; O = its product.
+      query_type: 'trainable' or 'fourier' (see the class docstring).
+      query_num_bands: K of Fourier queries.
       num_heads: heads of the decoding cross-attend.
       widening_factor: its MLP's widening.
-      query_residual: add the attention output to the query.
-      num_query_channels: E, the query's width; None: D.
+      query_residual: add the attention output to the queries.
+      num_query_channels: E of trainable queries; None: D.
       qk_channels: query/key width; None: D (the latents' width, as
         transformers' `cross_attention_shape_for_attention='kv'`).
       v_channels: value width; None: the query/key width.
-      mlp_activation: one of `attention.MLP_ACTIVATIONS`.
+      mlp_activation: a key of `attention.ACTIVATIONS`.
       attention_impl: one of `attention.ATTENTION_IMPLS`.
+      output_name: the output Linear's module name.
       name: module name.
     """
     super().__init__(name=name)
-    self._num_classes = checks.positive_int(num_classes, 'num_classes')
-    if num_query_channels is not None:
-      checks.positive_int(num_query_channels,
-                          'config.model.decoder.num_query_channels')
+    self._output_channels = checks.positive_int(output_channels,
+                                                'output_channels')
+    self._output_index_dims = pe.check_index_dims(output_index_dims)
+    _check_queries(query_type, query_num_bands, num_query_channels)
+    self._query_type = query_type
+    self._query_num_bands = query_num_bands
     self._num_query_channels = num_query_channels
+    self._output_name = output_name
     self._block_kwargs = _checked_block_kwargs(
         num_heads=num_heads, widening_factor=widening_factor,
         qk_channels=qk_channels, v_channels=v_channels,
         activation=mlp_activation, query_residual=query_residual,
         attention_impl=attention_impl)
 
+  @hk.name_like('__call__')
+  def queries(self, batch_size: int, latent_channels: int,
+              dtype: jnp.dtype) -> jax.Array:
+    """The output queries `[B, O, E]`."""
+    num_outputs = math.prod(self._output_index_dims)
+    if self._query_type == 'fourier':
+      features = pe.fourier_grid_features(self._output_index_dims,
+                                          self._query_num_bands)  # [O, E]
+      query = jnp.asarray(features, dtype)
+    else:
+      channels = self._num_query_channels or latent_channels
+      query = hk.get_parameter(
+          'query', [num_outputs, channels], jnp.float32,
+          init=hk.initializers.TruncatedNormal(stddev=0.02)).astype(dtype)
+    return jnp.broadcast_to(query, (batch_size, *query.shape))
+
   def __call__(self, latents: jax.Array, *, is_training: bool) -> jax.Array:
-    """Maps latents `[B, N, D]` to logits `[B, num_classes]`."""
+    """Maps latents `[B, N, D]` to outputs `[B, O, output_channels]`."""
     batch_size, _, channels = latents.shape
-    query_channels = self._num_query_channels or channels
-    query = hk.get_parameter(
-        'query', [1, query_channels], jnp.float32,
-        init=hk.initializers.TruncatedNormal(stddev=0.02))
-    query = jnp.broadcast_to(query.astype(latents.dtype),
-                             (batch_size, 1, query_channels))  # [B, 1, E]
     qk_channels = self._block_kwargs['qk_channels'] or channels
     v_channels = self._block_kwargs['v_channels'] or qk_channels
     if qk_channels % self._block_kwargs['num_heads'] or (
@@ -133,11 +185,32 @@ class ClassificationDecoder(hk.Module):
           f'config.model.decoder.num_heads={self._block_kwargs["num_heads"]} '
           f'does not divide the decoder\'s query/key width {qk_channels} or '
           f'value width {v_channels}.')
+    queries = self.queries(batch_size, channels, latents.dtype)
     block = attention_lib.CrossAttendBlock(name='cross_attend',
                                            **self._block_kwargs)
-    decoded = block(query, latents, is_training=is_training)  # [B, 1, E]
-    logits = hk.Linear(self._num_classes, name='logits')(decoded[:, 0])
-    return logits.astype(jnp.float32)  # [B, num_classes]
+    decoded = block(queries, latents, is_training=is_training)  # [B, O, E]
+    outputs = hk.Linear(self._output_channels, name=self._output_name)(
+        decoded)
+    return outputs.astype(jnp.float32)  # [B, O, output_channels]
+
+
+class ClassificationDecoder(PerceiverIODecoder):
+  """One query cross-attends to the latents; a Linear gives the logits: the
+  head of the released classifiers. Maps latents `[B, N, D]` to logits
+  `[B, num_classes]`."""
+
+  def __init__(self, num_classes: int, *,
+               name: Optional[str] = 'classification_decoder', **kwargs: Any):
+    """`kwargs`: `PerceiverIODecoder`'s, but one output (the default
+    `output_index_dims`)."""
+    if tuple(kwargs.get('output_index_dims', (1,))) != (1,):
+      raise ValueError('A classification decoder has one output query.')
+    super().__init__(checks.positive_int(num_classes, 'num_classes'),
+                     output_name='logits', name=name, **kwargs)
+
+  def __call__(self, latents: jax.Array, *, is_training: bool) -> jax.Array:
+    """Maps latents `[B, N, D]` to logits `[B, num_classes]`."""
+    return super().__call__(latents, is_training=is_training)[:, 0]
 
 
 class PerceiverIOClassifier:
