@@ -20,6 +20,8 @@ checkpoint was trained with the run's config.
 A damaged checkpoint (the newest, or the one asked for) is refused with one
 line naming it and the newest intact one; `--fallback` evaluates that intact
 one instead, and the JSON records it under 'step' and the damaged ones
+under 'skipped_steps'. With `--checkpoint=all` a damaged checkpoint is
+refused likewise, or, with `--fallback`, left out of the table and listed
 under 'skipped_steps'.
 """
 
@@ -44,24 +46,39 @@ _SPLIT = flags.DEFINE_string('split', None, 'The split to evaluate.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Where to write the JSON.')
 _FALLBACK = flags.DEFINE_bool(
     'fallback', False, 'When the checkpoint is damaged, evaluate the newest '
-    'intact one before it instead of refusing.')
+    'intact one before it instead of refusing (with --checkpoint=all: skip '
+    'the damaged ones and list them).')
 
 def evaluate_all(config, workdir: str, split: str | None,
-                 output: str | None, overrides: list[str]) -> dict:
-  """Evaluates every kept checkpoint; prints the table, writes the JSON."""
+                 output: str | None, overrides: list[str],
+                 fallback: bool) -> dict:
+  """Evaluates every kept checkpoint; prints the table, writes the JSON.
+
+  A damaged checkpoint ends it (`loop.DamagedCheckpointError`) unless
+  `fallback`, which lists it under 'skipped_steps'.
+  """
   # pylint: disable=g-import-not-at-top
   import jax
   from perceiver_jax.train import loop
   from perceiver_jax.train import writers
   # pylint: enable=g-import-not-at-top
   checkpoint_dir = os.path.join(workdir, 'checkpoints')
-  results = loop.evaluate_checkpoints(config, checkpoint_dir, split=split)
+  evaluated = loop.evaluate_checkpoints(config, checkpoint_dir, split=split,
+                                        fallback=fallback)
+  results = [r for r in evaluated if 'damaged' not in r]
+  skipped = [r['step'] for r in evaluated if 'damaged' in r]
+  if not results:
+    raise loop.DamagedCheckpointError(
+        f'Every checkpoint in {checkpoint_dir} is damaged: {evaluated}.')
+  if skipped:
+    writers.warn(f'damaged checkpoint(s) skipped: steps '
+                 f'{", ".join(map(str, skipped))}.')
   split = split or config.evaluator.split
   metric, mode = config.evaluator.metric, config.evaluator.metric_mode
   best = evaluation.best_step(results, metric, mode)
   summary = {'split': split, 'metric': metric, 'metric_mode': mode,
              'best_step': best['step'], 'best': best[metric],
-             'checkpoint_dir': checkpoint_dir,
+             'checkpoint_dir': checkpoint_dir, 'skipped_steps': skipped,
              'config_overrides': overrides, 'evaluations': results}
   output = output or os.path.join(workdir, 'evaluations', f'{split}-all.json')
   if jax.process_index() == 0:
@@ -99,17 +116,14 @@ def main(argv):
   config = run_config.read(workdir)
   evaluation.apply_overrides(config, _OVERRIDES)
   if _CHECKPOINT.value == 'all':
-    evaluate_all(config, workdir, _SPLIT.value, _OUTPUT.value, _OVERRIDES)
+    evaluate_all(config, workdir, _SPLIT.value, _OUTPUT.value, _OVERRIDES,
+                 _FALLBACK.value)
     return
   if _CHECKPOINT.value:
+    # A step directory whose name is a step (`evaluation.check_workdir`).
     checkpoint = os.path.abspath(_CHECKPOINT.value.rstrip('/'))
-    checkpoint_dir = os.path.dirname(checkpoint)
-    try:
-      step = int(os.path.basename(checkpoint))
-    except ValueError:
-      raise ValueError(f'--checkpoint must be a step directory such as '
-                       f'{workdir}/checkpoints/1000, got {checkpoint}.'
-                       ) from None
+    checkpoint_dir, step = (os.path.dirname(checkpoint),
+                            int(os.path.basename(checkpoint)))
   else:
     checkpoint_dir, step = os.path.join(workdir, 'checkpoints'), None
   metrics = loop.evaluate_checkpoint(config, checkpoint_dir, step=step,

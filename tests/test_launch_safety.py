@@ -20,6 +20,7 @@ from configs import digits as digits_config
 from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import loop
 from perceiver_jax.train import run_config
+from perceiver_jax.train import writers
 
 RUNLOCAL = '--config=configs/digits.py:runlocal'
 # What a run prints as it goes; everything else counts as "more output".
@@ -209,3 +210,53 @@ def test_orbax_tasks_never_retrieved_are_counted_not_logged():
                             'Task exception was never retrieved', (), None)
   assert errors._log_filter(plain) is True  # pylint: disable=protected-access
   assert errors.count == before + 1
+
+
+def test_evaluating_all_checkpoints_refuses_a_damaged_one_or_skips_it(copy):
+  _damage(copy, step=3)
+  checkpoints = str(copy / 'checkpoints')
+  before = command_utils.file_digests(copy)
+  with pytest.raises(loop.DamagedCheckpointError,
+                     match=f'Checkpoint {checkpoints}/3 is damaged'):
+    loop.evaluate_checkpoints(_config(), checkpoints)
+  results = loop.evaluate_checkpoints(_config(), checkpoints, fallback=True)
+  assert [r['step'] for r in results] == [3, 6]
+  assert set(results[0]) == {'step', 'damaged'}
+  assert results[1]['num_examples'] == 360
+  assert command_utils.file_digests(copy) == before  # Read only.
+
+
+def test_an_older_runs_new_encoder_fields_compare_at_their_defaults(copy):
+  """A run written before `mlp_activation` existed computed the tanh GELU:
+  relaunching it with the exact GELU is a change of model, refused."""
+  stored = json.loads((copy / 'config.json').read_text())
+  del stored['model']['encoder']['mlp_activation']
+  (copy / 'config.json').write_text(json.dumps(stored))
+  assert run_config.check_relaunch(str(copy), _config()) == []
+  changed = _config()
+  changed.model.encoder.mlp_activation = 'gelu'
+  with pytest.raises(ValueError, match='config.model.encoder.mlp_activation '
+                     'is "gelu_tanh" in .* but "gelu" in this launch'):
+    run_config.check_relaunch(str(copy), changed)
+
+
+def test_build_directory_is_all_or_nothing(tmp_path):
+  target = tmp_path / 'out'
+
+  def failing(scratch):
+    (tmp_path / 'seen').write_text(scratch)
+    with open(os.path.join(scratch, 'half'), 'w') as f:
+      f.write('x')
+    raise OSError(28, 'No space left on device')
+
+  with pytest.raises(OSError, match='No space left'):
+    writers.build_directory(str(target), failing)
+  assert sorted(os.listdir(tmp_path)) == ['seen']  # No target, no scratch.
+  target.mkdir()  # An empty target is replaced.
+  writers.build_directory(
+      str(target), lambda scratch: open(os.path.join(scratch, 'done'),
+                                        'w').close())
+  assert sorted(os.listdir(tmp_path)) == ['out', 'seen']
+  assert os.listdir(target) == ['done']
+  with pytest.raises(ValueError, match='exists and is not empty'):
+    writers.build_directory(str(target), lambda scratch: None)

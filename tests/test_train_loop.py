@@ -215,11 +215,14 @@ def test_end_to_end_train_checkpoint_evaluate(tmp_path):
                 'absorb_cross_attend_projections', 'scan_blocks',
                 'precision', 'remat')  # Those of runs before 2026-12.
   old_layout['model'].update({k: encoder[k] for k in old_fields})
+  for added in ('head', 'decoder'):  # With the Perceiver IO decoder.
+    del old_layout['model'][added]
   (workdir / 'config.json').write_text(json.dumps(old_layout))
   upgraded = run_config.read(str(workdir))
-  assert upgraded.model.encoder.to_dict() == {k: encoder[k]
-                                              for k in old_fields}
-  assert set(upgraded.model) == set(new_layout['model'])
+  # The fields added since take the defaults the older code computed with.
+  assert upgraded.model.encoder.to_dict() == encoder
+  assert upgraded.model.head == 'mean_linear'
+  assert set(upgraded.model) == set(new_layout['model']) - {'decoder'}
   metrics = loop.evaluate_checkpoint(upgraded, str(checkpoints))
   assert metrics['step'] == 6
   assert metrics['top1'] == pytest.approx(result['top1'], abs=1e-6)

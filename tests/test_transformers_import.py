@@ -2,6 +2,7 @@
 export_checkpoint): a transformers checkpoint becomes a
 workdir that our training code restores; bad checkpoints are refused."""
 
+import glob
 import json
 import os
 import shutil
@@ -246,3 +247,34 @@ def test_commands_print_counts_and_one_line_errors(learned_checkpoint,
   assert exported.stderr.startswith('error: ')
   assert 'not a perceiver_jax run config' in exported.stderr
   assert not (tmp_path / 'out').exists()
+
+
+def test_export_refuses_a_damaged_newest_checkpoint(learned_checkpoint,
+                                                    tmp_path):
+  """Like evaluate: no silent fallback to an older step."""
+  workdir = tmp_path / 'workdir'
+  workdirs.import_checkpoint(str(learned_checkpoint[1]), str(workdir),
+                             imagenet.get_config(''))
+  checkpoints = workdir / 'checkpoints'
+  shutil.copytree(checkpoints / '0', checkpoints / '1')
+  arrays = glob.glob(f'{checkpoints}/1/default/d/*')
+  damaged = max(arrays, key=os.path.getsize)
+  with open(damaged, 'r+b') as f:
+    f.truncate(os.path.getsize(damaged) // 2)
+  target = tmp_path / 'exported'
+  with pytest.raises(workdirs.ExportFailure,
+                     match=f'{checkpoints}/1 is damaged.*--step=0'):
+    workdirs.export_checkpoint(str(workdir), str(target))
+  assert not target.exists()
+  assert 'step 0' in workdirs.export_checkpoint(str(workdir), str(target),
+                                                step=0)
+
+
+def test_malformed_config_json_is_refused(learned_checkpoint, tmp_path):
+  source = _copy(learned_checkpoint[1], tmp_path)
+  settings = json.loads((source / 'config.json').read_text())
+  del settings['num_blocks']
+  (source / 'config.json').write_text(json.dumps(settings))
+  _refused(source, tmp_path, "config.json has no 'num_blocks' field")
+  (source / 'config.json').write_text('[1, 2]')
+  _refused(source, tmp_path, 'holds a JSON list')

@@ -234,6 +234,37 @@ def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
   return names
 
 
+def _encoder_fields(hf_config: Mapping[str, Any],
+                    activation: str) -> dict[str, Any]:
+  """`EncoderConfig` fields for transformers' encoder settings.
+
+  Raises:
+    KeyError, TypeError, ValueError: a field is missing or malformed.
+  """
+  return dict(
+      num_blocks=int(hf_config['num_blocks']),
+      num_self_attends_per_block=int(hf_config['num_self_attends_per_block']),
+      num_cross_attends=1,
+      cross_attend_placement='start',
+      share_weights=True,
+      num_latents=int(hf_config['num_latents']),
+      num_latent_channels=int(hf_config['d_latents']),
+      num_cross_heads=int(hf_config['num_cross_attention_heads']),
+      num_self_heads=int(hf_config['num_self_attention_heads']),
+      widening_factor=int(hf_config['self_attention_widening_factor']),
+      cross_attend_widening_factor=int(
+          hf_config['cross_attention_widening_factor']),
+      self_attend_widening_factor=int(
+          hf_config['self_attention_widening_factor']),
+      qk_channels=hf_config.get('qk_channels'),
+      v_channels=hf_config.get('v_channels'),
+      mlp_activation=_ACTIVATIONS[activation],
+      cross_attend_query_residual=bool(hf_config.get('use_query_residual',
+                                                     True)),
+      dropout=0.0,
+  )
+
+
 def model_config(hf_config: Mapping[str, Any], *,
                  image_size: Optional[tuple[int, int]] = None
                  ) -> dict[str, Any]:
@@ -259,28 +290,14 @@ def model_config(hf_config: Mapping[str, Any], *,
     raise CheckpointError(
         "only cross_attention_shape_for_attention='kv' is supported, got "
         f"{hf_config.get('cross_attention_shape_for_attention')!r}.")
-  encoder = dict(
-      num_blocks=int(hf_config['num_blocks']),
-      num_self_attends_per_block=int(hf_config['num_self_attends_per_block']),
-      num_cross_attends=1,
-      cross_attend_placement='start',
-      share_weights=True,
-      num_latents=int(hf_config['num_latents']),
-      num_latent_channels=int(hf_config['d_latents']),
-      num_cross_heads=int(hf_config['num_cross_attention_heads']),
-      num_self_heads=int(hf_config['num_self_attention_heads']),
-      widening_factor=int(hf_config['self_attention_widening_factor']),
-      cross_attend_widening_factor=int(
-          hf_config['cross_attention_widening_factor']),
-      self_attend_widening_factor=int(
-          hf_config['self_attention_widening_factor']),
-      qk_channels=hf_config.get('qk_channels'),
-      v_channels=hf_config.get('v_channels'),
-      mlp_activation=_ACTIVATIONS[activation],
-      cross_attend_query_residual=bool(hf_config.get('use_query_residual',
-                                                     True)),
-      dropout=0.0,
-  )
+  try:
+    encoder = _encoder_fields(hf_config, activation)
+  except KeyError as e:
+    raise CheckpointError(f'config.json has no {e} field, which '
+                          f'{architecture} needs.') from None
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f'config.json holds a value of the wrong type '
+                          f'({e}).') from None
   model = {'encoder': encoder}
   if input_type is None:
     return model  # The encoder alone: `Perceiver(**model['encoder'])`.

@@ -29,11 +29,15 @@ class ImportFailure(cli.UsageError):
 def _read_json(path: str, what: str) -> dict:
   try:
     with open(path) as f:
-      return json.load(f)
+      value = json.load(f)
   except FileNotFoundError:
     raise ImportFailure(f'{what} not found: {path}') from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ImportFailure(f'{path} is not valid JSON ({e}).') from None
+  if not isinstance(value, dict):
+    raise ImportFailure(f'{path} holds a JSON {type(value).__name__}, not '
+                        'the object of settings a checkpoint has.')
+  return value
 
 
 def _weights(directory: str, architecture: str) -> dict:
@@ -107,6 +111,7 @@ def import_checkpoint(source: str, workdir: str,
   from perceiver_jax.train import optim
   from perceiver_jax.train import run_config
   from perceiver_jax.train import state as state_lib
+  from perceiver_jax.train import writers
 
   if os.path.exists(workdir) and os.listdir(workdir):
     raise ImportFailure(f'--workdir {workdir} exists and is not empty.')
@@ -148,12 +153,16 @@ def import_checkpoint(source: str, workdir: str,
       step=jnp.zeros([], jnp.int32),
       rng=jax.random.PRNGKey(config.seed),
       num_skipped=jnp.zeros([], jnp.int32))
-  os.makedirs(workdir, exist_ok=True)
-  run_config.write(workdir, config)
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep)
-  checkpointer.save(0, jax.tree.map(np.asarray, train_state))
-  checkpointer.close()
+
+  def build(scratch: str) -> None:
+    checkpointer = checkpoint_lib.Checkpointer(
+        os.path.join(scratch, 'checkpoints'), keep=config.checkpoint.keep)
+    checkpointer.save(0, jax.tree.map(np.asarray, train_state))
+    checkpointer.close()
+    run_config.write(scratch, config)
+
+  # All or nothing: a failed save leaves no run without its checkpoint.
+  writers.build_directory(workdir, build)
   return (f'{architecture}: transformers {theirs:,} values in '
           f'{len(state)} tensors; perceiver_jax {ours:,} parameters; '
           f'written to {workdir}')
@@ -181,6 +190,7 @@ def export_checkpoint(workdir: str, target: str,
   from perceiver_jax.train import loop
   from perceiver_jax.train import optim
   from perceiver_jax.train import run_config
+  from perceiver_jax.train import writers
 
   if os.path.exists(target) and os.listdir(target):
     raise ExportFailure(f'--to {target} exists and is not empty.')
@@ -214,6 +224,12 @@ def export_checkpoint(workdir: str, target: str,
       state, step = restored.state, restored.step
       if state is None:
         raise ExportFailure(f'no checkpoint in {checkpointer.directory}.')
+      if restored.skipped:
+        damaged, reason = restored.skipped[0]
+        raise ExportFailure(
+            f'checkpoint {checkpointer.directory}/{damaged} is damaged '
+            f'({reason}); the newest intact one is step {step}: pass '
+            f'--step={step} to export that one.')
     else:
       state = checkpointer.restore(fresh, step)
   finally:
@@ -222,13 +238,16 @@ def export_checkpoint(workdir: str, target: str,
     tensors = tf_format.from_params(state.params, hf_config)
   except tf_format.CheckpointError as e:
     raise ExportFailure(str(e)) from None
-  os.makedirs(target, exist_ok=True)
-  with open(os.path.join(target, 'config.json'), 'w') as f:
-    json.dump(hf_config, f, indent=2, sort_keys=True)
-  # 'format': 'pt' is the metadata transformers expects of its own files.
-  safetensors.numpy.save_file(tensors,
-                              os.path.join(target, 'model.safetensors'),
-                              metadata={'format': 'pt'})
+
+  def build(scratch: str) -> None:
+    with open(os.path.join(scratch, 'config.json'), 'w') as f:
+      json.dump(hf_config, f, indent=2, sort_keys=True)
+    # 'format': 'pt' is the metadata transformers expects of its own files.
+    safetensors.numpy.save_file(tensors,
+                                os.path.join(scratch, 'model.safetensors'),
+                                metadata={'format': 'pt'})
+
+  writers.build_directory(target, build)  # All or nothing.
   return (f'{hf_config["architectures"][0]}: step {step}, '
           f'{tf_format.count(state.params):,} parameters in {len(tensors)} '
           f'tensors written to {target}')

@@ -77,7 +77,8 @@ class EncoderConfig:
       compiled program does not grow with depth.
     precision: 'float32' or 'bfloat16' compute (parameters stay float32;
       LayerNorm statistics, logits and softmax run in float32).
-    remat: 'none' or 'block' (each block rematerialised in the backward).
+    remat: 'none' or 'block' (each cross-attend and each latent
+      Transformer rematerialised in the backward).
   """
   num_blocks: int = 8
   num_self_attends_per_block: int = 6

@@ -1,7 +1,8 @@
 """The cross-attend of `attention.CrossAttendBlock`, computed with fewer FLOPs.
 
 `FastCrossAttendBlock` has the reference block's parameters (same names,
-shapes, initialisers and creation order) and computes the same function up
+shapes, initialisers and initial values: its Linears draw their initial
+values in the reference's order) and computes the same function up
 to float rounding (tests/test_fast_cross_attend.py ties each path to the
 reference). It splits the block in two:
 

@@ -114,7 +114,8 @@ class Perceiver(hk.Module):
     self.config.check_input_channels(channels,
                                      f'inputs of shape {inputs.shape}')
     if self.config.precision == 'float32':
-      return self._encode(inputs, input_mask, is_training)
+      return self._encode(inputs.astype(jnp.float32), input_mask,
+                          is_training)
     dtype = _COMPUTE_DTYPES[self.config.precision]
     with hk.custom_creator(_float32_creator), hk.custom_getter(
         _cast_parameters_getter(dtype)):

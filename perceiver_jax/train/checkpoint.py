@@ -366,6 +366,28 @@ class Checkpointer:
       _CLOSED_LOOP_ERRORS.settle()
       raise
 
+  def try_restore(self, target: PyTree,
+                  step: int) -> tuple[Optional[PyTree], Optional[str]]:
+    """`(state, None)` for the checkpoint of `step`, or `(None, reason)`
+    when it is damaged (on any process: a step counts only if every process
+    read it).
+
+    Raises:
+      CheckpointMismatchError: its parameters have other shapes.
+    """
+    message = None
+    try:
+      state = self.restore(target, step)
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # Damage shows up as many kinds of error (tensorstore, orbax
+      # metadata, missing files); all mean this step cannot be used.
+      state, message = None, short_reason(e)
+    if not _true_on_all_processes(message is None):
+      return None, message or 'unreadable on another process'
+    return state, None
+
   def restore_newest(self, target: PyTree, *, up_to: Optional[int] = None,
                      set_aside: bool = True) -> Restored:
     """The newest checkpoint that restores, shaped as `target`.
@@ -400,18 +422,9 @@ class Checkpointer:
           f'Processes see different checkpoints in {self.directory} (this '
           f'one steps {steps}); is the directory shared?')
     for step in reversed(steps):
-      message = None
-      try:
-        state = self.restore(target, step)
-      except CheckpointMismatchError:
-        raise
-      except Exception as e:  # pylint: disable=broad-except
-        # Damage shows up as many kinds of error (tensorstore, orbax
-        # metadata, missing files); all mean this step cannot be used.
-        message = short_reason(e)
-      # A step counts only if every process read it.
-      if not _true_on_all_processes(message is None):
-        failures.append((step, message or 'unreadable on another process'))
+      state, message = self.try_restore(target, step)
+      if message is not None:
+        failures.append((step, message))
         continue
       if failures and set_aside:
         self._set_aside([s for s, _ in failures])

@@ -562,7 +562,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str,
 def evaluate_checkpoints(config: ml_collections.ConfigDict,
                          checkpoint_dir: str,
                          steps: Optional[Sequence[int]] = None, *,
-                         split: Optional[str] = None) -> list[dict[str, Any]]:
+                         split: Optional[str] = None,
+                         fallback: bool = False) -> list[dict[str, Any]]:
   """Evaluates several checkpoints with one model and one compiled step.
 
   Writes nothing next to the checkpoints.
@@ -574,6 +575,9 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict,
     steps: the checkpoints to evaluate, in this order (default: every
       complete one, oldest first).
     split: the split to evaluate (default: `config.evaluator.split`).
+
+    fallback: a damaged checkpoint is listed as `{'step', 'damaged'}`
+      instead of ending the evaluation (`DamagedCheckpointError`).
 
   Returns:
     One dict per step: the evaluator's metrics plus 'step'.
@@ -588,10 +592,22 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict,
     steps = run.checkpointer.all_steps()
   if not steps:
     raise FileNotFoundError(f'No checkpoint in {run.checkpointer.directory}.')
+  target = jax.tree.map(np.asarray, run.fresh_state(example))
+  directory = run.checkpointer.directory
   results = []
-  for step in steps:
-    state = run.restore_state(example, step)
-    metrics = evaluator.run(parallel.replicate(state.params))
-    results.append({**metrics, 'step': int(state.step)})
-  run.checkpointer.close()
+  try:
+    for step in steps:
+      state, reason = run.checkpointer.try_restore(target, step)
+      if reason is not None:
+        if not fallback:
+          raise DamagedCheckpointError(
+              f'Checkpoint {directory}/{step} is damaged ({reason}). Pass '
+              '--fallback to evaluate the intact ones and list it as '
+              'skipped.')
+        results.append({'step': step, 'damaged': reason})
+        continue
+      metrics = evaluator.run(parallel.replicate(state.params))
+      results.append({**metrics, 'step': int(state.step)})
+  finally:
+    run.checkpointer.close()
   return results

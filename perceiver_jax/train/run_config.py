@@ -13,6 +13,7 @@ An accepted change is recorded: the previous `config.json` is copied into
 `config_history/` before the new one replaces it.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ from typing import Any, Optional
 
 import ml_collections
 
+from perceiver_jax.model import encoder_config
 from perceiver_jax.train import writers
 
 FILE_NAME = 'config.json'
@@ -164,15 +166,28 @@ _FLAT_ENCODER_FIELDS = (
 
 
 def upgrade(config: dict[str, Any]) -> dict[str, Any]:
-  """A config as read from JSON, in today's layout: the encoder fields of
-  an older run move from `model` into `model.encoder`. The parameter names
-  did not change, so the run's checkpoints restore as they are."""
+  """A config as read from JSON, in today's layout.
+
+  The encoder fields of an older run move from `model` into
+  `model.encoder`, and the encoder fields and the head added since take the
+  defaults that the older code computed with (`EncoderConfig`'s, the paper's
+  head), so that a relaunch that changes one of them is compared, and
+  refused, like any other change. The parameter names did not change, so
+  the run's checkpoints restore as they are.
+  """
   model = config.get('model')
-  if not isinstance(model, dict) or 'encoder' in model:
+  if not isinstance(model, dict):
     return config
-  flat = [name for name in _FLAT_ENCODER_FIELDS if name in model]
-  if not flat:
-    return config
-  encoder = {name: model[name] for name in flat}
-  rest = {k: v for k, v in model.items() if k not in encoder}
-  return dict(config, model=dict(rest, encoder=encoder))
+  if 'encoder' not in model:
+    flat = [name for name in _FLAT_ENCODER_FIELDS if name in model]
+    if not flat:
+      return config
+    encoder = {name: model[name] for name in flat}
+    model = dict({k: v for k, v in model.items() if k not in encoder},
+                 encoder=encoder)
+  defaults = dataclasses.asdict(encoder_config.EncoderConfig())
+  encoder = dict(model['encoder'])
+  for name, value in defaults.items():
+    encoder.setdefault(name, value)
+  return dict(config, model=dict({'head': 'mean_linear'}, **dict(
+      model, encoder=encoder)))

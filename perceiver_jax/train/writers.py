@@ -5,9 +5,11 @@ Only process 0 writes; other processes get writers that do nothing.
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
@@ -111,6 +113,33 @@ def write_json(path: str, payload: Mapping[str, Any]) -> None:
               sort_keys=True)
     f.write('\n')
   os.replace(tmp, path)
+
+
+def build_directory(directory: str, build: Callable[[str], None]) -> None:
+  """Runs `build(scratch)` on a scratch folder beside `directory` and moves
+  it into place only when `build` returned: a failure (a full disk, a kill)
+  leaves `directory` as it was (absent, or empty) and no scratch folder.
+
+  Raises:
+    ValueError: `directory` exists and is not empty.
+    Exception: whatever `build` raised.
+  """
+  directory = os.path.abspath(directory)
+  if os.path.isdir(directory) and os.listdir(directory):
+    raise ValueError(f'{directory} exists and is not empty.')
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  # Beside it: the same file system, so the move is a rename.
+  scratch = tempfile.mkdtemp(
+      prefix=f'.{os.path.basename(directory)}-building-', dir=parent)
+  try:
+    build(scratch)
+    if os.path.isdir(directory):
+      os.rmdir(directory)
+    os.replace(scratch, directory)
+  except BaseException:
+    shutil.rmtree(scratch, ignore_errors=True)
+    raise
 
 
 def read_json(file: str) -> dict[str, Any]:
