@@ -57,6 +57,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from absl import flags
 
+from perceiver_jax import cli
 from perceiver_jax import host_memory
 from perceiver_jax.train import launch
 
@@ -884,14 +885,17 @@ def parse_caps(items: Sequence[str], defaults: Mapping[str, float]
     except ValueError:
       raise ValueError(f'--stage_seconds: {value!r} is not a number of '
                        f'seconds (in {item!r}).') from None
+    # 0 skips a stage (with its note); a negative or NaN cap is a typo.
+    if not caps[name] >= 0.0:
+      raise ValueError(f'--stage_seconds: {value!r} is not a number of '
+                       f'seconds (in {item!r}).')
   return caps
 
 
 def main(argv: Sequence[str]) -> None:
   host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
   start = time.monotonic()  # The budget includes JAX's start-up.
-  if len(argv) > 1:
-    raise ValueError(f'Unexpected arguments: {argv[1:]}.')
+  cli.no_arguments(argv)
   profile = tiny_profile() if _TINY.value else FULL
   caps = parse_caps(_STAGE_SECONDS.value, profile.caps)
   budget = (_BUDGET.value if _BUDGET.value is not None else

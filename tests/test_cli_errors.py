@@ -204,6 +204,17 @@ CASES = [
       '--to={T}/y'],
      'error: {T}/norun/config.json is not a perceiver_jax run config (no '
      'data.num_classes or model.input).'),
+    # experiments.gpu_report
+    (['experiments.gpu_report', '--tiny'],
+     'error: flag --out=None: Flag --out must have a value other than None. '
+     '(--helpshort lists the flags)'),
+    (['experiments.gpu_report', '--tiny', '--out={T}/report',
+      '--stage_seconds=headline=abc'],
+     "error: ValueError: --stage_seconds: 'abc' is not a number of seconds "
+     "(in 'headline=abc')."),
+    (['experiments.gpu_report', '--tiny', '--out={T}/report',
+      '--budget_seconds=-1'],
+     'error: ValueError: --budget_seconds must be positive, got -1.0.'),
 ]
 
 

@@ -305,8 +305,10 @@ def test_bad_budget_and_caps_are_refused(tmp_path):
   for bad in ('scaling', 'warp=5'):
     with pytest.raises(ValueError, match='name=seconds'):
       gpu_report.parse_caps([bad], defaults)
-  with pytest.raises(ValueError, match='not a number'):
-    gpu_report.parse_caps(['scaling=soon'], defaults)
+  for bad in ('scaling=soon', 'scaling=-5', 'scaling=nan'):
+    with pytest.raises(ValueError, match='not a number'):
+      gpu_report.parse_caps([bad], defaults)
+  assert gpu_report.parse_caps(['scaling=0'], defaults)['scaling'] == 0.0
 
 
 def test_mfu_uses_the_peak_of_the_runs_precision(monkeypatch):
@@ -410,11 +412,11 @@ def test_command_line_errors_are_one_line(tmp_path):
   # The full report refuses a CPU-only JAX at once, before compiling.
   proc = command_utils.run_module('experiments.gpu_report',
                                   f'--out={tmp_path}', timeout=120)
-  assert proc.returncode == 1
+  assert proc.returncode == 2  # A user's mistake (perceiver_jax.cli).
   assert proc.stderr.strip().splitlines() == [
       'error: ValueError: JAX sees no accelerator (backend cpu): the full '
       'report is for a GPU or TPU; --tiny runs its CPU-sized form.']
   proc = command_utils.run_module('experiments.gpu_report', '--tiny',
                                   timeout=120)
-  assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert proc.stderr.startswith('error: ') and '--out' in proc.stderr
