@@ -28,6 +28,21 @@ def positive_int(value: Any, name: str, *,
   return value
 
 
+def one_of(value: Any, name: str, allowed: Sequence[Any]) -> Any:
+  """Returns `value` if it is one of `allowed`, else raises ValueError."""
+  if value not in allowed:
+    raise ValueError(f'{name} must be one of {tuple(allowed)}, got '
+                     f'{value!r}.')
+  return value
+
+
+def boolean(value: Any, name: str) -> bool:
+  """Returns `value` if it is a bool, else raises ValueError."""
+  if not isinstance(value, bool):
+    raise ValueError(f'{name} must be a bool, got {value!r}.')
+  return value
+
+
 def batch_dims(dims: Sequence[int]) -> tuple[int, ...]:
   """Validates leading batch dims (a non-empty sequence of positive ints).
 

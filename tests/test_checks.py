@@ -1,5 +1,7 @@
 """Tests of perceiver_jax.checks (argument checks shared by data and train)."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -43,3 +45,16 @@ def test_batch_dims_rejects(dims):
   assert str(info.value) == (
       f'batch_dims must be a non-empty sequence of positive integers, got '
       f'{dims!r}.')
+
+
+def test_one_of_and_boolean():
+  assert checks.one_of('start', 'placement', ('interleaved', 'start')) == (
+      'start')
+  with pytest.raises(ValueError, match=r"placement must be one of "
+                     r"\('interleaved', 'start'\), got 'middle'\."):
+    checks.one_of('middle', 'placement', ('interleaved', 'start'))
+  assert checks.boolean(False, 'flag') is False
+  for value in (1, 'yes', None):
+    with pytest.raises(ValueError, match=f'flag must be a bool, got '
+                       f'{re.escape(repr(value))}'):
+      checks.boolean(value, 'flag')

@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import pytest
 
-from configs import imagenet
 from experiments import benchmark
 from experiments import gpu_report
 from tests import command_utils

@@ -67,13 +67,10 @@ def _checked_block_kwargs(**kwargs: Any) -> dict[str, Any]:
   for name in ('qk_channels', 'v_channels'):
     if kwargs[name] is not None:
       checks.positive_int(kwargs[name], f'config.model.decoder.{name}')
-  if kwargs['activation'] not in attention_lib.ACTIVATIONS:
-    raise ValueError(f'mlp_activation must be one of '
-                     f'{sorted(attention_lib.ACTIVATIONS)}, got '
-                     f'{kwargs["activation"]!r}.')
-  if not isinstance(kwargs['query_residual'], bool):
-    raise ValueError(f'config.model.decoder.query_residual must be a bool, '
-                     f'got {kwargs["query_residual"]!r}.')
+  checks.one_of(kwargs['activation'], 'mlp_activation',
+                tuple(attention_lib.ACTIVATIONS))
+  checks.boolean(kwargs['query_residual'],
+                 'config.model.decoder.query_residual')
   return kwargs
 
 
@@ -84,9 +81,7 @@ def _check_queries(query_type: str, num_bands: int,
                    num_query_channels: Optional[int]) -> None:
   """Checks the query settings; errors name the `config.model.decoder`
   field."""
-  if query_type not in QUERY_TYPES:
-    raise ValueError(f'config.model.decoder.query_type must be one of '
-                     f'{QUERY_TYPES}, got {query_type!r}.')
+  checks.one_of(query_type, 'config.model.decoder.query_type', QUERY_TYPES)
   checks.positive_int(num_bands, 'config.model.decoder.query_num_bands')
   if num_query_channels is not None:
     if query_type == 'fourier':
@@ -236,7 +231,7 @@ class PerceiverIOClassifier:
         num_classes,
         mlp_activation=encoder_config.get('mlp_activation', 'gelu_tanh'),
         attention_impl=encoder_config.get('attention_impl', 'einsum'),
-        **{**DECODER_DEFAULTS, **(decoder or {})})
+        **(decoder or {}))  # Unset fields: the decoder's own defaults.
 
   def __call__(self,
                inputs: perceiver.ByteArray,

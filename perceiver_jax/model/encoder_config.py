@@ -19,16 +19,6 @@ PRECISIONS = ('float32', 'bfloat16')
 REMAT_POLICIES = ('none', 'block')
 
 
-def _one_of(value: Any, name: str, allowed: tuple[str, ...]) -> None:
-  if value not in allowed:
-    raise ValueError(f'{name} must be one of {allowed}, got {value!r}.')
-
-
-def _bool(value: Any, name: str) -> None:
-  if not isinstance(value, bool):
-    raise ValueError(f'{name} must be a bool, got {value!r}.')
-
-
 def _divides(num_heads: int, heads_name: str, channels: int,
              what: str) -> None:
   """`what` names the width `channels` in the error."""
@@ -113,7 +103,7 @@ class EncoderConfig:
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
       raise ValueError('num_self_attends_per_block must be a non-negative '
                        f'integer, got {depth!r}.')
-    _one_of(self.cross_attend_placement, 'cross_attend_placement',
+    checks.one_of(self.cross_attend_placement, 'cross_attend_placement',
             PLACEMENTS)
     if (self.cross_attend_placement == 'interleaved' and depth > 0 and
         self.num_cross_attends > self.num_blocks):
@@ -134,14 +124,14 @@ class EncoderConfig:
         not math.isfinite(rate) or not 0.0 <= rate < 1.0):
       raise ValueError(f'dropout must be a finite rate in [0, 1), got '
                        f'{rate!r}.')
-    _one_of(self.attention_impl, 'attention_impl', ATTENTION_IMPLS)
-    _one_of(self.mlp_activation, 'mlp_activation', MLP_ACTIVATIONS)
+    checks.one_of(self.attention_impl, 'attention_impl', ATTENTION_IMPLS)
+    checks.one_of(self.mlp_activation, 'mlp_activation', MLP_ACTIVATIONS)
     for name in ('share_weights', 'cross_attend_query_residual',
                  'reuse_shared_keys_values',
                  'absorb_cross_attend_projections', 'scan_blocks'):
-      _bool(getattr(self, name), name)
-    _one_of(self.precision, 'precision', PRECISIONS)
-    _one_of(self.remat, 'remat', REMAT_POLICIES)
+      checks.boolean(getattr(self, name), name)
+    checks.one_of(self.precision, 'precision', PRECISIONS)
+    checks.one_of(self.remat, 'remat', REMAT_POLICIES)
 
   @classmethod
   def from_mapping(cls, fields: Mapping[str, Any],
