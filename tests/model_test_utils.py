@@ -10,6 +10,7 @@ import math
 from typing import Any, Callable, Optional
 
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -179,3 +180,12 @@ def self_attend_params(d: int, w: int = 1) -> int:
   return (layer_norm_params(d) + 4 * linear_params(d, d) +
           layer_norm_params(d) + linear_params(d, w * d) +
           linear_params(w * d, d))
+
+
+def nested_equations(jaxpr: jax_core.Jaxpr):
+  """Every equation of `jaxpr` and of the jaxprs nested in its equations
+  (custom_vjp, scan, remat bodies...), depth first."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      yield from nested_equations(sub)

@@ -21,6 +21,7 @@ from perceiver_jax.model import grid_byte_array
 from perceiver_jax.model import position_encoding as pe
 from model_test_utils import f64
 from model_test_utils import jit
+from model_test_utils import nested_equations
 from model_test_utils import np_cross_attend_block
 from model_test_utils import np_layer_norm
 from model_test_utils import random_params
@@ -341,12 +342,9 @@ def _digits_run(grid_parts, permuted=False, scan=False, **model):
 
 def _array_shapes(fn, *args) -> set[tuple[int, ...]]:
   """Shapes of every value in the jaxpr of `fn(*args)`, nested ones too."""
-  def walk(eqns):
-    for eqn in eqns:
-      yield from (tuple(v.aval.shape) for v in eqn.outvars)
-      for sub in jax.core.jaxprs_in_params(eqn.params):
-        yield from walk(sub.eqns)
-  return set(walk(jax.make_jaxpr(fn)(*args).jaxpr.eqns))
+  return {tuple(v.aval.shape)
+          for eqn in nested_equations(jax.make_jaxpr(fn)(*args).jaxpr)
+          for v in eqn.outvars}
 
 
 @pytest.mark.parametrize('scan', [False, True])
@@ -375,6 +373,20 @@ def test_grid_parts_in_bfloat16_are_close_to_the_byte_array():
   parts_logits, _ = _digits_run(True, precision='bfloat16')
   # bfloat16 rounding on both paths (see test_performance_modes.py).
   assert np.abs(parts_logits - logits).max() <= 3e-2 * np.abs(logits).max()
+
+
+def test_bfloat16_digits_logits_and_gradients_are_close_to_float32():
+  """The digits model (grid parts, absorbed cross-attend, bfloat16 products
+  accumulated in float32) against float32, at test_performance_modes.py's
+  tolerances: 3% of the largest logit, 6% of the largest gradient."""
+  logits, grads = _digits_run(True)
+  bf16_logits, bf16_grads = _digits_run(True, precision='bfloat16')
+  assert not np.array_equal(bf16_logits, logits)  # It computes in bfloat16.
+  assert np.abs(bf16_logits - logits).max() <= 3e-2 * np.abs(logits).max()
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(grads))
+  for got, want in zip(jax.tree.leaves(bf16_grads), jax.tree.leaves(grads)):
+    assert got.dtype == np.float32
+    assert np.abs(got - want).max() <= 6e-2 * scale
 
 
 def test_parts_are_materialised_once_where_they_cannot_be_read():

@@ -18,6 +18,7 @@ from perceiver_jax.model import layers
 from perceiver_jax.model import perceiver
 from perceiver_jax.model import schedule
 from model_test_utils import jit
+from model_test_utils import nested_equations
 from model_test_utils import random_params
 
 BATCH, POSITIONS, CHANNELS, CLASSES = 2, 7, 6, 5
@@ -217,9 +218,13 @@ def test_bfloat16_is_close_to_float32():
   model = classifier(precision='bfloat16')
   jaxpr = jax.make_jaxpr(functools.partial(model.apply, params(), None))(
       inputs())
-  dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == 'dot_general']
-  assert dots and all(
-      e.invars[0].aval.dtype == jnp.bfloat16 for e in dots[:-1])
+  dots = [e for e in nested_equations(jaxpr.jaxpr)
+          if e.primitive.name == 'dot_general']
+  # Every encoder matmul multiplies bfloat16 numbers and accumulates in
+  # float32 (matmul.py: XLA:CPU's fast bfloat16 kernels need both).
+  assert len(dots) > 10 and all(
+      [v.aval.dtype for v in e.invars] == [jnp.bfloat16] * 2 and
+      e.params['preferred_element_type'] == jnp.float32 for e in dots[:-1])
   # The head (last matmul) and the logits are float32.
   assert dots[-1].invars[0].aval.dtype == jnp.float32
   assert jaxpr.out_avals[0].dtype == jnp.float32

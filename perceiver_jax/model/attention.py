@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from perceiver_jax.model import encoder_config
 from perceiver_jax.model import layers
+from perceiver_jax.model import matmul
 
 ATTENTION_IMPLS = encoder_config.ATTENTION_IMPLS
 
@@ -71,7 +72,7 @@ def scaled_dot_product_attention(
                       preferred_element_type=jnp.float32)
   weights = attention_weights(logits * scale, key_mask, values.dtype)
   weights = layers.dropout(weights, dropout_rate, is_training)
-  return jnp.einsum('bhnm,bmhd->bnhd', weights, values)
+  return matmul.einsum('bhnm,bmhd->bnhd', weights, values)
 
 
 class Attention(hk.Module):

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from perceiver_jax.model import attention
 from perceiver_jax.model import grid_byte_array
 from perceiver_jax.model import layers
+from perceiver_jax.model import matmul
 
 # The encoder's inputs: a byte array `[B, M, C]`, or a grid's in parts.
 ByteArray = jax.Array | grid_byte_array.GridByteArray
@@ -105,7 +106,8 @@ class _FastAttention(attention.Attention):
     s = kv.standardized
     batch, num_queries, qk_channels = queries.shape
     # [B * N, Dqk] x [Dqk, C]: one contracting axis (see layers.FlatLinear).
-    queries_in = (queries.reshape(-1, qk_channels) @ kv.key_w.T).reshape(
+    queries_in = matmul.linear_product(
+        queries.reshape(-1, qk_channels), kv.key_w.T).reshape(
         batch, num_queries, -1)  # [B, N, C]
     queries_in = (queries_in * kv.norm_scale).astype(s.dtype)
     scale = 1.0 / math.sqrt(qk_channels)
@@ -120,8 +122,8 @@ class _FastAttention(attention.Attention):
           key_mask=key_mask, impl=self.impl, scale=scale)  # [B, N, 1, C]
     pooled = (pooled.reshape(batch * num_queries, -1) * kv.norm_scale +
               kv.norm_offset).astype(s.dtype)  # P X, [B * N, C]
-    attended = (pooled @ kv.value_w + kv.value_b).reshape(
-        batch, num_queries, -1)  # P V, [B, N, Dv]
+    attended = (matmul.linear_product(pooled, kv.value_w) +
+                kv.value_b).reshape(batch, num_queries, -1)  # P V, [B, N, Dv]
     return self.output(attended, inputs_q.shape[-1])
 
 
