@@ -530,6 +530,9 @@ def main(argv: Sequence[str]) -> None:
   from perceiver_jax import cli  # pylint: disable=g-import-not-at-top
   cli.no_arguments(argv)
   f = flags.FLAGS
+  if f.cpu_devices is not None:
+    from perceiver_jax.train import parallel  # pylint: disable=g-import-not-at-top
+    parallel.use_cpu_devices(f.cpu_devices)
   config = apply_overrides(
       f.config, batch_size=f.batch_size, num_inputs=f.num_inputs,
       attention_impl=f.attention_impl, precision=f.precision)
@@ -567,6 +570,10 @@ def _define_flags() -> None:
                     'Overrides config.model.encoder.attention_impl.')
   flags.DEFINE_enum('precision', None, ('float32', 'bfloat16'),
                     'Overrides config.model.encoder.precision.')
+  flags.DEFINE_integer('cpu_devices', None,
+                       'Split the CPU into this many JAX devices (the train '
+                       'step then runs data-parallel over them).',
+                       lower_bound=1)
   flags.DEFINE_integer('steps', 5, 'Timed steps (input mode: batches); 0 '
                        'compiles only (train, forward).')
   flags.DEFINE_integer('warmup', 2, 'Untimed steps first.')

@@ -2,7 +2,8 @@ r"""Our train step beside the PyTorch Perceivers, on one configuration.
 
   pip install -r requirements-peers.txt   # optional: torch and the peers
   python -m experiments.compare_peers [--batch_size=8] [--image_size=64] \
-      [--rounds=3] [--steps=3] [--warmup=2]
+      [--rounds=3] [--steps=3] [--warmup=2] [--precision=bfloat16] \
+      [--peer_precision=bfloat16] [--cpu_devices=2]
 
 The configuration (CPU by default): 64x64 RGB images with 64 Fourier bands
 per axis (261 channels per pixel), 256 latents of width 256, 2 blocks of
@@ -36,6 +37,14 @@ installed is reported as such (`"status": "not installed"`) and skipped;
 the script never needs one. One JSON line per implementation, then a
 summary line with our speed-ups (from the medians, and from the minima).
 
+Precision and devices: everything runs in float32 on one JAX device by
+default. `--precision=bfloat16` runs ours in bfloat16 compute
+(`config.model.encoder.precision`), `--peer_precision=bfloat16` runs the
+peers' forward under `torch.autocast` (bfloat16 on CPU); compare like with
+like. `--cpu_devices=N` splits the CPU into N JAX devices, over which our
+step runs data-parallel (batch / N each); PyTorch uses its own threads
+(`torch_threads` in its report) either way.
+
 `--released=fourier` (or `learned`, `conv`) instead times the inference
 forward pass of one of DeepMind's released Perceiver IO classifiers' shapes
 (`deepmind/vision-perceiver-*`, full size, from their published config
@@ -65,7 +74,7 @@ NUM_CLASSES = 1000
 
 
 def our_config(image_size: int, batch_size: int,
-               num_cross_attends: int = 2):
+               num_cross_attends: int = 2, precision: str = 'float32'):
   """The comparison configuration in our config layout."""
   from configs import imagenet  # pylint: disable=g-import-not-at-top
   config = imagenet.get_config()
@@ -73,7 +82,7 @@ def our_config(image_size: int, batch_size: int,
   config.model.encoder.update(
       num_blocks=2, num_self_attends_per_block=2,
       num_cross_attends=num_cross_attends, num_latents=256,
-      num_latent_channels=256, num_self_heads=8)
+      num_latent_channels=256, num_self_heads=8, precision=precision)
   config.train.batch_size = batch_size
   config.optimizer.name = 'adam'
   config.optimizer.weight_decay = 0.0
@@ -94,7 +103,7 @@ class Contender(NamedTuple):
 
 
 def prepare_ours(image_size: int, batch_size: int,
-                 num_cross_attends: int = 2,
+                 num_cross_attends: int = 2, precision: str = 'float32',
                  fast_compile: bool = False) -> Contender:
   """Our compiled train step on `our_config`; `step` carries the state.
 
@@ -103,7 +112,7 @@ def prepare_ours(image_size: int, batch_size: int,
   """
   from experiments import benchmark  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  config = our_config(image_size, batch_size, num_cross_attends)
+  config = our_config(image_size, batch_size, num_cross_attends, precision)
   prepared = benchmark.prepare_train_step(
       config, compiler_options=(benchmark.FAST_COMPILE_OPTIONS
                                 if fast_compile else None))
@@ -121,7 +130,8 @@ def prepare_ours(image_size: int, batch_size: int,
       name=name, status='ok', params=prepared.fields['params'],
       forward_flops_per_example=forward_flops,
       compile_seconds=prepared.fields['compile_seconds'],
-      device=jax.local_devices()[0].device_kind), step)
+      precision=precision, device=jax.local_devices()[0].device_kind,
+      devices=jax.local_device_count()), step)
 
 
 def _installed(*modules: str) -> Optional[str]:
@@ -132,8 +142,11 @@ def _installed(*modules: str) -> Optional[str]:
   return None
 
 
-def _torch_train_step(model, images, labels) -> Callable[[], None]:
-  """One Adam step of `model` on (images, labels), softmax cross-entropy."""
+def _torch_train_step(model, images, labels,
+                      precision: str) -> Callable[[], None]:
+  """One Adam step of `model` on (images, labels), softmax cross-entropy;
+  'bfloat16': the forward under `torch.autocast` (CPU, bfloat16), PyTorch's
+  own mixed precision (float32 parameters, optimizer and loss)."""
   import torch  # pylint: disable=g-import-not-at-top
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
   loss_fn = torch.nn.CrossEntropyLoss()
@@ -141,10 +154,12 @@ def _torch_train_step(model, images, labels) -> Callable[[], None]:
 
   def step():
     optimizer.zero_grad(set_to_none=True)
-    logits = model(images)
-    if hasattr(logits, 'logits'):
-      logits = logits.logits
-    loss = loss_fn(logits, labels)
+    with torch.autocast('cpu', dtype=torch.bfloat16,
+                        enabled=precision == 'bfloat16'):
+      logits = model(images)
+      if hasattr(logits, 'logits'):
+        logits = logits.logits
+    loss = loss_fn(logits.float(), labels)
     loss.backward()
     optimizer.step()
 
@@ -163,18 +178,20 @@ def _torch_forward_flops(model, images) -> Optional[int]:
   return int(counter.get_total_flops())
 
 
-def _torch_contender(name: str, model, images) -> Contender:
+def _torch_contender(name: str, model, images, precision: str) -> Contender:
   import torch  # pylint: disable=g-import-not-at-top
   labels = torch.randint(0, NUM_CLASSES, (images.shape[0],))
   return Contender(dict(
       name=name, status='ok',
       params=sum(p.numel() for p in model.parameters()),
       forward_flops_per_example=_torch_forward_flops(model, images),
-      device='cpu', torch_threads=torch.get_num_threads()),
-      _torch_train_step(model, images, labels))
+      precision=precision, device='cpu',
+      torch_threads=torch.get_num_threads()),
+      _torch_train_step(model, images, labels, precision))
 
 
-def prepare_lucidrains(image_size: int, batch_size: int) -> Contender:
+def prepare_lucidrains(image_size: int, batch_size: int,
+                       precision: str = 'float32') -> Contender:
   name = 'perceiver-pytorch (lucidrains)'
   missing = _installed('torch', 'perceiver_pytorch')
   if missing:
@@ -192,10 +209,11 @@ def prepare_lucidrains(image_size: int, batch_size: int) -> Contender:
       ff_dropout=0.0, weight_tie_layers=True, fourier_encode_data=True,
       self_per_cross_attn=2)
   images = torch.rand(batch_size, image_size, image_size, 3)
-  return _torch_contender(name, model, images)
+  return _torch_contender(name, model, images, precision)
 
 
-def prepare_transformers(image_size: int, batch_size: int) -> Contender:
+def prepare_transformers(image_size: int, batch_size: int,
+                         precision: str = 'float32') -> Contender:
   name = 'transformers PerceiverForImageClassificationFourier'
   missing = _installed('torch', 'transformers')
   if missing:
@@ -224,7 +242,7 @@ def prepare_transformers(image_size: int, batch_size: int) -> Contender:
 
   # Channels first, as its image preprocessor expects.
   images = torch.rand(batch_size, 3, image_size, image_size)
-  return _torch_contender(name, Wrapped(model), images)
+  return _torch_contender(name, Wrapped(model), images, precision)
 
 
 def prepare_released_forward(kind: str, image_size: int, batch_size: int,
@@ -341,6 +359,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       'classifier shape, ours against transformers\'')
   parser.add_argument('--tiny', action='store_true',
                       help='with --released: a tiny version, to try it out')
+  parser.add_argument('--precision', choices=('float32', 'bfloat16'),
+                      default='float32',
+                      help='our compute precision (config.model.encoder.'
+                      'precision)')
+  parser.add_argument('--peer_precision', choices=('float32', 'bfloat16'),
+                      default='float32',
+                      help='bfloat16: the peers under torch.autocast')
+  parser.add_argument('--cpu_devices', type=int, default=None,
+                      help='split the CPU into this many JAX devices: our '
+                      'step runs data-parallel over them')
   parser.add_argument('--fast_compile', action='store_true',
                       help='compile ours with reduced XLA:CPU optimisations '
                       '(quicker to start, slower steps: not for timings)')
@@ -353,14 +381,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       parser.error(f'--{flag} must be at least 1')
   if args.warmup < 0:
     parser.error('--warmup must be at least 0')
+  if args.cpu_devices is not None:
+    if args.cpu_devices < 1:
+      parser.error('--cpu_devices must be at least 1')
+    from perceiver_jax.train import parallel  # pylint: disable=g-import-not-at-top
+    parallel.use_cpu_devices(args.cpu_devices)
   if args.released:
     released_main(args)
     return
   common = dict(image_size=args.image_size, batch_size=args.batch_size)
-  ours = functools.partial(prepare_ours, **common,
+  ours = functools.partial(prepare_ours, **common, precision=args.precision,
                            fast_compile=args.fast_compile)
-  contenders = [ours(), prepare_lucidrains(**common),
-                prepare_transformers(**common), ours(num_cross_attends=1)]
+  contenders = [ours(),
+                prepare_lucidrains(**common, precision=args.peer_precision),
+                prepare_transformers(**common, precision=args.peer_precision),
+                ours(num_cross_attends=1)]
   seconds = time_in_rounds(contenders, rounds=args.rounds, steps=args.steps,
                            warmup=args.warmup)
   results = []
@@ -379,7 +414,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   except OSError:  # Not available on every platform.
     load = None
   summary = dict(
-      summary=True, load_average_1m=load,
+      summary=True, load_average_1m=load, precision=args.precision,
+      peer_precision=args.peer_precision, cpu_devices=ours.get('devices'),
       speedup_vs={r['name']: r['step_seconds'] / ours['step_seconds']
                   for r in peers},
       speedup_vs_by_min={

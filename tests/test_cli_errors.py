@@ -156,6 +156,11 @@ CASES = [
      "'many' (--helpshort lists the flags)"),
     (['experiments.compare_peers', '--rounds=0'],
      'error: --rounds must be at least 1 (--help lists the flags)'),
+    (['experiments.compare_peers', '--cpu_devices=0'],
+     'error: --cpu_devices must be at least 1 (--help lists the flags)'),
+    (['experiments.benchmark', '--cpu_devices=-2'],
+     'error: flag --cpu_devices=-2: -2 is not a positive integer '
+     '(--helpshort lists the flags)'),
     (['perceiver_jax.data.throughput', '--batch_size=abc'],
      "error: argument --batch_size: invalid int value: 'abc' (--help lists "
      'the flags)'),

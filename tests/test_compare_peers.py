@@ -42,7 +42,8 @@ def test_main_prints_one_json_line_per_implementation_and_a_summary(
 
   monkeypatch.setattr(compare_peers, 'our_config', small_config)
   compare_peers.main(['--image_size=8', '--batch_size=8', '--rounds=2',
-                      '--steps=1', '--warmup=0', '--fast_compile'])
+                      '--steps=1', '--warmup=0', '--fast_compile',
+                      '--precision=bfloat16', '--peer_precision=bfloat16'])
   lines = [json.loads(line) for line in
            capsys.readouterr().out.strip().splitlines()]
   assert len(lines) == 5
@@ -59,6 +60,12 @@ def test_main_prints_one_json_line_per_implementation_and_a_summary(
       assert result['params'] > 0 and result['forward_flops_per_example'] > 0
   ours, ours_one = results[0], results[3]
   assert ours['status'] == ours_one['status'] == 'ok'
+  assert ours['precision'] == ours_one['precision'] == 'bfloat16'
+  assert all(r['precision'] == 'bfloat16' for r in results
+             if r['status'] == 'ok')
+  assert (summary['precision'], summary['peer_precision']) == (
+      'bfloat16', 'bfloat16')
+  assert summary['cpu_devices'] == ours['devices'] == 8  # conftest's.
   # One cross-attend fewer: one cross-attend's weights fewer.
   assert ours['params'] > ours_one['params']
   assert summary['summary'] is True

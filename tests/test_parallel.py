@@ -1,5 +1,9 @@
 """Tests of perceiver_jax/train/parallel.py on 8 fake CPU devices."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -46,3 +50,30 @@ def test_device_rngs_differ_per_device_and_step_but_repeat():
   np.testing.assert_array_equal(first, again)
   assert len({tuple(k) for k in np.asarray(first)}) == 8
   assert not np.array_equal(first, later)
+
+
+def test_use_cpu_devices_splits_the_cpu_before_jax_starts():
+  # A fresh process without conftest's 8 devices: 3 devices, then a
+  # second call is refused since JAX has started.
+  program = (
+      'import jax\n'
+      'from perceiver_jax.train import parallel\n'
+      'parallel.use_cpu_devices(3)\n'
+      'print(jax.local_device_count(), parallel.local_batch_dims(6))\n'
+      'try:\n'
+      '  parallel.use_cpu_devices(2)\n'
+      'except ValueError as error:\n'
+      '  print(error)\n')
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env['JAX_PLATFORMS'] = 'cpu'
+  out = subprocess.run([sys.executable, '-c', program], env=env,
+                       capture_output=True, text=True, check=True).stdout
+  assert out.splitlines() == [
+      '3 (3, 2)',
+      'cpu_devices=2 must be set before JAX starts (it has 3 CPU devices '
+      'already).']
+
+
+def test_use_cpu_devices_rejects_a_bad_count():
+  with pytest.raises(ValueError, match='cpu_devices must be a positive'):
+    parallel.use_cpu_devices(0)

@@ -20,6 +20,27 @@ AXIS = 'batch'
 PyTree = Any
 
 
+def use_cpu_devices(count: int) -> None:
+  """Splits this host's CPU into `count` JAX devices (sharing its cores).
+
+  The pmapped step then runs `B / count` examples per device, each device's
+  program on its own thread: on a few cores this keeps more of them busy
+  than one device's program, whose elementwise work XLA:CPU runs largely on
+  one core (docs/performance.md). Call it first, before anything runs on
+  JAX (afterwards JAX cannot change its CPU devices).
+
+  Raises:
+    ValueError: `count` is not a positive int, or JAX has already started.
+  """
+  checks.positive_int(count, 'cpu_devices')
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError as error:  # JAX's backends are up already.
+    raise ValueError(f'cpu_devices={count} must be set before JAX starts '
+                     f'(it has {len(jax.devices("cpu"))} CPU devices '
+                     f'already).') from error
+
+
 def local_batch_dims(global_batch_size: int) -> tuple[int, int]:
   """`[local_devices, per_device]` for a global batch, or a clear error.
 
