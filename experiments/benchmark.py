@@ -571,8 +571,8 @@ def _define_flags() -> None:
   flags.DEFINE_enum('precision', None, ('float32', 'bfloat16'),
                     'Overrides config.model.encoder.precision.')
   flags.DEFINE_integer('cpu_devices', None,
-                       'Split the CPU into this many JAX devices (the train '
-                       'step then runs data-parallel over them).',
+                       'CPU backend: split the CPU into this many JAX devices '
+                       '(the train step then runs data-parallel over them).',
                        lower_bound=1)
   flags.DEFINE_integer('steps', 5, 'Timed steps (input mode: batches); 0 '
                        'compiles only (train, forward).')

@@ -381,6 +381,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       parser.error(f'--{flag} must be at least 1')
   if args.warmup < 0:
     parser.error('--warmup must be at least 0')
+  if args.released and (args.precision != 'float32' or
+                        args.peer_precision != 'float32' or
+                        args.cpu_devices is not None):
+    parser.error('--released times the float32 forward on one device; '
+                 'leave out --precision, --peer_precision and --cpu_devices')
   if args.cpu_devices is not None:
     if args.cpu_devices < 1:
       parser.error('--cpu_devices must be at least 1')
@@ -415,7 +420,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     load = None
   summary = dict(
       summary=True, load_average_1m=load, precision=args.precision,
-      peer_precision=args.peer_precision, cpu_devices=ours.get('devices'),
+      peer_precision=args.peer_precision, devices=ours.get('devices'),
       speedup_vs={r['name']: r['step_seconds'] / ours['step_seconds']
                   for r in peers},
       speedup_vs_by_min={

@@ -7,7 +7,7 @@ They read Haiku parameter dicts by module name, e.g.
 """
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 from jax.extend import core as jax_core
@@ -182,10 +182,11 @@ def self_attend_params(d: int, w: int = 1) -> int:
           linear_params(w * d, d))
 
 
-def nested_equations(jaxpr: jax_core.Jaxpr):
+def nested_equations(
+    jaxpr: jax_core.Jaxpr) -> Iterator[jax_core.JaxprEqn]:
   """Every equation of `jaxpr` and of the jaxprs nested in its equations
   (custom_vjp, scan, remat bodies...), depth first."""
   for eqn in jaxpr.eqns:
     yield eqn
-    for sub in jax.core.jaxprs_in_params(eqn.params):
+    for sub in jax_core.jaxprs_in_params(eqn.params):
       yield from nested_equations(sub)

@@ -158,6 +158,11 @@ CASES = [
      'error: --rounds must be at least 1 (--help lists the flags)'),
     (['experiments.compare_peers', '--cpu_devices=0'],
      'error: --cpu_devices must be at least 1 (--help lists the flags)'),
+    (['experiments.compare_peers', '--released=fourier',
+      '--precision=bfloat16'],
+     'error: --released times the float32 forward on one device; leave out '
+     '--precision, --peer_precision and --cpu_devices (--help lists the '
+     'flags)'),
     (['experiments.benchmark', '--cpu_devices=-2'],
      'error: flag --cpu_devices=-2: -2 is not a positive integer '
      '(--helpshort lists the flags)'),

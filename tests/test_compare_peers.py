@@ -65,7 +65,7 @@ def test_main_prints_one_json_line_per_implementation_and_a_summary(
              if r['status'] == 'ok')
   assert (summary['precision'], summary['peer_precision']) == (
       'bfloat16', 'bfloat16')
-  assert summary['cpu_devices'] == ours['devices'] == 8  # conftest's.
+  assert summary['devices'] == ours['devices'] == 8  # conftest's.
   # One cross-attend fewer: one cross-attend's weights fewer.
   assert ours['params'] > ours_one['params']
   assert summary['summary'] is True

@@ -34,15 +34,16 @@ class FlatLinear(hk.Linear):
   digits model (batch 64) this cuts the gradient's time by about 40%
   (docs/performance.md).
 
-  bfloat16 inputs multiply the (bfloat16-cast) weight through
-  `matmul.linear_product`: bfloat16 products, float32 accumulation, also in
-  the gradients.
+  bfloat16 inputs (with a bias and an explicit `w_init`, as `linear` makes
+  them) multiply the bfloat16-cast weight through `matmul.linear_product`:
+  bfloat16 products, float32 accumulation, also in the gradients.
   """
 
   def __call__(self, inputs: jax.Array, *,
                precision: Optional[jax.lax.Precision] = None) -> jax.Array:
     flat = inputs.reshape(-1, inputs.shape[-1])
-    if inputs.dtype == jnp.bfloat16 and self.w_init is not None:
+    if (inputs.dtype == jnp.bfloat16 and self.with_bias and
+        self.w_init is not None):
       w, b = self.parameters(flat.shape[-1], inputs.dtype)
       outputs = matmul.linear_product(flat, w) + b
     else:

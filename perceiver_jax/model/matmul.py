@@ -1,11 +1,11 @@
-"""Matrix products that keep bfloat16 operands in bfloat16 on every backend.
+"""Products of bfloat16 arrays that XLA:CPU runs on its bfloat16 kernels.
 
 In bfloat16 compute (`EncoderConfig.precision`) a product of two bfloat16
 arrays should multiply bfloat16 numbers and accumulate in float32. XLA:CPU
 (jaxlib 0.10) does so, on YNNPACK's bfloat16 kernels (AVX512-BF16 or AMX
 where the CPU has them), only for a dot whose result is float32 and whose
 left operand is `[rows, contracted]` in row-major order. Any other bfloat16
-dot it runs by converting both operands to float32 first (about 4x slower
+dot it runs by converting both operands to float32 first (about 5x slower
 than the bfloat16 kernel on an AMX Xeon for a `[2048, 256] x [256, 256]`
 product; docs/performance.md). Two cases matter:
 
@@ -17,7 +17,11 @@ product; docs/performance.md). Two cases matter:
   so `transposed` writes the transpose as a reshape-transpose-reshape that
   XLA moves as data instead.
 
-In float32 every function here is the plain product (the same program).
+`linear_product` (the Linears) does both, in the forward pass and in its
+gradients. `einsum` (the attention's weighted sum) does the first in the
+forward pass only: its gradients are JAX's, products of a float32 cotangent
+and a bfloat16 operand, which XLA:CPU runs in float32. In float32 every
+function here is the plain product (the same program).
 """
 
 import jax
@@ -32,8 +36,8 @@ def transposed(x: jax.Array) -> jax.Array:
   """`x.T` for `x` `[R, K]`, as a copy XLA does not fold into a later dot.
 
   `[R, K] -> [R, K / f, f] -> [K / f, f, R] -> [K, R]` for the largest
-  factor f <= 16 of K (f = 1 for a prime K: then XLA may fold it, which
-  costs speed, not correctness).
+  factor f <= 16 of K. For a prime K (f = 1, or f = K when K <= 16) this is
+  a plain transpose, which XLA may fold: that costs speed, not correctness.
   """
   rows, columns = x.shape
   factor = max(f for f in range(1, 17) if columns % f == 0)
