@@ -117,16 +117,21 @@ class _ClosedLoopErrors:
         asyncio_logger.addFilter(self._log_filter)
 
   def _log_filter(self, record: python_logging.LogRecord) -> bool:
-    """Drops (and counts) asyncio's "Task exception was never retrieved"
-    for a task of orbax's that failed reading or writing a checkpoint: the
-    same stranded work, reported when the task is garbage collected."""
+    """Drops (and counts) asyncio's "Task (or Future) exception was never
+    retrieved" for a task of orbax's, or a future of tensorstore's, that
+    failed reading or writing a checkpoint: the same stranded work,
+    reported when it is garbage collected."""
     error = record.exc_info[1] if record.exc_info else None
+    message = record.getMessage()
     if not (error is not None and
-            record.getMessage().startswith('Task exception was never')):
+            message.startswith(('Task exception was never',
+                                'Future exception was never'))):
       return True
     files = [frame.filename for frame in traceback.extract_tb(
         error.__traceback__)]
-    if not any('orbax' in name or 'tensorstore' in name for name in files):
+    # tensorstore's own errors carry its spec in their text.
+    if not (any('orbax' in name or 'tensorstore' in name for name in files)
+            or 'tensorstore_spec' in str(error)):
       return True
     with self._lock:
       self.count += 1
