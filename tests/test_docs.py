@@ -3,7 +3,7 @@
 Every relative link (and `#anchor`) must resolve, and every
 `python -m experiments.X ...` or `python -m perceiver_jax.... ...` command
 written in the docs must name flags that the command defines, read from its
-own absl or argparse definitions (`tests/flag_definitions.py`: one
+own absl or argparse definitions (`tests/helpers/flag_definitions.py`: one
 subprocess, a forked child per command). `--config.a.b` overrides are
 checked against the fields of the config file the command names (its
 `--config=`, or the flag's default), and every config file a command names
@@ -25,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-from command_utils import REPO, one_device_env
+from tests.helpers.command_utils import REPO, one_device_env
 
 DOCS = ['README.md'] + sorted(
     os.path.relpath(p, REPO)
@@ -177,7 +177,7 @@ def links(doc: str) -> Iterator[tuple[int, str]]:
 
 def _run_helper(*args: str) -> dict:
   result = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'tests', 'flag_definitions.py'),
+      [sys.executable, os.path.join(REPO, 'tests', 'helpers', 'flag_definitions.py'),
        *args], cwd=REPO, env=one_device_env(), capture_output=True,
       text=True, timeout=120)
   marker = [line for line in result.stdout.splitlines()

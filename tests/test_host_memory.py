@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests import command_utils
+from tests.helpers import command_utils
 
 # Runs in a fresh process (the settings are process-wide and must precede
 # any thread): on a new thread, as XLA:CPU's workers allocate, mallocs a

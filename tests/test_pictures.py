@@ -15,13 +15,13 @@ from configs import digits as digits_config
 from perceiver_jax import pictures
 from perceiver_jax.model import factory
 from perceiver_jax.train import loop
+from tests.helpers.command_utils import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def trained_run(tmp_path_factory):
-  """A runlocal digits run of 6 steps, as in test_train_loop.py."""
+  """A runlocal digits run of 6 steps, as in train/test_loop.py."""
   workdir = str(tmp_path_factory.mktemp('pictures') / 'run')
   config = digits_config.get_config('runlocal')
   config.train.update(num_steps=6, checkpoint_every_steps=100,

@@ -5,7 +5,7 @@ import re
 import subprocess
 import sys
 
-import command_utils
+from tests.helpers import command_utils
 from perceiver_jax import progress
 
 

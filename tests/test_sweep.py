@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-import command_utils
+from tests.helpers import command_utils
 from configs import digits
 from perceiver_jax import cli
 from perceiver_jax import sweep as h
@@ -238,7 +238,7 @@ def test_summarize_refuses_a_directory_without_points(tmp_path):
 
 
 def test_sweep_is_interrupted_reruns_skips_and_summarizes(tmp_path):
-  # The runs are test_train_loop.py's runlocal digits config (so the
+  # The runs are train/test_loop.py's runlocal digits config (so the
   # persistent compilation cache hits), swept over two seeds from the
   # command line.
   root = tmp_path / 'root'

@@ -3,7 +3,7 @@
 `FastCrossAttendBlock` has the reference block's parameters (same names,
 shapes, initialisers and initial values: its Linears draw their initial
 values in the reference's order) and computes the same function up
-to float rounding (tests/test_fast_cross_attend.py ties each path to the
+to float rounding (tests/model/test_fast_cross_attend.py ties each path to the
 reference). It splits the block in two:
 
 - `keys_values(x)`: the input side, `LN(x)` and its keys and values. The

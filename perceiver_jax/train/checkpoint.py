@@ -56,7 +56,7 @@ from perceiver_jax.train import parallel
 
 PyTree = Any
 
-# Test hook (tests/test_faults.py): when set to a step, the process kills
+# Test hook (tests/train/test_checkpoint.py): when set to a step, the process kills
 # itself with SIGKILL while saving that step, after every file is written
 # and before the temporary directory is renamed: the worst moment to die.
 KILL_DURING_SAVE_ENV = 'PERCEIVER_JAX_TEST_SIGKILL_DURING_SAVE_OF_STEP'
