@@ -127,12 +127,12 @@ def test_paper_encoder_equals_transformers_encoder(tmp_path, hidden_act,
   hf_config = fixtures.read_config(tmp_path)
   fields = tf_format.model_config(hf_config)['encoder']
   assert fields['mlp_activation'] == mlp_activation
-  config = encoder_config.EncoderConfig(**fields)
+  ours_config = encoder_config.EncoderConfig(**fields)
   inputs = np.random.default_rng(0).normal(
       size=(2, 50, config.d_model)).astype(np.float32)
 
   def encode(x):
-    return perceiver.Perceiver(config)(x, is_training=False)
+    return perceiver.Perceiver(ours_config)(x, is_training=False)
 
   encoder = hk.transform(encode)
   expected = jax.eval_shape(encoder.init, jax.random.key(0), inputs)
@@ -148,7 +148,7 @@ def test_paper_encoder_equals_transformers_encoder(tmp_path, hidden_act,
   # The other GELU gives measurably different latents: the test can fail.
   other = {'gelu': 'gelu_tanh', 'gelu_tanh': 'gelu'}[mlp_activation]
   mismatched = hk.transform(lambda x: perceiver.Perceiver(
-      dataclasses.replace(config, mlp_activation=other))(
+      dataclasses.replace(ours_config, mlp_activation=other))(
           x, is_training=False))
   assert np.max(np.abs(mismatched.apply(params, None, inputs) - theirs)) > (
       10 * TOLERANCE)
