@@ -1,48 +1,12 @@
 """transformers' Perceiver checkpoints <-> perceiver_jax parameters.
 
 A transformers checkpoint directory holds `config.json` (a `PerceiverConfig`
-with `architectures`) and the weights (`model.safetensors`). This module
-turns the config into our `config.model` and maps every tensor to one of our
-parameters and back, so that the same images give the same logits.
-
-Supported architectures (`ARCHITECTURES`): the three ImageNet classifiers
-DeepMind released with Perceiver IO and the bare encoder:
-
-| transformers class                              | our input type    |
-|-------------------------------------------------|-------------------|
-| `PerceiverForImageClassificationFourier`        | 'grid' (Fourier)  |
-| `PerceiverForImageClassificationLearned`        | 'conv1x1_learned' |
-| `PerceiverForImageClassificationConvProcessing` | 'conv_stem'       |
-| `PerceiverModel` (no preprocessor, no decoder)  | none: the encoder |
-
-Name mapping (transformers -> ours), `L` a transformers `PerceiverLayer`
-and `B` our block (`CrossAttendBlock` or `SelfAttendLayer`):
-
-- `L.attention.self.layernorm1` -> `B/query_norm` (self-attends:
-  `B/attention_norm`); `L.attention.self.layernorm2` -> `B/input_norm`
-  (cross-attends only).
-- `L.attention.self.{query,key,value}` -> `B/attention/{query,key,value}`;
-  `L.attention.output.dense` -> `B/attention/output`.
-- `L.layernorm` -> `B/mlp_norm`; `L.mlp.dense1`/`dense2` ->
-  `B/mlp/hidden`/`output`.
-- `embeddings.latents` -> `perceiver/latents`; `encoder.cross_attention` ->
-  `perceiver/cross_attend_0`; `encoder.self_attends.<i>` ->
-  `perceiver/latent_transformer_0/self_attend_<i>` (one shared stack, run
-  `num_blocks` times by both).
-- `decoder.decoder.output_position_encodings.position_embeddings` ->
-  `classification_decoder/query`; `decoder.decoder.decoding_cross_attention`
-  -> `classification_decoder/cross_attend`; `decoder.decoder.final_layer`
-  -> `classification_decoder/logits`.
-- preprocessors: `input_preprocessor.convnet_1x1` -> `.../conv1x1`,
-  `input_preprocessor.position_embeddings.position_embeddings` ->
-  `.../positions/pos_embs`, `input_preprocessor.positions_projection` ->
-  `.../position_projection`; `input_preprocessor.convnet.conv` ->
-  `.../conv`, `input_preprocessor.convnet.batchnorm.{weight, bias,
-  running_mean, running_var}` -> `.../batch_norm/{scale, offset, mean, var}`.
-
-Linear weights are stored `[out, in]` by torch and `[in, out]` by Haiku;
-LayerNorm `weight`/`bias` are our `scale`/`offset`; convolution kernels are
-`[out, in, h, w]` against Haiku's `[h, w, in, out]`.
+with `architectures`) and `model.safetensors`. `model_config` turns the
+config into our `config.model`, `name_map` places every tensor among our
+parameters (`_layer`: a `PerceiverLayer` against our cross-attend or
+self-attend block), so that the same images give the same logits. Torch
+stores Linear weights `[out, in]` and kernels `[out, in, h, w]`; Haiku
+`[in, out]` and `[h, w, in, out]`. docs/checkpoints.md has the full map.
 """
 
 import dataclasses
@@ -71,11 +35,9 @@ _PREFIX = 'perceiver.'
 IGNORED_SUFFIXES = ('num_batches_tracked',)
 
 
-# The configs of DeepMind's released classifiers as converted to
-# transformers (the values transformers' conversion script sets; everything
-# else is `PerceiverConfig`'s default: widening factors 1, hidden_act 'gelu',
-# a cross-attend query residual), by hub name. No weights: for building
-# models of their shape here, where the hub cannot be reached.
+# The configs of DeepMind's released classifiers as transformers' conversion
+# script sets them (the rest are `PerceiverConfig`'s defaults), by hub name:
+# models of their shape without the hub.
 _RELEASED_COMMON = dict(
     model_type='perceiver', num_latents=512, d_latents=1024, num_blocks=8,
     num_self_attends_per_block=6, num_cross_attention_heads=1,
@@ -103,14 +65,8 @@ class CheckpointError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Tensor:
-  """Where one transformers tensor lives among our parameters.
-
-  Attributes:
-    module: our Haiku module path.
-    name: the parameter's name in it.
-    to_ours: maps their array to ours.
-    to_theirs: maps ours back.
-  """
+  """Where one transformers tensor lives among our parameters (`module`,
+  `name`), and how its array maps to ours and back."""
   module: str
   name: str
   to_ours: Callable[[np.ndarray], np.ndarray]
@@ -236,11 +192,7 @@ def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
 
 def _encoder_fields(hf_config: Mapping[str, Any],
                     activation: str) -> dict[str, Any]:
-  """`EncoderConfig` fields for transformers' encoder settings.
-
-  Raises:
-    KeyError, TypeError, ValueError: a field is missing or malformed.
-  """
+  """`EncoderConfig` fields for transformers' encoder settings."""
   return dict(
       num_blocks=int(hf_config['num_blocks']),
       num_self_attends_per_block=int(hf_config['num_self_attends_per_block']),
@@ -268,18 +220,10 @@ def _encoder_fields(hf_config: Mapping[str, Any],
 def model_config(hf_config: Mapping[str, Any], *,
                  image_size: Optional[tuple[int, int]] = None
                  ) -> dict[str, Any]:
-  """Our `config.model` (a plain dict) for a transformers `config.json`.
-
-  Args:
-    hf_config: the parsed `config.json`.
-    image_size: `(H, W)` of the images the classifiers read (the image
-      processor's `size`); the 'learned' model's is fixed by its config.
-      Unused for the bare encoder.
-
-  Returns:
-    `encoder` (`EncoderConfig` fields), `head`, `decoder` and `input`, as
-    `factory` reads them; for the bare encoder, `encoder` only.
-  """
+  """Our `config.model` (a plain dict: `encoder`, and for classifiers
+  `head`, `decoder`, `input`) for a transformers `config.json`; `image_size`
+  `(H, W)` is the image processor's (the 'learned' model's config fixes
+  it)."""
   architecture = architecture_of(hf_config)
   input_type = ARCHITECTURES[architecture]
   activation = hf_config.get('hidden_act', 'gelu')
@@ -300,7 +244,7 @@ def model_config(hf_config: Mapping[str, Any], *,
                           f'({e}).') from None
   model = {'encoder': encoder}
   if input_type is None:
-    return model  # The encoder alone: `Perceiver(**model['encoder'])`.
+    return model  # The encoder alone.
   model['head'] = 'perceiver_io'
   model['decoder'] = dict(num_heads=1, widening_factor=1, query_residual=True)
   if input_type == 'conv1x1_learned':
@@ -328,21 +272,10 @@ def to_params(state: Mapping[str, np.ndarray],
               hf_config: Mapping[str, Any],
               expected: Mapping[str, Mapping[str, Any]]
               ) -> dict[str, dict[str, np.ndarray]]:
-  """Places transformers tensors as our parameters.
-
-  Args:
-    state: tensor name -> array (float32 after conversion).
-    hf_config: the parsed `config.json`.
-    expected: our parameters' shapes (`jax.eval_shape` of `init`), module
-      -> name -> anything with `.shape`.
-
-  Returns:
-    Our parameters as nested dicts of float32 numpy arrays.
-
-  Raises:
-    CheckpointError: naming the first tensor that has no place, the first
-      shape that does not fit, or the first parameter left without a value.
-  """
+  """Our parameters (float32 numpy, module -> name -> array) from the
+  tensors `state`, shaped as `expected` (`jax.eval_shape` of `init`).
+  Raises `CheckpointError` on a tensor without a place, a shape that does
+  not fit, or a parameter left without a value."""
   names = name_map(hf_config)
   params: dict[str, dict[str, np.ndarray]] = {}
   for key in sorted(state):
@@ -376,11 +309,7 @@ def to_params(state: Mapping[str, np.ndarray],
 
 def from_params(params: Mapping[str, Mapping[str, Any]],
                 hf_config: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """Our parameters as transformers tensors (the reverse of `to_params`).
-
-  Raises:
-    CheckpointError: if one of our parameters has no transformers name.
-  """
+  """Our parameters as transformers tensors (the reverse of `to_params`)."""
   names = name_map(hf_config)
   by_ours = {(t.module, t.name): (key, t) for key, t in names.items()}
   state = {}
@@ -457,13 +386,10 @@ def _architecture_values(model: Mapping[str, Any]) -> dict[str, Any]:
 
 def transformers_config(model: Mapping[str, Any],
                         num_classes: int) -> dict[str, Any]:
-  """transformers' `config.json` for our `config.model`.
-
-  Raises:
-    CheckpointError: naming the first setting transformers' Perceiver
-      classifiers cannot express (checked by mapping the result back with
-      `model_config` and comparing every value that decides the function).
-  """
+  """transformers' `config.json` for our `config.model`; a setting it
+  cannot express raises `CheckpointError` (found by mapping the result back
+  with `model_config` and comparing every value that decides the
+  function)."""
   model = dict(model)
   input_type = dict(model.get('input') or {}).get('type')
   if input_type not in _CLASS_OF_INPUT:
@@ -514,16 +440,9 @@ def transformers_config(model: Mapping[str, Any],
 
 
 def merge_model_config(config_model: Any, model: Mapping[str, Any]) -> None:
-  """Writes `model_config`'s result into a run config's `config.model`.
-
-  The run config's execution modes (scan, precision, ...) stay; every field
-  that decides the function becomes the checkpoint's. `config.model.input`
-  is replaced whole (the input types have different fields).
-
-  Args:
-    config_model: an unlocked `ml_collections.ConfigDict`.
-    model: the result of `model_config`.
-  """
+  """Writes `model_config`'s result into an unlocked run config's
+  `config.model`: execution modes stay, every field that decides the
+  function becomes the checkpoint's, `input` is replaced whole."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   for key, value in model.items():
     if key in ('encoder', 'decoder') and key in config_model:

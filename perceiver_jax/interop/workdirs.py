@@ -1,13 +1,10 @@
 """Workdirs <-> transformers Perceiver checkpoint directories.
 
-`import_checkpoint` writes a workdir (`config.json` and an orbax checkpoint
-of step 0, as a training run leaves them) from a transformers checkpoint
-directory; `export_checkpoint` writes a transformers checkpoint directory
+`import_checkpoint` writes a workdir (`config.json` and a step-0 checkpoint)
+from a transformers checkpoint directory; `export_checkpoint` writes one
 (`config.json`, `model.safetensors`) from a workdir. Both check everything
-before writing anything, and refuse bad input with `ImportFailure` /
-`ExportFailure` (`cli.UsageError`s: the commands `experiments.
-import_checkpoint` and `experiments.export_checkpoint` print them as one
-`error: ...` line, exit status 2).
+before writing anything; a refusal is a `cli.UsageError` (one `error:`
+line).
 """
 
 import json
@@ -66,9 +63,8 @@ def _weights(directory: str, architecture: str) -> dict:
 
 
 def _image_settings(directory: str) -> tuple[tuple[int, int], float]:
-  """The image size `(H, W)` and centre-crop fraction of the checkpoint's
-  image processor (`preprocessor_config.json`; transformers' defaults,
-  224 x 224 and 224/256, without one)."""
+  """`(H, W)` and the centre-crop fraction of `preprocessor_config.json`
+  (transformers' defaults without one)."""
   path = os.path.join(directory, 'preprocessor_config.json')
   settings = (_read_json(path, 'preprocessor_config.json')
               if os.path.exists(path) else {})
@@ -89,18 +85,9 @@ def _image_settings(directory: str) -> tuple[tuple[int, int], float]:
 
 def import_checkpoint(source: str, workdir: str,
                       base_config: ml_collections.ConfigDict) -> str:
-  """Writes `workdir` from the checkpoint in `source`; returns the summary.
-
-  Args:
-    source: the transformers checkpoint directory.
-    workdir: the workdir to create (new or empty).
-    base_config: the run config to write (e.g. configs/imagenet.py's), its
-      `model` replaced by the checkpoint's and `data.num_classes` set to its
-      label count; not modified.
-
-  Raises:
-    ImportFailure: the checkpoint is refused (nothing written).
-  """
+  """Writes the new or empty `workdir` from the checkpoint in `source`,
+  with `base_config`'s `model` and `data.num_classes` replaced by the
+  checkpoint's; returns the summary."""
   # pylint: disable=g-import-not-at-top
   import jax
   import jax.numpy as jnp
@@ -175,11 +162,7 @@ class ExportFailure(cli.UsageError):
 
 def export_checkpoint(workdir: str, target: str,
                       step: Optional[int] = None) -> str:
-  """Writes `target` from `workdir`'s checkpoint; returns the summary.
-
-  Raises:
-    ExportFailure: the model cannot be expressed (nothing written).
-  """
+  """Writes `target` from `workdir`'s checkpoint; returns the summary."""
   # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np

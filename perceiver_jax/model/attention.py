@@ -1,17 +1,10 @@
 """Attention, the MLP and the Perceiver's blocks: the reference semantics.
 
-docs/paper.md section 1, as written there. Shapes: byte array (inputs)
-`x: [B, M, C]`; latents `z: [B, N, D]`.
-
-- `CrossAttendBlock`: `z += Attn(q=LN(z), kv=LN(x))` with one head of
-  width C, projected back to D; then `z += MLP(LN(z))`.
-- `SelfAttendLayer`: `z += Attn(LN(z), LN(z))` with 8 heads of width D / 8;
-  then `z += MLP(LN(z))`.
-- `LatentTransformer`: a stack of `SelfAttendLayer`s.
-
-This module is the plain program. `fast_cross_attend` computes the same
-cross-attend function from the same parameters with fewer FLOPs.
-Hyperparameters are validated once, by `encoder_config.EncoderConfig`.
+docs/paper.md section 1, byte array `x: [B, M, C]`, latents `z: [B, N, D]`:
+`CrossAttendBlock` is `z += Attn(q=LN(z), kv=LN(x))` (one head of width C
+projected back to D), then `z += MLP(LN(z))`; `SelfAttendLayer` the same
+over `LN(z)` with 8 heads; `LatentTransformer` a stack of them.
+`fast_cross_attend` computes the same cross-attend with fewer FLOPs.
 """
 
 import math
@@ -43,22 +36,13 @@ def scaled_dot_product_attention(
     key_mask: Optional[jax.Array] = None, impl: str = 'einsum',
     dropout_rate: float = 0.0, is_training: bool = False,
     scale: Optional[float] = None) -> jax.Array:
-  """`softmax(scale * Q K^T) V` per head, softmax over the key axis.
+  """`softmax(scale * Q K^T) V` per head: queries `[B, N, H, Dqk]`, keys
+  `[B, M, H, Dqk]`, values `[B, M, H, Dv]` -> `[B, N, H, Dv]`.
 
-  Args:
-    queries: `[B, N, H, Dqk]`.
-    keys: `[B, M, H, Dqk]`.
-    values: `[B, M, H, Dv]`.
-    key_mask: optional `[B, M]` booleans, True for keys that may be attended.
-    impl: 'einsum' (logits, softmax and weighted sum written out; logits and
-      softmax in float32) or 'dot_product' (`jax.nn.dot_product_attention`,
-      JAX's own choice of kernel, XLA's in JAX 0.10; not with dropout).
-    dropout_rate: dropout on the attention weights (training only).
-    is_training: whether dropout applies.
-    scale: multiplies the logits; default `1 / sqrt(Dqk)`.
-
-  Returns:
-    `[B, N, H, Dv]`.
+  `key_mask` `[B, M]` is True for keys that may be attended; `scale`
+  defaults to `1 / sqrt(Dqk)`. `impl` 'einsum' writes it out (logits and
+  softmax in float32); 'dot_product' is `jax.nn.dot_product_attention`
+  (not with dropout in training).
   """
   if impl not in ATTENTION_IMPLS:
     raise ValueError(f'impl must be one of {ATTENTION_IMPLS}, got {impl!r}.')
@@ -76,16 +60,12 @@ def scaled_dot_product_attention(
 
 
 class Attention(hk.Module):
-  """Multi-head attention with Q, K, V and output Linears (all with bias).
-
-  The output is projected back to the width of the query inputs.
-  """
+  """Multi-head attention; Q, K, V and output Linears, the output as wide
+  as the query inputs. `qk_channels`, `v_channels`: all heads together."""
 
   def __init__(self, *, num_heads: int, qk_channels: int, v_channels: int,
                impl: str = 'einsum', dropout_rate: float = 0.0,
                name: Optional[str] = None):
-    """Args: `qk_channels`/`v_channels` are the widths of all heads together
-    (each divisible by `num_heads`); `impl` one of `ATTENTION_IMPLS`."""
     super().__init__(name=name)
     self.num_heads = num_heads
     self.qk_channels = qk_channels
@@ -94,7 +74,6 @@ class Attention(hk.Module):
     self.dropout_rate = dropout_rate
 
   def split_heads(self, x: jax.Array) -> jax.Array:
-    """`[B, T, H * Dh]` -> `[B, T, H, Dh]`."""
     return x.reshape(*x.shape[:-1], self.num_heads, -1)
 
   @hk.name_like('__call__')
@@ -108,8 +87,7 @@ class Attention(hk.Module):
   def attend(self, inputs_q: jax.Array, keys: jax.Array, values: jax.Array,
              *, key_mask: Optional[jax.Array] = None,
              is_training: bool) -> jax.Array:
-    """Queries from `inputs_q` `[B, N, Cq]` attend to projected keys and
-    values (`keys_values`); returns `[B, N, Cq]`."""
+    """`inputs_q` `[B, N, Cq]` attend to `keys_values`; `[B, N, Cq]`."""
     queries = self.split_heads(
         layers.linear(self.qk_channels, 'query')(inputs_q))  # [B, N, H, Dh]
     attended = scaled_dot_product_attention(
@@ -126,8 +104,7 @@ class Attention(hk.Module):
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, *,
                key_mask: Optional[jax.Array] = None,
                is_training: bool) -> jax.Array:
-    """Attends from `inputs_q` `[B, N, Cq]` to `inputs_kv` `[B, M, Ckv]`
-    (`key_mask` `[B, M]`); returns `[B, N, Cq]`."""
+    """`inputs_q` `[B, N, Cq]` attend to `inputs_kv` `[B, M, Ckv]`."""
     keys, values = self.keys_values(inputs_kv)
     return self.attend(inputs_q, keys, values, key_mask=key_mask,
                        is_training=is_training)
@@ -142,11 +119,10 @@ ACTIVATIONS = {
 
 
 class MLP(hk.Module):
-  """`Linear(w * D) -> GELU (tanh form) -> Linear(D)`."""
+  """`Linear(w * D) -> GELU -> Linear(D)`."""
 
   def __init__(self, *, widening_factor: int = 1, dropout_rate: float = 0.0,
                activation: str = 'gelu_tanh', name: Optional[str] = None):
-    """Args: `activation` a key of `ACTIVATIONS`."""
     super().__init__(name=name)
     self._widening_factor = widening_factor
     self._dropout_rate = dropout_rate
@@ -163,11 +139,8 @@ class MLP(hk.Module):
 
 class _Block(hk.Module):
   """What both blocks share: their settings and the MLP half.
-
-  `qk_channels` and `v_channels` (None: the paper's, the width the block
-  attends over, C or D) and `activation` exist for checkpoints of other
-  Perceivers (docs/checkpoints.md); the paper uses the defaults.
-  """
+  `qk_channels`, `v_channels` (None: the width attended over) and
+  `activation` serve other Perceivers' checkpoints."""
 
   attention_class = Attention  # Subclasses may compute it differently.
 
@@ -188,8 +161,7 @@ class _Block(hk.Module):
 
   @hk.name_like('__call__')
   def attention(self, channels: int) -> Attention:
-    """The block's attention over inputs `channels` wide: Q/K/V that wide
-    unless set otherwise (named 'attention')."""
+    """The attention over inputs `channels` wide."""
     qk_channels = self._widths[0] or channels
     return self.attention_class(qk_channels=qk_channels,
                                 v_channels=self._widths[1] or qk_channels,
@@ -199,8 +171,7 @@ class _Block(hk.Module):
   def residual_then_mlp(self, latents: jax.Array, attended: jax.Array, *,
                         is_training: bool,
                         residual: bool = True) -> jax.Array:
-    """`z += Dropout(attended)` (`z = ...` without the residual), then
-    `z += MLP(LN(z))`; `[B, N, D]`."""
+    """`z += Dropout(attended)` (or `z = ...`), then `z += MLP(LN(z))`."""
     attended = layers.dropout(attended, self.dropout, is_training)
     latents = latents + attended if residual else attended
     mlp = MLP(widening_factor=self.widening_factor,
@@ -211,13 +182,8 @@ class _Block(hk.Module):
 
 
 class CrossAttendBlock(_Block):
-  """`z += Attn(q=LN(z), kv=LN(x))`, then `z += MLP(LN(z))`.
-
-  Queries, keys and values have the inputs' width C, split over `num_heads`
-  (1 in the paper); the attention output is projected back to D. Without
-  `query_residual` (Perceiver IO's option) the first update is
-  `z = Attn(...)`.
-  """
+  """`z += Attn(q=LN(z), kv=LN(x))`, then `z += MLP(LN(z))`; without
+  `query_residual` (Perceiver IO's option) `z = Attn(...)`."""
 
   def __init__(self, *, num_heads: int = 1, query_residual: bool = True,
                **kwargs):
@@ -227,17 +193,7 @@ class CrossAttendBlock(_Block):
   def __call__(self, latents: jax.Array, inputs: jax.Array, *,
                input_mask: Optional[jax.Array] = None,
                is_training: bool) -> jax.Array:
-    """Updates latents `[B, N, D]` from inputs `[B, M, C]`.
-
-    Args:
-      latents: `[B, N, D]`.
-      inputs: `[B, M, C]`.
-      input_mask: optional `[B, M]` booleans, True where an input is real.
-      is_training: enables dropout.
-
-    Returns:
-      The updated latents, `[B, N, D]`.
-    """
+    """Latents `[B, N, D]` from inputs `[B, M, C]` (mask `[B, M]`)."""
     attention = self.attention(inputs.shape[-1])
     attended = attention(layers.layer_norm('query_norm')(latents),
                          layers.layer_norm('input_norm')(inputs),
@@ -247,7 +203,7 @@ class CrossAttendBlock(_Block):
 
 
 class SelfAttendLayer(_Block):
-  """`z += Attn(LN(z), LN(z))`, then `z += MLP(LN(z))`; Q/K/V width D."""
+  """`z += Attn(LN(z), LN(z))`, then `z += MLP(LN(z))`."""
 
   def __init__(self, *, num_heads: int = 8, **kwargs):
     super().__init__(num_heads=num_heads, **kwargs)
@@ -265,7 +221,6 @@ class LatentTransformer(hk.Module):
 
   def __init__(self, *, num_layers: int, name: Optional[str] = None,
                **layer_kwargs):
-    """`layer_kwargs`: `SelfAttendLayer`'s (`_Block`'s arguments)."""
     super().__init__(name=name)
     self._num_layers = num_layers
     self._layer_kwargs = layer_kwargs

@@ -1,15 +1,10 @@
-"""A small convolutional baseline for image classification.
+"""A small convolutional baseline for the miniature ablations.
 
-Used by the miniature ablations (docs/sweeps_and_results.md) to show the point
-of the paper's Table 2 at small scale: a ConvNet relies on the pixels'
-spatial neighbourhoods, so a fixed permutation of the pixel grid hurts it,
-while a Perceiver whose position features travel with the pixels does not
-care.
-
-Architecture: `len(channels)` 3x3 convolutions ('SAME' padding, ReLU), a 2x2
-max-pool after each convolution except the last while both spatial sides
-are even and at least 4, then the mean over positions and a Linear to the
-logits. No normalisation, so the model has no state.
+It relies on the pixels' neighbourhoods, so a fixed pixel permutation hurts
+it while the Perceiver does not care (the paper's Table 2 at small scale,
+docs/sweeps_and_results.md): 3x3 convolutions with ReLU, 2x2 max pools
+while both sides are even and at least 4, the mean over positions and a
+Linear. No normalisation, so no state.
 """
 
 from typing import Optional, Sequence
@@ -21,23 +16,13 @@ import numpy as np
 
 
 class ConvNet(hk.Module):
-  """Maps images `[B, H, W, C]` to logits `[B, num_classes]`."""
+  """Maps images `[B, H, W, C]` to logits `[B, num_classes]`; a
+  `permutation` `[H * W]` reorders the pixels first."""
 
   def __init__(self, num_classes: int, *,
                channels: Sequence[int] = (32, 64, 128),
                permutation: Optional[np.ndarray] = None,
                name: Optional[str] = 'convnet'):
-    """Builds the ConvNet.
-
-    Args:
-      num_classes: number of logits.
-      channels: output channels of each 3x3 convolution (at least one).
-      permutation: optional `[H * W]` indices; the image's pixels (in
-        row-major order) are reordered by it before the first convolution,
-        so the network sees a scrambled image (the same fixed permutation as
-        the Perceiver's `permutation_seed`).
-      name: module name.
-    """
     super().__init__(name=name)
     if (isinstance(num_classes, bool) or not isinstance(num_classes, int) or
         num_classes < 1):
@@ -55,7 +40,6 @@ class ConvNet(hk.Module):
                          np.asarray(permutation))
 
   def __call__(self, images: jax.Array) -> jax.Array:
-    """Logits `[B, num_classes]` of images `[B, H, W, C]`."""
     if images.ndim != 4:
       raise ValueError(f'ConvNet images must have rank 4 [batch, height, '
                        f'width, channels], got shape {images.shape}.')

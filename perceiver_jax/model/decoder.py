@@ -1,19 +1,11 @@
 """Perceiver IO decoding: output queries cross-attend to the latents.
 
-The Perceiver IO paper (Jaegle et al. 2021b) reads the encoder's latents
-`[B, N, D]` out with a cross-attend whose queries describe the outputs
-(`PerceiverIODecoder`: trainable queries, or the Fourier features of the
-outputs' positions). For classification there is one trainable query
-`[1, E]`; its cross-attend output `[B, 1, E]` goes through a Linear to the
-logits (`ClassificationDecoder`). This is the head of DeepMind's released
-ImageNet classifiers (and of transformers'
-`PerceiverForImageClassification*` ports of them); the paper we reproduce
-averages the latents instead (`perceiver.ClassificationHead`).
-
-Parameter names: `classification_decoder/query`,
-`classification_decoder/cross_attend/...` (an `attention.CrossAttendBlock`:
-the query plays the latents' part, the latents the inputs'), and
-`classification_decoder/logits/{w,b}`.
+Perceiver IO (Jaegle et al. 2021b) reads latents `[B, N, D]` out with a
+cross-attend whose queries describe the outputs (trainable, or Fourier
+features of the outputs' positions). Its classifiers, DeepMind's released
+ImageNet models, use one trainable query and a Linear to the logits
+(`ClassificationDecoder`: `classification_decoder/{query, cross_attend,
+logits}`); the paper we reproduce averages the latents instead.
 """
 
 import math
@@ -25,6 +17,7 @@ import jax.numpy as jnp
 
 from perceiver_jax import checks
 from perceiver_jax.model import attention as attention_lib
+from perceiver_jax.model import encoder_config
 from perceiver_jax.model import perceiver
 from perceiver_jax.model import position_encoding as pe
 
@@ -46,11 +39,7 @@ DECODER_DEFAULTS = dict(
 
 
 def decoder_settings(model_config: Mapping[str, Any]) -> dict[str, Any]:
-  """`config.model.decoder` with `DECODER_DEFAULTS` filled in.
-
-  Raises:
-    ValueError: on a field the decoder does not know.
-  """
+  """`config.model.decoder` with `DECODER_DEFAULTS` filled in."""
   given = dict(model_config.get('decoder') or {})
   unknown = sorted(set(given) - set(DECODER_DEFAULTS))
   if unknown:
@@ -60,8 +49,7 @@ def decoder_settings(model_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _checked_block_kwargs(**kwargs: Any) -> dict[str, Any]:
-  """The decoding cross-attend's `attention.CrossAttendBlock` arguments,
-  checked; errors name the `config.model.decoder` field."""
+  """The decoding `attention.CrossAttendBlock`'s arguments, checked."""
   for name in ('num_heads', 'widening_factor'):
     checks.positive_int(kwargs[name], f'config.model.decoder.{name}')
   for name in ('qk_channels', 'v_channels'):
@@ -79,8 +67,6 @@ QUERY_TYPES = ('trainable', 'fourier')
 
 def _check_queries(query_type: str, num_bands: int,
                    num_query_channels: Optional[int]) -> None:
-  """Checks the query settings; errors name the `config.model.decoder`
-  field."""
   checks.one_of(query_type, 'config.model.decoder.query_type', QUERY_TYPES)
   checks.positive_int(num_bands, 'config.model.decoder.query_num_bands')
   if num_query_channels is not None:
@@ -92,15 +78,11 @@ def _check_queries(query_type: str, num_bands: int,
 
 
 class PerceiverIODecoder(hk.Module):
-  """Output queries cross-attend to the latents; a Linear maps each output.
-
-  Maps latents `[B, N, D]` to outputs `[B, O, output_channels]`, one per
-  query. The queries are trainable (`[O, E]`, truncated normal 0.02) or the
-  Fourier features of the outputs' positions on a grid
-  (`position_encoding.fourier_grid_features(output_index_dims, num_bands)`,
-  `E = d (2K + 1)`, nothing trained), as Perceiver IO queries dense outputs
-  by their position.
-  """
+  """Maps latents `[B, N, D]` to outputs `[B, O, output_channels]`: queries
+  `[O, E]` (`query_type` 'trainable', E `num_query_channels` or D; or
+  'fourier', the features of the `output_index_dims` grid) cross-attend to
+  the latents, and a Linear maps each output. `qk_channels` defaults to D
+  (transformers' `cross_attention_shape_for_attention='kv'`)."""
 
   def __init__(self,
                output_channels: int,
@@ -118,26 +100,6 @@ class PerceiverIODecoder(hk.Module):
                attention_impl: str = 'einsum',
                output_name: str = 'outputs',
                name: Optional[str] = 'perceiver_io_decoder'):
-    """Builds the decoder.
-
-    Args:
-      output_channels: channels of each output (logits per example for a
-        classifier).
-      output_index_dims: the outputs' grid; O = its product.
-      query_type: 'trainable' or 'fourier' (see the class docstring).
-      query_num_bands: K of Fourier queries.
-      num_heads: heads of the decoding cross-attend.
-      widening_factor: its MLP's widening.
-      query_residual: add the attention output to the queries.
-      num_query_channels: E of trainable queries; None: D.
-      qk_channels: query/key width; None: D (the latents' width, as
-        transformers' `cross_attention_shape_for_attention='kv'`).
-      v_channels: value width; None: the query/key width.
-      mlp_activation: a key of `attention.ACTIVATIONS`.
-      attention_impl: one of `attention.ATTENTION_IMPLS`.
-      output_name: the output Linear's module name.
-      name: module name.
-    """
     super().__init__(name=name)
     self._output_channels = checks.positive_int(output_channels,
                                                 'output_channels')
@@ -156,7 +118,7 @@ class PerceiverIODecoder(hk.Module):
   @hk.name_like('__call__')
   def queries(self, batch_size: int, latent_channels: int,
               dtype: jnp.dtype) -> jax.Array:
-    """The output queries `[B, O, E]`."""
+    """The queries `[B, O, E]`."""
     num_outputs = math.prod(self._output_index_dims)
     if self._query_type == 'fourier':
       features = pe.fourier_grid_features(self._output_index_dims,
@@ -190,14 +152,10 @@ class PerceiverIODecoder(hk.Module):
 
 
 class ClassificationDecoder(PerceiverIODecoder):
-  """One query cross-attends to the latents; a Linear gives the logits: the
-  head of the released classifiers. Maps latents `[B, N, D]` to logits
-  `[B, num_classes]`."""
+  """Maps latents `[B, N, D]` to logits `[B, num_classes]` with one query."""
 
   def __init__(self, num_classes: int, *,
                name: Optional[str] = 'classification_decoder', **kwargs: Any):
-    """`kwargs`: `PerceiverIODecoder`'s, but one output (the default
-    `output_index_dims`)."""
     if tuple(kwargs.get('output_index_dims', (1,))) != (1,):
       raise ValueError('A classification decoder has one output query.')
     super().__init__(checks.positive_int(num_classes, 'num_classes'),
@@ -209,29 +167,18 @@ class ClassificationDecoder(PerceiverIODecoder):
 
 
 class PerceiverIOClassifier:
-  """The Perceiver encoder followed by `ClassificationDecoder`.
+  """The encoder, then `ClassificationDecoder` (a plain composition, like
+  `perceiver.PerceiverClassifier`)."""
 
-  Like `perceiver.PerceiverClassifier` a plain composition, so that the
-  parameters are `perceiver/...` and `classification_decoder/...`.
-  """
-
-  def __init__(self, num_classes: int, *,
-               decoder: Optional[Mapping[str, Any]] = None,
-               **encoder_config):
-    """Builds both parts.
-
-    Args:
-      num_classes: logits per example.
-      decoder: `ClassificationDecoder` arguments (`DECODER_DEFAULTS`).
-      **encoder_config: `perceiver.Perceiver` arguments; its
-        `mlp_activation` and `attention_impl` apply to the decoder too.
-    """
-    self.encoder = perceiver.Perceiver(**encoder_config)
+  def __init__(self, num_classes: int,
+               config: encoder_config.EncoderConfig, *,
+               decoder: Optional[Mapping[str, Any]] = None):
+    """`decoder`: `ClassificationDecoder` arguments (`DECODER_DEFAULTS`);
+    the encoder's `mlp_activation` and `attention_impl` apply to it too."""
+    self.encoder = perceiver.Perceiver(config)
     self.decoder = ClassificationDecoder(
-        num_classes,
-        mlp_activation=encoder_config.get('mlp_activation', 'gelu_tanh'),
-        attention_impl=encoder_config.get('attention_impl', 'einsum'),
-        **(decoder or {}))  # Unset fields: the decoder's own defaults.
+        num_classes, mlp_activation=config.mlp_activation,
+        attention_impl=config.attention_impl, **(decoder or {}))
 
   def __call__(self,
                inputs: perceiver.ByteArray,

@@ -1,21 +1,13 @@
-"""The cross-attend of `attention.CrossAttendBlock`, computed with fewer FLOPs.
+"""`attention.CrossAttendBlock` with the same parameters, fewer FLOPs.
 
 `FastCrossAttendBlock` has the reference block's parameters (same names,
-shapes, initialisers and initial values: its Linears draw their initial
-values in the reference's order) and computes the same function up
-to float rounding (tests/model/test_fast_cross_attend.py ties each path to the
-reference). It splits the block in two:
-
-- `keys_values(x)`: the input side, `LN(x)` and its keys and values. The
-  encoder computes it once per weight set and hands it to every
-  cross-attend sharing those weights (`reuse_shared_keys_values`).
-- `attend(z, kv)`: the query side, the attention and the MLP half.
-
-With one head and `absorb_projections` (and no attention dropout in this
-pass), the input side stays unprojected (`UnprojectedKeysValues`) and the
-query side absorbs the projections (`_FastAttention.attend_unprojected`).
-A grid's byte array in parts (`grid_byte_array.GridByteArray`) then stays
-in parts, and the `[B, M, C]` array is never built.
+shapes, initialisers and draw order) and computes the same function up to
+float rounding (tests/model/test_fast_cross_attend.py). It splits the block
+into the input side `keys_values(x)`, which the encoder computes once per
+weight set (`reuse_shared_keys_values`), and the query side `attend(z,
+kv)`. With one head and `absorb_projections` (no attention dropout in this
+pass) the input side stays unprojected and the query side absorbs the
+projections, so a grid's byte array in parts is never built.
 """
 
 import math
@@ -41,16 +33,9 @@ class KeysValues(NamedTuple):
 
 
 class UnprojectedKeysValues(NamedTuple):
-  """The input side of a one-head cross-attend, projections not applied.
-
-  Attributes:
-    standardized: the inputs standardised over channels (the LayerNorm
-      without scale and offset) `[B, M, C]`, or a grid's in parts
-      (`grid_byte_array.StandardizedGrid`).
-    norm_scale: the input LayerNorm's scale `[C]` (float32).
-    norm_offset: its offset `[C]` (float32).
-    key_w: `[C, Dqk]`. key_b: `[Dqk]`. value_w: `[C, Dv]`. value_b: `[Dv]`.
-  """
+  """The input side of a one-head cross-attend, projections not applied:
+  the standardised inputs `[B, M, C]` (or a `StandardizedGrid`), the input
+  LayerNorm's scale and offset `[C]`, and the K/V Linears' parameters."""
   standardized: jax.Array | grid_byte_array.StandardizedGrid
   norm_scale: jax.Array
   norm_offset: jax.Array
@@ -62,25 +47,21 @@ class UnprojectedKeysValues(NamedTuple):
 
 def absorbs_projections(*, num_heads: int, absorb_projections: bool,
                         dropout: float, is_training: bool) -> bool:
-  """Whether a cross-attend's pass runs with absorbed projections.
-
-  Only one head: with several, the absorbed queries would be C wide per
-  head. Not with attention dropout in training: the dropped weights' rows
-  no longer sum to 1, which the absorbed values rely on.
-  """
+  """Whether a pass absorbs the projections: one head only (several would
+  need C-wide queries per head), and no attention dropout in training (the
+  absorbed values need weights summing to 1)."""
   return (absorb_projections and num_heads == 1 and
           not (dropout > 0.0 and is_training))
 
 
 class _FastAttention(attention.Attention):
-  """`attention.Attention` that can also apply its key/value projections
-  on the queries' side."""
+  """`attention.Attention` that can apply its K/V projections on the
+  queries' side."""
 
   @hk.name_like('__call__')
   def projection_parameters(
       self, input_channels: int, dtype: jnp.dtype
   ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """`(key_w, key_b, value_w, value_b)` for inputs `input_channels` wide."""
     return (*layers.linear(self.qk_channels, 'key').parameters(
         input_channels, dtype),
             *layers.linear(self.v_channels, 'value').parameters(
@@ -92,15 +73,10 @@ class _FastAttention(attention.Attention):
                          key_mask: Optional[jax.Array]) -> jax.Array:
     """One-head attention on the standardised inputs S; `[B, N, Cq]`.
 
-    The LayerNorm output is `X = S diag(g) + 1 o^T` (scale g, offset o),
-    `K = X Wk + bk` and `V = X Wv + bv`. So `Q K^T = ((Q Wk^T) diag(g)) S^T`
-    plus one value per query (`Q Wk^T o + Q bk`), which the softmax cancels,
-    also under a key mask; and, as each row of the weights P sums to 1,
-    `P V = ((P S) diag(g) + 1 o^T) Wv + bv`. Every parameter then acts on
-    the N queries instead of the M inputs: for M >> N the forward saves the
-    `4 B M C Dqk` FLOPs of the projections, and the backward the gradients
-    of the projections and of the `[B, M, C]` LayerNorm output. The softmax
-    scale stays `1 / sqrt(Dqk)`.
+    With `X = S diag(g) + 1 o^T`, `Q K^T = ((Q Wk^T) diag(g)) S^T` plus one
+    value per query, which the softmax cancels, and as the weights' rows sum
+    to 1, `P V = ((P S) diag(g) + 1 o^T) Wv + bv`: every parameter acts on
+    the N queries, not the M inputs.
     """
     queries = layers.linear(self.qk_channels, 'query')(inputs_q)
     s = kv.standardized
@@ -128,21 +104,17 @@ class _FastAttention(attention.Attention):
 
 
 class FastCrossAttendBlock(attention.CrossAttendBlock):
-  """`attention.CrossAttendBlock`, split into an input side computed once
-  and a query side; optionally with absorbed projections."""
+  """`attention.CrossAttendBlock` split into its input and query sides."""
 
   attention_class = _FastAttention
 
   def __init__(self, *, input_channels: int, absorb_projections: bool,
                **kwargs):
-    """Args: `input_channels` C; `absorb_projections` (see module
-    docstring); `kwargs` those of `attention.CrossAttendBlock`."""
     super().__init__(**kwargs)
     self._input_channels = input_channels
     self._absorb_projections = absorb_projections
 
   def absorbs(self, is_training: bool) -> bool:
-    """Whether this pass runs with absorbed projections."""
     return absorbs_projections(
         num_heads=self.num_heads, absorb_projections=self._absorb_projections,
         dropout=self.dropout, is_training=is_training)
@@ -151,11 +123,6 @@ class FastCrossAttendBlock(attention.CrossAttendBlock):
   def keys_values(self, inputs: ByteArray, *,
                   is_training: bool) -> KeysValues | UnprojectedKeysValues:
     """The input side of the block for inputs `[B, M, C]` (or in parts)."""
-    if inputs.shape[-1] != self._input_channels:
-      raise ValueError(
-          f'inputs have shape {inputs.shape} with {inputs.shape[-1]} '
-          f'channels, but this cross-attend was built for '
-          f'{self._input_channels} input channels.')
     norm = layers.layer_norm('input_norm')
     attention_module = self.attention(self._input_channels)
     if self.absorbs(is_training):
@@ -198,7 +165,6 @@ class FastCrossAttendBlock(attention.CrossAttendBlock):
   def __call__(self, latents: jax.Array, inputs: ByteArray, *,
                input_mask: Optional[jax.Array] = None,
                is_training: bool) -> jax.Array:
-    """Same signature and result as the reference block's `__call__`."""
     return self.attend(latents,
                        self.keys_values(inputs, is_training=is_training),
                        input_mask=input_mask, is_training=is_training)

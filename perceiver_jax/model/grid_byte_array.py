@@ -1,29 +1,15 @@
 """A grid's byte array kept as its parts, for one-head cross-attends.
 
-On a grid (an image's pixels), the byte array `[B, M, C]` is each
-position's raw channels (`content`, `[B, M, Cc]`) followed by its position
-features, and the Fourier features of position `(i_1, ..., i_d)` are a sum
-of one table row per axis, `sum_a T_a[i_a]` (`position_encoding.
-axis_tables`). The cross-attend with absorbed projections
-(`fast_cross_attend`) needs only two contractions
-with the standardised byte array S (the input LayerNorm without its scale
-and offset): the logits `q S^T` and the pooled values `w S`. Both follow
-from the parts without building S or the byte array:
-
-- the LayerNorm statistics of position m need the sums of its channels and
-  of their squares: those of the content plus per-axis table sums;
-- `q S^T`: `r_m (q_c . content_m + sum_a (q_f T_a^T)[i_a] - mean_m sum(q))`
-  with `r_m = 1 / sqrt(var_m + eps)`: a `[B, N, Cc] x [B, Cc, M]` matmul,
-  d small `[B, N, F] x [F, n_a]` ones and elementwise work on `[B, N, M]`;
-- `w S`: with `u = w r`, the content channels are `u content`, the feature
-  channels `sum_a marginal_a(u) T_a` (`marginal_a`: u summed over every
-  grid axis but a), and every channel loses `sum_m u_m mean_m`.
-
-So the `4 B N M C` FLOPs of the two `[B, N, M] x C` matmuls (ImageNet:
-C = 261, of which 258 are position features) become `4 B N M Cc` plus
-`O(B N M)` elementwise work, and the `[B, M, C]` array is never stored.
-Same values as the dense path up to float rounding (the variance is
-`E[x^2] - mean^2` here, two-pass in `layers.LayerNorm`).
+On a grid the byte array `[B, M, C]` is each position's raw channels
+(`content` `[B, M, Cc]`) and Fourier features, which are a sum of one
+table row per axis (`position_encoding.axis_tables`). The absorbed
+cross-attend (`fast_cross_attend`) needs only `q S^T` and `w S` of the
+standardised byte array S; both follow from the parts: the LayerNorm
+statistics from per-axis table sums, `q S^T` from a content matmul plus
+small per-axis ones, `w S` from the weights' per-axis marginals. The
+`4 B N M C` FLOPs become `4 B N M Cc` plus `O(B N M)` (ImageNet: Cc = 3 of
+C = 261), and `[B, M, C]` is never stored. The variance is `E[x^2] -
+mean^2` here (two-pass in `layers.LayerNorm`).
 """
 
 import itertools
@@ -35,10 +21,7 @@ import jax.numpy as jnp
 
 
 def _broadcast_sum(per_axis: list[jax.Array]) -> jax.Array:
-  """`sum_a x_a[..., i_a]` over the grid: `[..., n_a]` each -> `[..., M]`.
-
-  The grid's positions are in row-major order of `(i_1, ..., i_d)`.
-  """
+  """`sum_a x_a[..., i_a]`: `[..., n_a]` each -> `[..., M]` (row-major)."""
   num_dims = len(per_axis)
   total = 0
   for a, x in enumerate(per_axis):
@@ -49,11 +32,8 @@ def _broadcast_sum(per_axis: list[jax.Array]) -> jax.Array:
 
 
 def _grid_sums(tables: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
-  """Per position, the sum of the features and of their squares: `[M]` each.
-
-  The squares include the cross terms `2 T_a[i_a] . T_b[i_b]`, so tables
-  whose channels overlap are handled too (`axis_tables`' do not).
-  """
+  """Per position, the sums of the features and of their squares `[M]`
+  (with cross terms, so overlapping tables work too)."""
   tables = tuple(t.astype(jnp.float32) for t in tables)
   sums = _broadcast_sum([t.sum(-1) for t in tables])
   squares = _broadcast_sum([(t * t).sum(-1) for t in tables])
@@ -68,15 +48,8 @@ def _grid_sums(tables: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
 
 
 class StandardizedGrid(NamedTuple):
-  """The standardised byte array S `[B, M, C]` of a `GridByteArray`, in
-  parts: `S[b, m] = (x[b, m] - mean[b, m]) * rstd[b, m]`.
-
-  Attributes:
-    content: `[B, M, Cc]`, the compute dtype.
-    axis_features: d tables `[n_a, F]`, `C = Cc + F`.
-    mean: `[B, M]` float32, over the C channels of each position.
-    rstd: `[B, M]` float32, `1 / sqrt(variance + eps)`.
-  """
+  """S `[B, M, C]` of a `GridByteArray` in parts: `S[b, m] = (x[b, m] -
+  mean[b, m]) * rstd[b, m]`, `mean` and `rstd` `[B, M]` float32."""
   content: jax.Array
   axis_features: tuple[jax.Array, ...]
   mean: jax.Array
@@ -84,7 +57,6 @@ class StandardizedGrid(NamedTuple):
 
   @property
   def dtype(self) -> jnp.dtype:
-    """The compute dtype (the content's)."""
     return self.content.dtype
 
   def dense(self) -> jax.Array:
@@ -132,18 +104,10 @@ class StandardizedGrid(NamedTuple):
 
 
 class GridByteArray(NamedTuple):
-  """A byte array `[B, M, C]` on a grid, as content and per-axis features.
-
-  Position `m = (i_1, ..., i_d)` (row-major) holds
-  `concat(content[:, m], sum_a axis_features[a][i_a])`. Built by
-  `adapters.GridAdapter.parts`; the Perceiver accepts it wherever it takes
-  a byte array, and only one-head cross-attends with absorbed projections
-  use the parts (everything else calls `materialize()`).
-
-  Attributes:
-    content: `[B, M, Cc]`.
-    axis_features: d tables `[n_a, F]` with `prod(n_a) == M`.
-  """
+  """A byte array `[B, M, C]` on a grid: position `m = (i_1, ..., i_d)`
+  (row-major) holds `concat(content[:, m], sum_a axis_features[a][i_a])`,
+  content `[B, M, Cc]`, tables `[n_a, F]`. Built by
+  `inputs.GridAdapter.parts`; the encoder takes it as a byte array."""
   content: jax.Array
   axis_features: tuple[jax.Array, ...]
 
@@ -155,22 +119,18 @@ class GridByteArray(NamedTuple):
 
   @property
   def ndim(self) -> int:
-    """3, the byte array's rank."""
     return 3
 
   @property
   def dtype(self) -> jnp.dtype:
-    """The content's dtype."""
     return self.content.dtype
 
   def astype(self, dtype: jnp.dtype) -> 'GridByteArray':
-    """The content and the tables cast to `dtype`."""
     return GridByteArray(self.content.astype(dtype),
                          tuple(t.astype(dtype) for t in self.axis_features))
 
   def check(self) -> None:
-    """Raises ValueError unless the parts fit together: content `[B, M,
-    Cc]`, tables `[n_a, F]` of one F, `prod(n_a) == M`."""
+    """Raises ValueError unless the parts fit together."""
     shapes = [tuple(t.shape) for t in self.axis_features]
     if (self.content.ndim != 3 or not shapes or
         any(len(s) != 2 for s in shapes) or
@@ -191,8 +151,7 @@ class GridByteArray(NamedTuple):
     return jnp.concatenate([self.content, features], axis=-1)
 
   def standardize(self, eps: float) -> StandardizedGrid:
-    """The LayerNorm over channels without scale and offset, in parts;
-    statistics in float32."""
+    """S: the LayerNorm without scale and offset, in parts."""
     channels = self.shape[-1]
     content = self.content.astype(jnp.float32)
     feature_sums, feature_squares = _grid_sums(self.axis_features)

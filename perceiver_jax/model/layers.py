@@ -1,13 +1,8 @@
-"""The layers every block is made of: Linear, LayerNorm and dropout.
+"""The layers every block is made of (docs/paper.md section 1).
 
-docs/paper.md section 1: every Linear has a bias and uses
-`VarianceScaling(1.0)` weights and zero biases; every LayerNorm normalises
-the channel axis with scale, offset and eps 1e-5; dropout is off in every
-paper config (rate 0) and a no-op in evaluation.
-
-Both layers can also hand out their parameters unapplied (same names,
-shapes and initialisers), for the optimised cross-attend
-(`fast_cross_attend`), which applies them on the queries' side.
+Every Linear has a bias, `VarianceScaling(1.0)` weights and zero biases;
+every LayerNorm normalises channels with scale, offset and eps 1e-5. Both
+can hand out their parameters unapplied, for `fast_cross_attend`.
 """
 
 from typing import Optional
@@ -22,22 +17,10 @@ LAYER_NORM_EPS = 1e-5
 
 
 class FlatLinear(hk.Linear):
-  """`hk.Linear` that multiplies its inputs as one `[prod(leading), C]` matrix.
-
-  The parameters (`w`, `b`) and outputs are `hk.Linear`'s. Why: on
-  `[B, T, C]` inputs, the weight gradient `x^T dy` contracts over two axes
-  (B and T). XLA:CPU then stores the output gradient `dy` transposed for
-  the matmul and fuses into that transposing copy the whole elementwise
-  chain that produces `dy` (the residual stream's gradient through every
-  later LayerNorm), recomputing it, with strided reads, once per weight
-  gradient. With one contracting axis `dy` is read as it is stored. On the
-  digits model (batch 64) this cuts the gradient's time by about 40%
-  (docs/performance.md).
-
-  bfloat16 inputs (with a bias and an explicit `w_init`, as `linear` makes
-  them) multiply the bfloat16-cast weight through `matmul.linear_product`:
-  bfloat16 products, float32 accumulation, also in the gradients.
-  """
+  """`hk.Linear` on its inputs as one `[prod(leading), C]` matrix: with two
+  contracting axes in the weight gradient XLA:CPU recomputes `dy`'s chain
+  in a transposing copy (docs/performance.md). bfloat16 goes through
+  `matmul.linear_product`."""
 
   def __call__(self, inputs: jax.Array, *,
                precision: Optional[jax.lax.Precision] = None) -> jax.Array:
@@ -52,8 +35,7 @@ class FlatLinear(hk.Linear):
 
   def parameters(self, input_size: int,
                  dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
-    """The weight `[input_size, output_size]` and bias `[output_size]` that
-    `__call__` on inputs of width `input_size` would use."""
+    """The `w` `[input_size, output_size]` and `b` that `__call__` uses."""
     w = hk.get_parameter('w', [input_size, self.output_size], dtype,
                          init=self.w_init)
     b = hk.get_parameter('b', [self.output_size], dtype, init=self.b_init)
@@ -71,9 +53,7 @@ def linear(output_size: int, name: str) -> FlatLinear:
 
 
 def standardize(x: jax.Array, eps: float = LAYER_NORM_EPS) -> jax.Array:
-  """`(x - mean) / sqrt(var + eps)` over the channel axis, statistics in
-  float32, the result in `x`'s dtype: a LayerNorm without scale and offset.
-  """
+  """A LayerNorm without scale and offset (statistics in float32)."""
   x32 = x.astype(jnp.float32)
   mean = jnp.mean(x32, axis=-1, keepdims=True)
   variance = jnp.var(x32, axis=-1, keepdims=True)
@@ -81,13 +61,8 @@ def standardize(x: jax.Array, eps: float = LAYER_NORM_EPS) -> jax.Array:
 
 
 class LayerNorm(hk.LayerNorm):
-  """`hk.LayerNorm` over the last axis whose statistics and affine map run
-  in float32 whatever the input's dtype; the result has the input's dtype.
-
-  In float32 this is `hk.LayerNorm` itself; in bfloat16 the statistics over
-  a wide channel axis keep their precision (the parameters stay float32,
-  see `encoder_config.EncoderConfig.precision`).
-  """
+  """`hk.LayerNorm` computed in float32 whatever the input's dtype (so
+  bfloat16 statistics keep their precision); the result in the input's."""
 
   def __call__(self, inputs: jax.Array, *args, **kwargs) -> jax.Array:
     if inputs.dtype == jnp.float32:
@@ -96,8 +71,7 @@ class LayerNorm(hk.LayerNorm):
                             **kwargs).astype(inputs.dtype)
 
   def parameters(self, channels: int) -> tuple[jax.Array, jax.Array]:
-    """The scale `[channels]` and offset `[channels]` (float32) that
-    `__call__` would apply."""
+    """The float32 scale and offset `[channels]` that `__call__` applies."""
     scale = hk.get_parameter('scale', [channels], jnp.float32,
                              init=self.scale_init)
     offset = hk.get_parameter('offset', [channels], jnp.float32,

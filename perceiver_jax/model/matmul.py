@@ -1,27 +1,13 @@
 """Products of bfloat16 arrays that XLA:CPU runs on its bfloat16 kernels.
 
-In bfloat16 compute (`EncoderConfig.precision`) a product of two bfloat16
-arrays should multiply bfloat16 numbers and accumulate in float32. XLA:CPU
-(jaxlib 0.10) does so, on YNNPACK's bfloat16 kernels (AVX512-BF16 or AMX
-where the CPU has them), only for a dot whose result is float32 and whose
-left operand is `[rows, contracted]` in row-major order. Any other bfloat16
-dot it runs by converting both operands to float32 first (about 5x slower
-than the bfloat16 kernel on an AMX Xeon for a `[2048, 256] x [256, 256]`
-product; docs/performance.md). Two cases matter:
-
-- a dot whose result is bfloat16 (`jnp.dot(x, w)` on bfloat16 operands):
-  asking for a float32 result and rounding it to bfloat16 afterwards gives
-  the same numbers (the accumulation is in float32 either way);
-- the weight gradient `x^T dy` of a Linear, which contracts the leading
-  (row) axis of `x`. XLA folds an explicit `transpose(x)` back into the dot,
-  so `transposed` writes the transpose as a reshape-transpose-reshape that
-  XLA moves as data instead.
-
-`linear_product` (the Linears) does both, in the forward pass and in its
-gradients. `einsum` (the attention's weighted sum) does the first in the
-forward pass only: its gradients are JAX's, products of a float32 cotangent
-and a bfloat16 operand, which XLA:CPU runs in float32. In float32 every
-function here is the plain product (the same program).
+XLA:CPU multiplies bfloat16 numbers with float32 accumulation only for a
+dot with a float32 result whose left operand is `[rows, contracted]` in
+row-major order; any other bfloat16 dot it runs in float32, several times
+slower (docs/performance.md). So `linear_product` (the Linears) asks for a
+float32 result and rounds it, and writes the weight gradient's transpose
+as a copy XLA does not fold back (`transposed`); `einsum` (the attention's
+weighted sum) does the first, in the forward pass only. In float32 both
+are the plain product.
 """
 
 import jax
@@ -33,12 +19,9 @@ def _accumulates_in_float32(*operands: jax.Array) -> bool:
 
 
 def transposed(x: jax.Array) -> jax.Array:
-  """`x.T` for `x` `[R, K]`, as a copy XLA does not fold into a later dot.
-
-  `[R, K] -> [R, K / f, f] -> [K / f, f, R] -> [K, R]` for the largest
-  factor f <= 16 of K. For a prime K (f = 1, or f = K when K <= 16) this is
-  a plain transpose, which XLA may fold: that costs speed, not correctness.
-  """
+  """`x.T` for `x` `[R, K]` via `[R, K / f, f]`, f the largest factor of K
+  up to 16: a copy XLA does not fold into a later dot (for a prime K it may,
+  which costs speed only)."""
   rows, columns = x.shape
   factor = max(f for f in range(1, 17) if columns % f == 0)
   return jnp.transpose(x.reshape(rows, columns // factor, factor),
@@ -77,20 +60,15 @@ _low_precision_product.defvjp(_forward, _backward)
 
 
 def linear_product(x: jax.Array, w: jax.Array) -> jax.Array:
-  """`x @ w` for `x` `[R, K]` and `w` `[K, O]`: `[R, O]` in `x`'s dtype.
-
-  bfloat16 operands multiply in bfloat16 and accumulate in float32, in the
-  forward pass and in both gradients (module docstring); otherwise
-  `jnp.dot`.
-  """
+  """`x @ w`, `[R, K] x [K, O] -> [R, O]` in `x`'s dtype; bfloat16
+  operands accumulate in float32, gradients too."""
   if _accumulates_in_float32(x, w):
     return _low_precision_product(x, w)
   return jnp.dot(x, w)
 
 
 def einsum(spec: str, *operands: jax.Array) -> jax.Array:
-  """`jnp.einsum(spec, *operands)`, accumulating bfloat16 operands in
-  float32 and rounding the result back to bfloat16."""
+  """`jnp.einsum`, bfloat16 operands accumulated in float32."""
   if _accumulates_in_float32(*operands):
     return jnp.einsum(spec, *operands,
                       preferred_element_type=jnp.float32).astype(jnp.bfloat16)

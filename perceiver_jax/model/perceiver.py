@@ -1,24 +1,16 @@
 """The Perceiver encoder and the paper's classifier.
 
-docs/paper.md sections 1-2: a learned latent array `[N, D]` runs the
-schedule (`schedule.schedule`) of cross-attends to the byte array and
-latent Transformers, with the paper's weight sharing; the classifier
-averages the final latents over N and applies one Linear.
-
-Parameter names (stable; weight-decay masks and checkpoints rely on them):
-`perceiver/latents`, `perceiver/cross_attend_<set>/...`,
-`perceiver/latent_transformer_<set>/self_attend_<i>/...`, where `<set>` numbers
-the distinct weight sets; and `classification_head/logits`.
-
-With every execution mode of `EncoderConfig` off, the encoder runs the
-reference blocks of `attention` one after another. The modes compute the
-same function: `fast_cross_attend` for the cross-attends (K/V once per
-weight set, absorbed projections, grid inputs in parts), `hk.scan` over
-back-to-back identical blocks, `hk.remat` per step, and bfloat16 compute
-(parameters stay float32; the latents returned are float32).
+docs/paper.md sections 1-2: learned latents `[N, D]` run the schedule
+(`schedule.schedule`) of cross-attends and latent Transformers; the
+classifier averages the latents over N and applies one Linear. Parameter
+names (checkpoints and weight-decay masks rely on them): `perceiver/latents`,
+`perceiver/cross_attend_<set>/...`,
+`perceiver/latent_transformer_<set>/self_attend_<i>/...` and
+`classification_head/logits`. With every execution mode off the encoder
+runs `attention`'s reference blocks; the modes compute the same function.
 """
 
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import haiku as hk
 import jax
@@ -36,8 +28,7 @@ _COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def _float32_creator(next_creator, shape, dtype, init, context):
-  """Creates every parameter in float32 (Haiku's Linear would follow the
-  dtype of its inputs)."""
+  """Parameters in float32 (Haiku's Linear follows its inputs' dtype)."""
   del context
   if jnp.issubdtype(dtype, jnp.floating):
     dtype = jnp.float32
@@ -73,45 +64,21 @@ def _check_inputs(inputs: ByteArray, input_mask: Optional[jax.Array]) -> None:
 
 
 class Perceiver(hk.Module):
-  """Latents that iteratively cross-attend to a byte array and self-attend.
+  """Latents that cross-attend to a byte array `[B, M, C]` and self-attend:
+  latents `[B, N, D]` (float32 whatever the compute precision)."""
 
-  Maps inputs `[B, M, C]` to latents `[B, N, D]`.
-  """
-
-  def __init__(self, *, input_channels: Optional[int] = None,
-               name: Optional[str] = 'perceiver', **fields: Any):
-    """Builds the encoder.
-
-    Args:
-      input_channels: C; when given, inputs of another width are rejected
-        with a clear error (otherwise taken from the first call).
-      name: module name.
-      **fields: the fields of `encoder_config.EncoderConfig`.
-    """
+  def __init__(self, config: encoder_config.EncoderConfig, *,
+               name: Optional[str] = 'perceiver'):
     super().__init__(name=name)
-    self.config = encoder_config.EncoderConfig(**fields)
-    if input_channels is not None:
-      self.config.check_input_channels(input_channels, 'input_channels')
-    self._input_channels = input_channels
-    self.steps = schedule_lib.schedule(self.config)
+    self.config = config
+    self.steps = schedule_lib.schedule(config)
 
   def __call__(self, inputs: ByteArray, *,
                input_mask: Optional[jax.Array] = None,
                is_training: bool) -> jax.Array:
-    """Encodes inputs `[B, M, C]` (mask `[B, M]`) into latents `[B, N, D]`.
-
-    The inputs may be a grid's byte array in parts (`GridByteArray`), which
-    cross-attends with absorbed projections read without building it.
-    The latents are float32 whatever the compute precision.
-    """
+    """Encodes inputs `[B, M, C]` (or a `GridByteArray`; mask `[B, M]`)."""
     _check_inputs(inputs, input_mask)
-    channels = inputs.shape[-1]
-    if self._input_channels not in (None, channels):
-      raise ValueError(
-          f'Perceiver inputs have shape {inputs.shape} with {channels} '
-          f'channels, but the model was built for {self._input_channels} '
-          'input channels.')
-    self.config.check_input_channels(channels,
+    self.config.check_input_channels(inputs.shape[-1],
                                      f'inputs of shape {inputs.shape}')
     if self.config.precision == 'float32':
       return self._encode(inputs.astype(jnp.float32), input_mask,
@@ -151,12 +118,8 @@ class Perceiver(hk.Module):
 
 
 class _Steps:
-  """Runs schedule steps: one module per weight set, and the keys and
-  values that cross-attends sharing weights reuse.
-
-  Used inside `Perceiver._encode`, so the modules it builds are named under
-  the encoder.
-  """
+  """Runs schedule steps inside `Perceiver._encode`: one module per weight
+  set, and the keys and values that shared cross-attends reuse."""
 
   def __init__(self, config: encoder_config.EncoderConfig, inputs: ByteArray,
                input_mask: Optional[jax.Array], is_training: bool):
@@ -175,10 +138,9 @@ class _Steps:
     return self._modules[key]
 
   def prepare(self, block: tuple[schedule_lib.Step, ...]) -> None:
-    """Builds the block's modules and, with `reuse_shared_keys_values`,
-    its cross-attends' keys and values (once per weight set). Called in
-    schedule order, so parameters are created in the same order whether or
-    not K/V are reused or blocks scanned."""
+    """Builds the block's modules and (`reuse_shared_keys_values`) K/V once
+    per weight set, in schedule order: the same parameter order in every
+    mode."""
     for step in block:
       module = self._module(step)
       if (step.kind == schedule_lib.CROSS_ATTEND and
@@ -211,8 +173,7 @@ class _Steps:
 
 def _block_module(config: encoder_config.EncoderConfig,
                   step: schedule_lib.Step, input_channels: int) -> hk.Module:
-  """The block that runs `step`'s weight set: the reference block, or the
-  fast cross-attend when an execution mode asks for it."""
+  """The reference block of `step`, or the fast cross-attend."""
   cross_widening, self_widening = config.widening_factors()
   shared = dict(dropout=config.dropout, attention_impl=config.attention_impl,
                 activation=config.mlp_activation,
@@ -250,17 +211,12 @@ class ClassificationHead(hk.Module):
 
 
 class PerceiverClassifier:
-  """Perceiver encoder followed by the classification head.
+  """The encoder, then the head: a plain composition (not an `hk.Module`),
+  so the parameters keep their top-level names."""
 
-  A plain composition rather than an `hk.Module`, so the parameters keep the
-  top-level names `perceiver/...` and `classification_head/...`. Build it
-  inside a Haiku transform, like any module.
-  """
-
-  def __init__(self, num_classes: int, **encoder_fields: Any):
-    """Builds (and validates) both parts; `encoder_fields`: `Perceiver`'s
-    arguments."""
-    self.encoder = Perceiver(**encoder_fields)
+  def __init__(self, num_classes: int,
+               config: encoder_config.EncoderConfig):
+    self.encoder = Perceiver(config)
     self.head = ClassificationHead(num_classes)
 
   def __call__(self, inputs: ByteArray, *,

@@ -1,11 +1,9 @@
 """Position encodings concatenated to the inputs (docs/paper.md section 3).
 
-- Fourier features: for positions `x_d in [-1, 1]` on d axes and K bands
-  `f_k = linspace(1, mu_d / 2, K)` per axis, the features are
-  `[x_1..x_d, sin(pi f_k x_d) (axis-major), cos(pi f_k x_d) (axis-major)]`,
-  `d * (2K + 1)` channels in all.
-- Learned positions: a trainable `[M, channels]` array.
-- A fixed permutation of the M positions, for permuted-input experiments.
+Fourier features of positions `x_d in [-1, 1]` with K bands `f_k =
+linspace(1, mu_d / 2, K)` per axis: `[x_1..x_d, sin(pi f_k x_d),
+cos(pi f_k x_d)]` (axis-major), `d (2K + 1)` channels; learned positions
+`[M, channels]`; a fixed permutation of the M positions.
 """
 
 import math
@@ -30,16 +28,9 @@ def check_index_dims(index_dims: Sequence[int]) -> tuple[int, ...]:
 
 
 def grid_positions(index_dims: Sequence[int]) -> np.ndarray:
-  """Positions of a grid's points, each axis spanning [-1, 1] (ends included).
-
-  Args:
-    index_dims: the grid's size per axis, e.g. `(224, 224)`.
-
-  Returns:
-    `[prod(index_dims), len(index_dims)]` float32 coordinates, the points in
-    row-major ('C') order of the grid ('ij' indexing), the same order in
-    which a `[*index_dims, C]` array flattens.
-  """
+  """`[prod(index_dims), d]` float32 coordinates of a grid's points, each
+  axis spanning [-1, 1], in the row-major order a `[*index_dims, C]` array
+  flattens in."""
   index_dims = check_index_dims(index_dims)
   axes = [np.linspace(-1.0, 1.0, n, dtype=np.float64) for n in index_dims]
   grid = np.stack(np.meshgrid(*axes, indexing='ij'), axis=-1)
@@ -53,21 +44,9 @@ def num_fourier_channels(num_dims: int, num_bands: int) -> int:
 
 def fourier_features(positions, num_bands: int,
                      max_resolution: Sequence[float]):
-  """Fourier features of positions in [-1, 1].
-
-  Works on numpy arrays (host-side, e.g. fixed grids) and JAX arrays (traced,
-  e.g. point clouds) alike.
-
-  Args:
-    positions: `[..., d]` coordinates in [-1, 1].
-    num_bands: K, frequencies per axis.
-    max_resolution: mu per axis (d values); the highest frequency of an axis
-      is mu / 2, its Nyquist frequency.
-
-  Returns:
-    `[..., d * (2K + 1)]`: the positions, then all sines, then all cosines,
-    each group axis-major (the K bands of axis 1, then those of axis 2...).
-  """
+  """`[..., d (2K + 1)]` features of positions `[..., d]` in [-1, 1] (numpy
+  or traced): the positions, the sines, the cosines, each axis-major; mu per
+  axis puts the highest frequency at mu / 2."""
   if isinstance(num_bands, bool) or not isinstance(num_bands, int) or (
       num_bands < 1):
     raise ValueError(f'num_bands must be a positive integer, got {num_bands!r}.')
@@ -95,13 +74,8 @@ def fourier_features(positions, num_bands: int,
 def fourier_grid_features(index_dims: Sequence[int], num_bands: int,
                           max_resolution: Optional[Sequence[float]] = None
                           ) -> np.ndarray:
-  """Fourier features of a grid: `[prod(index_dims), d * (2K + 1)]`.
-
-  Args:
-    index_dims: the grid size per axis.
-    num_bands: K.
-    max_resolution: mu per axis; defaults to the grid size itself.
-  """
+  """`[prod(index_dims), d (2K + 1)]` Fourier features of a grid (mu per
+  axis: default the grid's size)."""
   index_dims = check_index_dims(index_dims)
   if max_resolution is None:
     max_resolution = index_dims
@@ -110,23 +84,11 @@ def fourier_grid_features(index_dims: Sequence[int], num_bands: int,
 
 
 def axis_tables(grid_features: np.ndarray) -> tuple[np.ndarray, ...]:
-  """Splits a grid's features into one table per axis.
-
-  For features in which every channel varies along at most one grid axis
-  (the Fourier features above: a channel is a function of one coordinate),
-  `grid_features[i_1, ..., i_d] == sum_a tables[a][i_a]`, exactly.
-
-  Args:
-    grid_features: `[*index_dims, F]`.
-
-  Returns:
-    d tables, `[index_dims[a], F]`; table a holds the channels that vary
-    along axis a (channels that vary along none go to axis 0) and zeros
-    elsewhere, so their channels do not overlap.
-
-  Raises:
-    ValueError: if a channel varies along two axes or more.
-  """
+  """Splits `[*index_dims, F]` features whose channels each vary along at
+  most one axis (Fourier features) into d tables `[n_a, F]` with
+  `features[i_1, ..., i_d] == sum_a tables[a][i_a]` exactly; table a holds
+  the channels varying along axis a (constant ones: axis 0), zeros
+  elsewhere."""
   grid_features = np.asarray(grid_features)
   num_dims = grid_features.ndim - 1
   if num_dims < 1:
@@ -152,10 +114,8 @@ def axis_tables(grid_features: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def permutation(num_positions: int, seed: int) -> np.ndarray:
-  """A fixed permutation of `range(num_positions)` derived from `seed`.
-
-  The same on every host and every launch (numpy's PCG64 stream is stable).
-  """
+  """A fixed permutation of `range(num_positions)`, the same on every host
+  and launch (numpy's PCG64 stream is stable)."""
   if num_positions < 1:
     raise ValueError(f'num_positions must be positive, got {num_positions}.')
   return np.random.default_rng(seed).permutation(num_positions)

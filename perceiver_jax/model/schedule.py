@@ -1,13 +1,8 @@
 """The encoder's schedule: the order of its blocks and their weight sets.
 
-docs/paper.md section 2. A paper block is a cross-attend followed by a
-latent Transformer; `num_cross_attends` cross-attends are placed either
-interleaved (one before each of some latent Transformers) or all at the
-start. With weight sharing the first cross-attend owns its weights, the
-later ones share one set, and every latent Transformer shares one set.
-
-The headline model is `(C0, L0)` then `(C1, L0)` seven times: `runs` groups
-such back-to-back identical blocks, which the encoder runs under `hk.scan`.
+docs/paper.md section 2. `runs` groups back-to-back identical blocks (the
+headline model: `(C0, L0)` then `(C1, L0)` seven times), which the encoder
+can run under `hk.scan`.
 """
 
 import dataclasses
@@ -20,26 +15,15 @@ LATENT_TRANSFORMER = 'latent_transformer'
 
 @dataclasses.dataclass(frozen=True)
 class Step:
-  """One step of the schedule: a cross-attend or a latent Transformer.
-
-  Attributes:
-    kind: `CROSS_ATTEND` or `LATENT_TRANSFORMER`.
-    index: the step's position among steps of its kind (0-based).
-    weight_set: which set of weights the step uses.
-  """
+  """A cross-attend or latent Transformer: its `kind`, `index` among its
+  kind, and `weight_set`."""
   kind: str
   index: int
   weight_set: int
 
 
 def schedule(config: encoder_config.EncoderConfig) -> list[Step]:
-  """The cross-attends and latent Transformers in execution order.
-
-  Interleaved, cross-attend j runs before latent Transformer
-  `floor(j * num_blocks / num_cross_attends)`; at the start, all of them run
-  back to back before the first. With no self-attends (cross-attends only)
-  there are `num_cross_attends` steps and no latent Transformer.
-  """
+  """The cross-attends and latent Transformers in execution order."""
   share = config.share_weights
   crosses = [Step(CROSS_ATTEND, j, min(j, 1) if share else j)
              for j in range(config.num_cross_attends)]
@@ -60,9 +44,8 @@ def schedule(config: encoder_config.EncoderConfig) -> list[Step]:
 
 
 def blocks(steps: list[Step]) -> list[tuple[Step, ...]]:
-  """Splits a schedule into blocks: the cross-attends before a latent
-  Transformer, then it; a cross-attend with no latent Transformer after
-  it is a block of its own."""
+  """Blocks: cross-attends and the latent Transformer after them; a
+  trailing cross-attend is a block of its own."""
   grouped, pending = [], []
   for step in steps:
     pending.append(step)
@@ -73,14 +56,11 @@ def blocks(steps: list[Step]) -> list[tuple[Step, ...]]:
 
 
 def _computation(block: tuple[Step, ...]) -> tuple[tuple[str, int], ...]:
-  """Two blocks compute the same function when their steps have the same
-  kinds and weight sets."""
   return tuple((step.kind, step.weight_set) for step in block)
 
 
 def runs(steps: list[Step]) -> list[tuple[tuple[Step, ...], int]]:
-  """The schedule's blocks, with back-to-back repeats of the same
-  computation merged: `[(block, repeats), ...]` in execution order."""
+  """`[(block, repeats), ...]`: back-to-back identical blocks merged."""
   merged = []
   for block in blocks(steps):
     if merged and _computation(merged[-1][0]) == _computation(block):

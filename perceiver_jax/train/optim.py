@@ -2,7 +2,7 @@
 
 Weight decay is masked off biases and LayerNorm parameters (docs/paper.md
 section 4), and off the fixed BatchNorm statistics of the conv stem
-(`preprocessors.ConvStemAdapter`: no gradient reaches them, and decay would
+(`inputs.ConvStemAdapter`: no gradient reaches them, and decay would
 shrink them); every other parameter (weights, latents, learned positions)
 decays. Gradients are clipped by global norm before the update when
 `clip_global_norm` is set.

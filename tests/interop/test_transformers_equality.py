@@ -7,6 +7,8 @@ mapped onto our parameters (`interop.transformers_format`), and the same
 images through both, after transformers' own image processor.
 """
 
+import dataclasses
+
 import haiku as hk
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,7 @@ import safetensors.numpy
 import torch
 
 from perceiver_jax.interop import transformers_format as tf_format
+from perceiver_jax.model import encoder_config
 from perceiver_jax.model import factory
 from perceiver_jax.model import perceiver
 from tests.helpers import transformers_fixtures as fixtures
@@ -122,13 +125,14 @@ def test_paper_encoder_equals_transformers_encoder(tmp_path, hidden_act,
   model = fixtures.randomize(transformers.PerceiverModel(config), seed=3)
   fixtures.save(model, tmp_path)
   hf_config = fixtures.read_config(tmp_path)
-  encoder_config = tf_format.model_config(hf_config)['encoder']
-  assert encoder_config['mlp_activation'] == mlp_activation
+  fields = tf_format.model_config(hf_config)['encoder']
+  assert fields['mlp_activation'] == mlp_activation
+  ours_config = encoder_config.EncoderConfig(**fields)
   inputs = np.random.default_rng(0).normal(
       size=(2, 50, config.d_model)).astype(np.float32)
 
   def encode(x):
-    return perceiver.Perceiver(**encoder_config)(x, is_training=False)
+    return perceiver.Perceiver(ours_config)(x, is_training=False)
 
   encoder = hk.transform(encode)
   expected = jax.eval_shape(encoder.init, jax.random.key(0), inputs)
@@ -144,7 +148,8 @@ def test_paper_encoder_equals_transformers_encoder(tmp_path, hidden_act,
   # The other GELU gives measurably different latents: the test can fail.
   other = {'gelu': 'gelu_tanh', 'gelu_tanh': 'gelu'}[mlp_activation]
   mismatched = hk.transform(lambda x: perceiver.Perceiver(
-      **{**encoder_config, 'mlp_activation': other})(x, is_training=False))
+      dataclasses.replace(ours_config, mlp_activation=other))(
+          x, is_training=False))
   assert np.max(np.abs(mismatched.apply(params, None, inputs) - theirs)) > (
       10 * TOLERANCE)
 

@@ -36,8 +36,9 @@ OPTIONS = dict(
 
 
 def encoder(**overrides):
-  return hk.transform(lambda x: perceiver.Perceiver(
-      **dict(OPTIONS, **overrides))(x, is_training=False))
+  config = encoder_config.EncoderConfig(**dict(OPTIONS, **overrides))
+  return hk.transform(lambda x: perceiver.Perceiver(config)(
+      x, is_training=False))
 
 
 def np_attend(params, prefix, x_q, x_kv, heads):

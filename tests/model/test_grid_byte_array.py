@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from configs import digits
-from perceiver_jax.model import adapters
 from perceiver_jax.model import fast_cross_attend
 from perceiver_jax.model import factory
 from perceiver_jax.model import grid_byte_array
+from perceiver_jax.model import inputs
 from perceiver_jax.model import position_encoding as pe
 from tests.helpers.model_test_utils import f64
 from tests.helpers.model_test_utils import jit
@@ -121,8 +121,8 @@ def test_materialize_and_shape():
 def test_grid_adapter_parts_are_its_byte_array():
   images = _content().reshape(2, *INDEX_DIMS, CONTENT)
   fn = hk.transform(lambda x: (
-      adapters.GridAdapter(INDEX_DIMS, num_bands=NUM_BANDS)(x),
-      adapters.GridAdapter(INDEX_DIMS, num_bands=NUM_BANDS,
+      inputs.GridAdapter(INDEX_DIMS, num_bands=NUM_BANDS)(x),
+      inputs.GridAdapter(INDEX_DIMS, num_bands=NUM_BANDS,
                            name='other').parts(x).materialize()))
   dense, from_parts = fn.apply({}, None, images)
   np.testing.assert_allclose(dense, _dense(_content()), atol=1e-6)
@@ -136,7 +136,7 @@ def test_grid_adapter_parts_are_its_byte_array():
 def test_grid_adapter_parts_need_fourier_features_in_grid_order(kwargs,
                                                                match):
   images = _content().reshape(2, *INDEX_DIMS, CONTENT)
-  adapter = lambda: adapters.GridAdapter(INDEX_DIMS, num_bands=NUM_BANDS,
+  adapter = lambda: inputs.GridAdapter(INDEX_DIMS, num_bands=NUM_BANDS,
                                          **kwargs)
   assert not hk.transform(lambda: adapter().has_parts).apply({}, None)
   with pytest.raises(ValueError, match=match):

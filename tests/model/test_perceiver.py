@@ -38,8 +38,8 @@ def classifier(**overrides) -> hk.Transformed:
   kwargs = dict(TINY, **overrides)
 
   def fn(x, mask=None, is_training=False):
-    model = perceiver.PerceiverClassifier(CLASSES, input_channels=x.shape[-1],
-                                          **kwargs)
+    model = perceiver.PerceiverClassifier(
+        CLASSES, encoder_config.EncoderConfig(**kwargs))
     return model(x, input_mask=mask, is_training=is_training)
 
   return hk.transform(fn)
@@ -181,8 +181,8 @@ def traced_shapes(batch_shape, **overrides):
   seen = []
 
   def fn(x):
-    logits = perceiver.PerceiverClassifier(CLASSES, **kwargs)(
-        x, is_training=False)
+    logits = perceiver.PerceiverClassifier(
+        CLASSES, encoder_config.EncoderConfig(**kwargs))(x, is_training=False)
     seen.append(logits.shape)  # Recorded while tracing.
     return logits
 
@@ -224,7 +224,8 @@ def test_shapes_cross_attends_only(cross, share):
 
 
 def test_encoder_output_shape():
-  f = hk.transform(lambda x: perceiver.Perceiver(**TINY)(x, is_training=False))
+  f = hk.transform(lambda x: perceiver.Perceiver(
+      encoder_config.EncoderConfig(**TINY))(x, is_training=False))
   x = jax.ShapeDtypeStruct((BATCH, POSITIONS, CHANNELS), jnp.float32)
   shapes = jax.eval_shape(f.init, jax.random.PRNGKey(0), x)
   latents = jax.eval_shape(f.apply, shapes, None, x)
@@ -449,37 +450,29 @@ def test_initial_parameters():
     ((BATCH, 0, CHANNELS), r'non-empty.*\(2, 0, 6\)'),
 ])
 def test_bad_input_shapes_raise(shape, match):
-  f = hk.transform(lambda x: perceiver.PerceiverClassifier(CLASSES, **TINY)(
-      x, is_training=False))
+  f = classifier()
   with pytest.raises(ValueError, match=match):
     jax.eval_shape(f.init, jax.random.PRNGKey(0),
                    jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
-def test_channel_count_other_than_built_for_raises():
-  params = tiny_params()
+def test_params_of_another_channel_count_raise():
   wrong = jax.ShapeDtypeStruct((BATCH, POSITIONS, CHANNELS + 1), jnp.float32)
-  f = hk.transform(lambda x: perceiver.PerceiverClassifier(
-      CLASSES, input_channels=CHANNELS, **TINY)(x, is_training=False))
-  with pytest.raises(ValueError, match=r'\(2, 7, 7\).*built for 6 input'):
-    jax.eval_shape(f.apply, params, None, wrong)
-  with pytest.raises(ValueError, match=r'\(2, 7, 7\).*built for 6 input'):
-    jax.eval_shape(f.init, jax.random.PRNGKey(0), wrong)
+  with pytest.raises(ValueError, match=r'input_norm.*\(6,\).*7'):
+    jax.eval_shape(classifier().apply, tiny_params(), None, wrong)
 
 
 def test_heads_that_do_not_divide_raise():
   def build(**overrides):
     kwargs = dict(TINY, **overrides)
-    f = hk.transform(lambda x: perceiver.PerceiverClassifier(CLASSES, **kwargs)(
-        x, is_training=False))
+    f = hk.transform(lambda x: perceiver.PerceiverClassifier(
+        CLASSES, encoder_config.EncoderConfig(**kwargs))(x, is_training=False))
     return jax.eval_shape(f.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct(
         (BATCH, POSITIONS, CHANNELS), jnp.float32))
 
   with pytest.raises(ValueError, match='num_self_heads=3.*=8'):
     build(num_self_heads=3)
-  with pytest.raises(ValueError, match='num_cross_heads=4.*6'):
-    build(num_cross_heads=4, input_channels=CHANNELS)
-  # Without input_channels, the call names the inputs' shape.
+  # The call names the inputs' shape.
   with pytest.raises(ValueError, match=r'num_cross_heads=4.*\(2, 7, 6\)'):
     build(num_cross_heads=4)
 
@@ -493,13 +486,11 @@ def test_heads_that_do_not_divide_raise():
     (dict(num_latents=0), 'num_latents.* 0'),
     (dict(num_latent_channels=8.0), 'num_latent_channels.*8.0'),
     (dict(widening_factor=0), 'widening_factor.* 0'),
-    (dict(input_channels=-6), 'input_channels.*-6'),
 ])
 def test_bad_encoder_config_raises(overrides, match):
   kwargs = dict(TINY, **overrides)
-  f = hk.transform(lambda: perceiver.Perceiver(**kwargs))
   with pytest.raises(ValueError, match=match):
-    f.init(None)
+    encoder_config.EncoderConfig(**kwargs)
 
 
 def test_config_values_are_named_by_their_path():

@@ -34,8 +34,8 @@ def classifier(**overrides) -> hk.Transformed:
   kwargs = dict(SMALL, **overrides)
 
   def fn(x, mask=None):
-    model = perceiver.PerceiverClassifier(CLASSES, input_channels=x.shape[-1],
-                                          **kwargs)
+    model = perceiver.PerceiverClassifier(
+        CLASSES, encoder_config.EncoderConfig(**kwargs))
     return model(x, input_mask=mask, is_training=False)
 
   return hk.transform(fn)
