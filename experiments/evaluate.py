@@ -107,10 +107,9 @@ def main(argv):
   from perceiver_jax.train import evaluators
   from perceiver_jax.train import loop
   from perceiver_jax.train import run_config
-  from perceiver_jax.train import runtime
   from perceiver_jax.train import writers
   # pylint: enable=g-import-not-at-top
-  runtime.enable_compilation_cache()
+  launch.enable_compilation_cache()
   evaluators.show_progress()
   workdir = _WORKDIR.value
   config = run_config.read(workdir)
@@ -145,4 +144,4 @@ _OVERRIDES: list[str] = []
 if __name__ == '__main__':
   sys.argv, _OVERRIDES = cli.guard(evaluation.take_config_overrides,
                                    sys.argv)
-  launch.run(main)
+  cli.run(main)
