@@ -51,10 +51,7 @@ def cluster_environment() -> Optional[str]:
 
 def initialize_distributed() -> bool:
   """Joins a multi-process run when asked to or launched as one; True if
-  it did. Without the three flags, JAX reads the cluster's environment.
-
-  Raises:
-    ValueError: inconsistent flags.
+  it did. ValueError for inconsistent flags.
   """
   explicit = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
               _PROCESS_ID.value)

@@ -1,15 +1,9 @@
 """The data-parallel training loop: build, train, evaluate, checkpoint, resume.
 
-`train_and_evaluate(config, workdir)` builds the run once (`Run`, then its
-first batch and initial state: every check of a launch, before anything is
-written), restores the newest readable checkpoint if any, and trains to the
-end. Data order and randomness are functions of the step, so a resumed run
-continues exactly as an uninterrupted one. A relaunch whose config differs
-in more than length and cadence (`run_config.check_relaunch`), or whose
-parameters do not fit the checkpoint, is refused before anything is written.
-
-Workdir (written by process 0): config.json, config_history/, metrics.jsonl,
-tensorboard/, checkpoints/<step>/, permutation.npy (permuted inputs).
+`train_and_evaluate` builds the run once (`Run`, its first batch and initial
+state: every launch check, before anything is written), restores the newest
+readable checkpoint and trains on. Data order and randomness are functions
+of the step, so a resumed run continues exactly as an uninterrupted one.
 """
 
 import dataclasses
@@ -131,19 +125,12 @@ def train_step_fn(apply_fn: Callable[..., jax.Array],
                   optimizer: optax.GradientTransformation,
                   schedule: optax.Schedule,
                   loss_config: Mapping[str, Any]) -> Callable[..., Any]:
-  """One device's step, to run under a map with axis `parallel.AXIS`.
+  """One device's step under a map on `parallel.AXIS`.
 
-  A non-finite loss or gradient never reaches the parameters: the update is
-  skipped and counted in `state.num_skipped`. Whether the run then goes on
-  is the loop's decision (`config.train.skip_nonfinite_updates`).
-
-  The optional `control` carries host-side facts into the step's
-  collectives, so that every process learns them without another
-  synchronisation: `'stop'` (int32 `[devices]`, 1 where this process was
-  asked to stop) comes back as `metrics['stop']`, the maximum over all
-  devices; `'skipped_inputs'` (int32 `[devices]`, this host's count of
-  undecodable inputs on its first device, 0 elsewhere) comes back summed
-  over all devices.
+  A non-finite loss or gradient skips the update (counted in
+  `num_skipped`). `control['stop']` (int32 `[devices]`) comes back as its
+  maximum over all devices, `control['skipped_inputs']` summed: every
+  process learns them without another synchronisation.
   """
   loss_type = loss_config['type']
   label_smoothing = loss_config.get('label_smoothing', 0.0)
@@ -204,12 +191,8 @@ def initial_state(forward: hk.Transformed,
 
 
 class Run:
-  """What a launch builds from its config, checked, before the first step.
-
-  Constructing it checks every config field and writes nothing;
-  `first_batch` and `fresh_state` then open the data (a missing data
-  directory fails with the loader's instructions) and run the model's
-  shape checks.
+  """What a launch builds from its config: constructing it checks every
+  field and writes nothing; `fresh_state` runs the model's shape checks.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
@@ -275,10 +258,8 @@ class Run:
 
 
 def _agreed(build: Callable[[], Any]) -> Any:
-  """`build()`, raising on every process if it failed on any.
-
-  A problem one host alone sees (its data directory is missing) would
-  otherwise leave the others waiting in the first collective.
+  """`build()`, raising on every process if it failed on any (a host
+  alone missing its data would leave the others waiting).
   """
   problem, result = None, None
   try:
@@ -363,22 +344,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        return_state: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible) and evaluates.
 
-  SIGTERM or SIGINT stops the run after the current step, with a
-  checkpoint, at a step all processes agree on.
-
-  Args:
-    config: the experiment config.
-    workdir: the run's directory.
-    stop_after_steps: stop (with a checkpoint) after this many steps.
-    return_state: add the final host `TrainState` under 'state'.
-
-  Returns:
-    The last evaluation's metrics plus 'step', 'num_skipped', 'stopped'
-    (None or the signal's name) and 'checkpoint' (the last one, or None).
+  SIGTERM or SIGINT stops after the current step, with a checkpoint.
+  `stop_after_steps` stops earlier; `return_state` adds the final host
+  `TrainState` under 'state'. Returns the last evaluation's metrics plus
+  'step', 'num_skipped', 'stopped' (a signal's name) and 'checkpoint'.
 
   Raises:
-    ValueError, FileNotFoundError: a bad config or missing data, raised on
-      every process before anything is written.
+    ValueError, FileNotFoundError: a bad config or missing data (on every
+      process, before anything is written).
     NonFiniteLossError: unless `config.train.skip_nonfinite_updates`.
     checkpoint_lib.CheckpointWriteError: a checkpoint could not be written.
   """
@@ -553,23 +526,13 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict,
                          split: Optional[str] = None, fallback: bool = False,
                          newest_intact: bool = False
                          ) -> list[dict[str, Any]]:
-  """Evaluates checkpoints with one model and one compiled step; writes
-  nothing next to them.
+  """Evaluates checkpoints (default: all, oldest first) with one compiled
+  step, writing nothing next to them; a dict of metrics plus 'step' each.
 
-  Args:
-    config: the run's config (with any evaluation overrides).
-    checkpoint_dir: the directory holding step directories.
-    steps: the checkpoints, in this order (default: all, oldest first).
-    split: the split to evaluate (default: `config.evaluator.split`).
-    fallback: list a damaged checkpoint as `{'step', 'damaged'}` (with
-      `newest_intact`: evaluate the newest intact one before it) instead of
-      raising `DamagedCheckpointError`.
-    newest_intact: evaluate only the newest of `steps` (default: of all),
-      or the newest intact one before it; its result has 'skipped_steps',
-      the damaged steps passed over.
-
-  Returns:
-    One dict per step: the evaluator's metrics plus 'step'.
+  A damaged one raises `DamagedCheckpointError`, or with `fallback` is
+  listed as `{'step', 'damaged'}`. `newest_intact` evaluates only the
+  newest of `steps` (with `fallback`: the newest intact one before it), its
+  result with 'skipped_steps'.
   """
   run = Run(config, os.path.dirname(checkpoint_dir),
             checkpoint_dir=checkpoint_dir, read_only=True)
