@@ -43,9 +43,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   # pylint: disable=g-import-not-at-top
   from perceiver_jax import pictures
-  from perceiver_jax.train import runtime
+  from perceiver_jax.train import launch
   # pylint: enable=g-import-not-at-top
-  runtime.enable_compilation_cache()
+  launch.enable_compilation_cache()
   out = _OUT.value or os.path.join(_WORKDIR.value, 'attention_maps')
   for path in pictures.draw_attention_maps(
       _WORKDIR.value, out, num_images=_NUM_IMAGES.value,

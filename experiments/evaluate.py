@@ -1,28 +1,13 @@
 r"""Evaluates checkpoints: `python -m experiments.evaluate --workdir=DIR`.
 
-Reads the run's `config.json` and its newest checkpoint (or `--checkpoint`,
-a step directory such as `DIR/checkpoints/1500`), evaluates `--split`
-(default: the config's evaluation split), prints the metrics as one JSON
-line and writes them to `DIR/evaluations/<split>-step<N>.json` (or
-`--output`). The checkpoint directory is opened read-only.
-
-`--checkpoint=all` evaluates every kept checkpoint, oldest first, prints
-one table (a row per step) and the best step by the config's metric
-(`config.evaluator.metric`, `metric_mode`), and writes them to
-`DIR/evaluations/<split>-all.json` (or `--output`).
-
-Fields that change only the evaluation may be overridden as in training,
-`--config.evaluator.batch_size=64`, `--config.evaluator.split=validation`,
-`--config.evaluator.max_examples=1000` (at most this many examples; clips
-for AudioSet); any other `--config.` override is refused, since the
-checkpoint was trained with the run's config.
-
-A damaged checkpoint (the newest, or the one asked for) is refused with one
-line naming it and the newest intact one; `--fallback` evaluates that intact
-one instead, and the JSON records it under 'step' and the damaged ones
-under 'skipped_steps'. With `--checkpoint=all` a damaged checkpoint is
-refused likewise, or, with `--fallback`, left out of the table and listed
-under 'skipped_steps'.
+Evaluates the newest checkpoint (or `--checkpoint=DIR/checkpoints/N`) on
+`--split` (default: the config's), prints one JSON line and writes it to
+`DIR/evaluations/<split>-step<N>.json` (or `--output`), reading only.
+`--checkpoint=all` evaluates every kept one into a table with the best step
+(`<split>-all.json`). Only `--config.evaluator.{split,batch_size,
+max_examples}` may be overridden. A damaged checkpoint is refused naming the
+newest intact one; `--fallback` evaluates that one (or, with `all`, skips
+the damaged ones), listed under 'skipped_steps'.
 """
 
 import json
@@ -107,10 +92,9 @@ def main(argv):
   from perceiver_jax.train import evaluators
   from perceiver_jax.train import loop
   from perceiver_jax.train import run_config
-  from perceiver_jax.train import runtime
   from perceiver_jax.train import writers
   # pylint: enable=g-import-not-at-top
-  runtime.enable_compilation_cache()
+  launch.enable_compilation_cache()
   evaluators.show_progress()
   workdir = _WORKDIR.value
   config = run_config.read(workdir)
@@ -145,4 +129,4 @@ _OVERRIDES: list[str] = []
 if __name__ == '__main__':
   sys.argv, _OVERRIDES = cli.guard(evaluation.take_config_overrides,
                                    sys.argv)
-  launch.run(main)
+  cli.run(main)

@@ -925,4 +925,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('out')
-  launch.run(main)
+  cli.run(main)

@@ -1,21 +1,18 @@
 r"""Trains a config: `python -m experiments.train [--config=...] [--workdir=...]`.
 
-With no flags it trains the embedded default (configs/digits.py) into
-`runs/digits-<timestamp>/`. A workdir that holds a checkpoint resumes from
-it. Examples:
+With no flags it trains configs/digits.py into `runs/digits-<timestamp>/`; a
+workdir that holds a checkpoint resumes from it. Examples:
 
   python -m experiments.train --config=configs/imagenet.py:variant=permuted
   python -m experiments.train --config=configs/digits.py \
       --config.train.num_steps=3000 --workdir=runs/digits-long
 
-The config is checked (`perceiver_jax.train.validation`) before anything is
-written or compiled; a bad value ends the launch with one `error: ...` line
-and exit status 1 (`--traceback` for the full traceback). SIGTERM or SIGINT
-stops within a step or two, with a checkpoint and exit status 0.
-
-On several hosts, run the same command on every host with `--multihost`
-(cluster settings from the environment) or with `--coordinator_address`,
-`--num_processes` and `--process_id`, and a workdir they all share.
+A bad config value ends the launch, before anything is written or compiled,
+with one `error: ...` line (`--traceback` for the full traceback). SIGTERM
+or SIGINT stops within a step or two, with a checkpoint and exit status 0.
+On several hosts, run the same command on every host with `--multihost` (or
+`--coordinator_address`, `--num_processes`, `--process_id`) and one shared
+workdir.
 """
 
 import os
@@ -24,12 +21,11 @@ import time
 from absl import flags
 from absl import logging
 
-from perceiver_jax import host_memory
 from perceiver_jax import cli
+from perceiver_jax import host_memory
 from perceiver_jax.train import launch
 
-_CONFIG = launch.define_config_flag('configs/digits.py',
-                                    'Experiment config file.')
+_CONFIG = cli.define_config_flag('configs/digits.py', 'Experiment config file.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Run directory (default: runs/<task>-<timestamp>; give '
     'it explicitly on several hosts).')
@@ -49,22 +45,16 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     # Orbax logs every step of every save at INFO; progress lines are ours.
     logging.set_verbosity(logging.WARNING)
-  multihost = launch.initialize_distributed()
-  if multihost and _WORKDIR.value is None:
+  if launch.initialize_distributed() and _WORKDIR.value is None:
     raise ValueError('--workdir is required on several hosts (they must '
                      'share it).')
-  # Imported after flag parsing so that `--help` stays fast.
-  # pylint: disable=g-import-not-at-top
-  from perceiver_jax.train import loop
-  from perceiver_jax.train import runtime
-  from perceiver_jax.train import validation
-  # pylint: enable=g-import-not-at-top
-  runtime.enable_compilation_cache()
+  launch.enable_compilation_cache()
+  # After flag parsing, so that `--help` stays fast.
+  from perceiver_jax.train import loop  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
-  validation.validate_everywhere(config)
-  workdir = _WORKDIR.value or default_workdir(config.task)
-  loop.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config,
+                          _WORKDIR.value or default_workdir(config.task))
 
 
 if __name__ == '__main__':
-  launch.run(main)
+  cli.run(main)

@@ -95,9 +95,9 @@ def import_checkpoint(source: str, workdir: str,
   from perceiver_jax.interop import transformers_format as tf_format
   from perceiver_jax.model import factory
   from perceiver_jax.train import checkpoint as checkpoint_lib
+  from perceiver_jax.train import loop
   from perceiver_jax.train import optim
   from perceiver_jax.train import run_config
-  from perceiver_jax.train import state as state_lib
   from perceiver_jax.train import writers
 
   if os.path.exists(workdir) and os.listdir(workdir):
@@ -135,7 +135,7 @@ def import_checkpoint(source: str, workdir: str,
   ours = tf_format.count(params)
   params = jax.tree.map(jnp.asarray, params)
   optimizer = optim.make_optimizer(config.optimizer, lambda step: 0.0)
-  train_state = state_lib.TrainState(
+  train_state = loop.TrainState(
       params=params, opt_state=optimizer.init(params),
       step=jnp.zeros([], jnp.int32),
       rng=jax.random.PRNGKey(config.seed),

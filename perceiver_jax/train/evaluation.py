@@ -1,9 +1,5 @@
-"""What `experiments.evaluate` does besides evaluating, without flags or JAX.
-
-Checking a run directory and a checkpoint step before anything heavy is
-imported, the `--config.` overrides evaluation accepts, and the table and
-best step of `--checkpoint=all`. (A module of its own so that tests and
-other tools can import these without defining the command's flags.)
+"""The flag-free parts of `experiments.evaluate`: the workdir and step
+checks, the `--config.` overrides it accepts, the `--checkpoint=all` table.
 """
 
 import os
@@ -21,11 +17,8 @@ EVALUATION_FIELDS = ('evaluator.split', 'evaluator.batch_size',
 
 
 def take_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
-  """(argv without `--config.` overrides, the overrides 'field=value').
-
-  Raises:
-    cli.UsageError: an override of a field outside `EVALUATION_FIELDS`, or
-      one without a value.
+  """(argv without `--config.` overrides, the overrides 'field=value');
+  cli.UsageError for a field outside `EVALUATION_FIELDS` or no value.
   """
   rest, overrides = [], []
   for arg in argv:

@@ -1,13 +1,6 @@
-"""Evaluators, chosen by `config.evaluator.type`.
-
-Each evaluator is built once per run and has `run(params) -> {name: value}`,
-where `params` are replicated over the local devices. Every example of the
-split is counted exactly once: the data's last partial batch is padded and
-masked, and masked rows add nothing to any sum.
-
-- 'classification' (`ClassificationEvaluator`): top-1/top-5 accuracy.
-- 'multilabel_map' (`MultilabelMapEvaluator`): mean average precision over
-  classes, with the predictions of a clip's windows averaged (AudioSet).
+"""Evaluators by `config.evaluator.type`: `run(params) -> {name: value}`
+with replicated `params`. Every example counts exactly once: the last
+partial batch is padded and masked.
 """
 
 import math
@@ -30,10 +23,8 @@ ApplyFn = Callable[..., jax.Array]  # apply(params, rng, batch, is_training=)
 
 
 def _padded_to(batches: Iterator[Batch], num_batches: int) -> Iterator[Batch]:
-  """Yields `num_batches` batches: the data's, then all-masked copies.
-
-  Every host must run the same number of collective steps; a host whose
-  shard is shorter pads with batches that count nothing.
+  """`num_batches` batches: the data's, then all-masked ones, so that every
+  host runs as many collective steps.
   """
   last = None
   count = 0
@@ -60,14 +51,8 @@ def examples_per_host(num_examples: int,
 
 def num_batches(num_examples: int, *, max_examples: Optional[int],
                 batch_size: int, rows_per_example: int = 1) -> int:
-  """Evaluation batches every host runs (the longest host's count).
-
-  Args:
-    num_examples: examples in the split (all hosts).
-    max_examples: evaluate at most this many (None: all).
-    batch_size: rows per batch on this host.
-    rows_per_example: rows the data yields per example (e.g. AudioSet's 16
-      windows per clip).
+  """Evaluation batches every host runs (the longest host's count);
+  `rows_per_example` is e.g. AudioSet's 16 windows per clip.
   """
   per_host = examples_per_host(num_examples, max_examples)
   return math.ceil(per_host * rows_per_example / batch_size)
@@ -77,11 +62,7 @@ _progress = {'shown': False}
 
 
 def show_progress(enabled: bool = True) -> None:
-  """Whether evaluations report their batches (`perceiver_jax.progress`).
-
-  Off by default, so training logs stay quiet; `experiments.evaluate`
-  turns it on.
-  """
+  """Makes evaluations report their batches (off in training logs)."""
   _progress['shown'] = enabled
 
 
@@ -241,29 +222,13 @@ class _ClipScores:
 
 
 class MultilabelMapEvaluator(_SplitEvaluator):
-  """mAP over classes with each clip's window predictions averaged.
+  """mAP over classes, each clip scored by its windows' mean probability.
 
-  For multi-label data (AudioSet): `batch['label']` is multi-hot
-  `[..., K]`, and each example (clip) arrives as `windows_per_clip`
-  consecutive rows that share `batch['clip_index']` (int, unique over all
-  hosts; rows with `mask` 0 are padding). A clip's score for a class is the
-  MEAN OF ITS WINDOWS' SIGMOID PROBABILITIES (the paper averages the
-  predictions of the 16 windows; averaging probabilities rather than logits
-  keeps one confident window from outvoting the rest without bound), and
-  `metrics.mean_average_precision` ranks clips per class.
-
-  `config.evaluator` fields: `split`, `windows_per_clip` (16 for AudioSet;
-  1 for data with one row per example, which then need no `clip_index`),
-  `max_examples` (a number of CLIPS: the first ones of each host's share).
-
-  `run(params)` returns
-  - 'map': mean over classes with a positive clip of their AP over clips,
-  - 'num_classes_without_positives': classes left out of that mean,
-  - 'num_examples': clips, 'num_windows': windows evaluated,
-  - 'loss': the mean per-window sigmoid cross-entropy (summed over classes,
-    the training loss).
-  Hosts evaluate disjoint clips; their per-clip scores are gathered so that
-  every host returns the same metrics over all clips.
+  A clip is `windows_per_clip` rows sharing `batch['clip_index']`; the mean
+  of sigmoid probabilities keeps one confident window from outvoting the
+  rest. `max_examples` counts clips. Returns 'map',
+  'num_classes_without_positives', 'num_examples' (clips), 'num_windows' and
+  'loss' (per window, summed over classes), the same on every host.
   """
 
   @staticmethod

@@ -1,25 +1,12 @@
-"""Multi-host start-up, and the runner of the training commands.
-
-`run(main)` replaces `absl.app.run(main)` with one-line errors; it is
-`perceiver_jax.cli.run` (see there: a user's mistake ends with one
-`error: ...` line and exit status 2, a diverged loss with status 1, a bug
-with its traceback; `--traceback` shows the full traceback).
-
-`initialize_distributed()` joins a multi-process run through
-`jax.distributed.initialize` when `--multihost` or `--coordinator_address`
-is given, or when the environment is a multi-process cluster launch
-(`JAX_COORDINATOR_ADDRESS`, SLURM with several tasks, Open MPI with several
-ranks). It must run before anything else touches JAX's devices.
-
-This module imports JAX only inside functions, so `--help` stays fast.
+"""Process start-up of the training commands: joining a multi-process run,
+and the on-disk compilation cache. Imports JAX only inside functions, so
+that `--help` stays fast.
 """
 
 import os
 from typing import Optional
 
 from absl import flags
-
-from perceiver_jax import cli
 
 _MULTIHOST = flags.DEFINE_bool(
     'multihost', False, 'Join a multi-process run with '
@@ -33,8 +20,20 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'This process\'s index in [0, num_processes).')
 
-run = cli.run
-define_config_flag = cli.define_config_flag
+CACHE_DIR = os.path.join(os.path.expanduser('~'), '.cache', 'perceiver_jax',
+                         'xla')
+
+
+def enable_compilation_cache(directory: str = CACHE_DIR) -> None:
+  """Keeps compiled programs on disk, so relaunches, evaluations and sweep
+  points skip compilation; `JAX_COMPILATION_CACHE_DIR` wins."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.config.jax_compilation_cache_dir:
+    return
+  os.makedirs(directory, exist_ok=True)
+  jax.config.update('jax_compilation_cache_dir', directory)
+  # Small programs are the ones relaunched most often.
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
 def cluster_environment() -> Optional[str]:
@@ -51,14 +50,8 @@ def cluster_environment() -> Optional[str]:
 
 
 def initialize_distributed() -> bool:
-  """Starts JAX's multi-process runtime when asked to; True if it did.
-
-  Uses `--coordinator_address`, `--num_processes` and `--process_id` when
-  given, else JAX's detection of the cluster (SLURM, Open MPI, Cloud TPU,
-  `JAX_COORDINATOR_ADDRESS` with `JAX_NUM_PROCESSES`/`JAX_PROCESS_ID`).
-
-  Raises:
-    ValueError: inconsistent flags.
+  """Joins a multi-process run when asked to or launched as one; True if
+  it did. ValueError for inconsistent flags.
   """
   explicit = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
               _PROCESS_ID.value)

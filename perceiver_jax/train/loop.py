@@ -1,30 +1,16 @@
-"""The data-parallel training loop: train, evaluate, checkpoint, resume.
+"""The data-parallel training loop: build, train, evaluate, checkpoint, resume.
 
-`train_and_evaluate(config, workdir)` runs a config to its end. A workdir
-that already holds a checkpoint resumes from the newest one; because data
-order and randomness are functions of the step, the resumed run continues
-exactly as an uninterrupted run would.
-
-A relaunch is checked before it writes anything: a config that differs from
-the run's `config.json` in more than its length and cadence
-(`run_config.check_relaunch`), or whose parameters do not fit the newest
-checkpoint's shapes, is refused; the run's files are written only after the
-restore succeeded.
-
-Workdir layout (written by process 0 only):
-  config.json          the resolved config of the run
-  config_history/      earlier config.json files, kept at each accepted change
-  metrics.jsonl        one JSON line per log step and per evaluation
-  tensorboard/         TensorBoard events
-  checkpoints/<step>/  orbax checkpoints (the newest few plus the best)
-  permutation.npy      the input permutation, for permuted-input runs
+`train_and_evaluate` builds the run once (`Run`, its first batch and initial
+state: every launch check, before anything is written), restores the newest
+readable checkpoint and trains on. Data order and randomness are functions
+of the step, so a resumed run continues exactly as an uninterrupted one.
 """
 
 import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import haiku as hk
 import jax
@@ -42,31 +28,43 @@ from perceiver_jax.train import losses
 from perceiver_jax.train import optim
 from perceiver_jax.train import parallel
 from perceiver_jax.train import run_config
-from perceiver_jax.train import state as state_lib
 from perceiver_jax.train import stopping
 from perceiver_jax.train import tasks
 from perceiver_jax.train import writers
 
-TrainState = state_lib.TrainState
+
+class TrainState(NamedTuple):
+  """Everything a step reads and writes; `rng` is the run's base key (raw
+  uint32), `num_skipped` the updates skipped for a non-finite loss."""
+  params: hk.Params
+  opt_state: optax.OptState
+  step: jax.Array
+  rng: jax.Array
+  num_skipped: jax.Array
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss or gradients became NaN or Inf."""
 
 
+class DamagedCheckpointError(checkpoint_lib.CheckpointReadError):
+  """The checkpoint to evaluate is damaged (an intact one may exist)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunLength:
-  """How long a run is, derived from the final config at launch."""
   total_steps: int
   steps_per_epoch: float
 
 
-def run_length(config: ml_collections.ConfigDict) -> RunLength:
-  """Total steps and steps per epoch for the global batch size.
+def num_params(params: Any) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))
 
-  `train.num_steps` wins when set; otherwise `train.num_epochs` epochs of
-  `data.num_train_examples`. Derived here, not in the config, so that
-  overriding the batch size or the epochs moves every dependent value.
+
+def run_length(config: ml_collections.ConfigDict) -> RunLength:
+  """`train.num_steps`, else `train.num_epochs` of the global batch.
+
+  Derived at launch so that overriding the batch or epochs moves it.
   """
   batch_size = checks.positive_int(config.train.batch_size,
                                    'config.train.batch_size')
@@ -86,6 +84,33 @@ def run_length(config: ml_collections.ConfigDict) -> RunLength:
   return RunLength(num_steps, steps_per_epoch)
 
 
+def _check_loss_and_evaluation(config: ml_collections.ConfigDict) -> None:
+  """The config fields no constructor checks, named when wrong."""
+  if config.loss.type not in losses.LOSSES:
+    raise ValueError(f'config.loss.type must be one of {losses.LOSSES}, got '
+                     f'{config.loss.type!r}.')
+  smoothing = config.loss.get('label_smoothing', 0.0)
+  if not 0.0 <= smoothing < 1.0:
+    raise ValueError(f'config.loss.label_smoothing must be in [0, 1), got '
+                     f'{smoothing!r}.')
+  evaluator = config.evaluator
+  if evaluator.type not in evaluators.EVALUATORS:
+    raise ValueError(f'config.evaluator.type must be one of '
+                     f'{sorted(evaluators.EVALUATORS)}, got '
+                     f'{evaluator.type!r}.')
+  names = evaluators.EVALUATORS[evaluator.type].metric_names(config)
+  if evaluator.metric not in names:
+    raise ValueError(f'config.evaluator.metric must be one of the '
+                     f'{evaluator.type} evaluator\'s metrics {list(names)}, '
+                     f'got {evaluator.metric!r}.')
+  if evaluator.metric_mode not in ('max', 'min'):
+    raise ValueError(f'config.evaluator.metric_mode must be "max" or "min", '
+                     f'got {evaluator.metric_mode!r}.')
+  if evaluator.get('max_examples') is not None:
+    checks.positive_int(evaluator.max_examples,
+                        'config.evaluator.max_examples')
+
+
 def make_train_step(apply_fn: Callable[..., jax.Array],
                     optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule,
@@ -100,19 +125,12 @@ def train_step_fn(apply_fn: Callable[..., jax.Array],
                   optimizer: optax.GradientTransformation,
                   schedule: optax.Schedule,
                   loss_config: Mapping[str, Any]) -> Callable[..., Any]:
-  """One device's step, to run under a map with axis `parallel.AXIS`.
+  """One device's step under a map on `parallel.AXIS`.
 
-  A non-finite loss or gradient never reaches the parameters: the update is
-  skipped and counted in `state.num_skipped`. Whether the run then goes on
-  is the loop's decision (`config.train.skip_nonfinite_updates`).
-
-  The optional `control` carries host-side facts into the step's
-  collectives, so that every process learns them without another
-  synchronisation: `'stop'` (int32 `[devices]`, 1 where this process was
-  asked to stop) comes back as `metrics['stop']`, the maximum over all
-  devices; `'skipped_inputs'` (int32 `[devices]`, this host's count of
-  undecodable inputs on its first device, 0 elsewhere) comes back summed
-  over all devices.
+  A non-finite loss or gradient skips the update (counted in
+  `num_skipped`). `control['stop']` (int32 `[devices]`) comes back as its
+  maximum over all devices, `control['skipped_inputs']` summed: every
+  process learns them without another synchronisation.
   """
   loss_type = loss_config['type']
   label_smoothing = loss_config.get('label_smoothing', 0.0)
@@ -162,46 +180,41 @@ def initial_state(forward: hk.Transformed,
                   optimizer: optax.GradientTransformation,
                   example_batch: Mapping[str, np.ndarray],
                   seed: int) -> TrainState:
-  """Fresh parameters and optimizer state (host arrays) from `seed`."""
+  """Fresh parameters and optimizer state from `seed`, for one device's
+  `example_batch`."""
   init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
   params = jax.jit(lambda key, batch: forward.init(
       key, batch, is_training=True))(init_key, example_batch)
-  return TrainState(
-      params=params,
-      opt_state=optimizer.init(params),
-      step=jnp.zeros([], jnp.int32),
-      rng=run_key,
-      num_skipped=jnp.zeros([], jnp.int32))
-
-
-def _first_device_slice(batch: Mapping[str, np.ndarray]):
-  return {k: v[0] for k, v in batch.items()}
+  return TrainState(params=params, opt_state=optimizer.init(params),
+                    step=jnp.zeros([], jnp.int32), rng=run_key,
+                    num_skipped=jnp.zeros([], jnp.int32))
 
 
 class Run:
-  """Everything a launch builds from its config before the first step."""
+  """What a launch builds from its config: constructing it checks every
+  field and writes nothing; `fresh_state` runs the model's shape checks.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, *,
                checkpoint_dir: Optional[str] = None,
                read_only: bool = False):
-    """Builds the run.
-
-    Args:
-      config: the experiment config.
-      workdir: the run's directory.
-      checkpoint_dir: where checkpoints live (default `workdir/checkpoints`).
-      read_only: open the checkpoints for restoring only (evaluation).
-    """
-    self.config = config
-    self.workdir = workdir
+    """`read_only` opens the checkpoints for evaluation, which reads only
+    evaluation batches (so their size alone must divide the devices)."""
+    self.config, self.workdir = config, workdir
     self.is_chief = jax.process_index() == 0
     self.length = run_length(config)
     self.task = tasks.get_task(config.task)
-    # `[devices, per_device]` of the batches this run reads: an evaluation
-    # (read-only) reads evaluation batches only, so a machine whose device
-    # count does not divide the training batch can still evaluate.
-    self.batch_dims = parallel.local_batch_dims(
-        config.evaluator.batch_size if read_only else config.train.batch_size)
+    if not read_only:
+      self.batch_dims = parallel.local_batch_dims(config.train.batch_size)
+    eval_batch = checks.positive_int(config.evaluator.batch_size,
+                                     'config.evaluator.batch_size')
+    try:
+      self.eval_batch_dims = parallel.local_batch_dims(eval_batch)
+    except ValueError as e:
+      raise ValueError(f'config.evaluator.{e}') from None
+    if read_only:
+      self.batch_dims = self.eval_batch_dims
+    _check_loss_and_evaluation(config)
     self.schedule = optim.learning_rate_schedule(
         config.optimizer, total_steps=self.length.total_steps,
         steps_per_epoch=self.length.steps_per_epoch)
@@ -210,10 +223,8 @@ class Run:
                                                 config.data.num_classes)
     self.checkpointer = checkpoint_lib.Checkpointer(
         checkpoint_dir or os.path.join(workdir, 'checkpoints'),
-        keep=config.checkpoint.keep,
-        best_metric=config.evaluator.metric,
-        best_mode=config.evaluator.metric_mode,
-        read_only=read_only)
+        keep=config.checkpoint.keep, best_metric=config.evaluator.metric,
+        best_mode=config.evaluator.metric_mode, read_only=read_only)
 
   def train_batches(self, start_step: int) -> Iterator[Mapping[str, Any]]:
     return self.task.data.load(
@@ -221,55 +232,91 @@ class Run:
         config=self.config.data, seed=self.config.seed,
         start_step=start_step)
 
+  def eval_batch(self, split: Optional[str] = None):
+    """The first evaluation batch of `split` (default: the config's)."""
+    return next(self.task.data.load(
+        split or self.config.evaluator.split, is_training=False,
+        batch_dims=self.eval_batch_dims, config=self.config.data))
+
   def evaluator(self, split: Optional[str] = None):
     return evaluators.make_evaluator(
         self.config, apply_fn=self.forward.apply, data_module=self.task.data,
-        batch_dims=parallel.local_batch_dims(
-            self.config.evaluator.batch_size), split=split)
+        batch_dims=self.eval_batch_dims, split=split)
 
   def fresh_state(self, example_batch) -> TrainState:
     """Initial parameters and optimizer state for the config's seed."""
     return initial_state(self.forward, self.optimizer,
-                         _first_device_slice(example_batch), self.config.seed)
+                         {k: v[0] for k, v in example_batch.items()},
+                         self.config.seed)
+
+  def host_target(self, example_batch) -> TrainState:
+    """A fresh state as host arrays: what a checkpoint restores into."""
+    return jax.tree.map(np.asarray, self.fresh_state(example_batch))
 
   def restore_state(self, example_batch, step: int) -> TrainState:
-    """The checkpoint of `step`, shaped like a fresh state."""
-    target = jax.tree.map(np.asarray, self.fresh_state(example_batch))
-    return self.checkpointer.restore(target, step)
-
-  def initial_or_restored_state(self, example_batch) -> TrainState:
-    """Restores the newest readable checkpoint, else initialises.
-
-    An unreadable newest checkpoint is skipped (see
-    `Checkpointer.restore_newest`), the previous one restored and one
-    warning line printed.
-
-    Raises:
-      checkpoint_lib.CheckpointMismatchError: the checkpoint's parameters
-        have other shapes than this config's model.
-    """
-    target = jax.tree.map(np.asarray, self.fresh_state(example_batch))
-    restored = self.checkpointer.restore_newest(target)
-    if restored.state is None:
-      return target
-    if self.is_chief:
-      directory = self.checkpointer.directory
-      if restored.skipped:
-        damaged = ', '.join(f'{directory}/{step}'
-                            for step, _ in restored.skipped)
-        kept = (f'kept in {", ".join(self.checkpointer.set_aside_to)}'
-                if self.checkpointer.set_aside_to else 'left in place')
-        writers.warn(f'checkpoint {damaged} is damaged '
-                     f'({restored.skipped[0][1]}); resuming from '
-                     f'{directory}/{restored.step} instead, the damaged one '
-                     f'{kept}.')
-      writers.console(f'Resumed from {directory}/{restored.step} '
-                      f'(step {int(restored.state.step)}).')
-    return restored.state
+    return self.checkpointer.restore(self.host_target(example_batch), step)
 
 
-def _write_run_files(run: Run,
-                     changes: list[run_config.Change]) -> None:
+def _agreed(build: Callable[[], Any]) -> Any:
+  """`build()`, raising on every process if it failed on any (a host
+  alone missing its data would leave the others waiting).
+  """
+  problem, result = None, None
+  try:
+    result = build()
+  except (ValueError, FileNotFoundError) as e:
+    problem = e
+  failed = parallel.gather_from_hosts(int(problem is not None))
+  if problem is not None:
+    raise problem
+  if failed.any():
+    raise ValueError(f'The config failed its checks on process(es) '
+                     f'{np.flatnonzero(failed).tolist()}; see their errors.')
+  return result
+
+
+def _start(config: ml_collections.ConfigDict, workdir: str):
+  """The run, its batches from the newest checkpoint's step, the first of
+  them, and the fresh host state they shape; writes nothing."""
+  run = Run(config, workdir)
+  split = config.evaluator.split
+  if run.task.data.num_examples(split, config.data) < 1:
+    raise ValueError(f'The {split!r} split of {config.task} has no '
+                     'examples.')
+  batches = run.train_batches(run.checkpointer.latest_step() or 0)
+  try:
+    first = next(batches)
+  except StopIteration:
+    raise ValueError(f'The {config.task} training data yielded no batch.'
+                     ) from None
+  return run, batches, first, run.host_target(first)
+
+
+def _restore(run: Run, batches, first_batch, target):
+  """The newest readable checkpoint's state (else `target`), and the
+  batches from its step; a damaged newer one is reported once."""
+  restored = run.checkpointer.restore_newest(target)
+  if restored.state is None:
+    return target, batches, first_batch
+  if run.is_chief:
+    directory = run.checkpointer.directory
+    if restored.skipped:
+      damaged = ', '.join(f'{directory}/{s}' for s, _ in restored.skipped)
+      kept = (f'kept in {", ".join(run.checkpointer.set_aside_to)}'
+              if run.checkpointer.set_aside_to else 'left in place')
+      writers.warn(f'checkpoint {damaged} is damaged '
+                   f'({restored.skipped[0][1]}); resuming from '
+                   f'{directory}/{restored.step} instead, the damaged one '
+                   f'{kept}.')
+    writers.console(f'Resumed from {directory}/{restored.step} '
+                    f'(step {int(restored.state.step)}).')
+  if restored.skipped:  # Read the data from the restored step instead.
+    batches = run.train_batches(int(restored.state.step))
+    first_batch = next(batches)
+  return restored.state, batches, first_batch
+
+
+def _write_run_files(run: Run, changes: list[run_config.Change]) -> None:
   """config.json (its previous version kept if `changes`) and the rest."""
   os.makedirs(run.workdir, exist_ok=True)
   if changes:
@@ -297,69 +344,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        return_state: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible) and evaluates.
 
-  SIGTERM or SIGINT during the call stops the run after the current step
-  with a checkpoint (all processes agree on the step); the result then has
-  'stopped' set to the signal's name.
-
-  Args:
-    config: the experiment config.
-    workdir: the run's directory.
-    stop_after_steps: stop (with a checkpoint) once this many steps have
-      run in this call, before the run's end; for tests of resumption.
-    return_state: add this process's final `TrainState` (host arrays) to
-      the result under 'state'.
-
-  Returns:
-    The last evaluation's metrics plus 'step', 'num_skipped', 'stopped'
-    (None, or the signal that stopped the run) and 'checkpoint' (the last
-    checkpoint written or restored, or None).
+  SIGTERM or SIGINT stops after the current step, with a checkpoint.
+  `stop_after_steps` stops earlier; `return_state` adds the final host
+  `TrainState` under 'state'. Returns the last evaluation's metrics plus
+  'step', 'num_skipped', 'stopped' (a signal's name) and 'checkpoint'.
 
   Raises:
-    NonFiniteLossError: a non-finite loss or gradient, unless
-      `config.train.skip_nonfinite_updates`.
+    ValueError, FileNotFoundError: a bad config or missing data (on every
+      process, before anything is written).
+    NonFiniteLossError: unless `config.train.skip_nonfinite_updates`.
     checkpoint_lib.CheckpointWriteError: a checkpoint could not be written.
   """
-  with stopping.StopSignals() as signals:
-    return _train_and_evaluate(config, workdir, signals,
-                               stop_after_steps=stop_after_steps,
-                               return_state=return_state)
-
-
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        signals: stopping.StopSignals, *,
-                        stop_after_steps: Optional[int],
-                        return_state: bool) -> dict[str, Any]:
-  # A relaunch that would change the run's model (or anything but its
-  # length and cadence) is refused here, before anything is written.
+  run, batches, first_batch, target = _agreed(lambda: _start(config, workdir))
+  # A relaunch that would change the run's model is refused here.
   changes = run_config.check_relaunch(workdir, config)
-  run = Run(config, workdir)
-  length = run.length
+  with stopping.StopSignals() as signals:
+    state, batches, first_batch = _restore(run, batches, first_batch, target)
+    # Only now: a launch that cannot restore changes nothing.
+    run.checkpointer.remove_unfinished_saves()
+    if run.is_chief:
+      _write_run_files(run, changes)
+    return _train(run, state, batches, first_batch, signals,
+                  stop_after_steps=stop_after_steps,
+                  return_state=return_state)
 
-  latest = run.checkpointer.latest_step() or 0
-  batches = run.train_batches(start_step=latest)
-  first_batch = next(batches)
-  state = run.initial_or_restored_state(first_batch)
+
+def _train(run: Run, state: TrainState, batches, first_batch,
+           signals: stopping.StopSignals, *, stop_after_steps: Optional[int],
+           return_state: bool) -> dict[str, Any]:
+  config, length = run.config, run.length
   start_step = int(state.step)
-  if start_step != latest:
-    # The newest checkpoint was unreadable: read the data from the step of
-    # the one restored instead.
-    batches = run.train_batches(start_step=start_step)
-    first_batch = next(batches)
-  # Only now: a config that cannot restore the run's checkpoints must not
-  # replace the one that can, nor change anything else.
-  run.checkpointer.remove_unfinished_saves()
-  if run.is_chief:
-    _write_run_files(run, changes)
-  writer = writers.MetricWriter(workdir, enabled=run.is_chief)
-  num_params = state_lib.num_params(state.params)
+  writer = writers.MetricWriter(run.workdir, enabled=run.is_chief)
   if run.is_chief:
     writers.console(
         f'Training {config.task} for {length.total_steps} steps '
         f'({length.steps_per_epoch:.1f} steps/epoch) with global batch '
         f'{config.train.batch_size} on {jax.device_count()} device(s) of '
-        f'{jax.process_count()} process(es); {num_params:,} parameters; '
-        f'workdir {workdir}')
-
+        f'{jax.process_count()} process(es); '
+        f'{num_params(state.params):,} parameters; workdir {run.workdir}')
   train_step = make_train_step(
       run.forward.apply, run.optimizer, run.schedule, config.loss)
   evaluator = run.evaluator()
@@ -498,116 +520,79 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return result
 
 
-class DamagedCheckpointError(checkpoint_lib.CheckpointReadError):
-  """The checkpoint to evaluate is damaged (an intact one may exist)."""
+def evaluate_checkpoints(config: ml_collections.ConfigDict,
+                         checkpoint_dir: str,
+                         steps: Optional[Sequence[int]] = None, *,
+                         split: Optional[str] = None, fallback: bool = False,
+                         newest_intact: bool = False
+                         ) -> list[dict[str, Any]]:
+  """Evaluates checkpoints (default: all, oldest first) with one compiled
+  step, writing nothing next to them; a dict of metrics plus 'step' each.
+
+  A damaged one raises `DamagedCheckpointError`, or with `fallback` is
+  listed as `{'step', 'damaged'}`. `newest_intact` evaluates only the
+  newest of `steps` (with `fallback`: the newest intact one before it), its
+  result with 'skipped_steps'.
+  """
+  run = Run(config, os.path.dirname(checkpoint_dir),
+            checkpoint_dir=checkpoint_dir, read_only=True)
+  directory, kept = run.checkpointer.directory, run.checkpointer.all_steps()
+  missing = [s for s in steps or () if s not in kept]
+  if missing:
+    raise FileNotFoundError(f'No checkpoint {directory}/{missing[0]} (there '
+                            f'are steps {kept}).')
+  if not kept:
+    raise FileNotFoundError(f'No checkpoint in {directory}.')
+  if newest_intact:
+    newest = max(steps or kept)
+    steps = [s for s in reversed(kept) if s <= newest]
+  try:
+    target = run.host_target(run.eval_batch(split))
+    evaluator = run.evaluator(split)
+    results, damaged = [], []
+    for step in steps or kept:
+      state, reason = run.checkpointer.try_restore(target, step)
+      if reason is not None:
+        damaged.append((step, reason))
+        if not fallback and not newest_intact:
+          raise DamagedCheckpointError(
+              f'Checkpoint {directory}/{step} is damaged ({reason}). Pass '
+              '--fallback to evaluate the intact ones and list it as '
+              'skipped.')
+        if not newest_intact:
+          results.append({'step': step, 'damaged': reason})
+        continue
+      if newest_intact and damaged:
+        if not fallback:
+          raise DamagedCheckpointError(
+              f'Checkpoint {directory}/{damaged[0][0]} is damaged '
+              f'({damaged[0][1]}); the newest intact one is {directory}/'
+              f'{step}. Pass --fallback to evaluate that one, or '
+              '--checkpoint to choose.')
+        if run.is_chief:
+          writers.warn(f'checkpoint {directory}/{damaged[0][0]} is damaged '
+                       f'({damaged[0][1]}); evaluating {directory}/{step}, '
+                       'the newest intact one.')
+      metrics = evaluator.run(parallel.replicate(state.params))
+      results.append({**metrics, 'step': int(state.step)})
+      if newest_intact:
+        results[-1]['skipped_steps'] = [s for s, _ in damaged]
+        return results
+  finally:
+    run.checkpointer.close()
+  if newest_intact:
+    raise checkpoint_lib.CheckpointReadError(
+        f'No checkpoint in {directory} could be restored (' + '; '.join(
+            f'step {s}: {m}' for s, m in damaged) + ').')
+  return results
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str,
                         *, step: Optional[int] = None,
                         split: Optional[str] = None,
                         fallback: bool = False) -> dict[str, Any]:
-  """Evaluates a checkpoint without writing anything next to it.
-
-  Args:
-    config: the run's config (its `config.json`).
-    checkpoint_dir: the directory holding step directories.
-    step: the checkpoint to read (default: the newest).
-    split: the split to evaluate (default: `config.evaluator.split`).
-    fallback: when that checkpoint is damaged, evaluate the newest intact
-      older one instead of refusing.
-
-  Returns:
-    The evaluator's metrics plus 'step' (the step scored) and
-    'skipped_steps' (the damaged steps passed over, newest first; empty
-    unless `fallback` was needed).
-
-  Raises:
-    DamagedCheckpointError: the checkpoint is damaged and not `fallback`;
-      the message names it and the newest intact one.
-    checkpoint_lib.CheckpointMismatchError: the config does not fit it.
-  """
-  run = Run(config, workdir=os.path.dirname(checkpoint_dir),
-            checkpoint_dir=checkpoint_dir, read_only=True)
-  example = next(run.task.data.load(
-      config.evaluator.split if split is None else split, is_training=False,
-      batch_dims=run.batch_dims, config=config.data))
-  target = jax.tree.map(np.asarray, run.fresh_state(example))
-  directory = run.checkpointer.directory
-  if step is not None and step not in run.checkpointer.all_steps():
-    raise FileNotFoundError(f'No checkpoint {directory}/{step} (there are '
-                            f'steps {run.checkpointer.all_steps()}).')
-  # The newest readable checkpoint at or before `step`; nothing is moved
-  # (evaluation writes nothing there).
-  restored = run.checkpointer.restore_newest(target, up_to=step,
-                                             set_aside=False)
-  if restored.state is None:
-    raise FileNotFoundError(f'No checkpoint in {directory}.')
-  skipped = [s for s, _ in restored.skipped]
-  if skipped and not fallback:
-    damaged, reason = restored.skipped[0]
-    raise DamagedCheckpointError(
-        f'Checkpoint {directory}/{damaged} is damaged ({reason}); the newest '
-        f'intact one is {directory}/{restored.step}. Pass --fallback to '
-        'evaluate that one, or --checkpoint to choose.')
-  if skipped and jax.process_index() == 0:
-    writers.warn(f'checkpoint {directory}/{skipped[0]} is damaged '
-                 f'({restored.skipped[0][1]}); evaluating '
-                 f'{directory}/{restored.step}, the newest intact one.')
-  metrics = run.evaluator(split).run(parallel.replicate(restored.state.params))
-  run.checkpointer.close()
-  return {**metrics, 'step': int(restored.state.step),
-          'skipped_steps': skipped}
-
-
-def evaluate_checkpoints(config: ml_collections.ConfigDict,
-                         checkpoint_dir: str,
-                         steps: Optional[Sequence[int]] = None, *,
-                         split: Optional[str] = None,
-                         fallback: bool = False) -> list[dict[str, Any]]:
-  """Evaluates several checkpoints with one model and one compiled step.
-
-  Writes nothing next to the checkpoints.
-
-  Args:
-    config: the run's config (its `config.json`, with any evaluation
-      overrides applied).
-    checkpoint_dir: the directory holding step directories.
-    steps: the checkpoints to evaluate, in this order (default: every
-      complete one, oldest first).
-    split: the split to evaluate (default: `config.evaluator.split`).
-
-    fallback: a damaged checkpoint is listed as `{'step', 'damaged'}`
-      instead of ending the evaluation (`DamagedCheckpointError`).
-
-  Returns:
-    One dict per step: the evaluator's metrics plus 'step'.
-  """
-  run = Run(config, workdir=os.path.dirname(checkpoint_dir),
-            checkpoint_dir=checkpoint_dir, read_only=True)
-  example = next(run.task.data.load(
-      config.evaluator.split if split is None else split, is_training=False,
-      batch_dims=run.batch_dims, config=config.data))
-  evaluator = run.evaluator(split)
-  if steps is None:
-    steps = run.checkpointer.all_steps()
-  if not steps:
-    raise FileNotFoundError(f'No checkpoint in {run.checkpointer.directory}.')
-  target = jax.tree.map(np.asarray, run.fresh_state(example))
-  directory = run.checkpointer.directory
-  results = []
-  try:
-    for step in steps:
-      state, reason = run.checkpointer.try_restore(target, step)
-      if reason is not None:
-        if not fallback:
-          raise DamagedCheckpointError(
-              f'Checkpoint {directory}/{step} is damaged ({reason}). Pass '
-              '--fallback to evaluate the intact ones and list it as '
-              'skipped.')
-        results.append({'step': step, 'damaged': reason})
-        continue
-      metrics = evaluator.run(parallel.replicate(state.params))
-      results.append({**metrics, 'step': int(state.step)})
-  finally:
-    run.checkpointer.close()
-  return results
+  """The newest checkpoint (or `step`'s) evaluated: `evaluate_checkpoints`
+  with `newest_intact`; its metrics plus 'step' and 'skipped_steps'."""
+  return evaluate_checkpoints(
+      config, checkpoint_dir, None if step is None else [step], split=split,
+      fallback=fallback, newest_intact=True)[0]

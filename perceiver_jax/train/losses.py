@@ -21,14 +21,9 @@ def targets(labels: jax.Array, num_classes: int,
 
 def per_example_loss(logits: jax.Array, labels: jax.Array, *, loss_type: str,
                      label_smoothing: float = 0.0) -> jax.Array:
-  """Loss per example `[B]` for logits `[B, K]`.
-
-  Args:
-    logits: `[B, K]`.
-    labels: int `[B]` or class distributions `[B, K]` (softmax); multi-hot
-      `[B, K]` (sigmoid).
-    loss_type: 'softmax_xent' or 'sigmoid_xent' (summed over classes).
-    label_smoothing: mass spread uniformly over classes (softmax only).
+  """Loss `[B]` for logits `[B, K]` and labels: int `[B]` or distributions
+  `[B, K]` (softmax_xent, with `label_smoothing`), multi-hot (sigmoid_xent,
+  summed over classes).
   """
   logits = logits.astype(jnp.float32)
   if loss_type == 'softmax_xent':

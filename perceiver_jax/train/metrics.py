@@ -1,10 +1,5 @@
-"""Multi-label metrics (numpy): mean average precision over classes.
-
-AudioSet's mAP is the mean over CLASSES of each class's average precision,
-where a class's AP ranks the evaluation EXAMPLES by that class's score
-(column j of `scores [num_examples, num_classes]`). The first version of
-the Perceiver paper computed it the transposed way (per example, over
-classes); this module does not.
+"""Mean average precision over classes (numpy): each class's AP ranks
+the EXAMPLES by that class's score (not per example over classes).
 """
 
 from typing import Any, Optional
@@ -13,18 +8,8 @@ import numpy as np
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-  """Average precision of one class over examples.
-
-  `AP = sum_n (R_n - R_{n-1}) P_n` over the distinct score thresholds, from
-  the highest down: examples with equal scores enter together (the same
-  definition as scikit-learn's `average_precision_score`; no interpolation).
-
-  Args:
-    scores: `[num_examples]` scores (higher: more likely positive).
-    labels: `[num_examples]` 0/1 labels, at least one 1.
-
-  Returns:
-    The AP in [0, 1].
+  """One class's AP over examples, `sum_n (R_n - R_{n-1}) P_n` over
+  distinct thresholds (scikit-learn's definition, ties enter together).
   """
   order = np.argsort(-scores, kind='stable')
   scores, labels = scores[order], labels[order].astype(np.float64)
@@ -42,29 +27,17 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray,
                            mask: Optional[np.ndarray] = None
                            ) -> dict[str, Any]:
-  """Mean over classes of each class's average precision over examples.
+  """Mean over classes with a positive of their AP over examples.
 
   Args:
-    scores: `[num_examples, num_classes]` finite scores (logits or
-      probabilities: only their order within a class matters).
-    labels: `[num_examples, num_classes]` multi-hot 0/1 labels.
-    mask: optional `[num_examples]`; examples where it is 0 are ignored
-      (batch padding).
+    scores: `[N, K]` finite scores (only their order in a class matters).
+    labels: `[N, K]` multi-hot 0/1.
+    mask: optional `[N]`; rows where it is 0 are ignored.
 
   Returns:
-    A dict with
-    - 'map': the mean AP over classes with at least one positive example
-      (NaN if none has one),
-    - 'average_precision': `[num_classes]` per-class AP, NaN for classes
-      without positives,
-    - 'num_classes_evaluated': classes in the mean,
-    - 'num_classes_without_positives' and 'classes_without_positives'
-      (their indices, a list): classes left out of the mean, because
-      their AP is undefined (no recall to reach).
-
-  Raises:
-    ValueError: shapes that differ or are not 2D, non-finite scores, labels
-      other than 0 and 1, or a mask of the wrong shape.
+    'map' (NaN if no class has a positive), 'average_precision' `[K]` (NaN
+    without positives), 'num_classes_evaluated',
+    'num_classes_without_positives' and 'classes_without_positives'.
   """
   scores = np.asarray(scores, np.float64)
   labels = np.asarray(labels)

@@ -1,11 +1,8 @@
 """Optimizers and learning-rate schedules from `config.optimizer`.
 
-Weight decay is masked off biases and LayerNorm parameters (docs/paper.md
-section 4), and off the fixed BatchNorm statistics of the conv stem
-(`inputs.ConvStemAdapter`: no gradient reaches them, and decay would
-shrink them); every other parameter (weights, latents, learned positions)
-decays. Gradients are clipped by global norm before the update when
-`clip_global_norm` is set.
+Weight decay skips biases, LayerNorm parameters and the conv stem's fixed
+BatchNorm statistics (docs/paper.md section 4); gradients are clipped by
+global norm when `clip_global_norm` is set.
 """
 
 import math
@@ -44,12 +41,8 @@ def _check_number(value: Any, what: str, *, positive: bool = False,
 
 def learning_rate_schedule(config: Mapping[str, Any], *, total_steps: int,
                            steps_per_epoch: float) -> optax.Schedule:
-  """The schedule `config.schedule` names, after optional linear warm-up.
-
-  Args:
-    config: `config.optimizer`.
-    total_steps: the run's length (the cosine schedule ends there).
-    steps_per_epoch: converts `decay_epochs` to steps (rounded down).
+  """The schedule `config.schedule` names, after optional linear warm-up;
+  the cosine ends at `total_steps`, `decay_epochs` count `steps_per_epoch`.
   """
   base = _check_number(config['learning_rate'], 'learning_rate', positive=True)
   warmup = config.get('warmup_steps', 0)

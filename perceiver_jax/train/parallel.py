@@ -1,9 +1,5 @@
-"""Everything about data parallelism lives here.
-
-The training step runs under `jax.pmap` over this host's devices with one
-named axis, `AXIS`. A global batch of `B` examples is split over hosts, then
-over each host's devices: arrays arrive as `[local_devices, B / hosts /
-local_devices, ...]`. Moving to `jit` with shardings touches this file only.
+"""Data parallelism: `jax.pmap` over this host's devices on axis `AXIS`;
+batches arrive as `[local_devices, B / hosts / local_devices, ...]`.
 """
 
 import hashlib
@@ -21,16 +17,10 @@ PyTree = Any
 
 
 def use_cpu_devices(count: int) -> None:
-  """Splits this host's CPU into `count` JAX devices (sharing its cores).
+  """Splits this host's CPU into `count` JAX devices, before JAX starts.
 
-  The pmapped step then runs `B / count` examples per device, each device's
-  program on its own thread: on a few cores this keeps more of them busy
-  than one device's program, whose elementwise work XLA:CPU runs largely on
-  one core (docs/performance.md). Call it first, before anything runs on
-  JAX (afterwards JAX cannot change its CPU devices).
-
-  Raises:
-    ValueError: `count` is not a positive int, or JAX has already started.
+  Each device's program runs on its own thread, keeping more cores busy
+  (docs/performance.md). ValueError for a bad `count` or a started JAX.
   """
   checks.positive_int(count, 'cpu_devices')
   try:
@@ -42,15 +32,7 @@ def use_cpu_devices(count: int) -> None:
 
 
 def local_batch_dims(global_batch_size: int) -> tuple[int, int]:
-  """`[local_devices, per_device]` for a global batch, or a clear error.
-
-  Args:
-    global_batch_size: examples per step summed over every device of every
-      host.
-
-  Returns:
-    `(jax.local_device_count(), per_device_batch_size)`.
-  """
+  """`(local_devices, per_device)` for a global batch, or a clear error."""
   num_devices = jax.device_count()
   checks.positive_int(global_batch_size, 'batch_size')
   if global_batch_size % num_devices:
@@ -109,20 +91,15 @@ def shard(batch: PyTree) -> PyTree:
 
 
 def device_rng(base_key: jax.Array, step: jax.Array) -> jax.Array:
-  """This device's key for a step: `fold_in(fold_in(base, step), device)`.
-
-  Call inside the pmapped function. Derived from the step alone, so a resumed
-  run draws the same randomness as an uninterrupted one.
+  """This device's key for a step, from the step alone (resumable);
+  call inside the pmapped function.
   """
   step_key = jax.random.fold_in(base_key, step)
   return jax.random.fold_in(step_key, jax.lax.axis_index(AXIS))
 
 
 def gather_from_hosts(value: int) -> np.ndarray:
-  """Every process's `value`: int64 `[process_count]`, indexed by process.
-
-  A collective: every process must call it, in the same order.
-  """
+  """Every process's `value`, int64 `[process_count]`; a collective."""
   if jax.process_count() == 1:
     return np.array([value], np.int64)
   return np.asarray(multihost_utils.process_allgather(np.int64(value))
@@ -130,14 +107,8 @@ def gather_from_hosts(value: int) -> np.ndarray:
 
 
 def assert_same_on_all_hosts(tree: PyTree, what: str) -> None:
-  """Raises unless every process holds bit-identical host arrays `tree`.
-
-  Compares SHA-256 digests of the bytes (32 bytes per process travel), so
-  it is cheap enough to run at every checkpoint of a multi-process run,
-  where only process 0's copy is written.
-
-  Raises:
-    RuntimeError: the processes disagree, naming which differ.
+  """RuntimeError unless every process holds the same host arrays
+  `tree` (compared by SHA-256 digests, cheap enough for every checkpoint).
   """
   digest = hashlib.sha256()
   for leaf in jax.tree.leaves(tree):

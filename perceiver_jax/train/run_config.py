@@ -1,16 +1,8 @@
-"""A run's `config.json`: written at launch, read by everything after.
-
-Evaluation, the sweep summary and the pictures all rebuild a run from this
-file alone, so it holds the fully resolved config (overrides and values
-derived from them included).
-
-A relaunch in a workdir that holds a run may change only how long it trains,
-how often it logs, evaluates and checkpoints, how it treats a non-finite
-loss, memory and speed settings, and where its data lives
-(`RELAUNCH_MAY_CHANGE`, `*_dir` fields);
-`check_relaunch` refuses any other difference before anything is written.
-An accepted change is recorded: the previous `config.json` is copied into
-`config_history/` before the new one replaces it.
+"""A run's `config.json`, fully resolved: evaluation, sweeps and pictures
+rebuild the run from it. A relaunch may change only the run's length,
+cadence, non-finite handling, memory/speed settings and data directories
+(`RELAUNCH_MAY_CHANGE`, `*_dir`); the previous file goes to
+`config_history/`.
 """
 
 import dataclasses
@@ -56,21 +48,12 @@ def exists(workdir: str) -> bool:
 
 
 def write(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """Writes `config` as sorted, indented JSON into `workdir`.
-
-  Atomically (`writers.write_json`): a kill mid-write leaves the previous
-  config whole.
-  """
+  """Writes `config` as sorted JSON, atomically."""
   writers.write_json(path(workdir), json.loads(config.to_json_best_effort()))
 
 
 def read(workdir: str) -> ml_collections.ConfigDict:
-  """The config the run in `workdir` was launched with.
-
-  Raises:
-    FileNotFoundError: `workdir` is not a run directory.
-    ValueError: the file is not a JSON object (truncated, edited...).
-  """
+  """The run's config; FileNotFoundError (no run) or ValueError (unreadable)."""
   if not exists(workdir):
     raise FileNotFoundError(f'{path(workdir)} not found: is {workdir} a run '
                             'directory made by experiments.train?')
@@ -92,18 +75,10 @@ def _may_change(field: str) -> bool:
 
 def check_relaunch(workdir: str,
                    config: ml_collections.ConfigDict) -> list[Change]:
-  """Compares a relaunch's config with the run's `config.json`.
+  """The accepted changes `(field, old, new)` of a relaunch; reads only.
 
-  Reads only. Fields that only one side has (a field added to the configs
-  since the run started) are not compared: the checkpoint's parameter
-  shapes are checked on restore as well.
-
-  Returns:
-    The accepted changes, `(field, old, new)`; empty for a new run.
-
-  Raises:
-    ValueError: a field other than those a relaunch may change differs
-      (the first is named with both values), or config.json is unreadable.
+  Fields one side lacks are not compared (the restore checks the shapes).
+  ValueError names the first other difference, or an unreadable file.
   """
   if not exists(workdir):
     return []
@@ -135,10 +110,8 @@ def describe(changes: list[Change]) -> str:
 
 
 def keep_history(workdir: str) -> Optional[str]:
-  """Copies the current `config.json` into `config_history/`; its new path.
-
-  The copy is named by the time of the change and never overwrites an
-  earlier copy. None when there is no config.json yet.
+  """Copies `config.json` into `config_history/` (never overwriting); its
+  path, or None when there is none.
   """
   if not exists(workdir):
     return None
@@ -166,14 +139,9 @@ _FLAT_ENCODER_FIELDS = (
 
 
 def upgrade(config: dict[str, Any]) -> dict[str, Any]:
-  """A config as read from JSON, in today's layout.
-
-  The encoder fields of an older run move from `model` into
-  `model.encoder`, and the encoder fields and the head added since take the
-  defaults that the older code computed with (`EncoderConfig`'s, the paper's
-  head), so that a relaunch that changes one of them is compared, and
-  refused, like any other change. The parameter names did not change, so
-  the run's checkpoints restore as they are.
+  """An older run's config in today's layout: encoder fields move into
+  `model.encoder` and the fields added since take the defaults the old code
+  used, so relaunches compare them; parameter names are unchanged.
   """
   model = config.get('model')
   if not isinstance(model, dict):

@@ -1,16 +1,8 @@
-"""Stopping a run cleanly on SIGTERM or SIGINT (preemption, Ctrl-C).
+"""SIGTERM or SIGINT as a stop request (preemption, Ctrl-C).
 
-`StopSignals` turns the first SIGTERM or SIGINT into a request that the
-training loop passes into the next step it dispatches and reads back when
-that step is done (one or two steps after the signal): it then writes a
-checkpoint at once, without evaluating, and returns. A second SIGINT interrupts at once (KeyboardInterrupt)
-for someone who really wants out. The handlers only set a flag, so they are
-safe wherever the signal lands (inside XLA, a save or data loading).
-
-In a multi-process run each process feeds its flag into the next training
-step, whose collectives take the maximum over all devices (see
-`loop.train_step_fn`): every process then sees the same request at the same
-step and they stop together, at no extra synchronisation cost.
+The handler sets a flag the loop feeds into the next step, whose collectives
+take its maximum, so all processes stop at the same step with a checkpoint.
+A second SIGINT raises KeyboardInterrupt.
 """
 
 import signal

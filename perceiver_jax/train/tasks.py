@@ -1,11 +1,5 @@
-"""The task registry: ties a config's `task` to its dataset module.
-
-A task names the module that serves its data (`load`, `num_examples`, see
-`perceiver_jax/data/digits.py`) and its training split. Modules are imported
-on first use, so running digits never imports TensorFlow's data stack.
-The model comes from `config.model` (`perceiver_jax.model.factory`), the loss
-from `config.loss` and the evaluator from `config.evaluator`, so adding a
-modality means one data module, one adapter, one config and one line here.
+"""The task registry: a config's `task` -> its data module (imported on
+first use, so digits never imports TensorFlow) and training split.
 """
 
 import dataclasses

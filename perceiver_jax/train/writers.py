@@ -82,11 +82,8 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """Every record of a run's `metrics.jsonl`, in the order written.
-
-  Raises:
-    FileNotFoundError: `workdir` holds no metrics (not a run directory, or
-      a run that has not logged yet).
+  """Every record of `workdir/metrics.jsonl`, in order; FileNotFoundError
+  if there is none.
   """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
@@ -116,13 +113,9 @@ def write_json(path: str, payload: Mapping[str, Any]) -> None:
 
 
 def build_directory(directory: str, build: Callable[[str], None]) -> None:
-  """Runs `build(scratch)` on a scratch folder beside `directory` and moves
-  it into place only when `build` returned: a failure (a full disk, a kill)
-  leaves `directory` as it was (absent, or empty) and no scratch folder.
-
-  Raises:
-    ValueError: `directory` exists and is not empty.
-    Exception: whatever `build` raised.
+  """Runs `build(scratch)` beside `directory` and moves the result into
+  place only if it returned, so a failure leaves `directory` as it was.
+  ValueError if `directory` exists and is not empty.
   """
   directory = os.path.abspath(directory)
   if os.path.isdir(directory) and os.listdir(directory):
@@ -143,12 +136,7 @@ def build_directory(directory: str, build: Callable[[str], None]) -> None:
 
 
 def read_json(file: str) -> dict[str, Any]:
-  """A JSON object from `file`; any failure to read it names the file.
-
-  Raises:
-    OSError: the file cannot be opened.
-    ValueError: it is not UTF-8 JSON holding an object.
-  """
+  """A JSON object from `file`; OSError or ValueError naming the file."""
   try:
     with open(file, encoding='utf-8') as f:
       payload = json.load(f)

@@ -30,7 +30,6 @@ from perceiver_jax.data import digits
 from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import launch
 from perceiver_jax.train import loop
-from perceiver_jax.train import validation
 from tests.helpers.command_utils import REPO
 
 RUNLOCAL = '--config=configs/digits.py:runlocal'
@@ -55,8 +54,27 @@ def _train_command(workdir, *flags):
           f'--workdir={workdir}', *flags]
 
 
+# experiments.train, killed (SIGKILL) while saving step $KILL_SAVING: every
+# file written, the temporary directory not yet renamed.
+_KILLED_MID_SAVE = """
+import os, runpy, signal
+from orbax.checkpoint import path
+rename = path.atomicity.AtomicRenameTemporaryPath
+finalize = rename.finalize
+async def killed_before_rename(self, *args, **kwargs):
+  if self._final_path.name == os.environ['KILL_SAVING']:
+    os.kill(os.getpid(), signal.SIGKILL)
+  return await finalize(self, *args, **kwargs)
+rename.finalize = killed_before_rename
+runpy.run_module('experiments.train', run_name='__main__')
+"""
+
+
 def _launch(workdir, *flags, **env):
-  return subprocess.Popen(_train_command(workdir, *flags), cwd=REPO,
+  command = _train_command(workdir, *flags)
+  if 'KILL_SAVING' in env:
+    command[1:3] = ['-c', _KILLED_MID_SAVE]
+  return subprocess.Popen(command, cwd=REPO,
                           env=_env(**env), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
@@ -152,7 +170,7 @@ def test_sigkill_mid_run_then_mid_save_resumes_exactly(tmp_path, reference):
 
   # Relaunched, and killed while saving step 6: every file written to the
   # temporary directory, which was not yet renamed.
-  process = _launch(workdir, **{checkpoint_lib.KILL_DURING_SAVE_ENV: '6'})
+  process = _launch(workdir, KILL_SAVING='6')
   out, err = process.communicate(timeout=300)
   assert process.returncode == -signal.SIGKILL, err[-3000:]
   assert f'Resumed from {workdir}/checkpoints/3' in out
@@ -355,18 +373,21 @@ def test_undecodable_jpegs_are_skipped_and_counted(tmp_path, capsys):
      "config.evaluator.metric must be one of the classification evaluator's "
      "metrics ['top1', 'top5', 'loss', 'num_examples'], got 'top_1'"),
 ])
-def test_validate_names_the_bad_value(change, message):
+def test_launch_checks_name_the_bad_value_and_write_nothing(
+    change, message, tmp_path):
   config = _config()
   change(config)
   with pytest.raises(ValueError, match=re.escape(message)):
-    validation.validate(config)
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
 
 
-def test_validate_reports_unprepared_imagenet_with_instructions(tmp_path):
+def test_launch_reports_unprepared_imagenet_with_instructions(tmp_path):
   config = imagenet_config.get_config('runlocal')
   config.data.data_dir = str(tmp_path / 'nowhere')
   with pytest.raises(FileNotFoundError) as error:
-    validation.validate(config)
+    loop.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run')
   assert 'python -m perceiver_jax.data.imagenet --manual_dir=' in str(
       error.value)
   assert not os.path.exists(tmp_path / 'nowhere' / 'imagenet2012')
