@@ -9,12 +9,10 @@ r"""Benchmarks a config's train step, forward pass, input pipeline or M scaling.
   python -m experiments.benchmark --config=configs/imagenet.py --mode=scaling \
       --plot=docs/scaling.png
 
-Prints one JSON line per result (fields: `perceiver_jax.benchmarking`).
-`train`: the real pmapped training step on a synthetic batch; `forward`: the
-jitted inference forward on one device; `input`: the config's training
-loader (`--photos`: ImageNet's augmentation on sample photographs, no
-dataset needed); `scaling`: the batch-1 train step on a 1D grid of M inputs,
-M log-spaced from `--min_inputs` to `--max_inputs`, plotted to `--plot`.
+Prints one JSON line per result (fields: docs/performance.md). Modes: the
+pmapped train step or the forward on a synthetic batch, the training loader
+(`--photos`: ImageNet's augmentation on sample photographs), or the batch-1
+train step against M (a 1D grid of M inputs), plotted to `--plot`.
 """
 
 import json

@@ -5,19 +5,13 @@ r"""Our train step beside the PyTorch Perceivers, on one configuration.
       [--rounds=3] [--steps=3] [--warmup=2] [--precision=bfloat16] \
       [--peer_precision=bfloat16] [--cpu_devices=2]
 
-The matched configuration (`perceiver_jax.benchmarking.peers`) on 64x64
-RGB images, batch 8, Adam. Ours runs twice: with two interleaved
-cross-attends (the paper's sharing), and with one (`num_cross_attends=1`:
-transformers' architecture). All are warmed up, then timed in `--rounds`
-rounds of `--steps` steps of each in turn, so that a change in the load
-touches all alike; `step_seconds` is the median of the round means. One
-JSON line per implementation, then a summary with our speed-ups, the
-machine's dense-matmul rates and our executed FLOPs' fraction of them.
-`--precision` sets ours, `--peer_precision=bfloat16` runs the peers under
-`torch.autocast`; `--cpu_devices=N` runs ours data-parallel over N CPU
-devices. `--released=fourier|learned|conv` instead times the inference
-forward of a released classifier's shape, ours against transformers' on the
-same weights (`--tiny`: a small version).
+Times the matched configuration (`perceiver_jax.benchmarking.peers`) in
+interleaved rounds, ours with two cross-attends and with one (transformers'
+architecture); prints one JSON line per implementation, then a summary of
+our speed-ups and our fraction of the machine's dense-matmul rate.
+`--released=fourier|learned|conv` times a released classifier's inference
+forward instead, ours against transformers' on the same weights. See
+docs/performance.md.
 """
 
 import argparse
@@ -33,13 +27,18 @@ from perceiver_jax import host_memory
 def our_config(image_size: int, batch_size: int,
                num_cross_attends: int = 2, precision: str = 'float32'):
   """The comparison configuration in our config layout."""
-  from configs import imagenet  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from configs import imagenet
+  from perceiver_jax.benchmarking import peers
+  # pylint: enable=g-import-not-at-top
   config = imagenet.get_config()
   config.data.image_shape = (image_size, image_size)
   config.model.encoder.update(
       num_blocks=2, num_self_attends_per_block=2,
-      num_cross_attends=num_cross_attends, num_latents=256,
-      num_latent_channels=256, num_self_heads=8, precision=precision)
+      num_cross_attends=num_cross_attends,
+      num_latents=peers.LATENTS['num_latents'],
+      num_latent_channels=peers.LATENTS['width'], num_self_heads=8,
+      precision=precision)
   config.train.batch_size = batch_size
   config.optimizer.update(name='adam', weight_decay=0.0,
                           clip_global_norm=None)

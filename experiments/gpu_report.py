@@ -4,17 +4,12 @@ r"""One command that measures the headline figures on an accelerator.
       --out=gpu_report
   python -m experiments.gpu_report --tiny --out=/tmp/gpu_report  # CPU test
 
-Runs the stages of `perceiver_jax.benchmarking.report` on the ImageNet
-headline config (configs/imagenet.py in bfloat16 with
-`attention_impl='dot_product'`) within `--budget_seconds` (480 by default,
-60 with `--tiny`), each stage within its cap (`--stage_seconds=name=seconds,
-...`). `report.json` and `report.md` in `--out` are rewritten after every
-attempt, so that a run stopped at any point leaves what finished. The
-environment records the machine's dense-matmul rates, and each throughput
-stage its MFU and its executed FLOPs' fraction of that rate. A stage that
-fails (any error but running out of device memory) ends the run with
-status 1, after the others. `--tiny` runs configs/imagenet.py:runlocal
-shrunk (16x16 images, one block), on any backend.
+Runs the stages of `perceiver_jax.benchmarking.report` on the headline
+config (configs/imagenet.py in bfloat16 with the dot-product attention)
+within `--budget_seconds` (480; 60 with `--tiny`), each within its cap
+(`--stage_seconds=name=seconds,...`), rewriting `report.json` and
+`report.md` in `--out` after every attempt. A failed stage makes the exit
+status 1. `--tiny`: runlocal ImageNet shrunk, on any backend.
 """
 
 import datetime

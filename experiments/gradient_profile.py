@@ -4,15 +4,11 @@ r"""Forward against gradient time of a config's model, and where it goes.
       [--batch_size=64] [--calls=10] [--top=25] [--module_depth=3] \
       [--hlo_dir=/tmp/hlo]
 
-Jits the training loss (softmax cross-entropy, `is_training=True`) and its
-gradient on one device and a synthetic batch, and prints one JSON line:
-compile seconds, min and median seconds per call of each, their ratio,
-XLA's FLOPs and bytes per example (a scanned body counts once: pass
-`--config.model.encoder.scan_blocks=False` to count every block) and the
-load. `--top=K` then profiles the gradient and prints its K costliest XLA
-operations, each with its JAX op_name; `--module_depth=D` sums them by
-Haiku module path, D modules deep; `--hlo_dir` writes both optimised HLO
-modules.
+Prints one JSON line: compile seconds, min and median seconds per call of
+the training loss and its gradient, their ratio, XLA's FLOPs and bytes per
+example (a scanned body counts once) and the load; `--top=K` then the K
+costliest XLA operations of the gradient (`--module_depth=D`: also summed
+by Haiku module path); `--hlo_dir` writes both optimised HLO modules.
 """
 
 import json

@@ -23,6 +23,8 @@ from perceiver_jax.interop import transformers_format as tf_format
 from perceiver_jax.model import factory
 
 NUM_CLASSES = 1000
+# The latents: N and their width D (tests shrink them).
+LATENTS = dict(num_latents=256, width=256)
 
 
 class Contender(NamedTuple):
@@ -86,6 +88,7 @@ def _torch_contender(name: str, model: Any, images: Any,
     with torch.autocast('cpu', dtype=torch.bfloat16,
                         enabled=precision == 'bfloat16'):
       logits = model(images)
+      logits = getattr(logits, 'logits', logits)  # transformers' output.
     loss_fn(logits.float(), labels).backward()
     optimizer.step()
 
@@ -110,7 +113,8 @@ def prepare_lucidrains(image_size: int, batch_size: int,
   torch.manual_seed(0)
   model = Perceiver(
       input_channels=3, input_axis=2, num_freq_bands=64,
-      max_freq=float(image_size), depth=2, num_latents=256, latent_dim=256,
+      max_freq=float(image_size), depth=2, num_latents=LATENTS['num_latents'],
+      latent_dim=LATENTS['width'],
       cross_heads=1, latent_heads=8, cross_dim_head=3 + 2 * (2 * 64 + 1),
       latent_dim_head=32, num_classes=NUM_CLASSES, attn_dropout=0.0,
       ff_dropout=0.0, weight_tie_layers=True, fourier_encode_data=True,
@@ -132,7 +136,8 @@ def prepare_transformers(image_size: int, batch_size: int,
   torch.manual_seed(0)
   model = transformers.PerceiverForImageClassificationFourier(
       transformers.PerceiverConfig(
-          num_latents=256, d_latents=256, d_model=3 + 2 * 2 * 64 + 2,
+          num_latents=LATENTS['num_latents'], d_latents=LATENTS['width'],
+          d_model=3 + 2 * 2 * 64 + 2,
           num_blocks=2, num_self_attends_per_block=2,
           num_self_attention_heads=8, num_cross_attention_heads=1,
           cross_attention_widening_factor=1,
@@ -140,18 +145,9 @@ def prepare_transformers(image_size: int, batch_size: int,
           attention_probs_dropout_prob=0.0, num_labels=NUM_CLASSES,
           image_size=image_size))
 
-  class Logits(torch.nn.Module):
-
-    def __init__(self, inner):
-      super().__init__()
-      self.inner = inner
-
-    def forward(self, x):
-      return self.inner(inputs=x).logits
-
   # Channels first, as its image preprocessor expects.
   images = torch.rand(batch_size, 3, image_size, image_size)
-  return _torch_contender(name, Logits(model), images, precision)
+  return _torch_contender(name, model, images, precision)
 
 
 def prepare_released_forward(kind: str, image_size: int, batch_size: int,

@@ -354,6 +354,12 @@ def _cell(value: Any, fmt: str = '{}') -> str:
   return '-' if value is None else fmt.format(value)
 
 
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]
+           ) -> list[str]:
+  return ['| ' + ' | '.join(row) + ' |' for row in (
+      header, ['---'] * len(header), *rows)]
+
+
 def format_markdown(doc: Mapping[str, Any]) -> str:
   """The report as Markdown: the stages' table, then the details."""
   env, stages = doc.get('environment', {}), doc['stages']
@@ -365,15 +371,13 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
       f'{doc.get("started_utc")}; {doc.get("elapsed_seconds")} s of a '
       f'{doc.get("budget_seconds")} s budget; complete: '
       f'{doc.get("complete")}; load {env.get("load_average_1m")}; dense '
-      f'matmul TFLOP/s float32 {_cell(rates.get("float32"), "{:.3g}")}, '
-      f'bf16 {_cell(rates.get("bfloat16"), "{:.3g}")}.', '',
-      '| stage | status | precision | attention | batch | M | images/s | '
-      'MFU | of matmul rate | step ms | compile s | XLA memory GiB | note |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+      f'matmul FLOP/s float32 {_cell(rates.get("float32"), "{:.3g}")}, '
+      f'bf16 {_cell(rates.get("bfloat16"), "{:.3g}")}.', '']
+  rows = []
   for name, entry in stages.items():
     r = entry.get('result') or {}
     memory, step = r.get('xla_memory_bytes'), r.get('step_seconds')
-    lines.append('| ' + ' | '.join([
+    rows.append([
         name, entry['status'], _cell(r.get('precision')),
         _cell(r.get('attention_impl')), _cell(r.get('batch_size')),
         _cell(r.get('num_inputs')),
@@ -384,7 +388,10 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
         _cell(r.get('compile_seconds'), '{:.1f}'),
         _cell(None if memory is None else memory / 2**30, '{:.2f}'),
         '; '.join(entry[k] for k in ('note', 'detail', 'error')
-                  if entry.get(k)).replace('|', '/')]) + ' |')
+                  if entry.get(k)).replace('|', '/')])
+  lines += _table(('stage', 'status', 'precision', 'attention', 'batch', 'M',
+                   'images/s', 'MFU', 'of matmul rate', 'step ms',
+                   'compile s', 'XLA memory GiB', 'note'), rows)
   ratio = doc.get('ratios', {})
   lines += ['', 'Images/s ratios: bf16 dot_product over float32: ' +
             _cell(ratio.get('headline_over_float32'), '{:.2f}x') +
@@ -399,25 +406,19 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
                   'no larger size was tried to failure.')]
   points = stages.get('scaling', {}).get('points') or []
   if points:
-    lines += ['', 'Scaling in M (batch 1, 1D grid, headline latents):', '',
-              '| M | step ms | XLA memory MiB | compile s |',
-              '|---|---|---|---|']
-    for p in points:
-      memory = p.get('xla_memory_bytes')
-      lines.append(
-          f'| {p["num_inputs"]} | {1e3 * p["step_seconds"]:.2f} | '
-          f'{_cell(None if memory is None else memory / 2**20, "{:.1f}")} | '
-          f'{p["compile_seconds"]:.1f} |')
+    lines += ['', 'Scaling in M (batch 1, 1D grid, headline latents):', '']
+    lines += _table(('M', 'step ms', 'XLA memory MiB', 'compile s'), [[
+        str(p['num_inputs']), f'{1e3 * p["step_seconds"]:.2f}',
+        _cell(p.get('xla_memory_bytes') and p['xla_memory_bytes'] / 2**20,
+              '{:.1f}'), f'{p["compile_seconds"]:.1f}'] for p in points])
     if stages['scaling'].get('plot'):
       lines += ['', f'![scaling]({stages["scaling"]["plot"]})']
   if doc.get('compile_times'):
-    lines += ['', 'Compile times:', '',
-              '| stage | batch | M | fits | lower s | compile s |',
-              '|---|---|---|---|---|---|']
-    lines += [f'| {r["stage"]} | {_cell(r["batch"])} | '
-              f'{_cell(r["num_inputs"])} | {_cell(r["fits"])} | '
-              f'{_cell(r["lower_seconds"], "{:.1f}")} | '
-              f'{r["compile_seconds"]:.1f} |' for r in doc['compile_times']]
+    lines += ['', 'Compile times:', '']
+    lines += _table(('stage', 'batch', 'M', 'fits', 'lower s', 'compile s'), [[
+        r['stage'], _cell(r['batch']), _cell(r['num_inputs']),
+        _cell(r['fits']), _cell(r['lower_seconds'], '{:.1f}'),
+        f'{r["compile_seconds"]:.1f}'] for r in doc['compile_times']])
   return '\n'.join(lines) + '\n'
 
 
