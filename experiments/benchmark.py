@@ -2,17 +2,10 @@ r"""Benchmarks a config's train step, forward pass, input pipeline or M scaling.
 
   python -m experiments.benchmark --config=configs/imagenet.py --mode=train \
       --batch_size=1 --steps=3
-  python -m experiments.benchmark --config=configs/imagenet.py:runlocal \
-      --mode=forward --precision=bfloat16 --attention_impl=dot_product
-  python -m experiments.benchmark --config=configs/imagenet.py:mock \
-      --mode=input --batch_size=32
-  python -m experiments.benchmark --config=configs/imagenet.py --mode=scaling \
-      --plot=docs/scaling.png
 
-Prints one JSON line per result (fields: docs/performance.md). Modes: the
-pmapped train step or the forward on a synthetic batch, the training loader
-(`--photos`: ImageNet's augmentation on sample photographs), or the batch-1
-train step against M (a 1D grid of M inputs), plotted to `--plot`.
+Prints one JSON line per result (fields: docs/performance.md) of the mode:
+the pmapped train step or the forward on a synthetic batch, the training
+loader (`input`), or the batch-1 train step against M (`scaling`).
 """
 
 import json

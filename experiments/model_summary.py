@@ -4,11 +4,9 @@ r"""Parameters per module and forward FLOPs of a config's classifier.
   python -m experiments.model_summary --config=configs/imagenet.py \
       --config.model.encoder.share_weights=False
 
-Prints a table of parameters by weight set, the schedule and the nominal
-forward FLOPs per example with and without K/V reuse
-(`perceiver_jax.benchmarking.summary`); the last line is one JSON object:
-`{"params": ..., "flops_per_example": ..., ...}`. Runs in seconds on a CPU,
-for the full 224x224 ImageNet config too.
+Prints parameters by weight set, the schedule and the nominal forward
+FLOPs per example (`perceiver_jax.benchmarking.summary`), then one JSON line:
+`{"params": ..., "flops_per_example": ..., ...}`. Runs in seconds on a CPU.
 """
 
 import json

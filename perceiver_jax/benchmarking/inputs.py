@@ -18,13 +18,9 @@ from perceiver_jax.train import tasks
 def measure_input_throughput(load_fn: Callable[..., Iterator[Any]], *,
                              num_batches: int, warmup_batches: int = 2,
                              **load_kwargs: Any) -> dict[str, float]:
-  """Times `num_batches` batches of `load_fn(**load_kwargs)`, after
-  `warmup_batches` untimed ones.
-
-  `load_fn` yields dicts with an 'image' `[*batch_dims, H, W, C]`. Returns
-  images, seconds, cpu_seconds, images_per_second, images_per_cpu_second
-  (per fully used core) and cores_used (cpu_seconds / seconds).
-  """
+  """Images, seconds, cpu_seconds, images per second and per CPU-second,
+  and cores_used of `num_batches` batches of `load_fn(**load_kwargs)` (each
+  an 'image' `[*batch_dims, H, W, C]`) after `warmup_batches`."""
   if num_batches < 1 or warmup_batches < 0:
     raise ValueError(f'num_batches must be >= 1 and warmup_batches >= 0, '
                      f'got {num_batches} and {warmup_batches}.')

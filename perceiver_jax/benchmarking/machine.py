@@ -92,25 +92,17 @@ def xla_cost(program: Any) -> tuple[float, float]:
   return float(cost['flops']), float(cost.get('bytes accessed', 0.0))
 
 
-def probe_sizes() -> tuple[int, ...]:
-  """Square matmul sizes of `matmul_rates`: small on CPUs, large elsewhere."""
-  if jax.default_backend() == 'cpu':
-    return (256, 512, 1024)
-  return (2048, 4096, 8192)
-
-
 def matmul_rates(sizes: Optional[Sequence[int]] = None, *,
                  seconds: float = 0.2) -> dict[str, float]:
-  """The best dense-matmul FLOP/s of one device over square `sizes`.
-
-  Returns:
-    {'float32': rate, 'bfloat16': rate}; bfloat16 multiplies bf16 inputs
-    into float32 outputs (`preferred_element_type`), as mixed precision does.
-  """
+  """{'float32': rate, 'bfloat16': rate}: the best dense-matmul FLOP/s of
+  one device over square `sizes`; bf16 inputs give float32 outputs."""
+  if sizes is None:  # Small on CPUs, large on accelerators.
+    sizes = ((256, 512, 1024) if jax.default_backend() == 'cpu' else
+             (2048, 4096, 8192))
   rates = {}
   for name, dtype in (('float32', jnp.float32), ('bfloat16', jnp.bfloat16)):
     best = 0.0
-    for n in sizes or probe_sizes():
+    for n in sizes:
       a = jnp.ones((n, n), dtype)
       product = jax.jit(lambda x, y: jnp.dot(
           x, y, preferred_element_type=jnp.float32)).lower(a, a).compile()
@@ -123,11 +115,8 @@ def matmul_rates(sizes: Optional[Sequence[int]] = None, *,
 def machine_fraction(executed_flops_per_sec: Optional[float],
                      rates: Optional[Mapping[str, float]], precision: str
                      ) -> Optional[float]:
-  """Executed FLOP/s over the machine's matmul rate in `precision`.
-
-  On accelerators every device counts once; the CPU's devices share its
-  cores, which the one-device probe already uses.
-  """
+  """Executed FLOP/s over the matmul rate in `precision` of every device
+  (the CPU's devices share the cores the one-device probe used)."""
   if executed_flops_per_sec is None or not rates:
     return None
   devices = 1 if jax.default_backend() == 'cpu' else jax.local_device_count()
@@ -179,13 +168,9 @@ def time_calls(fn: Callable[..., Any], args: Sequence[Any], *, calls: int,
 def time_steps(step: Callable[..., Any], args: Sequence[Any], *, steps: int,
                warmup: int, carry_first: bool
                ) -> tuple[Optional[dict[str, Any]], Any]:
-  """Times `steps` calls after `warmup`: ({mean, min, median, page_faults}
-  per call, the last result); (None, None) when `steps` is 0.
-
-  `carry_first`: each call's first output is the next call's first
-  argument (a train state). `page_faults`: the process's minor faults per
-  call, memory mapped afresh (see `perceiver_jax.host_memory`).
-  """
+  """({mean, min, median seconds, minor page_faults} per call, the last
+  result) of `steps` calls after `warmup`; (None, None) for 0 steps.
+  `carry_first`: each call's first output is the next one's first input."""
   if steps == 0:
     return None, None
   result = None
@@ -209,12 +194,9 @@ def time_steps(step: Callable[..., Any], args: Sequence[Any], *, steps: int,
 
 def time_in_rounds(steps: Sequence[Optional[Callable[[], None]]], *,
                    rounds: int, calls: int, warmup: int) -> list[list[float]]:
-  """Per step function, its mean seconds per call in each round.
-
-  Each runs `warmup` calls first; round r then times `calls` calls of each
-  in turn starting with function r (mod their number), so that a change in
-  the machine's load touches all alike. None (not installed): [].
-  """
+  """Each function's mean seconds per call in each round (None: []); round
+  r times `calls` calls of each in turn from function r, so that a change
+  in the load touches all alike."""
   for step in steps:
     for _ in range(warmup if step else 0):
       step()

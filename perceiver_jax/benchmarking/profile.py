@@ -55,15 +55,9 @@ def op_names(hlo_text: str) -> dict[str, str]:
 
 
 def module_path(op_name: str, depth: int) -> str:
-  """The first `depth` Haiku module names of a JAX op_name.
-
-  `jit(loss)/transpose(jvp(perceiver))/_encode/perceiver/cross_attend_0/
-  attention/attend_unprojected/attention/reduce_sum` with depth 2 ->
-  `perceiver/cross_attend_0`: the transformation wrappers (`jvp(...)`,
-  `transpose(...)`) are removed, and so are the jitted function, method
-  names (`_encode`), control flow (`while`, `body`, `closed_call`), nested
-  jits and the primitive (the last part). Consecutive repeats collapse.
-  """
+  """The first `depth` Haiku module names of a JAX op_name, without
+  transformations, the jitted function, methods (`_encode`), control flow,
+  nested jits and the primitive; repeats collapse."""
   parts = []
   for part in op_name.split('/')[1:-1]:
     inner = re.sub(r'^(?:\w+\()+|\)+$', '', part)

@@ -154,13 +154,9 @@ def largest_size(fits: Callable[[int], bool], start: int, *, limit: int,
                  tolerance: float = 0.0, known_fit: int = 0,
                  can_start: Callable[[float], bool] = lambda _: True,
                  clock: Callable[[], float] = time.monotonic) -> Search:
-  """The largest n <= `limit` with `fits(n)`, if fitting is monotone.
-
-  Grows from `start` by `grow` until a size fails or `limit` fits, then
-  bisects between the largest fit (or `known_fit`, never probed) and the
-  smallest failure until adjacent or within `tolerance`. Before each probe
-  after the first, `can_start(the last probe's seconds)` may stop it.
-  """
+  """The largest n <= `limit` with `fits(n)` (monotone): grows from `start`
+  until a size fails, then bisects down to `tolerance` above the largest fit
+  (or `known_fit`, never probed); `can_start` may stop it between probes."""
   if not 1 <= start <= limit or not 0 <= known_fit <= start:
     raise ValueError(f'Need 0 <= known_fit <= start <= limit and start >= 1,'
                      f' got {known_fit}, {start}, {limit}.')

@@ -21,12 +21,8 @@ from perceiver_jax.model import schedule
 
 
 def group_name(module: str, name: str) -> str:
-  """The table row of parameter `module/name`.
-
-  The encoder is split into its weight sets (`perceiver/latents`,
-  `perceiver/cross_attend_0`, `perceiver/latent_transformer_0`, ...); any
-  other top-level module (head, adapter) is one row.
-  """
+  """The table row of parameter `module/name`: the encoder's weight sets
+  (`perceiver/cross_attend_0`, ...), or the top-level module."""
   parts = f'{module}/{name}'.split('/')
   if parts[0] == 'perceiver':
     return '/'.join(parts[:2])
@@ -53,17 +49,9 @@ def _forward_flops(apply: Callable[..., Any], params_shapes: Any,
 
 
 def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Counts parameters and forward FLOPs of `config`'s classifier.
-
-  Args:
-    config: an experiment config (`config.model`, `config.data.num_classes`).
-
-  Returns:
-    A dict with `params` (total), `flops_per_example` (nominal: no K/V
-    reuse), `flops_per_example_with_kv_reuse`, `groups` (row name ->
-    (parameter count, [shapes])), `uses` (row name -> schedule steps using
-    it), `steps` (the schedule) and `input_shape` (of one example).
-  """
+  """`params`, `flops_per_example` (nominal), `..._with_kv_reuse`,
+  `groups` (row -> (count, shapes)), `uses` (row -> schedule steps),
+  `steps`, `input_shape` and `param_list` of `config`'s classifier."""
   num_classes = config.data.num_classes
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
