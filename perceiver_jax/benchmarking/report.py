@@ -306,8 +306,8 @@ class Report:
     self.save()
     try:
       stopped = fn(StageContext(self, entry, now + allotted))
-      entry.update(status='partial', note=stopped) if stopped else (
-          entry.update(status='done'))
+      entry.update(dict(status='partial', note=stopped) if stopped else
+                   dict(status='done'))
     except Exception as e:  # pylint: disable=broad-except
       # A bug in one stage must not cost the others their turn.
       text = traceback.format_exc()
