@@ -93,7 +93,7 @@ def xla_cost(program: Any) -> tuple[float, float]:
 
 
 def matmul_rates(sizes: Optional[Sequence[int]] = None, *,
-                 seconds: float = 0.2) -> dict[str, float]:
+                 calls: int = 5) -> dict[str, float]:
   """{'float32': rate, 'bfloat16': rate}: the best dense-matmul FLOP/s of
   one device over square `sizes`; bf16 inputs give float32 outputs."""
   if sizes is None:  # Small on CPUs, large on accelerators.
@@ -106,8 +106,9 @@ def matmul_rates(sizes: Optional[Sequence[int]] = None, *,
       a = jnp.ones((n, n), dtype)
       product = jax.jit(lambda x, y: jnp.dot(
           x, y, preferred_element_type=jnp.float32)).lower(a, a).compile()
-      times = time_calls(product, (a, a), calls=3, seconds=seconds)
-      best = max(best, 2 * n**3 / min(times))
+      times, _ = time_steps(product, (a, a), steps=calls, warmup=1,
+                            carry_first=False)
+      best = max(best, 2 * n**3 / times['min'])
     rates[name] = best
   return rates
 
@@ -150,19 +151,6 @@ def xla_memory_bytes(compiled: Any) -> Optional[int]:
     return None
   return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes +
              analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
-
-
-def time_calls(fn: Callable[..., Any], args: Sequence[Any], *, calls: int,
-               seconds: float = 0.0) -> list[float]:
-  """Seconds of each of `calls` calls (more until `seconds` have passed),
-  after one untimed call; each call waited for on its own."""
-  jax.block_until_ready(fn(*args))
-  times, begin = [], time.perf_counter()
-  while len(times) < calls or time.perf_counter() - begin < seconds:
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return times
 
 
 def time_steps(step: Callable[..., Any], args: Sequence[Any], *, steps: int,

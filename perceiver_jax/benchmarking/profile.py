@@ -15,7 +15,6 @@ from typing import Any, Sequence
 
 import jax
 import ml_collections
-import numpy as np
 import optax
 
 from perceiver_jax.benchmarking import machine
@@ -148,10 +147,10 @@ def gradient_profile(config: ml_collections.ConfigDict, batch_size: int,
         flops / batch_size / 1e9, 3)
     result[f'{name}_xla_gbytes_per_example'] = round(
         bytes_accessed / batch_size / 1e9, 3)
-    seconds = machine.time_calls(compiled[name], (params, batch),
-                                 calls=calls)
-    result[f'{name}_seconds_min'] = min(seconds)
-    result[f'{name}_seconds_median'] = float(np.median(seconds))
+    times, _ = machine.time_steps(compiled[name], (params, batch),
+                                  steps=calls, warmup=1, carry_first=False)
+    result[f'{name}_seconds_min'] = times['min']
+    result[f'{name}_seconds_median'] = times['median']
   result['gradient_over_forward_min'] = (
       result['gradient_seconds_min'] / result['forward_seconds_min'])
   result['load_average_1m'] = machine.load_average()
