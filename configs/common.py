@@ -246,3 +246,22 @@ def base_config() -> ml_collections.ConfigDict:
       keep=3,  # The newest `keep` checkpoints, plus the best.
   ))
   return config
+
+
+def with_num_inputs(config: ml_collections.ConfigDict,
+                    num_inputs: int) -> ml_collections.ConfigDict:
+  """A copy of `config` whose input is a 1D grid of `num_inputs` positions,
+  with the config's raw channels and Fourier bands (benchmarks' M axis)."""
+  if (isinstance(num_inputs, bool) or not isinstance(num_inputs, int) or
+      num_inputs < 1):
+    raise ValueError(f'num_inputs must be a positive integer, got '
+                     f'{num_inputs!r}.')
+  config = config.copy_and_resolve_references()
+  old = config.model.input
+  with config.unlocked():
+    config.model.input = grid_input(
+        key='inputs', index_dims=(num_inputs,),
+        raw_channels=int(old.get('raw_channels', 3)),
+        num_bands=int(old.get('num_bands', 64)), max_resolution=None,
+        position_encoding=old.get('position_encoding', 'fourier'))
+  return config

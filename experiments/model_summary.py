@@ -4,207 +4,33 @@ r"""Parameters per module and forward FLOPs of a config's classifier.
   python -m experiments.model_summary --config=configs/imagenet.py \
       --config.model.encoder.share_weights=False
 
-Nothing is computed at full size: parameters come from `jax.eval_shape` of
-the initialiser, and FLOPs from XLA's cost analysis of the lowered (not
-compiled) forward pass for one example. The nominal count, as the paper
-counts it (one multiply-add = 2 FLOPs), has every cross-attend compute its
-own input LayerNorm, keys and values (`reuse_shared_keys_values=False`);
-the count with that reuse switched on, which gives the same outputs, is
-reported beside it as the saving. The last line printed is one JSON object:
-`{"params": ..., "flops_per_example": ..., ...}`.
-
-Runs in seconds on a CPU, for the full 224x224 ImageNet config too.
+Prints parameters by weight set, the schedule and the nominal forward
+FLOPs per example (`perceiver_jax.benchmarking.summary`), then one JSON line:
+`{"params": ..., "flops_per_example": ..., ...}`. Runs in seconds on a CPU.
 """
 
-import collections
-import functools
 import json
-import math
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from absl import flags
-import jax
 import ml_collections
 
 from perceiver_jax import cli
-from perceiver_jax.model import factory
-from perceiver_jax.model import schedule
+from perceiver_jax.benchmarking import summary
 
 
-def group_name(module: str, name: str) -> str:
-  """The table row of parameter `module/name`.
-
-  The encoder is split into its weight sets (`perceiver/latents`,
-  `perceiver/cross_attend_0`, `perceiver/latent_transformer_0`, ...); any
-  other top-level module (head, adapter) is one row.
-  """
-  parts = f'{module}/{name}'.split('/')
-  if parts[0] == 'perceiver':
-    return '/'.join(parts[:2])
-  return parts[0]
-
-
-def _shape_summary(shapes: list[tuple[int, ...]]) -> str:
-  """'36x[1024,1024] 60x[1024]': distinct shapes, largest first."""
-  counts = collections.Counter(shapes)
-  ordered = sorted(counts, key=lambda s: (-math.prod(s), s))
-  return ' '.join(f'{counts[s]}x[{",".join(map(str, s))}]' for s in ordered)
-
-
-def _schedule(model_config: Mapping[str, Any]) -> list[schedule.Step]:
-  return schedule.schedule(factory.encoder_config(model_config))
-
-
-def xla_cost(program: Any) -> tuple[float, float]:
-  """(FLOPs, bytes accessed) of a lowered or compiled program, from XLA's
-  cost analysis (a compiled program's counts are of the optimised HLO)."""
-  cost = program.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per module.
-    cost = cost[0]
-  if not cost or 'flops' not in cost:
-    raise RuntimeError(f'XLA cost analysis gave no FLOP count: {cost!r}.')
-  return float(cost['flops']), float(cost.get('bytes accessed', 0.0))
-
-
-def _forward_flops(apply: Callable[..., Any], params_shapes: Any,
-                   batch_shapes: Mapping[str, jax.ShapeDtypeStruct]) -> int:
-  """FLOPs of the lowered (unoptimised) forward, from XLA's cost analysis."""
-  lowered = jax.jit(functools.partial(apply, is_training=False)).lower(
-      params_shapes, None, batch_shapes)
-  return int(xla_cost(lowered)[0])
-
-
-def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Counts parameters and forward FLOPs of `config`'s classifier.
-
-  Args:
-    config: an experiment config (`config.model`, `config.data.num_classes`).
-
-  Returns:
-    A dict with `params` (total), `flops_per_example` (nominal: no K/V
-    reuse), `flops_per_example_with_kv_reuse`, `groups` (row name ->
-    (parameter count, [shapes])), `uses` (row name -> schedule steps using
-    it), `steps` (the schedule) and `input_shape` (of one example).
-  """
-  num_classes = config.data.num_classes
-  model_config = config.model.copy_and_resolve_references()
-  with model_config.unlocked():
-    # The FLOPs are the model's, whatever its execution mode; and XLA's cost
-    # analysis counts the body of a scan once, not once per iteration.
-    model_config.encoder.scan_blocks = False
-  batch_shapes = factory.example_batch(model_config.input, 1)
-
-  flops = {}
-  params_shapes = None
-  for reuse in (False, True):
-    with model_config.unlocked():
-      model_config.encoder.reuse_shared_keys_values = reuse
-      # Nominal: the paper's computation, K/V projected from the inputs.
-      model_config.encoder.absorb_cross_attend_projections = False
-      model_config.grid_parts = False
-    model = factory.transform_classifier(model_config, num_classes)
-    if params_shapes is None:
-      # K/V reuse changes the computation, not the parameters.
-      params_shapes = jax.eval_shape(
-          functools.partial(model.init, is_training=False),
-          jax.random.PRNGKey(0), batch_shapes)
-    flops[reuse] = _forward_flops(model.apply, params_shapes, batch_shapes)
-
-  groups: dict[str, tuple[int, list[tuple[int, ...]]]] = {}
-  for module, name, leaf in _iter_params(params_shapes):
-    row = group_name(module, name)
-    count, shapes = groups.get(row, (0, []))
-    groups[row] = (count + math.prod(leaf.shape), shapes + [leaf.shape])
-  groups = {row: groups[row] for row in sorted(groups, key=_row_order)}
-  steps = _schedule(model_config)
-  return dict(
-      params=sum(count for count, _ in groups.values()),
-      flops_per_example=flops[False],
-      flops_per_example_with_kv_reuse=flops[True],
-      groups=groups,
-      uses=dict(collections.Counter(
-          f'perceiver/{step.kind}_{step.weight_set}' for step in steps)),
-      steps=steps,
-      input_shape=tuple(next(iter(batch_shapes.values())).shape[1:]),
-      param_list=[(f'{m}/{n}', tuple(leaf.shape))
-                  for m, n, leaf in _iter_params(params_shapes)],
-  )
-
-
-def _row_order(row: str) -> tuple[int, str, int]:
-  """Input side first: adapter, latents, cross-attends, latent
-  Transformers, head; weight sets in numeric order."""
-  if row.startswith('perceiver/'):
-    stem, _, index = row.rpartition('_')
-    rank = {'perceiver/cross_attend': 2,
-            'perceiver/latent_transformer': 3}.get(stem, 1)
-    return (rank, stem if rank > 1 else row,
-            int(index) if index.isdigit() else 0)
-  return (4 if row == 'classification_head' else 0, row, 0)
-
-
-def _iter_params(params: Mapping[str, Mapping[str, Any]]):
-  for module in sorted(params):
-    for name in sorted(params[module]):
-      yield module, name, params[module][name]
-
-
-def _schedule_text(steps: list[schedule.Step]) -> str:
-  """'C0 L0 C1 L0 ...': C for cross-attends, L for latent Transformers."""
-  letter = {'cross_attend': 'C', 'latent_transformer': 'L'}
-  return ' '.join(f'{letter[s.kind]}{s.weight_set}' for s in steps)
-
-
-def format_table(summary: Mapping[str, Any]) -> str:
-  """The human-readable report (everything but the JSON line)."""
-  total = summary['params']
-  rows = [('module', 'uses', 'params', '%', 'arrays: shapes')]
-  for row, (count, shapes) in summary['groups'].items():
-    uses = summary['uses'].get(row, 1)
-    rows.append((row, str(uses), f'{count:,}', f'{100 * count / total:.2f}',
-                 f'{len(shapes)}: {_shape_summary(shapes)}'))
-  rows.append(('total', '', f'{total:,}', '100.00', ''))
-  widths = [max(len(r[i]) for r in rows) for i in range(4)]
-  lines = []
-  for i, r in enumerate(rows):
-    lines.append('  '.join([r[0].ljust(widths[0]), r[1].rjust(widths[1]),
-                            r[2].rjust(widths[2]), r[3].rjust(widths[3]),
-                            r[4]]).rstrip())
-    if i == 0 or i == len(rows) - 2:
-      lines.append('-' * len(lines[0]))
-  nominal = summary['flops_per_example']
-  reuse = summary['flops_per_example_with_kv_reuse']
-  lines += [
-      '',
-      f'input per example: {list(summary["input_shape"])}',
-      f'schedule (C: cross-attend, L: latent Transformer; digit: weight '
-      f'set): {_schedule_text(summary["steps"])}',
-      f'forward FLOPs per example (nominal, every cross-attend computes its '
-      f'own K/V): {nominal:,} ({nominal / 1e9:.2f}e9)',
-      f'forward FLOPs per example with shared K/V reused: {reuse:,} '
-      f'({reuse / 1e9:.2f}e9, saves {100 * (1 - reuse / nominal):.1f}%)',
-  ]
-  return '\n'.join(lines)
-
-
-def report(config: ml_collections.ConfigDict, *, detail: bool = False) -> dict[
-    str, Any]:
-  """Prints the table (every parameter too if `detail`), then the JSON line.
-
-  Returns:
-    The JSON line's contents.
-  """
-  summary = summarize(config)
-  print(format_table(summary))
+def report(config: ml_collections.ConfigDict, *,
+           detail: bool = False) -> dict[str, Any]:
+  """Prints the table (every parameter too if `detail`), then the JSON
+  line, and returns the JSON line's contents."""
+  counted = summary.summarize(config)
+  print(summary.format_table(counted))
   if detail:
     print()
-    for name, shape in summary['param_list']:
+    for name, shape in counted['param_list']:
       print(f'{name}  {list(shape)}')
-  result = dict(
-      params=summary['params'],
-      flops_per_example=summary['flops_per_example'],
-      flops_per_example_with_kv_reuse=summary[
-          'flops_per_example_with_kv_reuse'])
+  result = {k: counted[k] for k in (
+      'params', 'flops_per_example', 'flops_per_example_with_kv_reuse')}
   print(json.dumps(result), flush=True)
   return result
 
@@ -215,8 +41,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  # Flags are defined here, not on import, so that other programs and tests
-  # can import `summarize` and `report` next to their own `--config` flag.
   cli.define_config_flag('configs/digits.py', 'The experiment config file.')
   flags.DEFINE_bool('detail', False,
                     'Also list every parameter array with its shape.')

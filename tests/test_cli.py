@@ -166,9 +166,9 @@ CASES = [
     (['experiments.benchmark', '--cpu_devices=-2'],
      'error: flag --cpu_devices=-2: -2 is not a positive integer '
      '(--helpshort lists the flags)'),
-    (['perceiver_jax.data.throughput', '--batch_size=abc'],
-     "error: argument --batch_size: invalid int value: 'abc' (--help lists "
-     'the flags)'),
+    (['experiments.benchmark', '--mode=input', '--batch_size=abc'],
+     'error: flag --batch_size=abc: invalid literal for int() with base 10: '
+     "'abc' (--helpshort lists the flags)"),
     # Dataset preparation.
     (['perceiver_jax.data.imagenet'],
      'error: the following arguments are required: --manual_dir (--help '

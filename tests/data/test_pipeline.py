@@ -7,7 +7,6 @@ import tensorflow_datasets as tfds
 
 from perceiver_jax.data import augment
 from perceiver_jax.data import pipeline
-from perceiver_jax.data import throughput
 from tests.helpers import jpeg_fixtures
 
 pipeline.hide_gpus_from_tf()
@@ -209,26 +208,3 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match='threadpool_size'):
     pipeline.dataset_options(-2)
 
-
-def test_measure_input_throughput_counts_images():
-  def load(num):
-    return iter([{'image': np.zeros((2, 3, 4, 4, 3), np.float32)}] * num)
-
-  result = throughput.measure_input_throughput(load, num_batches=3,
-                                               warmup_batches=1, num=4)
-  assert result['images'] == 18
-  assert result['images_per_second'] > 0
-  assert result['images_per_cpu_second'] > 0
-  with pytest.raises(StopIteration):
-    throughput.measure_input_throughput(load, num_batches=4,
-                                        warmup_batches=1, num=4)
-  with pytest.raises(ValueError, match='num_batches'):
-    throughput.measure_input_throughput(load, num_batches=0, num=4)
-
-
-def test_photo_jpegs_are_real_jpegs():
-  jpegs = throughput.photo_jpegs(3)
-  for jpeg in jpegs:
-    assert tf.image.is_jpeg(jpeg)
-    np.testing.assert_array_equal(tf.image.extract_jpeg_shape(jpeg),
-                                  [427, 640, 3])

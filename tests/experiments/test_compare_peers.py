@@ -3,20 +3,15 @@
 import json
 
 from experiments import compare_peers
+from perceiver_jax.benchmarking import machine
+from perceiver_jax.benchmarking import peers
 
 
 def test_rounds_rotate_the_contenders_after_their_warmup():
   calls = []
-
-  def contender(name):
-    return compare_peers.Contender(dict(name=name, status='ok'),
-                                   lambda: calls.append(name))
-
-  missing = compare_peers.Contender(dict(name='c', status='not installed'),
-                                    None)
-  seconds = compare_peers.time_in_rounds(
-      [contender('a'), missing, contender('b')], rounds=3, steps=2,
-      warmup=1)
+  seconds = machine.time_in_rounds(
+      [lambda: calls.append('a'), None, lambda: calls.append('b')],
+      rounds=3, calls=2, warmup=1)
   # Round r starts with contender r: a, then (c missing) b, then b, a.
   assert calls == ['a', 'b'] + ['a', 'a', 'b', 'b'] + ['b', 'b', 'a', 'a'] + [
       'b', 'b', 'a', 'a']
@@ -26,21 +21,24 @@ def test_rounds_rotate_the_contenders_after_their_warmup():
 
 def test_paired_speedup_is_the_median_of_round_ratios():
   # Ratios 2.0, 1.5 and 3.0 (by hand): median 2.0.
-  assert compare_peers.paired_speedup([2.0, 3.0, 3.0], [1.0, 2.0, 1.0]) == 2.0
+  assert machine.paired_speedup([2.0, 3.0, 3.0], [1.0, 2.0, 1.0]) == 2.0
+
+
+def test_efficiency_of_a_timed_step():
+  # 1e6 FLOPs an example, batch 4 in 0.5 s: 8e6 FLOP/s, half of 1.6e7.
+  fields = dict(executed_flops_per_example=1e6)
+  assert peers.efficiency(fields, 4, 0.5, dict(float32=1.6e7),
+                          'float32') == dict(executed_flops_per_sec=8e6,
+                                             machine_fraction=0.5)
+  assert peers.efficiency({}, 4, 0.5, dict(float32=1.6e7), 'float32') == {}
 
 
 def test_main_prints_one_json_line_per_implementation_and_a_summary(
     capsys, monkeypatch):
   # The comparison's own latents (256 x 256) cost a minute of compiling
-  # here; the plumbing is the same with fewer.
-  full_config = compare_peers.our_config
-
-  def small_config(*args, **kwargs):
-    config = full_config(*args, **kwargs)
-    config.model.encoder.update(num_latents=8, num_latent_channels=16)
-    return config
-
-  monkeypatch.setattr(compare_peers, 'our_config', small_config)
+  # and seconds a step here; the plumbing is the same with fewer, alike.
+  monkeypatch.setitem(peers.LATENTS, 'num_latents', 8)
+  monkeypatch.setitem(peers.LATENTS, 'width', 16)
   compare_peers.main(['--image_size=8', '--batch_size=8', '--rounds=2',
                       '--steps=1', '--warmup=0', '--fast_compile',
                       '--precision=bfloat16', '--peer_precision=bfloat16'])
@@ -69,6 +67,12 @@ def test_main_prints_one_json_line_per_implementation_and_a_summary(
   # One cross-attend fewer: one cross-attend's weights fewer.
   assert ours['params'] > ours_one['params']
   assert summary['summary'] is True
+  assert summary['matmul_flops_per_sec']['bfloat16'] > 0
+  assert summary['device_kind'] == 'cpu' and 'load_average_1m' in summary
+  for result in (ours, ours_one):
+    assert result['executed_flops_per_example'] > 0
+    assert result['machine_fraction'] > 0
+  assert summary['machine_fraction'] == ours['machine_fraction']
   assert sorted(summary['not_installed']) == sorted(
       r['name'] for r in results if r['status'] != 'ok')
   for name, ratio in summary['speedup_vs'].items():
@@ -97,3 +101,5 @@ def test_released_forward_times_ours_and_transformers_on_the_same_weights(
     assert result['images_per_second'] == 2 / result['forward_seconds']
   assert summary['speedup_vs_transformers'] == (
       theirs['forward_seconds'] / ours['forward_seconds'])
+  assert ours['executed_flops_per_example'] > 0
+  assert summary['machine_fraction'] == ours['machine_fraction'] > 0

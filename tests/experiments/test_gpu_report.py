@@ -1,4 +1,5 @@
-"""Tests of experiments.gpu_report: its searches, its time caps, its files.
+"""Tests of experiments.gpu_report and perceiver_jax.benchmarking.report:
+the searches, the time caps, the files.
 
 The searches and the caps run on fakes (a step that runs out of memory
 above a batch, a `fits(M)` with a boundary, a clock that stage functions
@@ -8,14 +9,16 @@ device. No timing is asserted.
 
 import json
 import os
-import threading
 
 import jax
 import numpy as np
 import pytest
 
-from experiments import benchmark
 from experiments import gpu_report
+from perceiver_jax.benchmarking import machine
+from perceiver_jax.benchmarking import report as report_lib
+from perceiver_jax.benchmarking import steps
+from perceiver_jax.benchmarking import summary
 from tests.helpers import command_utils
 
 
@@ -26,11 +29,11 @@ def out_of_memory(what: str = '1.5GiB') -> Exception:
 
 
 def test_out_of_memory_is_recognised_and_nothing_else():
-  assert gpu_report.is_out_of_memory(out_of_memory())
-  assert not gpu_report.is_out_of_memory(
+  assert report_lib.is_out_of_memory(out_of_memory())
+  assert not report_lib.is_out_of_memory(
       jax.errors.JaxRuntimeError('INTERNAL: cuDNN failed'))
-  assert not gpu_report.is_out_of_memory(RuntimeError('RESOURCE_EXHAUSTED'))
-  assert not gpu_report.is_out_of_memory(MemoryError())
+  assert not report_lib.is_out_of_memory(RuntimeError('RESOURCE_EXHAUSTED'))
+  assert not report_lib.is_out_of_memory(MemoryError())
 
 
 def test_largest_batch_is_the_largest_that_does_not_run_out_of_memory():
@@ -43,7 +46,7 @@ def test_largest_batch_is_the_largest_that_does_not_run_out_of_memory():
     return {'images_per_sec': 10.0 * batch}
 
   seen = []
-  search = gpu_report.largest_batch([32, 256, 64, 128], step,
+  search = report_lib.largest_batch([32, 256, 64, 128], step,
                                     on_attempt=seen.append)
   assert tried == [256, 128, 64]  # Largest first; 32 never needed.
   assert search.batch == 64 and search.result == {'images_per_sec': 640.0}
@@ -56,16 +59,16 @@ def test_largest_batch_is_the_largest_that_does_not_run_out_of_memory():
   # Nothing fits: no batch, every size tried.
   def never(batch):
     raise out_of_memory()
-  search = gpu_report.largest_batch([4, 2], never)
+  search = report_lib.largest_batch([4, 2], never)
   assert search.batch is None and len(search.attempts) == 2
 
   # Any other error is a bug, not "does not fit".
   def broken(batch):
     raise jax.errors.JaxRuntimeError('INTERNAL: ptxas exited with status 1')
   with pytest.raises(jax.errors.JaxRuntimeError, match='INTERNAL'):
-    gpu_report.largest_batch([4, 2], broken)
+    report_lib.largest_batch([4, 2], broken)
   with pytest.raises(ValueError, match='shape'):
-    gpu_report.largest_batch([4], lambda b: (_ for _ in ()).throw(
+    report_lib.largest_batch([4], lambda b: (_ for _ in ()).throw(
         ValueError('bad shape')))
 
 
@@ -77,7 +80,7 @@ def test_largest_batch_stops_when_the_next_attempt_would_overrun():
     raise out_of_memory()
 
   # 10 s: two attempts of 4 s; a third would end at 12 s.
-  search = gpu_report.largest_batch(
+  search = report_lib.largest_batch(
       [256, 128, 64, 32], step, clock=lambda: now[0],
       can_start=lambda expected: now[0] + expected <= 10.0)
   assert [a['batch'] for a in search.attempts] == [256, 128]
@@ -87,7 +90,7 @@ def test_largest_batch_stops_when_the_next_attempt_would_overrun():
 
 def test_largest_size_doubles_then_bisects():
   boundary = 5000
-  search = gpu_report.largest_size(lambda m: m <= boundary, 256,
+  search = report_lib.largest_size(lambda m: m <= boundary, 256,
                                    limit=10**7)
   sizes = [m for m, _ in search.probes]
   # Doubling from 256 until 8192 fails...
@@ -106,7 +109,7 @@ def test_largest_size_doubles_then_bisects():
     assert ok == (m <= boundary)
 
   # A tolerance closes the bracket early, within 5% of the fit.
-  loose = gpu_report.largest_size(lambda m: m <= boundary, 256,
+  loose = report_lib.largest_size(lambda m: m <= boundary, 256,
                                   limit=10**7, tolerance=0.05)
   assert loose.largest_fit <= boundary < loose.smallest_fail
   assert loose.smallest_fail <= loose.largest_fit * 1.05
@@ -115,50 +118,50 @@ def test_largest_size_doubles_then_bisects():
 
 def test_largest_size_limits_start_failures_and_time():
   # Everything fits: growth stops at the limit, which is probed itself.
-  search = gpu_report.largest_size(lambda m: True, 3, limit=20)
+  search = report_lib.largest_size(lambda m: True, 3, limit=20)
   assert [m for m, _ in search.probes] == [3, 6, 12, 20]
   assert search.largest_fit == 20 and search.smallest_fail is None
   assert 'limit 20' in search.note and not search.stopped
   # The start does not fit: bisection below it.
-  search = gpu_report.largest_size(lambda m: m <= 2, 8, limit=100)
+  search = report_lib.largest_size(lambda m: m <= 2, 8, limit=100)
   assert search.probes == [(8, False), (4, False), (2, True), (3, False)]
   assert (search.largest_fit, search.smallest_fail) == (2, 3)
   # Out of time after three probes.
   calls = []
-  search = gpu_report.largest_size(
+  search = report_lib.largest_size(
       lambda m: calls.append(m) or True, 1, limit=1000,
       can_start=lambda expected: len(calls) < 3)
   assert calls == [1, 2, 4] and search.stopped
   assert search.note.startswith('stopped before size 8')
   # A size known to fit is the bisection's floor, never probed.
-  search = gpu_report.largest_size(lambda m: m <= 90, 100, limit=1000,
+  search = report_lib.largest_size(lambda m: m <= 90, 100, limit=1000,
                                    known_fit=80)
   assert [m for m, _ in search.probes] == [100, 90, 95, 92, 91]
   assert (search.largest_fit, search.smallest_fail) == (90, 91)
   # No probe fits: the known size is the answer.
-  search = gpu_report.largest_size(lambda m: m <= 80, 100, limit=1000,
+  search = report_lib.largest_size(lambda m: m <= 80, 100, limit=1000,
                                    known_fit=80)
   assert [m for m, _ in search.probes] == [100, 90, 85, 82, 81]
   assert (search.largest_fit, search.smallest_fail) == (80, 81)
   with pytest.raises(ValueError, match='start <= limit'):
-    gpu_report.largest_size(lambda m: True, 10, limit=5)
+    report_lib.largest_size(lambda m: True, 10, limit=5)
   with pytest.raises(ValueError, match='known_fit <= start'):
-    gpu_report.largest_size(lambda m: True, 10, limit=50, known_fit=20)
+    report_lib.largest_size(lambda m: True, 10, limit=50, known_fit=20)
 
 
 def test_the_largest_input_search_starts_from_the_headline_batch():
   # 24 images of 224x224 fitted: one of 24 * 50176 = 1204224 pixels
   # probably does, the side rounded down (1097^2 = 1203409 < 1098^2).
-  assert gpu_report.max_inputs_start(224, 24, 4096) == (1097, 224)
-  assert gpu_report.max_inputs_start(224, 24, 1000) == (1000, 224)
-  assert gpu_report.max_inputs_start(224, None, 4096) == (224, 0)
-  assert gpu_report.max_inputs_start(16, 4, 45) == (32, 16)
+  assert report_lib.max_inputs_start(224, 24, 4096) == (1097, 224)
+  assert report_lib.max_inputs_start(224, 24, 1000) == (1000, 224)
+  assert report_lib.max_inputs_start(224, None, 4096) == (224, 0)
+  assert report_lib.max_inputs_start(16, 4, 45) == (32, 16)
 
 
 def test_square_sides_double_the_pixels():
   side = 224
   for _ in range(6):
-    bigger = gpu_report.grow_square_side(side)
+    bigger = report_lib.grow_square_side(side)
     # The smallest side with at least twice the pixels.
     assert bigger**2 >= 2 * side**2 > (bigger - 1)**2
     side = bigger
@@ -174,14 +177,14 @@ class FakeClock:
 
 
 def read_json(out_dir):
-  with open(os.path.join(out_dir, gpu_report.JSON_NAME)) as f:
+  with open(os.path.join(out_dir, report_lib.JSON_NAME)) as f:
     return json.load(f)
 
 
 def test_stage_caps_and_the_budget(tmp_path):
   clock = FakeClock()
   stages = ('first', 'capped', 'long', 'searching', 'late')
-  report = gpu_report.Report(
+  report = report_lib.Report(
       str(tmp_path), budget_seconds=100, reserve_seconds=5,
       header=dict(command='test'), stages=stages, clock=clock)
   # Every stage is in the file from the start.
@@ -221,7 +224,7 @@ def test_stage_caps_and_the_budget(tmp_path):
     def step(batch):
       clock.now += 6
       raise out_of_memory()
-    found = gpu_report.largest_batch([8, 4, 2, 1], step, clock=clock,
+    found = report_lib.largest_batch([8, 4, 2, 1], step, clock=clock,
                                      can_start=context.can_start)
     context.save(attempts=found.attempts)
     return found.note
@@ -242,14 +245,14 @@ def test_stage_caps_and_the_budget(tmp_path):
   assert doc['complete'] and doc['elapsed_seconds'] == 92
   assert [doc['stages'][n]['status'] for n in stages] == [
       'done', 'skipped', 'done', 'partial', 'skipped']
-  markdown = (tmp_path / gpu_report.MARKDOWN_NAME).read_text()
+  markdown = (tmp_path / report_lib.MARKDOWN_NAME).read_text()
   assert '| capped | skipped |' in markdown and 'cap 0.5 s' in markdown
   assert '| first | done | - | - | 8 | - | 50.0 |' in markdown
 
 
 def test_a_failing_stage_is_recorded_and_the_next_still_runs(tmp_path,
                                                              capsys):
-  report = gpu_report.Report(str(tmp_path), budget_seconds=100,
+  report = report_lib.Report(str(tmp_path), budget_seconds=100,
                              reserve_seconds=0, header={},
                              stages=('broken', 'after'))
 
@@ -266,48 +269,20 @@ def test_a_failing_stage_is_recorded_and_the_next_still_runs(tmp_path,
   assert 'missing_field' in capsys.readouterr().err
 
 
-def test_the_watchdog_saves_and_ends_the_process_at_the_budget(
-    tmp_path, monkeypatch):
-  at_exit = []  # (status, the report file as the process would leave it)
-  fired = threading.Event()
-
-  def fake_exit(status):
-    at_exit.append((status, read_json(tmp_path)))
-    fired.set()
-
-  monkeypatch.setattr(gpu_report.os, '_exit', fake_exit)
-  report = gpu_report.Report(str(tmp_path), budget_seconds=0.3,
-                             reserve_seconds=0, header={},
-                             stages=('compiling', 'next'))
-
-  def compiling(context):  # Stands for a compile that overruns the budget.
-    assert fired.wait(timeout=30)
-
-  gpu_report.start_watchdog(report)
-  report.run_stage('compiling', compiling, cap_seconds=10, min_seconds=0)
-  [(status, doc)] = at_exit
-  assert status == 3
-  assert doc['stopped'] == 'stopped by the watchdog at the budget of 0.3 s'
-  assert doc['stages']['compiling']['status'] == 'partial'
-  assert doc['stages']['compiling']['note'] == doc['stopped']
-  assert doc['stages']['next']['status'] == 'pending'
-  assert not doc['complete']
-
-
 def test_bad_budget_and_caps_are_refused(tmp_path):
   with pytest.raises(ValueError, match='budget_seconds must be positive'):
-    gpu_report.Report(str(tmp_path), budget_seconds=0, reserve_seconds=0,
+    report_lib.Report(str(tmp_path), budget_seconds=0, reserve_seconds=0,
                       header={})
   defaults = dict(headline=150.0, scaling=60.0)
-  assert gpu_report.parse_caps(['scaling=5'], defaults) == dict(
+  assert report_lib.parse_caps(['scaling=5'], defaults) == dict(
       headline=150.0, scaling=5.0)
   for bad in ('scaling', 'warp=5'):
     with pytest.raises(ValueError, match='name=seconds'):
-      gpu_report.parse_caps([bad], defaults)
+      report_lib.parse_caps([bad], defaults)
   for bad in ('scaling=soon', 'scaling=-5', 'scaling=nan'):
     with pytest.raises(ValueError, match='not a number'):
-      gpu_report.parse_caps([bad], defaults)
-  assert gpu_report.parse_caps(['scaling=0'], defaults)['scaling'] == 0.0
+      report_lib.parse_caps([bad], defaults)
+  assert report_lib.parse_caps(['scaling=0'], defaults)['scaling'] == 0.0
 
 
 def test_mfu_uses_the_peak_of_the_runs_precision(monkeypatch):
@@ -319,35 +294,38 @@ def test_mfu_uses_the_peak_of_the_runs_precision(monkeypatch):
                                   ('NVIDIA H100 PCIe', 'float32', 756e12),
                                   ('NVIDIA H100 80GB HBM3', 'bfloat16',
                                    1979e12)):
-    assert np.isclose(benchmark.peak_flops(kind, precision), sparse / 2,
+    assert np.isclose(machine.peak_flops(kind, precision), sparse / 2,
                       rtol=2e-3), kind  # Rounded to whole TFLOPS.
-  environment = dict(benchmark._environment(), device_kind='NVIDIA H200',
+  environment = dict(machine.environment(), device_kind='NVIDIA H200',
                      num_devices=1)
-  monkeypatch.setattr(benchmark, '_environment', lambda: environment)
-  config = gpu_report.headline_config(gpu_report.tiny_profile())
-  _, forward = benchmark.nominal_flops_per_example(config)
+  monkeypatch.setattr(machine, 'environment', lambda: environment)
+  config = gpu_report.headline_config(report_lib.TINY)
+  _, forward = summary.nominal_flops_per_example(config)
   for precision, peak in (('bfloat16', 989e12), ('float32', 494e12)):
     with config.unlocked():
       config.model.encoder.precision = precision
-    result = benchmark._finish(dict(examples_per_sec=1e6), config, 4, True,
-                               training=True)
+    result = steps._finish(dict(examples_per_sec=1e6,
+                                executed_flops_per_example=1.0), config,
+                           True, None, training=True)
     assert result['peak_flops_per_device'] == peak
     assert np.isclose(result['mfu'], 3 * forward * 1e6 / peak)
 
 
 def test_tiny_command_runs_every_stage(tmp_path):
   out = tmp_path / 'report'
-  caps = ','.join(f'{name}=200' for name in gpu_report.STAGES)
+  caps = ','.join(f'{name}=200' for name in report_lib.STAGES)
   proc = command_utils.run_module(
       'experiments.gpu_report', '--tiny', f'--out={out}',
       '--budget_seconds=600', f'--stage_seconds={caps}', timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert summary['stages'] == dict.fromkeys(gpu_report.STAGES, 'done')
+  assert summary['stages'] == dict.fromkeys(report_lib.STAGES, 'done')
   doc = read_json(out)
   assert doc['complete'] and doc['tiny'] and 'stopped' not in doc
   assert doc['environment']['backend'] == 'cpu'
   assert doc['environment']['num_devices'] == 1
+  assert all(rate > 0 for rate in doc['environment'][
+      'matmul_flops_per_sec'].values())
   stages = doc['stages']
 
   # Throughput: the largest batch tried (4) fits on a CPU.
@@ -366,6 +344,8 @@ def test_tiny_command_runs_every_stage(tmp_path):
     assert result['examples_per_sec'] > 0 and np.isfinite(result['loss'])
     assert result['nominal_flops_per_example'] > 0
     assert result['mfu'] is None  # No peak for CPUs.
+    assert result['executed_flops_per_example'] > 0
+    assert result['machine_fraction'] > 0
   rates = {n: stages[n]['result']['examples_per_sec'] for n in expected}
   assert np.isclose(doc['ratios']['headline_over_float32'],
                     rates['headline'] / rates['float32'])
@@ -389,7 +369,7 @@ def test_tiny_command_runs_every_stage(tmp_path):
   assert [p['num_inputs'] for p in scaling['points']] == [64, 1024]
   assert all(p['batch_size'] == 1 and p['step_seconds'] > 0
              for p in scaling['points'])
-  plot = (out / gpu_report.PLOT_NAME).read_bytes()
+  plot = (out / report_lib.PLOT_NAME).read_bytes()
   assert plot[:8] == b'\x89PNG\r\n\x1a\n' and scaling['plot'] == 'scaling.png'
 
   # Compile times: one row per program compiled, in stage order.
@@ -399,9 +379,9 @@ def test_tiny_command_runs_every_stage(tmp_path):
       ['scaling'] * 2)
   assert all(r['compile_seconds'] > 0 for r in rows)
 
-  markdown = (out / gpu_report.MARKDOWN_NAME).read_text()
+  markdown = (out / report_lib.MARKDOWN_NAME).read_text()
   assert '| stage | status | precision |' in markdown
-  for name in gpu_report.STAGES:
+  for name in report_lib.STAGES:
     assert f'| {name} | done |' in markdown
   assert '45x45 (M = 2025)' in markdown and '![scaling](scaling.png)' in (
       markdown)

@@ -1,11 +1,11 @@
-"""Tests of experiments/gradient_profile.py's HLO parsing and XLA cost
-reading (no timings)."""
+"""Tests of perceiver_jax.benchmarking.profile's HLO parsing (behind
+experiments.gradient_profile) and of XLA cost reading (no timings)."""
 
 import jax
 import jax.numpy as jnp
 
-from experiments import gradient_profile
-from experiments import model_summary
+from perceiver_jax.benchmarking import machine
+from perceiver_jax.benchmarking import profile
 
 
 def test_op_names_map_hlo_instructions_to_jax_ops():
@@ -17,7 +17,7 @@ def test_op_names_map_hlo_instructions_to_jax_ops():
       'kind=kLoop, metadata={op_name="jit(f)/transpose(jvp(f))/norm/mul"}',
       '  %param_0 = f32[4]{0} parameter(0)',
       '}'])
-  assert gradient_profile._op_names(hlo) == {
+  assert profile.op_names(hlo) == {
       'dot.7': 'jit(f)/mlp/hidden/dot_general',
       'copy_bitcast_fusion.51': 'jit(f)/transpose(jvp(f))/norm/mul'}
 
@@ -26,7 +26,7 @@ def test_xla_cost_counts_a_matmul():
   """A [4, 8] x [8, 16] product: 2 * 4 * 8 * 16 FLOPs (by hand)."""
   compiled = jax.jit(lambda a, b: a @ b).lower(
       jnp.zeros((4, 8)), jnp.zeros((8, 16))).compile()
-  flops, bytes_accessed = model_summary.xla_cost(compiled)
+  flops, bytes_accessed = machine.xla_cost(compiled)
   assert flops == 2 * 4 * 8 * 16
   # At least both operands and the result, float32.
   assert bytes_accessed >= 4 * (4 * 8 + 8 * 16 + 4 * 16)
@@ -44,7 +44,7 @@ def test_a_fusion_without_metadata_takes_its_computations_op_name():
       '  ROOT %ynn_fusion.4 = f32[2,2]{1,0} fusion(%a, %a), kind=kCustom, '
       'calls=%fused_dot',
       '}'])
-  names = gradient_profile._op_names(hlo)
+  names = profile.op_names(hlo)
   assert names['ynn_fusion.4'] == 'jit(f)/cross/attention/dot_general'
   assert names['dot.1'] == 'jit(f)/cross/attention/dot_general'
 
@@ -53,14 +53,14 @@ def test_module_path_strips_transformations_methods_and_control_flow():
   backward = ('jit(loss)/transpose(jvp(perceiver))/_encode/perceiver/while/'
               'body/closed_call/latent_transformer_0/self_attend_1/attention/'
               'bhnm,bmhd->bhnd/dot_general')
-  assert (gradient_profile.module_path(backward, 3) ==
+  assert (profile.module_path(backward, 3) ==
           'perceiver/latent_transformer_0/self_attend_1')
   forward = ('jit(loss)/jvp(perceiver)/_encode/perceiver/cross_attend_0/'
              'attention/_attend_unprojected/attention/reduce_max')
-  assert gradient_profile.module_path(forward, 2) == 'perceiver/cross_attend_0'
-  assert (gradient_profile.module_path(forward, 9) ==
+  assert profile.module_path(forward, 2) == 'perceiver/cross_attend_0'
+  assert (profile.module_path(forward, 9) ==
           'perceiver/cross_attend_0/attention')
-  assert (gradient_profile.module_path('jit(loss)/jvp()/concatenate', 2) ==
+  assert (profile.module_path('jit(loss)/jvp()/concatenate', 2) ==
           '(outside modules)')
 
 
@@ -69,6 +69,6 @@ def test_by_module_sums_rows_and_shares():
           dict(op='b', ms_per_call=1.0, jax_op='jit(f)/transpose(jvp(m))/m/x/'
                'add'),
           dict(op='c', ms_per_call=4.0, jax_op=None)]
-  assert gradient_profile.by_module(rows, 2) == [
+  assert profile.by_module(rows, 2) == [
       dict(module='m/x', ms_per_call=4.0, share=0.5),
       dict(module='(no metadata)', ms_per_call=4.0, share=0.5)]

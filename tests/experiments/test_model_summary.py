@@ -5,7 +5,6 @@ the code.
 """
 
 import json
-import os
 import subprocess
 import sys
 
