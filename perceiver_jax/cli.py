@@ -99,11 +99,16 @@ def _config_spec_in(argv: Sequence[str]) -> Optional[str]:
   return None
 
 
-def _unknown_field_message(error: Exception) -> str:
-  """ConfigDict's (nested) unknown-field error as one line."""
+def _innermost_text(error: Exception) -> str:
+  """The message of the innermost of ConfigDict's nested errors."""
   while error.args and isinstance(error.args[0], Exception):
     error = error.args[0]
-  text = str(error.args[0]) if error.args else str(error)
+  return str(error.args[0]) if error.args else str(error)
+
+
+def _unknown_field_message(error: Exception) -> str:
+  """ConfigDict's (nested) unknown-field error as one line."""
+  text = _innermost_text(error)
   if "has no attribute 'get_config'" in text:
     spec = _config_spec_in(sys.argv) or 'the config file'
     return (f'{spec.partition(":")[0]} defines no get_config(); give a '
@@ -195,9 +200,7 @@ def parse_override(config: config_dict.ConfigDict, key: str,
     field_type = config_path.get_type(field, config)
     default = config_path.get_value(field, config)
   except (AttributeError, KeyError) as e:
-    while e.args and isinstance(e.args[0], Exception):
-      e = e.args[0]
-    detail = ' '.join(str(e.args[0] if e.args else e).split())
+    detail = ' '.join(_innermost_text(e).split())
     raise UsageError(f'{field} is not a field of the config ({detail}); '
                          'check its spelling in the config file.') from None
   if text == 'None' and default is None:

@@ -29,6 +29,7 @@ from perceiver_jax.data import transformers_preprocessing
 from perceiver_jax.data.builders import atomic
 
 TFDS_NAME = 'imagenet2012'
+TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 DEFAULT_MOCK_EXAMPLES = 20
 # Files per epoch read at once in training (an epoch's file order is
 # shuffled, and the examples of these files are interleaved).
@@ -338,7 +339,7 @@ def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
   a failed build leaves `data_dir` as it was.
   """
   manual_dir = os.path.expanduser(manual_dir)
-  wanted = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+  wanted = TARS
   present = [os.path.join(manual_dir, f) for f in wanted
              if os.path.exists(os.path.join(manual_dir, f))]
   if not present:
@@ -385,7 +386,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       help='TFDS data dir (default: $TFDS_DATA_DIR or '
                       '~/tensorflow_datasets)')
   args = parser.parse_args(argv)
-  tars = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+  tars = TARS
   manual_dir = os.path.expanduser(args.manual_dir)
   if not any(os.path.isfile(os.path.join(manual_dir, t)) for t in tars):
     raise cli.UsageError(

@@ -60,26 +60,27 @@ def _prism() -> trimesh.Trimesh:
   return trimesh.Trimesh(vertices, faces, process=False)
 
 
+# Unit meshes that a per-axis scaling turns into every instance. The cone
+# has its base at z = 0 and its apex at z = 2 (trimesh's convention).
+_TEMPLATES = {
+    'sphere': lambda: trimesh.creation.icosphere(subdivisions=2),
+    'box': lambda: trimesh.creation.box(extents=(2.0, 2.0, 2.0)),
+    'cylinder': lambda: trimesh.creation.cylinder(radius=1.0, height=2.0,
+                                                  sections=32),
+    'cone': lambda: trimesh.creation.cone(radius=1.0, height=2.0,
+                                          sections=32),
+    'tetrahedron': _tetrahedron,
+    'octahedron': _octahedron,
+    'dome': _dome,
+    'prism': _prism,
+}
+
+
 @functools.cache
 def _template(name: str) -> trimesh.Trimesh:
-  """Unit meshes that a per-axis scaling turns into every instance."""
-  if name == 'sphere':
-    return trimesh.creation.icosphere(subdivisions=2)
-  if name == 'box':
-    return trimesh.creation.box(extents=(2.0, 2.0, 2.0))
-  if name == 'cylinder':
-    return trimesh.creation.cylinder(radius=1.0, height=2.0, sections=32)
-  if name == 'cone':  # Base at z = 0, apex at z = 2 (trimesh's convention).
-    return trimesh.creation.cone(radius=1.0, height=2.0, sections=32)
-  if name == 'tetrahedron':
-    return _tetrahedron()
-  if name == 'octahedron':
-    return _octahedron()
-  if name == 'dome':
-    return _dome()
-  if name == 'prism':
-    return _prism()
-  raise ValueError(f'No template for {name!r}.')
+  if name not in _TEMPLATES:
+    raise ValueError(f'No template for {name!r}.')
+  return _TEMPLATES[name]()
 
 
 def _scaled(name: str, scale: Sequence[float]) -> trimesh.Trimesh:
@@ -90,24 +91,27 @@ def _scaled(name: str, scale: Sequence[float]) -> trimesh.Trimesh:
 
 # Each builder draws one instance's class-specific proportions from `rng`
 # and returns its mesh (before the shared stretch, size and rotation).
-def _sphere(rng):
-  del rng  # Its variation is the shared stretch alone.
-  return _template('sphere')
+Builder = Callable[[np.random.Generator], trimesh.Trimesh]
+
+
+def _fixed(name: str) -> Builder:
+  """The template as it is (its variation is the shared stretch alone)."""
+  return lambda rng: _template(name)
+
+
+def _stretched(name: str, low: float, high: float, log: bool = True
+               ) -> Builder:
+  """The template stretched along z by a factor in [low, high], drawn
+  log-uniformly (or uniformly): disc to rod, flat cap to tall dome."""
+  def build(rng):
+    z = (math.exp(rng.uniform(math.log(low), math.log(high))) if log
+         else rng.uniform(low, high))
+    return _scaled(name, (1.0, 1.0, z))
+  return build
 
 
 def _box(rng):
   return _scaled('box', rng.uniform(0.25, 1.0, size=3))
-
-
-def _cylinder(rng):
-  # Height / diameter between 0.4 and 2.5 (disc to rod).
-  return _scaled('cylinder', (1.0, 1.0, math.exp(rng.uniform(
-      math.log(0.4), math.log(2.5)))))
-
-
-def _cone(rng):
-  return _scaled('cone', (1.0, 1.0, math.exp(rng.uniform(
-      math.log(0.4), math.log(2.5)))))
 
 
 def _torus(rng):
@@ -122,37 +126,19 @@ def _capsule(rng):
                                   count=(16, 8))
 
 
-def _polyhedron(name: str) -> Callable[[np.random.Generator], trimesh.Trimesh]:
-  def build(rng):
-    del rng
-    return _template(name)
-  return build
-
-
-def _dome_instance(rng):
-  # Height / radius between 0.5 and 1.5 (flat cap to tall dome).
-  return _scaled('dome', (1.0, 1.0, rng.uniform(0.5, 1.5)))
-
-
-def _prism_instance(rng):
-  return _scaled('prism', (1.0, 1.0, math.exp(rng.uniform(
-      math.log(0.3), math.log(2.5)))))
-
-
 # Class index -> (name, builder). Order is part of the dataset's definition.
-CLASSES: tuple[tuple[str, Callable[[np.random.Generator], trimesh.Trimesh]],
-               ...] = (
-                   ('sphere', _sphere),
-                   ('box', _box),
-                   ('cylinder', _cylinder),
-                   ('cone', _cone),
-                   ('torus', _torus),
-                   ('capsule', _capsule),
-                   ('tetrahedron', _polyhedron('tetrahedron')),
-                   ('octahedron', _polyhedron('octahedron')),
-                   ('dome', _dome_instance),
-                   ('prism', _prism_instance),
-               )
+CLASSES: tuple[tuple[str, Builder], ...] = (
+    ('sphere', _fixed('sphere')),
+    ('box', _box),
+    ('cylinder', _stretched('cylinder', 0.4, 2.5)),
+    ('cone', _stretched('cone', 0.4, 2.5)),
+    ('torus', _torus),
+    ('capsule', _capsule),
+    ('tetrahedron', _fixed('tetrahedron')),
+    ('octahedron', _fixed('octahedron')),
+    ('dome', _stretched('dome', 0.5, 1.5, log=False)),
+    ('prism', _stretched('prism', 0.3, 2.5)),
+)
 CLASS_NAMES = tuple(name for name, _ in CLASSES)
 # Up to this much random extra stretch per axis (log-uniform in [1/s, s]).
 MAX_STRETCH = 1.2
