@@ -158,29 +158,6 @@ def _multi_hot(labels: tf.Tensor) -> tf.Tensor:
   return tf.minimum(tf.reduce_sum(one_hot, axis=0), 1.0)
 
 
-def _audio_window(audio: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
-  """int16 `[n]` -> int16 `[61440]` from `start`, zero-padded at the end."""
-  pad = tf.maximum(0, start + WINDOW_SAMPLES - tf.shape(audio)[0])
-  audio = tf.pad(audio, [[0, pad]])
-  return tf.ensure_shape(audio[start:start + WINDOW_SAMPLES],
-                         [WINDOW_SAMPLES])
-
-
-def _clip_frames(example: Mapping[str, tf.Tensor], with_video: bool
-                 ) -> tf.Tensor:
-  """The clip's length in frames (the longer of its audio and video)."""
-  audio_frames = -(-tf.shape(example['audio'])[0] // SAMPLES_PER_FRAME)
-  if not with_video:
-    return audio_frames
-  return tf.maximum(audio_frames, tf.shape(example['video'])[0])
-
-
-def _frame_indices(video: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
-  """32 frame indices from `start`, the last frame repeated past the end."""
-  last = tf.shape(video)[0] - 1
-  return tf.minimum(start + tf.range(WINDOW_FRAMES), last)
-
-
 def _decode_frames(encoded: tf.Tensor, crop_window: tf.Tensor,
                    config: Mapping[str, Any]) -> tf.Tensor:
   """JPEGs `[32]` cropped to `[y, x, h, w]` -> float32 `[32, H, W, 3]` in
@@ -276,6 +253,31 @@ def _example(window: Mapping[str, tf.Tensor], *, modality: str,
   return out
 
 
+def _cut_windows(example: Mapping[str, tf.Tensor], starts, modality: str
+                 ) -> dict[str, tf.Tensor]:
+  """The clip's windows at `starts(last_start)` (int32 `[k]`, in frames with
+  video, else in samples), still encoded: int16 audio `[k, 61440]`
+  zero-padded at the end, JPEGs `[k, 32]` repeating the last frame."""
+  windows = {}
+  num_samples = tf.shape(example['audio'])[0]
+  if 'video' in modality:
+    num_frames = tf.shape(example['video'])[0]
+    clip_frames = tf.maximum(-(-num_samples // SAMPLES_PER_FRAME), num_frames)
+    start_frames = starts(tf.maximum(0, clip_frames - WINDOW_FRAMES))
+    start_samples = start_frames * SAMPLES_PER_FRAME
+    windows['video'] = tf.gather(example['video'], tf.minimum(
+        start_frames[:, None] + tf.range(WINDOW_FRAMES), num_frames - 1))
+  else:
+    start_samples = starts(tf.maximum(0, num_samples - WINDOW_SAMPLES))
+  if modality != 'video':
+    pad = tf.maximum(
+        0, tf.reduce_max(start_samples) + WINDOW_SAMPLES - num_samples)
+    windows['audio'] = tf.gather(
+        tf.pad(example['audio'], [[0, pad]]),
+        start_samples[:, None] + tf.range(WINDOW_SAMPLES))
+  return windows
+
+
 def _train_window(index: tf.Tensor, example: Mapping[str, tf.Tensor], *,
                   base_seed: tf.Tensor, modality: str
                   ) -> dict[str, tf.Tensor]:
@@ -285,21 +287,13 @@ def _train_window(index: tf.Tensor, example: Mapping[str, tf.Tensor], *,
   seed = tf.random.experimental.stateless_fold_in(base_seed, index)
   start_seed, augment_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 2))
-  with_video = 'video' in modality
-  out = {'label': _multi_hot(example['labels']), 'seed': augment_seed}
-  if with_video:
-    last_start = tf.maximum(0, _clip_frames(example, True) - WINDOW_FRAMES)
-    start_frame = tf.random.stateless_uniform(
-        [], start_seed, 0, last_start + 1, dtype=tf.int32)
-    start_sample = start_frame * SAMPLES_PER_FRAME
-    out['video'] = tf.gather(example['video'],
-                             _frame_indices(example['video'], start_frame))
-  else:
-    last_start = tf.maximum(0, tf.shape(example['audio'])[0] - WINDOW_SAMPLES)
-    start_sample = tf.random.stateless_uniform(
-        [], start_seed, 0, last_start + 1, dtype=tf.int32)
-  if modality != 'video':
-    out['audio'] = _audio_window(example['audio'], start_sample)
+
+  def starts(last_start):
+    return tf.reshape(tf.random.stateless_uniform(
+        [], start_seed, 0, last_start + 1, dtype=tf.int32), [1])
+
+  out = {k: v[0] for k, v in _cut_windows(example, starts, modality).items()}
+  out.update(label=_multi_hot(example['labels']), seed=augment_seed)
   return out
 
 
@@ -314,25 +308,7 @@ def _eval_windows(clip: tf.Tensor, example: Mapping[str, tf.Tensor], *,
                   modality: str, process_index: int, process_count: int
                   ) -> tf.data.Dataset:
   """The 16 windows of one clip, still encoded (int16 audio, JPEG frames)."""
-  with_video = 'video' in modality
-  windows = {}
-  if with_video:
-    last_start = tf.maximum(0, _clip_frames(example, True) - WINDOW_FRAMES)
-    start_frames = _window_starts(last_start)
-    start_samples = start_frames * SAMPLES_PER_FRAME
-    windows['video'] = tf.gather(
-        example['video'],
-        tf.minimum(start_frames[:, None] + tf.range(WINDOW_FRAMES),
-                   tf.shape(example['video'])[0] - 1))
-  else:
-    start_samples = _window_starts(
-        tf.maximum(0, tf.shape(example['audio'])[0] - WINDOW_SAMPLES))
-  if modality != 'video':
-    audio = example['audio']
-    pad = tf.maximum(0, start_samples[-1] + WINDOW_SAMPLES - tf.shape(audio)[0])
-    audio = tf.pad(audio, [[0, pad]])
-    windows['audio'] = tf.gather(
-        audio, start_samples[:, None] + tf.range(WINDOW_SAMPLES))
+  windows = _cut_windows(example, _window_starts, modality)
   clip_index = tf.cast(clip, tf.int32) * process_count + process_index
   windows['clip_index'] = tf.fill([WINDOWS_PER_CLIP], clip_index)
   windows['label'] = tf.tile(_multi_hot(example['labels'])[None],
