@@ -1,44 +1,24 @@
 r"""AudioSet (527 classes, multi-label): audio, video and audio + video.
 
-Launch one run per input (`--config=configs/audioset.py:variant=NAME`); the
-paper's mAP (%) on AudioSet's eval set is beside each:
-
-  raw              raw audio, 480 patches of 128 samples         38.3
-  mel              log-mel spectrogram, 96 x 50 = 4,800 values   38.4
-  video            2x8x8 space-time patches, 12,544 tokens       25.8
-  raw_video        raw audio + video                             43.5
-  mel_video        mel + video                                   43.2
-  mel_video_tuned  mel + video, no SpecAugment, 10% spectrogram
-                   dropout                                       44.2
-
   python -m experiments.train --config=configs/audioset.py:variant=raw \
       --config.data.data_dir=/data/tfds
 
-The default variant is `raw` (the first row of the paper's table, and the
-cheapest input). Prepare the data first (docs/audioset.md):
-audio-only variants read the `audio` builder config, the others
-`audio_video`.
+Variants (`variant=NAME`) and the paper's mAP (%):
 
-Flags: `runlocal` shrinks model, batch, video frames and evaluation to
-seconds on a CPU; `mock` reads a tiny AudioSet that the loader generates in
-the real formats and builds with the real builder (three evaluation clips),
-so `variant=mel,runlocal,mock` runs anywhere.
+  raw              raw audio, 480 patches of 128 samples (default)   38.3
+  mel              log-mel spectrogram, 96 x 50 = 4,800 values       38.4
+  video            2x8x8 space-time patches, 12,544 tokens           25.8
+  raw_video        raw audio + video                                 43.5
+  mel_video        mel + video                                       43.2
+  mel_video_tuned  mel + video, no SpecAugment, 10% mel dropout      44.2
 
-Model (docs/paper.md section 4): 2 cross-attends and 8 self-attend layers per
-latent Transformer, no weight sharing. Our reading of the depth: as in the
-ImageNet model, a block is a cross-attend followed by a latent Transformer,
-so 2 interleaved cross-attends make 2 blocks (16 self-attend layers, 8
-after each cross-attend). An 8-block reading (2 cross-attends spread over 8
-latent Transformers, 64 unshared layers) is one override away:
-`--config.model.encoder.num_blocks=8`.
-
-Recipe: sigmoid cross-entropy, 100 epochs of about 1.7M clips (one random
-1.28 s window per clip and epoch); evaluation averages the sigmoid
-probabilities of 16 windows per clip and reports mAP over classes
-(evaluator 'multilabel_map'). Values marked ASSUMED are not stated in the
-paper: latents follow Perceiver IO's AudioSet model; the optimizer follows
-this project's ImageNet recipe (LAMB, Perceiver IO's weight decay and
-clipping) with a cosine decay over the run.
+Prepare the data first (docs/audioset.md). `runlocal` runs in seconds on a
+CPU; `mock` reads a tiny generated AudioSet, so `variant=mel,runlocal,mock`
+runs anywhere. Model: 2 blocks, each a cross-attend and 8 unshared
+self-attends (the 8-block reading: `--config.model.encoder.num_blocks=8`).
+Sigmoid cross-entropy over 100 epochs; evaluation averages 16 windows per
+clip into mAP. ASSUMED values (not in the paper) follow Perceiver IO's
+AudioSet latents and this project's ImageNet optimizer.
 """
 
 import ml_collections

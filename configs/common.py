@@ -1,21 +1,10 @@
 """Pieces every experiment config shares.
 
-A config is an `ml_collections.ConfigDict` with these sections:
-
-- `task`: the task registry entry ('digits', 'imagenet', ...).
-- `seed`: the base seed of parameters, data order and dropout.
-- `data`: what the task's loader reads (`num_classes`, `num_train_examples`,
-  directories, augmentation).
-- `model`: `model.encoder`, the fields of `perceiver_jax.model.
-  encoder_config.EncoderConfig`, and `model.input`, the input adapter (see
-  `perceiver_jax.model.factory` and `perceiver_jax.model.inputs`).
-- `train`: batch size, length (`num_steps`, or `num_epochs` when
-  `num_steps` is None), logging, evaluation and checkpoint intervals.
-- `optimizer`, `loss`, `evaluator`, `checkpoint`.
-
-Values that depend on others (steps per epoch, total steps, learning-rate
-boundaries in steps) are computed at launch from the final config, so an
-override of `train.batch_size` or `train.num_epochs` moves them too.
+Sections: `task`, `seed`, `data` (the loader's), `model` (`encoder`: the
+fields of `EncoderConfig`; `input`: the input adapter), `train`,
+`optimizer`, `loss`, `evaluator`, `checkpoint`. Values that depend on
+others (steps per epoch, total steps, boundaries) are computed at launch,
+so overrides move them too.
 """
 
 import dataclasses
@@ -30,18 +19,8 @@ from perceiver_jax.model import encoder_config
 def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
               options: Optional[dict[str, Iterable[str]]] = None
               ) -> dict[str, Any]:
-  """Parses a config argument such as 'variant=learned_pos,runlocal'.
-
-  Args:
-    arg: the text after ':' in `--config=configs/x.py:...` (may be None).
-    flags: names allowed alone (True when present, else False).
-    options: name -> allowed values, for `name=value` items.
-
-  Returns:
-    Every flag (bool) and every option given (its string value).
-
-  Raises:
-    ValueError: an unknown name or value, naming it and the allowed ones.
+  """Flags (True when given) and `name=value` options of a config argument
+  such as 'variant=learned_pos,runlocal'; unknown names or values raise.
   """
   flags = tuple(flags)
   options = dict(options or {})
@@ -67,13 +46,10 @@ def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
 
 
 def perceiver_model(**encoder_overrides: Any) -> ml_collections.ConfigDict:
-  """`config.model` of the paper's ImageNet model (docs/paper.md sections
-  1-2), without its input.
+  """`config.model` of the paper's ImageNet model, without its input.
 
-  `encoder` holds every field of `EncoderConfig` (its defaults are the
-  paper's, plus `encoder_overrides`); `grid_parts` lets grid inputs reach
-  the encoder in parts (same outputs, fewer FLOPs; `perceiver_jax.model.
-  factory`).
+  `grid_parts` lets grid inputs reach the encoder in parts (same outputs,
+  fewer FLOPs).
   """
   encoder = dataclasses.asdict(
       encoder_config.EncoderConfig(**encoder_overrides))
@@ -94,10 +70,8 @@ def perceiver_model(**encoder_overrides: Any) -> ml_collections.ConfigDict:
 
 
 def small_model() -> ml_collections.ConfigDict:
-  """The CPU-sized encoder of the embedded defaults (digits, shapes).
-
-  The paper's structure at small scale: 2 blocks, each a cross-attend and 2
-  self-attends (shared weights), 32 latents of 64 channels, 4 heads.
+  """The CPU-sized encoder of digits and shapes: 2 blocks of a cross-attend and
+  2 shared self-attends, 32 latents of 64 channels, 4 heads.
   """
   return perceiver_model(
       num_blocks=2,
@@ -110,11 +84,7 @@ def small_model() -> ml_collections.ConfigDict:
 
 def small_runlocal(config: ml_collections.ConfigDict, *,
                    eval_batch_size: int) -> None:
-  """Shrinks a `small_model` config for `runlocal`, in place.
-
-  8 latents of 16 channels, 2 heads, 4 bands; 6 steps of 16 examples,
-  evaluated and checkpointed every 3.
-  """
+  """Shrinks a `small_model` config for `runlocal`: 6 steps of 16 examples."""
   config.model.encoder.update(num_latents=8, num_latent_channels=16,
                               num_self_heads=2)
   config.model.input.num_bands = 4
@@ -125,9 +95,8 @@ def small_runlocal(config: ml_collections.ConfigDict, *,
 
 def adamw_cosine(optimizer: ml_collections.ConfigDict, *,
                  weight_decay: float) -> None:
-  """The embedded defaults' optimizer, in place: AdamW, 1e-3, cosine decay.
-
-  At this scale LAMB at the paper's rates learns far more slowly.
+  """AdamW at 1e-3 with cosine decay (LAMB at the paper's rates learns small
+  models far more slowly).
   """
   optimizer.update(name='adamw', learning_rate=1e-3, schedule='cosine',
                    weight_decay=weight_decay, eps=1e-8)
@@ -135,10 +104,8 @@ def adamw_cosine(optimizer: ml_collections.ConfigDict, *,
 
 def lamb_recipe(optimizer: ml_collections.ConfigDict, *,
                 learning_rate: float, schedule: str) -> None:
-  """The paper-scale optimizer (ImageNet, ModelNet40, AudioSet), in place.
-
-  LAMB without warm-up (ASSUMED: LAMB often failed with one), with Perceiver
-  IO's weight decay 0.1 and global-norm clipping at 10 (both ASSUMED).
+  """The paper-scale optimizer: LAMB without warm-up, weight decay 0.1 and
+  clipping at 10 (ASSUMED, from Perceiver IO).
   """
   optimizer.update(name='lamb', learning_rate=learning_rate,
                    schedule=schedule, warmup_steps=0, weight_decay=0.1,
@@ -147,12 +114,8 @@ def lamb_recipe(optimizer: ml_collections.ConfigDict, *,
 
 def paper_scale_runlocal(config: ml_collections.ConfigDict, *,
                          max_eval_examples: int = 16) -> None:
-  """Shrinks a paper-scale config (ImageNet, ModelNet40, AudioSet) in place.
-
-  For `runlocal`: 2 blocks of one cross-attend (at most 2 in all) and one
-  self-attend, 16 latents of 32 channels, 2 heads; 4 steps of 8 examples,
-  logged and checkpointed every 2, evaluated at the end on at most
-  `max_eval_examples` examples. The input's size is each config's own.
+  """Shrinks a paper-scale config for `runlocal`: 2 small blocks, 4 steps of
+  8 examples, evaluation on at most `max_eval_examples`.
   """
   config.model.encoder.update(
       num_blocks=2, num_self_attends_per_block=1,
@@ -167,16 +130,10 @@ def grid_input(*, key: str, index_dims, raw_channels: int,
                num_bands: int, max_resolution: Optional[tuple[float, ...]],
                position_encoding: str = 'fourier'
                ) -> ml_collections.ConfigDict:
-  """`config.model.input` for a grid adapter.
+  """`config.model.input` of a grid adapter.
 
-  Args:
-    key: the batch entry to read.
-    index_dims: the grid, a tuple or a `FieldReference` to one (so that the
-      data's shape and the model's grid cannot disagree).
-    raw_channels: channels per position before position features.
-    num_bands: Fourier bands per axis.
-    max_resolution: mu per axis; None means the grid size per axis.
-    position_encoding: 'fourier', 'learned' or 'none'.
+  `index_dims` may be a `FieldReference`, so that data and model grids
+  cannot disagree; `max_resolution` None means the grid size per axis.
   """
   return ml_collections.ConfigDict(dict(
       type='grid',

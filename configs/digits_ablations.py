@@ -1,25 +1,18 @@
 r"""The paper's design questions in miniature, on the digits data.
 
-Each study is the digits default run (`configs/digits.py`: 1,500 steps of
-64 examples, AdamW with weight decay 0.05, label smoothing 0.1) with the
-study's model, and a `get_hyper` that sweeps it; run one with
+Each study is the digits default run with the study's model and a
+`get_hyper` that sweeps it (`study=...`, default 'permutation'; `seeds=1|2|3`,
+default 2); each point runs as long as the digits default:
 
   python -m experiments.sweep \
       --config=configs/digits_ablations.py:study=permutation \
       --workdir=runs/ablations/permutation
   python -m experiments.sweep --summarize runs/ablations/permutation
 
-Studies (`study=...`, default 'permutation'; `seeds=1|2|3`, default 2):
-
-- 'permutation' (Table 2): raw versus permuted pixels (one fixed
-  permutation, `model.input.permutation_seed=0`) for the Perceiver and for
-  a small ConvNet baseline (`model.architecture='convnet'`). The
-  Perceiver's Fourier features are attached before the permutation, so it
-  sees the same set of inputs; the ConvNet sees a scrambled image.
-- 'sharing' (Table 7): weight sharing on and off in a 4-block model with 4
-  interleaved cross-attends (one self-attend per block).
-- 'cross_attends': 1, 2 or 4 cross-attends interleaved, or 4 at the start,
-  in the same 4-block model.
+- 'permutation' (Table 2): raw against permuted pixels, for the Perceiver
+  (positions attached before the permutation) and a small ConvNet.
+- 'sharing' (Table 7): weight sharing on and off, 4 blocks.
+- 'cross_attends': 1, 2 or 4 interleaved cross-attends, or 4 at the start.
 """
 
 import ml_collections

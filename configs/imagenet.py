@@ -1,40 +1,21 @@
 r"""ImageNet (ILSVRC-2012): the paper's headline run and its variants.
 
-Launch (the headline: Fourier features, 8 interleaved cross-attends, shared
-weights; 78.0% top-1 in the paper, 44.9M parameters, 707.2B FLOPs/image):
-
   python -m experiments.train --config=configs/imagenet.py
 
-Variants (`--config=configs/imagenet.py:variant=NAME`):
-  fourier      the headline model and recipe (default).
+Variants (`variant=NAME`), with the paper's or model card's top-1:
+  fourier      the headline: 8 interleaved cross-attends, shared weights
+               (default; 78.0%, 44.9M parameters, 707.2B FLOPs/image).
   learned_pos  one cross-attend, 128-d learned positions (70.9%).
-  permuted     one fixed pixel permutation, seed in
-               `model.input.permutation_seed` (78.0%).
+  permuted     one fixed pixel permutation (78.0%).
   perceiver_io_fourier, perceiver_io_learned, perceiver_io_conv
-               the shapes of DeepMind's released Perceiver IO classifiers
-               (deepmind/vision-perceiver-*: 79.0%, 72.7%, 82.1% on their
-               model cards): one cross-attend, 8 x 6 shared self-attends,
-               exact-erf GELU, the one-query decoder head, their input
-               preprocessors and evaluation preprocessing. Random weights
-               unless imported (experiments.import_checkpoint, which
-               writes such a config); see docs/checkpoints.md.
+               DeepMind's released Perceiver IO classifiers' shapes (79.0%,
+               72.7%, 82.1% once imported; docs/checkpoints.md).
 
-Flags: `runlocal` shrinks model, batch and data to seconds on a CPU; `mock`
-reads TFDS mock data instead of the prepared dataset.
-
-Ablations are overrides of `config.model.encoder` (parameters for the
-headline):
-  --config.model.encoder.share_weights=False                326.2M
-  --config.model.encoder.num_cross_attends=1                (1 cross-attend)
-  --config.model.encoder.num_cross_attends=4 \
-      --config.model.encoder.cross_attend_placement=start   ('at start')
-  --config.model.encoder.num_self_attends_per_block=0 \
-      --config.model.encoder.num_cross_attends=12 \
-      --config.model.encoder.share_weights=False            (cross-attends
-                                                             only)
-
-Values marked ASSUMED are not stated in the paper; they follow the
-Perceiver IO recipe (docs/paper.md section 4).
+`runlocal` runs in seconds on a CPU; `mock` reads TFDS mock data.
+Ablations are overrides of `config.model.encoder`, e.g.
+`share_weights=False` (326.2M), `num_cross_attends=1`,
+`num_cross_attends=4 cross_attend_placement=start`. ASSUMED values follow
+Perceiver IO (docs/paper.md section 4).
 """
 
 import ml_collections

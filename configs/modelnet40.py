@@ -1,33 +1,15 @@
 r"""ModelNet40 point clouds: the paper's run (85.7% top-1, docs/paper.md
 section 4).
 
-Prepare the data once from the official archive (see docs/pointclouds.md
-and the builder's docstring for both supported downloads):
-
   python -m perceiver_jax.data.modelnet40 --manual_dir=DIR --config=official
-
-Launch:
-
   python -m experiments.train --config=configs/modelnet40.py
 
-Flags (`--config=configs/modelnet40.py:runlocal,mock`): `runlocal` shrinks
-model, batch and run to seconds on a CPU; `mock` builds and reads a tiny
-generated ModelNet40-layout dataset of OFF meshes instead of the real one.
-No variants.
-
-Readings of the paper (values marked ASSUMED are not stated there):
-- "2 cross-attends, 6 self-attend layers per latent Transformer, the rest as
-  for ImageNet": ImageNet's 8 latent Transformers of 6 layers (48
-  self-attends, shared weights, 512 x 1024 latents) are kept and only the
-  number of cross-attends drops from 8 to 2, interleaved (before blocks 0
-  and 4). The other reading, two blocks of (cross-attend, 6 self-attends),
-  is `--config.model.encoder.num_blocks=2`.
-- Fourier features of (x, y, z) in [-1, 1]: 64 bands per axis up to a
-  highest frequency of 1120, "10x ImageNet", whose highest is 224 / 2 =
-  112. With frequencies `linspace(1, mu / 2, K)` that is mu = 2240 per axis.
-  The features begin with x, y, z themselves, so no raw copy is added:
-  C = 3 * (2 * 64 + 1) = 387 channels per point.
-- About 2,000 points per shape: 2,048.
+`runlocal` runs in seconds on a CPU; `mock` builds a tiny generated
+ModelNet40. Readings (ASSUMED where the paper is silent): ImageNet's 8
+latent Transformers of 6 shared layers with 2 interleaved cross-attends
+(the other reading: `--config.model.encoder.num_blocks=2`); Fourier
+features of (x, y, z) with 64 bands up to 1120 ("10x ImageNet"), i.e.
+mu = 2240, C = 3 * (2 * 64 + 1) = 387; 2,048 points.
 """
 
 import ml_collections

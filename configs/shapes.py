@@ -1,18 +1,12 @@
 r"""The embedded point-cloud default: procedurally generated 3-D shapes.
 
-Ten classes of primitives (sphere, box, cylinder, cone, torus, capsule,
-tetrahedron, octahedron, dome, triangular prism) with random proportions,
-size and rotation about the vertical axis, generated in memory in seconds
-and point-sampled as ModelNet40 is (`perceiver_jax/data/shapes.py`). A small
-Perceiver with the paper's point-cloud input (Fourier features of x, y, z)
-and structure (repeated cross-attends, shared latent Transformer) learns it
-in minutes on a 2-core CPU (measured numbers in docs/pointclouds.md):
+Ten primitives with random proportions, size and upright rotation,
+point-sampled as ModelNet40 is. A small Perceiver with the paper's
+point-cloud input learns it in minutes on a CPU (docs/pointclouds.md);
+`runlocal` takes seconds:
 
   python -m experiments.train --config=configs/shapes.py
   python -m experiments.train --config=configs/shapes.py:runlocal
-
-Optimizer: AdamW with cosine decay, as the digits default (LAMB at the
-paper's rates learns small models slowly).
 """
 
 import ml_collections

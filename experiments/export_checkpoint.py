@@ -2,15 +2,12 @@ r"""Exports a run's checkpoint in transformers' Perceiver format.
 
   python -m experiments.export_checkpoint --workdir=WORKDIR --to=DIR
 
-Reads WORKDIR's `config.json` and newest checkpoint (or `--step`) and writes
-DIR (new or empty): `config.json` and `model.safetensors` that
-`transformers.PerceiverForImageClassification{Fourier,Learned,
-ConvProcessing}.from_pretrained(DIR)` loads with no missing or unexpected
-weight. Only Perceiver IO-shaped models export: one cross-attend, shared
-self-attends, `config.model.head='perceiver_io'`, and an input that one of
-those classes reads (`interop.transformers_format.transformers_config`);
-anything else is refused with one `error:` line naming the setting, exit
-status 2, and nothing written.
+Writes WORKDIR's newest checkpoint (or `--step`) to DIR (new or empty) as
+`config.json` and `model.safetensors` that
+`transformers.PerceiverForImageClassification*.from_pretrained(DIR)` loads
+whole. Only Perceiver IO-shaped models export (one cross-attend, shared
+self-attends, `head='perceiver_io'`, an input transformers reads); anything
+else is refused with one `error:` line naming the setting.
 """
 
 from absl import flags

@@ -2,23 +2,14 @@ r"""Imports a transformers Perceiver checkpoint as a perceiver_jax workdir.
 
   python -m experiments.import_checkpoint --from=DIR --workdir=WORKDIR
 
-DIR is a transformers checkpoint directory (`config.json` and
-`model.safetensors`, e.g. `deepmind/vision-perceiver-fourier` downloaded with
-huggingface_hub). WORKDIR (new or empty) receives what a training run would
-leave there: `config.json` (configs/imagenet.py with `config.model` replaced
-by the checkpoint's architecture) and an orbax checkpoint of step 0 under
-`checkpoints/`, so that `experiments.evaluate --workdir=WORKDIR` and
-`experiments.attention_maps` read it unchanged (`--data_dir`: where the
-prepared ImageNet is, else $TFDS_DATA_DIR then). The image size and centre
-crop come from DIR's `preprocessor_config.json` when present (default 224
-and 224/256), and evaluation uses transformers' image preprocessing
-(`config.data.eval_preprocessing='transformers'`).
-
-Supported: `perceiver_jax.interop.transformers_format.ARCHITECTURES` (the
-three ImageNet classifiers). A bad checkpoint (unreadable or truncated
-weights, another architecture, a tensor with no place or a shape that does
-not fit, pickle-only weights) is refused with one `error:` line, exit
-status 2, and nothing is written.
+DIR holds `config.json` and `model.safetensors` of one of
+`interop.transformers_format.ARCHITECTURES` (the three ImageNet
+classifiers). WORKDIR (new or empty) gets what a training run leaves:
+`config.json` (configs/imagenet.py with the checkpoint's model) and an orbax
+checkpoint of step 0, which `experiments.evaluate` and
+`experiments.attention_maps` read unchanged. Evaluation uses transformers'
+image preprocessing, sized by DIR's `preprocessor_config.json`. A bad
+checkpoint is refused with one `error:` line and nothing is written.
 """
 
 from absl import flags

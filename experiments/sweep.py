@@ -5,20 +5,12 @@ r"""Runs or summarises a sweep.
   python -m experiments.sweep --summarize=ROOT
   python -m experiments.sweep --workdir=ROOT --summarize
 
-The first form trains every point of the sweep in `ROOT/<point>` (see
-perceiver_jax/sweep.py), N at a time. The points are the product of the
-`--sweep` axes (paired value by value with `--zip`), crossed with the
-config's `get_hyper` points when it defines get_hyper; a config without
-get_hyper needs at least one `--sweep`. Each value is parsed as
-`--config.FIELD=VALUE` would parse it. Run the same command again after an
-interruption to skip finished points and resume the others. With
-`--dry_run` it prints each point's command and writes nothing.
-
-The second form (or the third: a bare `--summarize` summarises `--workdir`)
-writes `ROOT/summary.md` and `ROOT/summary.csv` and prints
-the Markdown table; when seeds are swept, also the mean and standard
-deviation over seeds of each setting, and the best setting by the config's
-evaluation metric (`config.evaluator.metric`).
+The first form trains every point in `ROOT/<point>`, N at a time: the
+product of the `--sweep` axes (zipped with `--zip`), crossed with the
+config's `get_hyper` points. Run it again to skip finished points and resume
+the others; `--dry_run` prints the commands. The others write and print
+`ROOT/summary.md` and `ROOT/summary.csv`, with mean and standard deviation
+over seeds when seeds are swept.
 """
 
 import signal

@@ -1,8 +1,4 @@
-"""Argument checks shared by data, training and tool code.
-
-Imports no project code, so that data code (which must not import
-`perceiver_jax.model`), model code and training code can all use it.
-"""
+"""Argument checks shared by every layer (so it imports no project code)."""
 
 from typing import Any, Sequence
 
@@ -11,16 +7,9 @@ import numpy as np
 
 def positive_int(value: Any, name: str, *,
                  integer_types: tuple[type, ...] = (int,)) -> Any:
-  """Returns `value` if it is a positive integer, else raises ValueError.
+  """Returns `value` if it is a positive integer (never a bool).
 
-  Args:
-    value: the value to check; a bool is never accepted.
-    name: how the error message names it (e.g. 'config.train.num_steps').
-    integer_types: the accepted integer types (add `np.integer` where NumPy
-      scalars are fine).
-
-  Returns:
-    `value`, unchanged.
+  `name` names it in the ValueError; `integer_types` may add `np.integer`.
   """
   if isinstance(value, bool) or not isinstance(value, integer_types) or (
       value < 1):
@@ -44,14 +33,7 @@ def boolean(value: Any, name: str) -> bool:
 
 
 def batch_dims(dims: Sequence[int]) -> tuple[int, ...]:
-  """Validates leading batch dims (a non-empty sequence of positive ints).
-
-  Args:
-    dims: e.g. `[num_local_devices, per_device_batch]`; Python or NumPy ints.
-
-  Returns:
-    The dims as a tuple of Python ints.
-  """
+  """Leading batch dims, e.g. `[devices, per_device]`, as Python ints."""
   checked = tuple(dims)
   if not checked or any(
       isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1

@@ -1,26 +1,11 @@
 """One way for every command to report a mistake: one `error: ...` line.
 
-Every command under `experiments/` and every `python -m perceiver_jax...`
-tool runs its `main` through this module:
-
-- absl commands: `cli.run(main)` instead of `absl.app.run(main)`;
-- argparse commands: `cli.ArgumentParser` instead of
-  `argparse.ArgumentParser`, and `cli.guard(main)` around the call.
-
-A mistake in what the user typed (a missing or unknown flag, a config file
-that does not exist, a workdir that holds no run, ...) ends the process with
-one line on stderr, `error: <what is wrong and how to fix it>`, and exit
-status 2 (`USAGE_STATUS`). A run that fails for a reason outside the command
-line (a diverged loss: FloatingPointError) ends with one line and status 1.
-Anything else is a bug of ours and keeps its traceback; `--traceback` shows
-the traceback of a user error too.
-
-Which exceptions count as the user's: `UsageError` (raised by our commands
-for a mistake they detect), absl's `app.UsageError`, flag parsing errors,
-ValueError (a bad value) and OSError (a missing or unwritable path).
-
-This module imports neither JAX nor TensorFlow, so that commands can check
-their flags and paths, and fail, before paying for those imports.
+absl commands run `cli.run(main)`; argparse ones use `cli.ArgumentParser`
+and `cli.guard(main)`. A user's mistake (`UsageError`, absl usage and flag
+errors, ValueError, OSError) exits with status 2, a diverged loss
+(FloatingPointError) with 1, each after one line on stderr; anything else is
+a bug and keeps its traceback, as does any error under `--traceback`.
+No JAX or TensorFlow import here, so commands fail fast.
 """
 
 import argparse
@@ -78,7 +63,7 @@ def error_message(error: BaseException) -> str:
 
 
 def guard(main: Callable[..., Any], *args: Any) -> Any:
-  """`main(*args)`, with user errors (see the module docstring) in one line."""
+  """`main(*args)`, with user errors in one line."""
   try:
     return main(*args)
   except KeyboardInterrupt:
@@ -114,11 +99,16 @@ def _config_spec_in(argv: Sequence[str]) -> Optional[str]:
   return None
 
 
-def _unknown_field_message(error: Exception) -> str:
-  """ConfigDict's (nested) unknown-field error as one line."""
+def _innermost_text(error: Exception) -> str:
+  """The message of the innermost of ConfigDict's nested errors."""
   while error.args and isinstance(error.args[0], Exception):
     error = error.args[0]
-  text = str(error.args[0]) if error.args else str(error)
+  return str(error.args[0]) if error.args else str(error)
+
+
+def _unknown_field_message(error: Exception) -> str:
+  """ConfigDict's (nested) unknown-field error as one line."""
+  text = _innermost_text(error)
   if "has no attribute 'get_config'" in text:
     spec = _config_spec_in(sys.argv) or 'the config file'
     return (f'{spec.partition(":")[0]} defines no get_config(); give a '
@@ -134,9 +124,8 @@ def define_config_flag(default: Optional[str], help_text: str
                        ) -> flags.FlagHolder:
   """`--config` (locked), with a mistyped override of it in one line.
 
-  ml_collections loads the default config file, and applies `--config.x=y`
-  overrides from the command line, when the flag is defined: a mistyped
-  field of the default config fails there, before `run` can catch it.
+  ml_collections applies the overrides to the default config when the flag
+  is defined, before `run` could catch the error.
   """
   _defined_config_flags.append('config')
   try:
@@ -149,11 +138,8 @@ def define_config_flag(default: Optional[str], help_text: str
 
 
 def _check_config_file(argv: Sequence[str]) -> None:
-  """Fails in one line if `--config=` names a file that does not exist.
-
-  ml_collections defers that error to the config's first use, as a
-  multi-line OSError.
-  """
+  """Fails in one line if `--config=` names a missing file (ml_collections
+  would fail later, with a multi-line OSError)."""
   spec = _config_spec_in(argv)
   if spec is not None:
     path = spec.partition(':')[0]
@@ -180,7 +166,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], Optional[int]]) -> None:
-  """`absl.app.run(main)` with one-line errors (see the module docstring)."""
+  """`absl.app.run(main)` with one-line errors."""
   app.run(lambda argv: guard(main, argv), flags_parser=parse_flags)
 
 
@@ -204,25 +190,17 @@ _PARSERS = {
 
 def parse_override(config: config_dict.ConfigDict, key: str,
                    text: str) -> Any:
-  """The value `--{key}={text}` would set in `config`.
+  """The value `--{key}={text}` would set in `config` (key: 'config.a.b').
 
-  Args:
-    config: the config the override applies to.
-    key: 'config.a.b'.
-    text: the value as typed.
-
-  Raises:
-    cli.UsageError: `key` is no field of `config`, names a group of fields,
-      or `text` does not parse as the field's type.
+  Raises UsageError for an unknown field, a group of fields, or a value
+  that does not parse as the field's type.
   """
   field = key[len('config.'):]
   try:
     field_type = config_path.get_type(field, config)
     default = config_path.get_value(field, config)
   except (AttributeError, KeyError) as e:
-    while e.args and isinstance(e.args[0], Exception):
-      e = e.args[0]
-    detail = ' '.join(str(e.args[0] if e.args else e).split())
+    detail = ' '.join(_innermost_text(e).split())
     raise UsageError(f'{field} is not a field of the config ({detail}); '
                          'check its spelling in the config file.') from None
   if text == 'None' and default is None:

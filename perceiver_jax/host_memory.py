@@ -1,30 +1,13 @@
 """glibc malloc settings that keep XLA:CPU's large buffers in the heap.
 
-XLA:CPU allocates the buffers of a compiled program (its outputs and one
-temporary block for the intermediates) with `malloc` on every call, from
-its worker threads. With glibc's defaults those requests are served by
-fresh `mmap`s, either because they exceed the mmap threshold (128 KiB,
-rising to at most 32 MiB) or because a worker thread's arena grows in
-heaps of at most 64 MiB, so that no larger block can come from it; and
-they go back to the kernel on `free`. So every call touches new pages, and
-each page costs a page fault: about 150-185k faults (600-750 MB) per train
-step of the configuration of `experiments/compare_peers` on a 2-core VM.
-A softmax over a `[4, 512, 50176]` array ran 2.6 times faster without
-them (docs/performance.md).
-
-`keep_freed_memory()` makes freed memory stay with the process for reuse:
-one arena for all threads (the main one, which grows with `brk` without a
-size limit), no `mmap` for large requests, no trimming of the heap's top
-(-1 disables it, `man mallopt`), and 64 MiB of headroom each time the heap
-grows. The cost: the resident set stays at its high-water mark instead of
-shrinking between calls.
-
-Arenas are bound to a thread at its first allocation, so this must run
-before JAX, TensorFlow or PyTorch start their threads: `experiments/`
-calls it on import, ahead of every entry point. Set
-`PERCEIVER_JAX_KEEP_FREED_MEMORY=0` to keep glibc's defaults (e.g. where
-many input-pipeline threads would contend for the single arena; on 2 cores
-the ImageNet input pipeline ran faster with it).
+XLA:CPU mallocs its buffers on every call, from worker threads; glibc's
+defaults serve large ones with fresh `mmap`s and unmap them on `free`, so
+each call page-faults anew (measurements in docs/performance.md).
+`keep_freed_memory()` keeps freed memory for reuse: one arena, no `mmap`,
+no trimming, 64 MiB of headroom; the resident set stays at its high-water
+mark. Arenas bind to a thread at its first allocation, so this runs before
+JAX, TensorFlow or PyTorch start threads (first in each command's
+`main`). `PERCEIVER_JAX_KEEP_FREED_MEMORY=0` keeps glibc's defaults.
 """
 
 import ctypes
@@ -49,14 +32,7 @@ _SETTINGS = (
 
 
 def keep_freed_memory() -> bool:
-  """Applies the settings above to this process's glibc malloc.
-
-  Returns:
-    True if they were applied; False on a C library other than glibc
-    (macOS, musl), when `PERCEIVER_JAX_KEEP_FREED_MEMORY=0`, or when glibc
-    rejects a setting (with a warning; the settings before it stay
-    applied, the rest keep glibc's defaults).
-  """
+  """Applies `_SETTINGS`; False if opted out, not glibc, or one is refused."""
   if os.environ.get(OPT_OUT_VARIABLE, '1') == '0':
     return False
   if platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc':

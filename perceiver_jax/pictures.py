@@ -1,13 +1,9 @@
 """Pictures of runs: cross-attention maps over the input grid, and curves.
 
-Cross-attention weights are read without touching the model code: a Haiku
-method interceptor records the outputs of each cross-attend's `query` and
-`key` Linears (`perceiver/cross_attend_<set>/attention/{query,key}`), and the
-softmax of queries against keys is recomputed here, exactly as
-`attention.scaled_dot_product_attention` forms it (scale 1/sqrt(head width),
-softmax over the inputs). Shared cross-attends that reuse their keys and
-values record the keys once; each later query is paired with the newest
-keys of its weight set.
+Attention weights come without touching the model: a Haiku interceptor
+records each cross-attend's `query` and `key` Linear outputs and the softmax
+is recomputed here as `attention.scaled_dot_product_attention` forms it. A
+shared cross-attend's queries pair with the newest keys of its weight set.
 """
 
 import math
@@ -35,18 +31,10 @@ DPI = 100
 def cross_attention_weights(forward: hk.Transformed, params: hk.Params,
                             batch: Mapping[str, Any], *,
                             num_heads: int = 1) -> list[np.ndarray]:
-  """Each cross-attend's attention weights, in execution order.
+  """Each cross-attend's weights `[B, heads, N, M]`, in execution order.
 
-  Args:
-    forward: the classifier (`factory.transform_classifier`), built with
-      `absorb_cross_attend_projections=False` (the keys are recorded).
-    params: its parameters.
-    batch: a batch with leading dim B.
-    num_heads: `config.model.encoder.num_cross_heads`.
-
-  Returns:
-    One float32 array `[B, heads, N latents, M inputs]` per cross-attend;
-    each row sums to 1 over the inputs.
+  `forward` is a classifier built with `absorb_cross_attend_projections=
+  False`, so that the keys are projected (and recorded).
   """
   keys_of_set: dict[str, jax.Array] = {}
   pairs: list[tuple[jax.Array, jax.Array]] = []
@@ -114,17 +102,8 @@ def to_grid(weights: np.ndarray, index_dims: Sequence[int],
 def attention_map_figure(image: np.ndarray, maps: Sequence[np.ndarray],
                          latents: Sequence[int], *,
                          title: str = '') -> plt.Figure:
-  """One image and, per cross-attend (rows), some latents' maps (columns).
-
-  Args:
-    image: `[H, W, C]` (C 1 or 3).
-    maps: per cross-attend, `[N, H, W]` weights (heads averaged).
-    latents: which latents to show.
-    title: the figure's title.
-
-  Returns:
-    A figure of `(1 + len(latents)) x len(maps)` panels of `CELL_INCHES`.
-  """
+  """An image `[H, W, C]` beside, per cross-attend (rows), the maps
+  `[N, H, W]` of the chosen latents (columns)."""
   rows, cols = len(maps), 1 + len(latents)
   fig, axes = plt.subplots(rows, cols, squeeze=False,
                            figsize=(cols * CELL_INCHES, rows * CELL_INCHES),
@@ -147,18 +126,9 @@ def attention_map_figure(image: np.ndarray, maps: Sequence[np.ndarray],
 def draw_attention_maps(workdir: str, out_dir: str, *, num_images: int = 4,
                         num_latents: int = 4,
                         step: Optional[int] = None) -> list[str]:
-  """Draws cross-attention maps of a run's checkpoint over eval images.
-
-  Args:
-    workdir: a run directory of a Perceiver with a 'grid' input.
-    out_dir: where `image_<i>.png` go (created).
-    num_images: how many evaluation images (the split's first ones).
-    num_latents: latents per cross-attend, spread evenly over N.
-    step: the checkpoint (default: the newest).
-
-  Returns:
-    The PNG paths.
-  """
+  """Writes `out_dir/image_<i>.png` of a grid-input Perceiver's checkpoint
+  (default the newest) on the first evaluation images; returns the paths.
+  Latents are spread evenly over N."""
   # pylint: disable=g-import-not-at-top
   from perceiver_jax.model import factory
   from perceiver_jax.model import inputs as model_inputs
@@ -238,11 +208,7 @@ PLOT_SIZE = (10.0, 4.0)  # Inches: training loss | evaluation metric.
 
 def plot_runs(workdirs: Sequence[str], out: str, *,
               labels: Optional[Sequence[str]] = None) -> str:
-  """Training loss and evaluation metric of several runs on one figure.
-
-  The PNG is `PLOT_SIZE * DPI` pixels: training loss (log scale) on the
-  left, the config's evaluation metric on the right, one line per run.
-  """
+  """Training loss (log scale, left) and evaluation metric (right) of runs."""
   if not workdirs:
     raise ValueError('plot_runs needs at least one run directory.')
   labels = list(labels or [os.path.basename(os.path.normpath(w))
@@ -253,17 +219,14 @@ def plot_runs(workdirs: Sequence[str], out: str, *,
   eval_names = set()
   for workdir, label in zip(workdirs, labels):
     records = writers.read_metrics(workdir)
-    loss = _last_per_step(records, 'train/loss')
-    if loss:
-      steps = sorted(loss)
-      loss_ax.plot(steps, [loss[s] for s in steps], label=label)
     key = _eval_key(workdir, records)
-    metric = _last_per_step(records, key) if key else {}
-    if metric:
-      steps = sorted(metric)
-      eval_ax.plot(steps, [metric[s] for s in steps], marker='o',
-                   label=label)
-      eval_names.add(key)
+    for ax, name, marker in ((loss_ax, 'train/loss', None),
+                             (eval_ax, key, 'o')):
+      values = _last_per_step(records, name) if name else {}
+      if values:
+        steps = sorted(values)
+        ax.plot(steps, [values[s] for s in steps], marker=marker, label=label)
+        eval_names.update([name] if ax is eval_ax else [])
   loss_ax.set_yscale('log')
   loss_ax.set_xlabel('step')
   loss_ax.set_ylabel('training loss')

@@ -1,16 +1,6 @@
-"""Progress of a long loop: counts, rate and time left.
-
-  for clip in progress.track(clips, 'decoding clips', total=len(clips)):
-    ...
-
-On a terminal the line is redrawn in place (`\\r`) at most every
-`TERMINAL_INTERVAL_S`; elsewhere (a log file, CI) a plain line is printed
-every `PLAIN_INTERVAL_S`, so that logs stay readable. A final line gives the
-count, the time taken and the mean rate. A line looks like
-
-  decoding clips: 1,200/20,000 (6.0%), 41.3/s, ETA 7m35s
-
-No third-party dependency; lines go to stderr unless told otherwise.
+"""Progress of a long loop, e.g. `decoding clips: 1,200/20,000 (6.0%), 41.3/s,
+ETA 7m35s`: redrawn in place on a terminal, a plain line every
+`PLAIN_INTERVAL_S` elsewhere (logs stay readable), and a final summary line.
 """
 
 import sys
@@ -48,22 +38,12 @@ def format_line(label: str, done: int, total: Optional[int],
 
 
 class Progress:
-  """Counts items and reports as the module docstring says."""
+  """Counts items and reports to `stream` (default stderr)."""
 
   def __init__(self, label: str, total: Optional[int] = None, *,
                unit: str = '', stream: Optional[TextIO] = None,
                interval_s: Optional[float] = None,
                clock: Callable[[], float] = time.monotonic):
-    """Starts the clock.
-
-    Args:
-      label: what is being counted ('decoding clips').
-      total: how many items are expected (None: unknown; no ETA).
-      unit: a word after the count ('batches').
-      stream: where lines go (default sys.stderr).
-      interval_s: seconds between lines (default by the stream's kind).
-      clock: the time source (tests pass a fake one).
-    """
     self.label, self.total, self.unit = label, total, unit
     self.stream = stream or sys.stderr
     isatty = getattr(self.stream, 'isatty', None)
@@ -119,12 +99,7 @@ class Progress:
 
 def track(items: Iterable[T], label: str, total: Optional[int] = None,
           **kwargs) -> Iterator[T]:
-  """Yields `items`, counting them with a `Progress` (closed at the end).
-
-  An item is counted when it is handed out: a consumer that stops after the
-  last item (as `zip` does) still counts it, and the final line is written
-  when the generator is exhausted or discarded.
-  """
+  """Yields `items`, counting each as it is handed out, with a `Progress`."""
   if total is None and hasattr(items, '__len__'):
     total = len(items)  # pytype: disable=wrong-arg-types
   with Progress(label, total, **kwargs) as progress:

@@ -1,37 +1,20 @@
 """Hyperparameter sweeps: points, their runs, and a table of results.
 
-A config file may define `get_hyper(h)` (or `get_hyper(h, arg)`, receiving
-the text after ':' in `--config=configs/x.py:arg`) returning a list of
-points, each a dict of config overrides such as
-`{'config.model.encoder.share_weights': False, 'config.seed': 1}`. `h` is this
-module; build the list with its helpers:
+A point is a dict of config overrides, e.g. `{'config.seed': 1}`. A config
+may define `get_hyper(h)` (or `get_hyper(h, arg)`, with the text after ':'
+in `--config=configs/x.py:arg`) returning points built with this module's
+`sweep`, `fixed`, `product` and `zip`. `--sweep='FIELD=V1,V2'` axes from
+the command line are crossed (or zipped) and then crossed with those.
 
-  h.sweep('config.seed', [0, 1])                -> [{seed: 0}, {seed: 1}]
-  h.product([h.sweep(a, [1, 2]), h.sweep(b, ['x', 'y'])])
-      -> 4 points, a varying slowest
-  h.zip([h.sweep(a, [1, 2]), h.sweep(b, ['x', 'y'])])
-      -> [{a: 1, b: 'x'}, {a: 2, b: 'y'}]
-  h.fixed('config.train.num_steps', 300)        -> one point
-
-Points also come from the command line (`command_line_points`): each
-`--sweep='optimizer.learning_rate=3e-4,1e-3'` is an axis whose values are
-parsed as `--config.optimizer.learning_rate=...` would parse them; the axes
-are crossed (or paired, with `--zip`), and then crossed with the config's
-own `get_hyper` points when it has them.
-
-`run_sweep` trains each point in its own workdir `ROOT/<point name>` with
-`python -m experiments.train`; a point whose run exited successfully gets a
-marker (`sweep_point.json` with "finished": true) and is skipped when the
-sweep is run again, while an unfinished point is relaunched and resumes
-from its newest checkpoint. `summarize` writes `ROOT/summary.md` and
-`ROOT/summary.csv`.
+Each point trains in `ROOT/<point name>`; a finished point is skipped when
+the sweep runs again, an unfinished one resumes. `summarize` writes
+`ROOT/summary.md` and `ROOT/summary.csv`.
 """
 
 import builtins
 import csv
 import importlib.util
 import inspect
-import io
 import itertools
 import math
 import os
@@ -54,11 +37,11 @@ Point = dict[str, Any]
 SWEEP_FILE = 'sweep.json'  # ROOT/sweep.json: the config and the points.
 POINT_FILE = 'sweep_point.json'  # ROOT/<point>/sweep_point.json: status.
 LOG_FILE = 'train.log'  # ROOT/<point>/train.log: the run's output.
+_FIELD = r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*'
 
 
 def _check_key(key: str) -> str:
-  if not isinstance(key, str) or not re.fullmatch(
-      r'config(\.[A-Za-z_][A-Za-z0-9_]*)+', key):
+  if not isinstance(key, str) or not re.fullmatch(r'config\.' + _FIELD, key):
     raise ValueError(f"A sweep key must look like 'config.model.x', got "
                      f'{key!r}.')
   return key
@@ -78,18 +61,9 @@ def fixed(key: str, value: Any) -> list[Point]:
   return sweep(key, [value])
 
 
-def _merge(parts: Sequence[Point]) -> Point:
-  merged: Point = {}
-  for part in parts:
-    for key, value in part.items():
-      if key in merged:
-        raise ValueError(f'{key!r} is set by more than one of the combined '
-                         'sweeps.')
-      merged[key] = value
-  return merged
-
-
-def _check_sweeps(sweeps: Sequence[Sequence[Point]], what: str) -> None:
+def _combine(sweeps: Sequence[Sequence[Point]], what: str,
+             combine) -> list[Point]:
+  """Merges the point tuples `combine(*sweeps)` yields into single points."""
   if not sweeps:
     raise ValueError(f'h.{what} needs at least one sweep.')
   for s in sweeps:
@@ -97,22 +71,33 @@ def _check_sweeps(sweeps: Sequence[Sequence[Point]], what: str) -> None:
         isinstance(p, dict) for p in s):
       raise ValueError(f'h.{what} takes a list of sweeps (lists of dicts), '
                        f'got {s!r}.')
+  points = []
+  for parts in combine(*sweeps):
+    merged: Point = {}
+    for part in parts:
+      for key, value in part.items():
+        if key in merged:
+          raise ValueError(f'{key!r} is set by more than one of the '
+                           'combined sweeps.')
+        merged[key] = value
+    points.append(merged)
+  return points
 
 
 def product(sweeps: Sequence[Sequence[Point]]) -> list[Point]:
   """Every combination of the sweeps' points, the first varying slowest."""
-  _check_sweeps(sweeps, 'product')
-  return [_merge(parts) for parts in itertools.product(*sweeps)]
+  return _combine(sweeps, 'product', itertools.product)
 
 
 def zip(sweeps: Sequence[Sequence[Point]]) -> list[Point]:  # pylint: disable=redefined-builtin
   """The i-th points of all sweeps merged; the sweeps must be equally long."""
-  _check_sweeps(sweeps, 'zip')
-  lengths = [len(s) for s in sweeps]
-  if len(set(lengths)) != 1:
-    raise ValueError(f'h.zip needs sweeps of equal length, got lengths '
-                     f'{lengths}.')
-  return [_merge(parts) for parts in builtins.zip(*sweeps)]
+  def paired(*sweeps):
+    lengths = [len(s) for s in sweeps]
+    if len(set(lengths)) != 1:
+      raise ValueError(f'h.zip needs sweeps of equal length, got lengths '
+                       f'{lengths}.')
+    return builtins.zip(*sweeps)
+  return _combine(sweeps, 'zip', paired)
 
 
 def format_value(value: Any) -> str:
@@ -129,10 +114,9 @@ def _short_keys(keys: Sequence[str]) -> dict[str, str]:
   for key in keys:
     parts = key.split('.')[1:]
     for n in range(1, len(parts) + 1):
-      name = '.'.join(parts[-n:])
-      if sum(1 for k in keys if k.split('.')[1:][-n:] == parts[-n:]) == 1:
+      if sum(k.split('.')[1:][-n:] == parts[-n:] for k in keys) == 1:
         break
-    short[key] = name
+    short[key] = '.'.join(parts[-n:])
   return short
 
 
@@ -140,10 +124,8 @@ def point_name(point: Mapping[str, Any],
                keys: Optional[Sequence[str]] = None) -> str:
   """A directory name such as 'share_weights=False,seed=1'.
 
-  Args:
-    point: the point's overrides.
-    keys: all keys of the sweep (to shorten names consistently); default the
-      point's own.
+  `keys` (default the point's own) are all keys of the sweep, so that names
+  are shortened alike across points.
   """
   keys = list(keys or point)
   short = _short_keys(keys)
@@ -169,16 +151,19 @@ def load_config_module(config: str):
   return module, arg
 
 
-def _config_points(config: str, module, arg: str
-                   ) -> Optional[list[Point]]:
+def _base_config(module, arg: str) -> config_dict.ConfigDict:
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _config_points(config: str, module, arg: str) -> Optional[list[Point]]:
   """The points of the config's `get_hyper`, or None if it has none."""
   get_hyper = getattr(module, 'get_hyper', None)
   if get_hyper is None:
     return None
+  h = sys.modules[__name__]
   takes_arg = len(inspect.signature(get_hyper).parameters) > 1
-  points = get_hyper(sys.modules[__name__], arg) if takes_arg else get_hyper(
-      sys.modules[__name__])
-  points = [dict(p) for p in points]
+  points = [dict(p) for p in (get_hyper(h, arg) if takes_arg else
+                              get_hyper(h))]
   if not points:
     raise ValueError(f'get_hyper of {config!r} returned no points.')
   for p in points:
@@ -189,26 +174,19 @@ def _config_points(config: str, module, arg: str
 
 def get_points(config: str, axes: Sequence[str] = (), *,
                zip_axes: bool = False) -> list[Point]:
-  """The sweep's points, checked for unique names.
+  """The config's `get_hyper` points crossed with the `--sweep` axes'.
 
-  Args:
-    config: 'path/to/config.py[:arg]'.
-    axes: `--sweep` values such as 'seed=0,1,2' (see `parse_axis`).
-    zip_axes: pair the axes value by value instead of crossing them.
-
-  Returns:
-    The config's `get_hyper` points crossed with the command line's (either
-    alone when the other is absent), the config's varying slowest.
+  Either alone when the other is absent; the config's vary slowest.
 
   Raises:
-    cli.UsageError: the config has no `get_hyper` and no axes are given, or
-      an axis is malformed.
+    cli.UsageError: neither `get_hyper` nor axes, a malformed axis, or
+      repeated points.
   """
   module, arg = load_config_module(config)
   points = _config_points(config, module, arg)
   if axes:
-    base = module.get_config(arg) if arg else module.get_config()
-    line_points = command_line_points(base, axes, zip_axes=zip_axes)
+    line_points = command_line_points(_base_config(module, arg), axes,
+                                      zip_axes=zip_axes)
     clash = sorted(set(sweep_keys(points or [])) & set(line_points[0]))
     if clash:
       raise cli.UsageError(
@@ -221,10 +199,10 @@ def get_points(config: str, axes: Sequence[str] = (), *,
         "was given: add one or more --sweep='FIELD=V1,V2,...' (e.g. "
         "--sweep='seed=0,1,2') or define get_hyper in the config.")
   names = [point_name(p, sweep_keys(points)) for p in points]
-  duplicates = sorted({n for n in names if names.count(n) > 1})
-  if duplicates:
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
     raise cli.UsageError(f'the sweep of {config} repeats points '
-                         f'{duplicates}: give each value once.')
+                         f'{repeated}: give each value once.')
   return points
 
 
@@ -252,18 +230,14 @@ def split_values(text: str) -> list[str]:
 def parse_axis(spec: str) -> tuple[str, list[str]]:
   """'optimizer.lr=1e-3,3e-3' -> ('config.optimizer.lr', ['1e-3', '3e-3']).
 
-  The field may be written with or without its leading 'config.'.
-
-  Raises:
-    cli.UsageError: `spec` is not FIELD=VALUE[,VALUE...].
+  The leading 'config.' of the field is optional.
   """
   field, equals, values = spec.partition('=')
   field = field.strip()
   if field.startswith('config.'):
     field = field[len('config.'):]
   example = "--sweep='optimizer.learning_rate=3e-4,1e-3'"
-  if not equals or not re.fullmatch(
-      r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*', field):
+  if not equals or not re.fullmatch(_FIELD, field):
     raise cli.UsageError(f'--sweep={spec!r} is not FIELD=VALUE,VALUE,...; '
                          f'write it like {example}.')
   values = split_values(values)
@@ -275,16 +249,9 @@ def parse_axis(spec: str) -> tuple[str, list[str]]:
 
 def command_line_points(config: config_dict.ConfigDict, axes: Sequence[str],
                         *, zip_axes: bool = False) -> list[Point]:
-  """The points of `--sweep` axes: their product, or their zip.
+  """The product (or with `zip_axes`, the zip) of `--sweep` axes.
 
-  Args:
-    config: the config the overrides apply to (for the fields' types).
-    axes: specs such as 'seed=0,1,2' (see `parse_axis`).
-    zip_axes: pair the axes' values instead of crossing them.
-
-  Raises:
-    cli.UsageError: a malformed or repeated axis, a value of the wrong type,
-      or (with `zip_axes`) axes of unequal length.
+  Each value is parsed against the type of its field in `config`.
   """
   sweeps = []
   for spec in axes:
@@ -294,24 +261,20 @@ def command_line_points(config: config_dict.ConfigDict, axes: Sequence[str],
                            'list all its values in one --sweep.')
     sweeps.append(sweep(key, [cli.parse_override(config, key, t)
                               for t in texts]))
-  if zip_axes:
-    lengths = [len(s) for s in sweeps]
-    if len(set(lengths)) != 1:
-      counts = ', '.join(f'{next(iter(s[0]))[len("config."):]} has {n}'
-                         for s, n in builtins.zip(sweeps, lengths))
-      raise cli.UsageError(f'--zip pairs the --sweep axes value by value, '
-                           f'but they differ in length ({counts}): give '
-                           'them equally many values, or drop --zip to '
-                           'cross them.')
-    return zip(sweeps)
-  return product(sweeps)
+  if not zip_axes:
+    return product(sweeps)
+  if len({len(s) for s in sweeps}) != 1:
+    counts = ', '.join(f'{next(iter(s[0]))[len("config."):]} has {len(s)}'
+                       for s in sweeps)
+    raise cli.UsageError(f'--zip pairs the --sweep axes value by value, '
+                         f'but they differ in length ({counts}): give '
+                         'them equally many values, or drop --zip to '
+                         'cross them.')
+  return zip(sweeps)
 
 
 def bare_summarize(argv: list[str]) -> list[str]:
-  """`argv` with a bare `--summarize` given the value of `--workdir`.
-
-  `--summarize DIR` (the value as the next argument) is left as it is.
-  """
+  """`argv` with a bare `--summarize` given the value of `--workdir`."""
   argv = list(argv)
   for i, arg in enumerate(argv):
     if arg == '--summarize' and (i + 1 == len(argv) or
@@ -327,19 +290,15 @@ def bare_summarize(argv: list[str]) -> list[str]:
 
 def sweep_keys(points: Sequence[Point]) -> list[str]:
   """The keys of all points, in order of first appearance."""
-  keys: list[str] = []
-  for p in points:
-    keys.extend(k for k in p if k not in keys)
-  return keys
+  return list(dict.fromkeys(k for p in points for k in p))
 
 
 def point_command(config: str, point: Mapping[str, Any], workdir: str, *,
                   python: str = sys.executable) -> list[str]:
   """The training command of one point.
 
-  An override to None is left out: `ml_collections` flags cannot parse None
-  for a typed field, so None means "the config's default", which
-  `check_none_overrides` verifies is None.
+  An override to None is left out (flags cannot parse None for a typed
+  field): `check_none_overrides` makes sure None is then the default.
   """
   return [python, '-m', 'experiments.train', f'--config={config}',
           *(f'--{key}={format_value(value)}' for key, value in point.items()
@@ -348,16 +307,11 @@ def point_command(config: str, point: Mapping[str, Any], workdir: str, *,
 
 
 def check_none_overrides(config: str, points: Sequence[Point]) -> None:
-  """Raises ValueError if a point sets to None a field whose default is not.
-
-  Such a point could not be expressed on the command line (see
-  `point_command`).
-  """
+  """Raises ValueError if a point sets to None a field whose default is not."""
   keys = {k for p in points for k, v in p.items() if v is None}
   if not keys:
     return
-  module, arg = load_config_module(config)
-  base = module.get_config(arg) if arg else module.get_config()
+  base = _base_config(*load_config_module(config))
   for key in sorted(keys):
     value = base
     for part in key.split('.')[1:]:
@@ -373,27 +327,20 @@ def check_none_overrides(config: str, points: Sequence[Point]) -> None:
 
 def read_point_status(workdir: str) -> dict[str, Any]:
   path = os.path.join(workdir, POINT_FILE)
-  if not os.path.exists(path):
-    return {}
-  return writers.read_json(path)
-
-
-def is_finished(workdir: str) -> bool:
-  """Whether the sweep saw this point's run exit successfully."""
-  return bool(read_point_status(workdir).get('finished'))
+  return writers.read_json(path) if os.path.exists(path) else {}
 
 
 class _Launch:
-  """One running point: its process, log file and start time."""
+  """One running point: its process, log file, start time and status."""
 
   def __init__(self, name: str, workdir: str, command: list[str],
                point: Point, config: str):
     os.makedirs(workdir, exist_ok=True)
-    self.name, self.workdir, self.command = name, workdir, command
+    self.name, self.workdir = name, workdir
     self.status = read_point_status(workdir)
     self.status.update(config=config, overrides=point, command=command,
-                       finished=False)
-    self.status['attempts'] = self.status.get('attempts', 0) + 1
+                       finished=False,
+                       attempts=self.status.get('attempts', 0) + 1)
     writers.write_json(os.path.join(workdir, POINT_FILE), self.status)
     self.log = open(os.path.join(workdir, LOG_FILE), 'a')
     self.start = time.time()
@@ -403,10 +350,9 @@ class _Launch:
   def finish(self) -> int:
     code = self.process.wait()
     self.log.close()
-    elapsed = time.time() - self.start
-    self.status['wall_s'] = self.status.get('wall_s', 0.0) + elapsed
-    self.status['returncode'] = code
-    self.status['finished'] = code == 0
+    self.status.update(
+        wall_s=self.status.get('wall_s', 0.0) + time.time() - self.start,
+        returncode=code, finished=code == 0)
     writers.write_json(os.path.join(self.workdir, POINT_FILE), self.status)
     return code
 
@@ -415,21 +361,10 @@ def run_sweep(config: str, root: str, *, axes: Sequence[str] = (),
               zip_axes: bool = False, parallel: int = 1,
               dry_run: bool = False, python: str = sys.executable,
               out=None) -> int:
-  """Runs every point of the sweep (see `get_points`) under `root`.
+  """Runs each point of `get_points` in `root/<point_name>`, `parallel` at once.
 
-  Nothing is written before all points are known to be valid.
-
-  Args:
-    config: 'path/to/config.py[:arg]'.
-    axes, zip_axes: command-line axes (see `get_points`).
-    root: the sweep's directory; point `p` runs in `root/<point_name(p)>`.
-    parallel: how many runs at once.
-    dry_run: print each point's command instead of running it.
-    python: the interpreter of the runs.
-    out: where progress lines go (default stdout).
-
-  Returns:
-    The number of points that failed (0 when all finished).
+  Nothing is written before all points are known to be valid; `dry_run`
+  prints the commands only. Returns the number of points that failed.
   """
   out = out or sys.stdout
   checks.positive_int(parallel, 'parallel')
@@ -439,15 +374,15 @@ def run_sweep(config: str, root: str, *, axes: Sequence[str] = (),
   points = get_points(config, axes, zip_axes=zip_axes)
   check_none_overrides(config, points)
   keys = sweep_keys(points)
+  names = [point_name(p, keys) for p in points]
   say = lambda line: print(line, file=out, flush=True)
   todo = []
-  for point in points:
-    name = point_name(point, keys)
+  for name, point in builtins.zip(names, points):
     workdir = os.path.join(root, name)
     command = point_command(config, point, workdir, python=python)
     if dry_run:
       say(' '.join(_quote(c) for c in command))
-    elif is_finished(workdir):
+    elif read_point_status(workdir).get('finished'):
       say(f'skipping {name}: finished')
     else:
       todo.append((name, workdir, command, point))
@@ -455,8 +390,7 @@ def run_sweep(config: str, root: str, *, axes: Sequence[str] = (),
     return 0
   os.makedirs(root, exist_ok=True)
   writers.write_json(os.path.join(root, SWEEP_FILE), dict(
-      config=config, keys=keys, points=points,
-      names=[point_name(p, keys) for p in points]))
+      config=config, keys=keys, points=points, names=names))
 
   failed = 0
   running: list[_Launch] = []
@@ -508,60 +442,51 @@ def _num_params(config) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)))
 
 
-def _point_dirs(root: str) -> list[tuple[str, Point]]:
-  """(name, overrides) of every point under root, in sweep order."""
-  sweep_path = os.path.join(root, SWEEP_FILE)
-  names = []
-  if os.path.exists(sweep_path):
-    names = writers.read_json(sweep_path).get('names', [])
-  found = sorted(d for d in os.listdir(root)
-                 if os.path.exists(os.path.join(root, d, POINT_FILE)))
-  ordered = [n for n in names if n in found] + [
-      n for n in found if n not in names]
-  return [(n, read_point_status(os.path.join(root, n)).get('overrides', {}))
-          for n in ordered]
+def _in_order(first: Sequence[str], found: Iterable[str]) -> list[str]:
+  """`found`, those named in `first` first and in its order."""
+  found = list(found)
+  return [n for n in first if n in found] + [n for n in found
+                                             if n not in first]
 
 
 def summary_rows(root: str
                  ) -> tuple[list[str], list[dict[str, Any]], str, str]:
   """(swept keys, one row per point, metric column, 'max' or 'min').
 
-  The rows are sorted by the metric, best first (the metric's mode, from
-  `config.evaluator.metric_mode`, says which end is best).
-
-  Each row holds the swept values, `final` and `best` of the config's
-  evaluation metric (`config.evaluator.metric` on its split), `steps`,
-  `params`, `wall_s` (the sweep's wall time of the point's runs) and
-  `finished`. Rows without an evaluation sort last.
+  A row holds the swept values, `final` and `best` of the config's
+  evaluation metric, `steps`, `params`, `wall_s` and `finished`. Rows sort
+  best first by `final` (by `config.evaluator.metric_mode`); rows without
+  an evaluation last.
   """
   if not os.path.isdir(root):
     raise cli.UsageError(f'{root} is not a directory; --summarize takes the '
                          '--workdir of a sweep.')
-  points = _point_dirs(root)
-  if not points:
+  sweep_path = os.path.join(root, SWEEP_FILE)
+  saved = (writers.read_json(sweep_path) if os.path.exists(sweep_path)
+           else {})
+  names = _in_order(saved.get('names', []), sorted(
+      d for d in os.listdir(root)
+      if os.path.exists(os.path.join(root, d, POINT_FILE))))
+  if not names:
     raise cli.UsageError(f'{root} holds no sweep points (no */{POINT_FILE}); '
                          '--summarize takes the --workdir of a sweep.')
-  keys = sweep_keys([p for _, p in points])
-  sweep_path = os.path.join(root, SWEEP_FILE)
-  if os.path.exists(sweep_path):
-    # The order the config gave (the points' files sort their keys).
-    order = writers.read_json(sweep_path).get('keys', [])
-    keys = [k for k in order if k in keys] + [k for k in keys
-                                              if k not in order]
+  statuses = [read_point_status(os.path.join(root, n)) for n in names]
+  # The order the config gave (the points' files sort their keys).
+  keys = _in_order(saved.get('keys', []), sweep_keys(
+      [s.get('overrides', {}) for s in statuses]))
   rows = []
   metric_name, mode = None, 'max'
-  for name, overrides in points:
+  for name, status in builtins.zip(names, statuses):
     workdir = os.path.join(root, name)
-    status = read_point_status(workdir)
+    overrides = status.get('overrides', {})
     row: dict[str, Any] = dict(point=name, **{k: overrides.get(k)
                                               for k in keys})
     final = best = params = None
     steps = 0
     if run_config.exists(workdir):
       config = run_config.read(workdir)
-      metric = config.evaluator.metric
       mode = config.evaluator.get('metric_mode', 'max')
-      column = f'{config.evaluator.split}/{metric}'
+      column = f'{config.evaluator.split}/{config.evaluator.metric}'
       metric_name = metric_name or column
       records = (writers.read_metrics(workdir) if os.path.exists(
           os.path.join(workdir, writers.METRICS_FILE)) else [])
@@ -609,18 +534,11 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]],
 
 def seed_statistics(keys: Sequence[str], rows: Sequence[Mapping[str, Any]],
                     mode: str = 'max') -> list[dict[str, Any]]:
-  """Mean and standard deviation of `final` over seeds, per setting.
+  """Mean and sample standard deviation of `final` over seeds, per setting.
 
-  Args:
-    keys: the swept keys; every key but 'config.seed' makes a setting.
-    rows: `summary_rows`' rows (those without a `final` value are left out).
-    mode: 'max' or 'min', which end of the metric is best.
-
-  Returns:
-    One dict per setting, best mean first: 'setting' (its overrides),
-    'name' (as `point_name` names it), 'mean', 'std' (the sample standard
-    deviation, n - 1 in the denominator; None for a single seed), 'seeds'
-    (how many) and 'params'.
+  Every swept key but 'config.seed' makes a setting; rows without `final`
+  are left out. Returns dicts with 'setting', 'name', 'mean', 'std' (None
+  for one seed), 'seeds' and 'params', best mean first.
   """
   others = [k for k in keys if k != 'config.seed']
   groups: dict[str, list] = {}
@@ -674,15 +592,12 @@ def summarize(root: str) -> str:
              f'{rows[0]["final"]:.4f}; {mode} is best).\n')
   with open(os.path.join(root, 'summary.md'), 'w') as f:
     f.write(text)
-  buffer = io.StringIO()
-  writer = csv.writer(buffer)
-  writer.writerow(['point', *keys, f'final {metric}', f'best {metric}',
-                   'steps', 'params', 'wall_s', 'finished'])
-  for row in rows:
-    writer.writerow([row['point'], *(format_value(row[k]) for k in keys),
-                     *('' if row[c] is None else row[c] for c in (
-                         'final', 'best', 'steps', 'params', 'wall_s',
-                         'finished'))])
+  columns = ('final', 'best', 'steps', 'params', 'wall_s', 'finished')
   with open(os.path.join(root, 'summary.csv'), 'w', newline='') as f:
-    f.write(buffer.getvalue())
+    writer = csv.writer(f)
+    writer.writerow(['point', *keys, f'final {metric}', f'best {metric}',
+                     *columns[2:]])
+    for row in rows:
+      writer.writerow([row['point'], *(format_value(row[k]) for k in keys),
+                       *('' if row[c] is None else row[c] for c in columns)])
   return text

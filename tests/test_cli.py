@@ -182,8 +182,7 @@ CASES = [
     (['perceiver_jax.data.builders.build_audioset', '--manual_dir={T}/nope',
       '--data_dir={T}/tfds'],
      'error: --manual_dir={T}/nope is not a directory; give the folder '
-     "holding AudioSet's four CSVs and clips/ (see perceiver_jax/data/"
-     'builders/audioset.py).'),
+     "holding AudioSet's four CSVs and clips/ (see docs/audioset.md)."),
     (['perceiver_jax.data.builders.build_audioset', '--manual_dir={T}/empty',
       '--config=video'],
      "error: argument --config: invalid choice: 'video' (choose from "

@@ -1,7 +1,6 @@
 """host_memory.keep_freed_memory: large blocks come from the heap and are
 reused without page faults; the opt-out leaves glibc's defaults."""
 
-import ast
 import json
 import os
 import platform
@@ -87,20 +86,3 @@ def test_opt_out_keeps_glibc_defaults():
 def test_importing_the_entry_points_changes_nothing():
   report = _probe('import experiments, experiments.train; applied = None')
   assert report['in_heap'] is False
-
-
-@pytest.mark.parametrize('command', [
-    'train', 'evaluate', 'benchmark', 'compare_peers', 'gradient_profile',
-    'attention_maps'])
-def test_the_compute_commands_apply_it_first_in_main(command):
-  """Each such command's `main` calls `keep_freed_memory()` before any other
-  statement that could start JAX (read from its source)."""
-  path = os.path.join(command_utils.REPO, 'experiments', f'{command}.py')
-  with open(path) as f:
-    tree = ast.parse(f.read())
-  main = next(node for node in tree.body
-              if isinstance(node, ast.FunctionDef) and node.name == 'main')
-  body = [node for node in main.body
-          if not (isinstance(node, ast.Expr) and
-                  isinstance(node.value, ast.Constant))]  # The docstring.
-  assert ast.unparse(body[0]) == 'host_memory.keep_freed_memory()'

@@ -1,31 +1,11 @@
 """Audio features for AudioSet: a log-mel spectrogram and SpecAugment.
 
-The paper flattens a mel spectrogram of each 1.28 s window (61,440 samples
-at 48 kHz) into 4,800 inputs but gives no STFT or mel parameters. Ours
-(`MelParams()`), chosen so that frames x mel bins = 96 x 50 = 4,800:
-
-- Frames: a periodic Hann window of 1,536 samples (32 ms) with an FFT of
-  the same size (769 frequency bins, 31.25 Hz apart), hop 640 samples
-  (13.3 ms). The window is zero-padded by (1,536 - 640) / 2 = 448 samples
-  at each end, so frame t is centred on the middle of hop block t
-  (samples `[640 t, 640 (t + 1))`) and 61,440 samples give exactly
-  61,440 / 640 = 96 frames. In librosa's terms: `np.pad(x, 448)` then
-  `center=False`.
-- Power spectrogram `|STFT|^2` (no magnitude scaling).
-- 50 mel bands from 0 Hz to 24 kHz (Nyquist) on the Slaney mel scale
-  (linear below 1 kHz, logarithmic above) with Slaney area normalisation
-  (each triangle divided by half its width in Hz): librosa's defaults,
-  `htk=False, norm='slaney'`.
-- Log compression: `log(mel + 1e-6)` (natural log; the offset keeps digital
-  silence finite at about -13.8).
-
-All of it is TensorFlow ops, so it runs inside tf.data; the mel matrix is
-built once in numpy.
-
-SpecAugment (Park et al., 2019) masks random bands of mel channels and of
-frames, filling them with the spectrogram's mean. Time warping, the third
-SpecAugment op, is omitted: it is the costliest and was the least useful in
-the SpecAugment ablations.
+The paper flattens each 1.28 s window (61,440 samples at 48 kHz) into 4,800
+inputs without giving parameters; ours (`MelParams()`, docs/audioset.md)
+give 96 frames x 50 Slaney mel bands: a Hann window of 1,536 samples padded
+by 448 at each end, hop 640, power spectrum, `log(mel + 1e-6)`. TensorFlow
+ops, so it runs in tf.data. SpecAugment masks bands of mel channels and
+frames with the mean; time warping (costliest, least useful) is omitted.
 """
 
 import dataclasses
@@ -94,12 +74,8 @@ def mel_to_hz(mel):
 
 
 def mel_filterbank(params: MelParams = MelParams()) -> np.ndarray:
-  """Slaney-normalised triangular filters `[window_length // 2 + 1, bins]`.
-
-  Filter i rises linearly from the (i)th to the (i+1)th of `bins + 2` points
-  equally spaced in mel between fmin and fmax and falls to the (i+2)th; it
-  is scaled by `2 / (f[i+2] - f[i])` so every filter has the same area.
-  """
+  """Equal-area triangular filters `[window_length // 2 + 1, bins]` on
+  `bins + 2` mel-spaced edges."""
   fft_hz = np.linspace(0.0, params.sample_rate / 2,
                        params.window_length // 2 + 1)
   edges = mel_to_hz(np.linspace(hz_to_mel(params.fmin),
@@ -115,10 +91,7 @@ def mel_filterbank(params: MelParams = MelParams()) -> np.ndarray:
 
 def mel_power_spectrogram(waveform: tf.Tensor,
                           params: MelParams = MelParams()) -> tf.Tensor:
-  """Mel power spectrogram of `[..., num_samples]` -> `[..., frames, bins]`.
-
-  `num_samples` must be a multiple of the hop (frames = samples / hop).
-  """
+  """`[..., num_samples]` -> `[..., samples / hop, bins]` mel power."""
   waveform = tf.convert_to_tensor(waveform, tf.float32)
   num_samples = waveform.shape[-1]
   if num_samples is not None:
@@ -136,21 +109,15 @@ def mel_power_spectrogram(waveform: tf.Tensor,
 
 def log_mel_spectrogram(waveform: tf.Tensor,
                         params: MelParams = MelParams()) -> tf.Tensor:
-  """`log(mel power + offset)`: `[..., num_samples]` -> `[..., frames, bins]`.
-
-  With the default parameters a 61,440-sample window gives `[96, 50]`.
-  """
+  """`log(mel power + offset)`: `[..., samples]` -> `[..., frames, bins]`."""
   return tf.math.log(mel_power_spectrogram(waveform, params) +
                      params.log_offset)
 
 
 @dataclasses.dataclass(frozen=True)
 class SpecAugmentParams:
-  """SpecAugment masking (defaults sized for a 96 x 50 spectrogram).
-
-  Each mask's width is drawn uniformly from `[0, max_width]`, its start
-  uniformly among the positions where it fits.
-  """
+  """SpecAugment masks: widths uniform in `[0, max_width]`, starts where
+  they fit (defaults for 96 x 50)."""
   num_freq_masks: int = 2
   max_freq_width: int = 10
   num_time_masks: int = 2
@@ -186,16 +153,8 @@ def _band_mask(seed: tf.Tensor, size: int, max_width: int,
 def spec_augment(spectrogram: tf.Tensor, seed: tf.Tensor,
                  params: SpecAugmentParams = SpecAugmentParams()
                  ) -> tf.Tensor:
-  """Masks frequency and time bands of one spectrogram `[frames, bins]`.
-
-  Args:
-    spectrogram: `[frames, bins]` float (static shape needed).
-    seed: `[2]` int seed of the stateless random ops (same seed, same masks).
-    params: how many masks and how wide.
-
-  Returns:
-    The spectrogram with masked entries set to its mean.
-  """
+  """Sets random frequency and time bands of a static `[frames, bins]` to
+  its mean; the `[2]` seed fixes the masks."""
   spectrogram = tf.convert_to_tensor(spectrogram)
   if len(spectrogram.shape) != 2 or None in spectrogram.shape:
     raise ValueError(f'spec_augment needs a [frames, bins] spectrogram with '

@@ -1,84 +1,26 @@
 """AudioSet loader: 1.28 s windows of raw audio, mel spectrogram and video.
 
-Reads the `audioset` TFDS dataset prepared by
-`perceiver_jax.data.builders.audioset` (48 kHz mono int16 audio, 25 fps
-JPEG frames, class indices) and yields batches for the data API
-(`load`, `num_examples`).
+Reads the `audioset` TFDS dataset of `builders.audioset` (48 kHz int16
+audio, 25 fps JPEG frames). A window is 32 frames = 61,440 samples (docs/
+paper.md section 4). Training takes one window per clip at a uniform
+start (a frame start with video, so sound and picture stay aligned);
+evaluation takes 16 evenly spaced windows per clip, each an example whose
+`'clip_index'` (unique over hosts, -1 on padding) lets the evaluator
+average them. Short clips pad audio with zeros, video with the last frame.
 
-Windows (docs/paper.md section 4): 32 frames at 25 fps = 1.28 s = 61,440
-samples at 48 kHz (1,920 samples per frame).
-
-- Training: one window per clip at a random start. Audio-only modalities
-  draw the start sample uniformly in `[0, max(0, n - 61,440)]` (n: the
-  clip's samples); modalities with video draw the start frame uniformly in
-  `[0, max(0, L - 32)]` (L: the clip's length in frames) and take audio from
-  sample `1,920 * start frame`, so sound and picture stay aligned.
-- Evaluation: 16 windows per clip, evenly spaced from the clip's start to
-  its end: starts `round(k * S / 15)`, k = 0..15, where S is the last start
-  (`n - 61,440` samples, or `L - 32` frames with video). For a full 10 s
-  clip the stride is 27,904 samples (0.581 s) for audio alone and about
-  14.5 frames (starts rounded to whole frames) with video. Each window is
-  one example; `'clip_index'` (int32) names its clip so the evaluator can
-  average the 16 predictions of a clip: `local_clip * process_count +
-  process_index`, unique over all hosts; -1 on padding.
-- Clips shorter than a window (or shorter than 10 s) are padded: audio with
-  zeros, video by repeating the last frame.
-
-Batch keys (leading dims `batch_dims`), only those the modality needs:
-
-- `'audio'` float32 `[..., 61440]`, raw samples in [-1, 1] ('raw*').
-- `'mel'` float32 `[..., 96, 50]`, log-mel spectrogram (`audio.MelParams`)
-  ('mel*'), with SpecAugment in training when enabled.
-- `'video'` float32 `[..., 32, H, W, 3]` ('*video'), RGB scaled to [0, 1]
-  then normalised with the ImageNet mean and std. Training: one
-  Inception-style crop (area and aspect ranges below) for all 32 frames,
-  resized to `video_size`, a horizontal flip with probability 1/2 and
-  colour jitter (brightness, contrast and saturation factors drawn from
-  `[1 - s, 1 + s]`, hue shift from `[-h, h]`, applied in that order, the
-  same for all frames). Evaluation: the central square crop of
-  `video_eval_crop_fraction` of the shorter side, resized to `video_size`.
-- `'label'` float32 `[..., 527]` multi-hot; `'mask'` float32 `[...]`;
-  `'clip_index'` int32 `[...]` (evaluation only).
-
-`config.data` fields read here:
-
-- `data_dir` (str or None): the TFDS data dir holding `audioset/`.
-- `builder_config` ('audio' | 'audio_video'): which prepared config to read;
-  modalities with video need 'audio_video'.
-- `modality` ('raw' | 'mel' | 'video' | 'raw_video' | 'mel_video').
-- `train_split` (default 'balanced_train+unbalanced_train') and `eval_split`
-  (default 'eval'): what `load('train')` and `load('eval' | 'test' |
-  'validation')` read; any other split string goes to TFDS as it is.
-- `mock` (bool): generate a tiny AudioSet in the real formats (CSVs and
-  PyAV-encoded clips, see `builders.audioset_fake`) in a temporary folder,
-  build it with the real builder and read it back.
-- `num_classes` (527).
-- `spec_augment` (bool) and optionally `spec_augment_freq_masks` (2),
-  `spec_augment_max_freq_width` (10), `spec_augment_time_masks` (2),
-  `spec_augment_max_time_width` (16).
-- `video_size` ((224, 224)), `video_crop_area_range` ((0.08, 1.0)),
-  `video_crop_aspect_range` ((3/4, 4/3)), `video_eval_crop_fraction`
-  (0.875), `video_brightness`, `video_contrast`, `video_saturation` (0.4
-  each) and `video_hue` (0.1).
-- `shuffle_buffer` (10,000): windows, not clips, are buffered: about
-  120 KB each for audio, plus about 0.8 MB of JPEGs with video at the
-  stored 256-px size (so about 1.2 GB, or 9 GB with video, at 10,000;
-  lower it for video runs on small hosts).
-
-Determinism: the training order is fixed by (seed, host, start_step): TFDS
-file order and the shuffle buffer are seeded and every random choice (the
-window's start, then the augmentation) is a stateless op seeded by (seed,
-host, the clip's position in the host's read stream), so starting at
-`start_step` skips exactly `start_step` batches of the same stream (the
-skipped windows are read and cut, not decoded).
+Batch keys, as the modality needs: 'audio' float32 `[..., 61440]`, 'mel'
+`[..., 96, 50]` (SpecAugment in training when enabled), 'video' `[..., 32,
+H, W, 3]` (one crop, flip and colour jitter for all frames in training; the
+central crop in evaluation), 'label' `[..., 527]` multi-hot, 'mask' and
+'clip_index'. Config fields and defaults: docs/audioset.md. The training
+stream is a pure function of (seed, host, start_step), as in `pipeline`.
 """
 
 import atexit
 import functools
-import math
 import shutil
 import tempfile
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -86,6 +28,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from perceiver_jax.data import audio as audio_lib
+from perceiver_jax.data import pipeline
 from perceiver_jax.data.builders import audioset as builder_lib
 from perceiver_jax.data.builders import audioset_fake
 
@@ -178,18 +121,9 @@ def _mock_builder(builder_config: str) -> tfds.core.DatasetBuilder:
   return _MOCK_BUILDERS[builder_config]
 
 
-def _hide_gpus() -> None:
-  """Keeps TensorFlow off the GPUs (JAX owns them) where still possible."""
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:
-    # TF was initialised already (by the caller): its choice stands.
-    pass
-
-
 def _builder(config: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
   _, builder_config = _check_config(config)
-  _hide_gpus()
+  pipeline.hide_gpus_from_tf()
   if _get(config, 'mock'):
     return _mock_builder(builder_config)
   builder = builder_lib.Audioset(config=builder_config,
@@ -224,37 +158,20 @@ def _multi_hot(labels: tf.Tensor) -> tf.Tensor:
   return tf.minimum(tf.reduce_sum(one_hot, axis=0), 1.0)
 
 
-def _audio_window(audio: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
-  """int16 `[n]` -> int16 `[61440]` from `start`, zero-padded at the end."""
-  pad = tf.maximum(0, start + WINDOW_SAMPLES - tf.shape(audio)[0])
-  audio = tf.pad(audio, [[0, pad]])
-  return tf.ensure_shape(audio[start:start + WINDOW_SAMPLES],
-                         [WINDOW_SAMPLES])
-
-
-def _clip_frames(example: Mapping[str, tf.Tensor], with_video: bool
-                 ) -> tf.Tensor:
-  """The clip's length in frames (the longer of its audio and video)."""
-  audio_frames = -(-tf.shape(example['audio'])[0] // SAMPLES_PER_FRAME)
-  if not with_video:
-    return audio_frames
-  return tf.maximum(audio_frames, tf.shape(example['video'])[0])
-
-
-def _frame_indices(video: tf.Tensor, start: tf.Tensor) -> tf.Tensor:
-  """32 frame indices from `start`, the last frame repeated past the end."""
-  last = tf.shape(video)[0] - 1
-  return tf.minimum(start + tf.range(WINDOW_FRAMES), last)
-
-
-def _decode_frames(encoded: tf.Tensor, crop_window: tf.Tensor) -> tf.Tensor:
-  """JPEGs `[32]` -> uint8 `[32, h, w, 3]` cropped to `[y, x, h, w]`."""
+def _decode_frames(encoded: tf.Tensor, crop_window: tf.Tensor,
+                   config: Mapping[str, Any]) -> tf.Tensor:
+  """JPEGs `[32]` cropped to `[y, x, h, w]` -> float32 `[32, H, W, 3]` in
+  [0, 1], resized to `video_size`."""
   def decode(jpeg):
     return tf.image.decode_and_crop_jpeg(jpeg, crop_window, channels=3)
-  return tf.map_fn(decode, encoded, fn_output_signature=tf.uint8)
+  frames = tf.map_fn(decode, encoded, fn_output_signature=tf.uint8)
+  return tf.image.resize(tf.cast(frames, tf.float32) / 255.0,
+                         tuple(_get(config, 'video_size')),
+                         method='bilinear', antialias=True)
 
 
 def _normalise_video(frames: tf.Tensor) -> tf.Tensor:
+  frames = tf.clip_by_value(frames, 0.0, 1.0)
   return (frames - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
 
 
@@ -270,10 +187,7 @@ def _train_video(encoded: tf.Tensor, seed: tf.Tensor,
       area_range=tuple(_get(config, 'video_crop_area_range')),
       max_attempts=10, use_image_if_no_bounding_boxes=True)
   crop_window = tf.stack([begin[0], begin[1], size[0], size[1]])
-  frames = _decode_frames(encoded, crop_window)
-  frames = tf.image.resize(tf.cast(frames, tf.float32) / 255.0,
-                           tuple(_get(config, 'video_size')),
-                           method='bilinear', antialias=True)
+  frames = _decode_frames(encoded, crop_window, config)
   flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
   frames = tf.cond(flip, lambda: tf.reverse(frames, axis=[2]),
                    lambda: frames)
@@ -296,7 +210,7 @@ def _train_video(encoded: tf.Tensor, seed: tf.Tensor,
     frames = tf.image.adjust_hue(
         tf.clip_by_value(frames, 0.0, 1.0),
         tf.random.stateless_uniform([], seeds[5], -hue, hue))
-  return _normalise_video(tf.clip_by_value(frames, 0.0, 1.0))
+  return _normalise_video(frames)
 
 
 def _eval_video(encoded: tf.Tensor, config: Mapping[str, Any]) -> tf.Tensor:
@@ -308,69 +222,78 @@ def _eval_video(encoded: tf.Tensor, config: Mapping[str, Any]) -> tf.Tensor:
   side = tf.maximum(side, 1)
   crop_window = tf.stack([(shape[0] - side) // 2, (shape[1] - side) // 2,
                           side, side])
-  frames = _decode_frames(encoded, crop_window)
-  frames = tf.image.resize(tf.cast(frames, tf.float32) / 255.0,
-                           tuple(_get(config, 'video_size')),
-                           method='bilinear', antialias=True)
-  return _normalise_video(tf.clip_by_value(frames, 0.0, 1.0))
+  return _normalise_video(_decode_frames(encoded, crop_window, config))
 
 
-def _audio_features(window: tf.Tensor, modality: str, seed: Optional[tf.Tensor],
-                    config: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+def _example(window: Mapping[str, tf.Tensor], *, modality: str,
+             config: Mapping[str, Any], training: bool
+             ) -> dict[str, tf.Tensor]:
+  """Decodes (and in training augments) a window of `_train_window` or
+  `_eval_windows`."""
+  out = {k: window[k] for k in ('label', 'clip_index') if k in window}
+  out['mask'] = tf.constant(1.0)
+  if training:
+    video_seed, audio_seed = tf.unstack(
+        tf.random.experimental.stateless_split(window['seed'], 2))
+  if 'video' in modality:
+    out['video'] = (_train_video(window['video'], video_seed, config)
+                    if training else _eval_video(window['video'], config))
   if modality.startswith('raw'):
-    return {'audio': window}
-  if modality.startswith('mel'):
-    mel = audio_lib.log_mel_spectrogram(window, MEL_PARAMS)
-    if seed is not None and _get(config, 'spec_augment'):
-      mel = audio_lib.spec_augment(mel, seed, audio_lib.SpecAugmentParams(
+    out['audio'] = tf.cast(window['audio'], tf.float32) / 32768.0
+  elif modality.startswith('mel'):
+    mel = audio_lib.log_mel_spectrogram(
+        tf.cast(window['audio'], tf.float32) / 32768.0, MEL_PARAMS)
+    if training and _get(config, 'spec_augment'):
+      mel = audio_lib.spec_augment(mel, audio_seed, audio_lib.SpecAugmentParams(
           num_freq_masks=_get(config, 'spec_augment_freq_masks'),
           max_freq_width=_get(config, 'spec_augment_max_freq_width'),
           num_time_masks=_get(config, 'spec_augment_time_masks'),
           max_time_width=_get(config, 'spec_augment_max_time_width')))
-    return {'mel': mel}
-  return {}
+    out['mel'] = mel
+  return out
+
+
+def _cut_windows(example: Mapping[str, tf.Tensor], starts, modality: str
+                 ) -> dict[str, tf.Tensor]:
+  """The clip's windows at `starts(last_start)` (int32 `[k]`, in frames with
+  video, else in samples), still encoded: int16 audio `[k, 61440]`
+  zero-padded at the end, JPEGs `[k, 32]` repeating the last frame."""
+  windows = {}
+  num_samples = tf.shape(example['audio'])[0]
+  if 'video' in modality:
+    num_frames = tf.shape(example['video'])[0]
+    clip_frames = tf.maximum(-(-num_samples // SAMPLES_PER_FRAME), num_frames)
+    start_frames = starts(tf.maximum(0, clip_frames - WINDOW_FRAMES))
+    start_samples = start_frames * SAMPLES_PER_FRAME
+    windows['video'] = tf.gather(example['video'], tf.minimum(
+        start_frames[:, None] + tf.range(WINDOW_FRAMES), num_frames - 1))
+  else:
+    start_samples = starts(tf.maximum(0, num_samples - WINDOW_SAMPLES))
+  if modality != 'video':
+    pad = tf.maximum(
+        0, tf.reduce_max(start_samples) + WINDOW_SAMPLES - num_samples)
+    windows['audio'] = tf.gather(
+        tf.pad(example['audio'], [[0, pad]]),
+        start_samples[:, None] + tf.range(WINDOW_SAMPLES))
+  return windows
 
 
 def _train_window(index: tf.Tensor, example: Mapping[str, tf.Tensor], *,
                   base_seed: tf.Tensor, modality: str
                   ) -> dict[str, tf.Tensor]:
-  """One random window of one clip, still encoded (int16, JPEG bytes).
-
-  Runs before the shuffle buffer, so that the buffer holds windows (about
-  120 KB of audio, 32 JPEGs) rather than whole clips.
+  """One random window of a clip, still encoded, so that the shuffle buffer
+  holds windows rather than whole clips.
   """
   seed = tf.random.experimental.stateless_fold_in(base_seed, index)
   start_seed, augment_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 2))
-  with_video = 'video' in modality
-  out = {'label': _multi_hot(example['labels']), 'seed': augment_seed}
-  if with_video:
-    last_start = tf.maximum(0, _clip_frames(example, True) - WINDOW_FRAMES)
-    start_frame = tf.random.stateless_uniform(
-        [], start_seed, 0, last_start + 1, dtype=tf.int32)
-    start_sample = start_frame * SAMPLES_PER_FRAME
-    out['video'] = tf.gather(example['video'],
-                             _frame_indices(example['video'], start_frame))
-  else:
-    last_start = tf.maximum(0, tf.shape(example['audio'])[0] - WINDOW_SAMPLES)
-    start_sample = tf.random.stateless_uniform(
-        [], start_seed, 0, last_start + 1, dtype=tf.int32)
-  if modality != 'video':
-    out['audio'] = _audio_window(example['audio'], start_sample)
-  return out
 
+  def starts(last_start):
+    return tf.reshape(tf.random.stateless_uniform(
+        [], start_seed, 0, last_start + 1, dtype=tf.int32), [1])
 
-def _train_example(window: Mapping[str, tf.Tensor], *, modality: str,
-                   config: Mapping[str, Any]) -> dict[str, tf.Tensor]:
-  """Decodes and augments a window from `_train_window`."""
-  video_seed, audio_seed = tf.unstack(
-      tf.random.experimental.stateless_split(window['seed'], 2))
-  out = {'label': window['label'], 'mask': tf.constant(1.0)}
-  if 'video' in modality:
-    out['video'] = _train_video(window['video'], video_seed, config)
-  if modality != 'video':
-    samples = tf.cast(window['audio'], tf.float32) / 32768.0
-    out.update(_audio_features(samples, modality, audio_seed, config))
+  out = {k: v[0] for k, v in _cut_windows(example, starts, modality).items()}
+  out.update(label=_multi_hot(example['labels']), seed=augment_seed)
   return out
 
 
@@ -385,42 +308,12 @@ def _eval_windows(clip: tf.Tensor, example: Mapping[str, tf.Tensor], *,
                   modality: str, process_index: int, process_count: int
                   ) -> tf.data.Dataset:
   """The 16 windows of one clip, still encoded (int16 audio, JPEG frames)."""
-  with_video = 'video' in modality
-  windows = {}
-  if with_video:
-    last_start = tf.maximum(0, _clip_frames(example, True) - WINDOW_FRAMES)
-    start_frames = _window_starts(last_start)
-    start_samples = start_frames * SAMPLES_PER_FRAME
-    windows['video'] = tf.gather(
-        example['video'],
-        tf.minimum(start_frames[:, None] + tf.range(WINDOW_FRAMES),
-                   tf.shape(example['video'])[0] - 1))
-  else:
-    start_samples = _window_starts(
-        tf.maximum(0, tf.shape(example['audio'])[0] - WINDOW_SAMPLES))
-  if modality != 'video':
-    audio = example['audio']
-    pad = tf.maximum(0, start_samples[-1] + WINDOW_SAMPLES - tf.shape(audio)[0])
-    audio = tf.pad(audio, [[0, pad]])
-    windows['audio'] = tf.gather(
-        audio, start_samples[:, None] + tf.range(WINDOW_SAMPLES))
+  windows = _cut_windows(example, _window_starts, modality)
   clip_index = tf.cast(clip, tf.int32) * process_count + process_index
   windows['clip_index'] = tf.fill([WINDOWS_PER_CLIP], clip_index)
   windows['label'] = tf.tile(_multi_hot(example['labels'])[None],
                              [WINDOWS_PER_CLIP, 1])
   return tf.data.Dataset.from_tensor_slices(windows)
-
-
-def _eval_example(window: Mapping[str, tf.Tensor], *, modality: str,
-                  config: Mapping[str, Any]) -> dict[str, tf.Tensor]:
-  out = {'label': window['label'], 'clip_index': window['clip_index'],
-         'mask': tf.constant(1.0)}
-  if 'video' in modality:
-    out['video'] = _eval_video(window['video'], config)
-  if modality != 'video':
-    samples = tf.cast(window['audio'], tf.float32) / 32768.0
-    out.update(_audio_features(samples, modality, None, config))
-  return out
 
 
 def _reshape(batch: dict[str, np.ndarray], batch_dims: Sequence[int]
@@ -447,27 +340,11 @@ def _padded_batches(dataset: tf.data.Dataset, batch_size: int,
 def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
          config: Mapping[str, Any], seed: int = 0, start_step: int = 0
          ) -> Iterator[dict[str, np.ndarray]]:
-  """AudioSet batches (see the module docstring for keys and windows).
-
-  Args:
-    split: 'train', 'eval' (also 'test', 'validation'), or a TFDS split of
-      the `audioset` dataset (e.g. 'balanced_train', 'eval[:10%]').
-    is_training: an infinite stream of random augmented windows, or the 16
-      windows of every clip of this host's shard once, in a fixed order.
-    batch_dims: leading dims of every array; their product is this host's
-      batch (of windows).
-    config: `config.data`.
-    seed: base seed of the order and the augmentation (training).
-    start_step: batches to skip (training), to resume a run.
-
-  Returns:
-    An iterator of numpy batches.
+  """AudioSet batches of `split` ('train', 'eval', 'test', 'validation' or a
+  TFDS split): endless random windows, or every clip's 16 windows once.
   """
   modality, builder_config = _check_config(config)
-  batch_dims = tuple(int(d) for d in batch_dims)
-  if not batch_dims or any(d < 1 for d in batch_dims):
-    raise ValueError(f'batch_dims must be positive, got {batch_dims}.')
-  batch_size = math.prod(batch_dims)
+  batch_size = pipeline.batch_size_of(batch_dims)
   if start_step < 0:
     raise ValueError(f'start_step must be non-negative, got {start_step}.')
   builder = _builder(config)
@@ -500,7 +377,8 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
                               reshuffle_each_iteration=True)
     dataset = dataset.skip(start_step * batch_size)
     dataset = dataset.map(
-        functools.partial(_train_example, modality=modality, config=config),
+        functools.partial(_example, modality=modality, config=config,
+                          training=True),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(2)
     return (_reshape(b, batch_dims) for b in dataset.as_numpy_iterator())
@@ -508,6 +386,7 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
       _eval_windows, modality=modality, process_index=process_index,
       process_count=process_count))
   dataset = dataset.map(
-      functools.partial(_eval_example, modality=modality, config=config),
+      functools.partial(_example, modality=modality, config=config,
+                        training=False),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return _padded_batches(dataset, batch_size, batch_dims)

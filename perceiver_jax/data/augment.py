@@ -1,24 +1,11 @@
-"""Image augmentation in TensorFlow ops, all stateless (seeded per call).
+"""Image augmentation in stateless TensorFlow ops (a `[2]` seed per call).
 
-Every random function takes a stateless seed (an int32/int64 tensor of shape
-[2]) so that the data pipeline can make augmentation a pure function of
-(seed, example index); see `perceiver_jax.data.pipeline`.
-
-- `decode_and_random_crop`: the Inception crop (area 8%-100% of the image,
-  aspect ratio 3/4-4/3), decoding only the crop's part of the JPEG.
-- `decode_and_center_crop`: the evaluation crop (the central
-  `crop_fraction` of the shorter side, shaped like the output).
-- `resize`, `random_flip`, `normalize` (ImageNet mean and stddev).
-- `rand_augment`: RandAugment (Cubuk et al., 2020) with the paper's 14 ops;
-  see `RANDAUGMENT_OPS` for the magnitude mapping.
-- `mix_batch`: MixUp on the first half of a batch, CutMix on the rest,
-  with soft labels whose weights are the exact mixed proportions.
-
-Why not Keras's RandAugment/MixUp/CutMix layers: they draw from a stateful
-seed generator (so a resumed run cannot reproduce its augmentation), Keras's
-RandAugment ran at about 8 images/s per core on 224x224 crops (too slow for
-the 30 images/s/core target), and its CutMix weights labels by the
-real-valued box area rather than by the pixels actually pasted.
+Stateless seeds make augmentation a pure function of (seed, example index),
+which Keras's stateful RandAugment/MixUp/CutMix layers cannot give a resumed
+run; their CutMix also weights labels by the unclipped box area. Here:
+the Inception crop decoded from the JPEG, the central evaluation crop,
+RandAugment's 14 ops (`RANDAUGMENT_OPS`), and MixUp/CutMix with labels
+weighted by the pixels actually mixed.
 """
 
 import math
@@ -69,17 +56,9 @@ def decode_and_random_crop(
     area_range: tuple[float, float] = (0.08, 1.0),
     aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
     max_attempts: int = 10) -> tf.Tensor:
-  """Decodes a random Inception-style crop of a JPEG.
+  """uint8 `[h, w, 3]`: a random Inception crop of a JPEG at its resolution.
 
-  Args:
-    image_bytes: a scalar string tensor, a JPEG file's bytes.
-    seed: stateless seed [2].
-    area_range: the crop's area as a fraction of the image's.
-    aspect_ratio_range: the crop's width / height.
-    max_attempts: crops to draw before falling back to the whole image.
-
-  Returns:
-    uint8 [h, w, 3], the crop at its original resolution.
+  Falls back to the whole image after `max_attempts` draws.
   """
   shape = tf.image.extract_jpeg_shape(image_bytes)
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
@@ -98,12 +77,8 @@ def decode_and_random_crop(
 
 def center_crop_window(image_size: tf.Tensor, image_shape: Sequence[int],
                        crop_fraction: float) -> tf.Tensor:
-  """[y, x, h, w] of the central crop with the aspect ratio of image_shape.
-
-  The crop is the largest box of `image_shape`'s aspect ratio inside the
-  image, scaled by `crop_fraction` (224/256 for ImageNet: a square image's
-  central 87.5%).
-  """
+  """[y, x, h, w]: the largest box shaped like `image_shape`, scaled by
+  `crop_fraction`."""
   out_h, out_w = _check_image_shape(image_shape)
   height = tf.cast(image_size[0], tf.float32)
   width = tf.cast(image_size[1], tf.float32)
@@ -120,11 +95,7 @@ def center_crop_window(image_size: tf.Tensor, image_shape: Sequence[int],
 def decode_and_center_crop(image_bytes: tf.Tensor, *,
                            image_shape: Sequence[int],
                            crop_fraction: float) -> tf.Tensor:
-  """Decodes the central crop of a JPEG (see `center_crop_window`).
-
-  Returns:
-    uint8 [h, w, 3].
-  """
+  """uint8 `[h, w, 3]`: the central crop of a JPEG (`center_crop_window`)."""
   if not 0.0 < crop_fraction <= 1.0:
     raise ValueError(f'crop_fraction must be in (0, 1], got {crop_fraction}.')
   shape = tf.image.extract_jpeg_shape(image_bytes)
@@ -133,14 +104,7 @@ def decode_and_center_crop(image_bytes: tf.Tensor, *,
 
 
 def resize(image: tf.Tensor, image_shape: Sequence[int]) -> tf.Tensor:
-  """Bicubic resize to `image_shape`, clipped and rounded to uint8 values.
-
-  Args:
-    image: [h, w, 3], any real or integer dtype, values in [0, 255].
-
-  Returns:
-    uint8 [H, W, 3].
-  """
+  """Bicubic resize of `[h, w, 3]` in [0, 255] to uint8 `[H, W, 3]`."""
   image_shape = _check_image_shape(image_shape)
   resized = tf.image.resize(image, image_shape, method='bicubic')
   # Bicubic overshoots; clip before the cast, which would wrap around.
@@ -283,61 +247,40 @@ def _translate_y(image: tf.Tensor, fraction: tf.Tensor) -> tf.Tensor:
   return _transform(image, [1.0, 0.0, 0.0, 0.0, 1.0, pixels])
 
 
+# op -> f(image, signed level s, level |s|), as `RANDAUGMENT_OPS` says.
+_OP_FNS = {
+    'identity': lambda x, s, l: x,
+    'auto_contrast': lambda x, s, l: _auto_contrast(x),
+    'equalize': lambda x, s, l: _equalize(x),
+    'rotate': lambda x, s, l: _rotate(x, 30.0 * s),
+    'solarize': lambda x, s, l: _solarize(x, 256.0 - 256.0 * l),
+    'color': lambda x, s, l: _color(x, 1.0 + 0.9 * s),
+    'posterize': lambda x, s, l: _posterize(x, tf.round(4.0 * l)),
+    'contrast': lambda x, s, l: _contrast(x, 1.0 + 0.9 * s),
+    'brightness': lambda x, s, l: _brightness(x, 1.0 + 0.9 * s),
+    'sharpness': lambda x, s, l: _sharpness(x, 1.0 + 0.9 * s),
+    'shear_x': lambda x, s, l: _shear_x(x, 0.3 * s),
+    'shear_y': lambda x, s, l: _shear_y(x, 0.3 * s),
+    'translate_x': lambda x, s, l: _translate_x(x, 0.45 * s),
+    'translate_y': lambda x, s, l: _translate_y(x, 0.45 * s),
+}
+
+
 def apply_randaugment_op(image: tf.Tensor, op: str,
                          signed_level: tf.Tensor) -> tf.Tensor:
-  """Applies RandAugment op `op` at `signed_level` in [-1, 1].
-
-  The sign matters only for the '±' ops of `RANDAUGMENT_OPS`.
-  """
-  level = tf.abs(signed_level)
-  if op == 'identity':
-    return image
-  if op == 'auto_contrast':
-    return _auto_contrast(image)
-  if op == 'equalize':
-    return _equalize(image)
-  if op == 'rotate':
-    return _rotate(image, 30.0 * signed_level)
-  if op == 'solarize':
-    return _solarize(image, 256.0 - 256.0 * level)
-  if op == 'color':
-    return _color(image, 1.0 + 0.9 * signed_level)
-  if op == 'posterize':
-    return _posterize(image, tf.round(4.0 * level))
-  if op == 'contrast':
-    return _contrast(image, 1.0 + 0.9 * signed_level)
-  if op == 'brightness':
-    return _brightness(image, 1.0 + 0.9 * signed_level)
-  if op == 'sharpness':
-    return _sharpness(image, 1.0 + 0.9 * signed_level)
-  if op == 'shear_x':
-    return _shear_x(image, 0.3 * signed_level)
-  if op == 'shear_y':
-    return _shear_y(image, 0.3 * signed_level)
-  if op == 'translate_x':
-    return _translate_x(image, 0.45 * signed_level)
-  if op == 'translate_y':
-    return _translate_y(image, 0.45 * signed_level)
-  raise ValueError(f'Unknown RandAugment op {op!r}; known: '
-                   f'{[name for name, _ in RANDAUGMENT_OPS]}.')
+  """Applies op `op` at `signed_level` in [-1, 1] (sign for '±' ops)."""
+  if op not in _OP_FNS:
+    raise ValueError(f'Unknown RandAugment op {op!r}; known: '
+                     f'{[name for name, _ in RANDAUGMENT_OPS]}.')
+  return _OP_FNS[op](image, signed_level, tf.abs(signed_level))
 
 
 def rand_augment(image: tf.Tensor, seed: tf.Tensor, *, num_layers: int,
                  magnitude: float) -> tf.Tensor:
-  """RandAugment: `num_layers` ops drawn uniformly, each at `magnitude`.
+  """RandAugment on uint8 `[H, W, 3]`: `num_layers` uniform ops at `magnitude`.
 
-  As in the RandAugment paper, each drawn op is applied (probability 1;
-  'identity' is one of the 14 choices) at the fixed magnitude; the ops with
-  a direction take a random sign.
-
-  Args:
-    image: uint8 [H, W, 3].
-    seed: stateless seed [2].
-    num_layers: ops applied in sequence (0: none).
-    magnitude: strength on RandAugment's 0..10 scale.
-
-  Returns:
-    uint8 [H, W, 3].
+  Each drawn op applies (as in the paper; 'identity' is one of the 14), the
+  directional ones with a random sign.
   """
   if isinstance(num_layers, bool) or not isinstance(num_layers, int) or (
       num_layers < 0):
@@ -385,12 +328,10 @@ def _sample_beta(seed: tf.Tensor, alpha: float, size: tf.Tensor
 
 def cutmix_boxes(seed: tf.Tensor, batch_size: tf.Tensor, height: int,
                  width: int, alpha: float) -> tf.Tensor:
-  """Boxes to paste, int32 [batch, 4] = (top, left, bottom, right).
+  """int32 `[batch, 4]` (top, left, bottom, right) boxes to paste.
 
-  The box side is `sqrt(1 - lam)` of the image's for `lam ~ Beta(alpha,
-  alpha)`, its centre uniform over the image, then clipped to the image; so
-  the pasted area is often smaller than `1 - lam`, and the labels must be
-  weighted by the clipped box (see `mix_batch`).
+  Side `sqrt(1 - lam)` of the image's, `lam ~ Beta(alpha, alpha)`, centred
+  uniformly, then clipped (so labels weigh the clipped box, see `mix_batch`).
   """
   seeds = tf.random.experimental.stateless_split(seed, 3)
   lam = _sample_beta(seeds[0], alpha, batch_size)
@@ -411,25 +352,11 @@ def cutmix_boxes(seed: tf.Tensor, batch_size: tf.Tensor, height: int,
 def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, *,
               num_classes: int, mixup_alpha: float,
               cutmix_alpha: float) -> tuple[tf.Tensor, tf.Tensor]:
-  """MixUp and CutMix within a batch, with soft labels.
+  """MixUp and CutMix within a batch `[B, H, W, C]`, with soft labels `[B, K]`.
 
-  Example i is mixed with example (i + 1) mod B. With both alphas > 0, the
-  first B // 2 examples get MixUp (pixels `lam x_i + (1 - lam) x_j`,
-  `lam ~ Beta(mixup_alpha, mixup_alpha)` per example) and the rest CutMix
-  (a box of x_j pasted into x_i, `lam` = the fraction of x_i's pixels left
-  after clipping the box to the image). With one alpha 0, every example gets
-  the other method. Labels become `lam onehot(y_i) + (1 - lam) onehot(y_j)`.
-
-  Args:
-    images: float32 [B, H, W, C].
-    labels: int [B] class indices.
-    seed: stateless seed [2].
-    num_classes: K.
-    mixup_alpha: Beta parameter of MixUp (0: no MixUp).
-    cutmix_alpha: Beta parameter of CutMix (0: no CutMix).
-
-  Returns:
-    (images float32 [B, H, W, C], labels float32 [B, K] summing to 1).
+  Example i mixes with (i + 1) mod B: the first half by MixUp, the rest by
+  CutMix (all by one when the other's alpha is 0). Labels are `lam onehot(y_i)
+  + (1 - lam) onehot(y_j)`, `lam` the share of x_i's pixels that remain.
   """
   if mixup_alpha < 0 or cutmix_alpha < 0:
     raise ValueError(f'mixup_alpha and cutmix_alpha must be >= 0, got '
@@ -481,28 +408,14 @@ def mix_batch(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, *,
 
 def train_crop(image_bytes: tf.Tensor, seed: tf.Tensor, *,
                image_shape: Sequence[int]) -> tf.Tensor:
-  """JPEG bytes -> a random Inception crop resized to `image_shape`.
-
-  The step that can fail on a corrupt file (the pipeline skips those).
-
-  Returns:
-    uint8 [H, W, 3].
-  """
+  """JPEG bytes -> uint8 `[H, W, 3]` random Inception crop (may fail)."""
   return resize(decode_and_random_crop(image_bytes, seed), image_shape)
 
 
 def train_augment(image: tf.Tensor, seed: tf.Tensor, *,
                   randaugment_layers: int,
                   randaugment_magnitude: float) -> tf.Tensor:
-  """Flip, RandAugment and normalisation of a training crop.
-
-  Args:
-    image: uint8 [H, W, 3].
-    seed: stateless seed [2].
-
-  Returns:
-    float32 [H, W, 3], normalised.
-  """
+  """Flip, RandAugment and normalisation: uint8 -> float32 `[H, W, 3]`."""
   flip_seed, ra_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, 2))
   image = rand_augment(random_flip(image, flip_seed), ra_seed,
@@ -513,11 +426,7 @@ def train_augment(image: tf.Tensor, seed: tf.Tensor, *,
 
 def eval_image(image_bytes: tf.Tensor, *, image_shape: Sequence[int],
                crop_fraction: float) -> tf.Tensor:
-  """Evaluation preprocessing: central crop, resize, normalise.
-
-  Returns:
-    float32 [H, W, 3], normalised.
-  """
+  """Central crop, resize, normalise: JPEG bytes -> float32 `[H, W, 3]`."""
   crop = decode_and_center_crop(image_bytes, image_shape=image_shape,
                                 crop_fraction=crop_fraction)
   return normalize(resize(crop, image_shape))

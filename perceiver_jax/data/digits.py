@@ -1,17 +1,11 @@
-"""scikit-learn's handwritten digits: the embedded default dataset.
+"""scikit-learn's 1,797 8x8 handwritten digits: the embedded default dataset.
 
-1,797 real 8x8 grey images of the digits 0-9 ship inside scikit-learn, so
-this dataset needs no download. They are split into 'train' and 'test' by a
-stratified shuffle with a fixed seed (`config.split_seed`,
-`config.test_fraction`).
-
-Batches: 'image' float32 `[*batch_dims, 8, 8, 1]` in [0, 1], 'label' int32
-`[*batch_dims]`, 'mask' float32 `[*batch_dims]`. Training images are moved
-by up to `config.max_shift` pixels along each axis (`random_shift`).
+Split into 'train' and 'test' by a seeded stratified shuffle. Batches:
+'image' float32 `[*batch_dims, 8, 8, 1]` in [0, 1], 'label' int32, 'mask';
+training images move by up to `config.max_shift` pixels per axis.
 """
 
 import functools
-import math
 from typing import Any, Iterator, Mapping, Sequence
 
 import jax
@@ -19,7 +13,6 @@ import numpy as np
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
-from perceiver_jax import checks
 from perceiver_jax.data import in_memory
 
 SPLITS = ('train', 'test')
@@ -48,17 +41,8 @@ def _arrays(split: str, config: Mapping[str, Any]):
 
 def random_shift(images: np.ndarray, rng: np.random.Generator,
                  max_shift: int) -> np.ndarray:
-  """Moves each image by its own random offset, filling with zeros.
-
-  Args:
-    images: `[b, H, W, C]`.
-    rng: draws the offsets, each uniform in `[-max_shift, max_shift]`.
-    max_shift: the largest move in pixels along each axis (>= 0).
-
-  Returns:
-    `[b, H, W, C]`: image `i` moved down by `dy_i` and right by `dx_i`
-    pixels (negative: up, left); what moves out of the frame is lost.
-  """
+  """Moves each image `[b, H, W, C]` by its own uniform offset in
+  `[-max_shift, max_shift]` per axis, filling with zeros."""
   if max_shift < 0:
     raise ValueError(f'max_shift must be >= 0, got {max_shift}.')
   batch, height, width, _ = images.shape
@@ -80,20 +64,7 @@ def num_examples(split: str, config: Mapping[str, Any]) -> int:
 def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
          config: Mapping[str, Any], seed: int = 0,
          start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of the split (see the module docstring for keys and shapes).
-
-  Args:
-    split: 'train' or 'test'.
-    is_training: an endless shuffled stream (each host its own slice of
-      every global batch) if True; else one pass over this host's shard,
-      the last batch padded and masked.
-    batch_dims: leading dims of every array; their product is this host's
-      batch.
-    config: `config.data` (`test_fraction`, `split_seed`, optional
-      `max_shift`, default 0).
-    seed: seeds the shuffle and the shifts.
-    start_step: the first training step to produce (resumption).
-  """
+  """Batches of the split (the data API; keys and shapes above)."""
   images, labels = _arrays(split, config)
   examples = {'image': images, 'label': labels}
   process_index, process_count = jax.process_index(), jax.process_count()
@@ -111,8 +82,8 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
         process_index=process_index, process_count=process_count,
         augment=augment if max_shift else None)
   shard = in_memory.host_shard(len(labels), process_index, process_count)
-  batch_size = math.prod(checks.batch_dims(batch_dims))
-  return in_memory.eval_batches(
-      {k: v[shard] for k, v in examples.items()}, batch_dims=batch_dims,
-      num_batches=in_memory.num_eval_batches(len(labels), batch_size,
-                                             process_count))
+  return in_memory.shard_batches(
+      {k: v[shard] for k, v in examples.items()}, total_examples=len(labels),
+      is_training=False, batch_dims=batch_dims, seed=seed,
+      start_step=start_step, process_index=process_index,
+      process_count=process_count)

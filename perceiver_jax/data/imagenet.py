@@ -1,34 +1,13 @@
 """ImageNet (ILSVRC-2012) from TFDS `imagenet2012`, for the data API.
 
-`load(split, is_training=..., batch_dims=..., config=config.data)` yields
-batches with
-  'image': float32 [*batch_dims, H, W, 3], normalised with ImageNet's mean
-           and stddev, H, W = `config.image_shape`;
-  'label': int32 [*batch_dims], or float32 [*batch_dims, num_classes] soft
-           labels in training when MixUp or CutMix is on;
-  'mask':  float32 [*batch_dims].
-
-Training: Inception crop decoded straight from the JPEG bytes, resize, flip,
-RandAugment, then MixUp/CutMix over the host batch (see `augment`).
-Evaluation: the central `eval_crop_fraction` crop, resized, nothing random.
-
-The data is read from `config.data_dir`, else `$TFDS_DATA_DIR`, else TFDS's
-default (~/tensorflow_datasets). TFDS cannot download ImageNet: prepare it
-once from the manual download with
+Batches: 'image' float32 `[*batch_dims, H, W, 3]` (normalised), 'label'
+int32 `[*batch_dims]` (float32 `[..., num_classes]` under MixUp/CutMix) and
+'mask'. Training: Inception crop, resize, flip, RandAugment, MixUp/CutMix;
+evaluation: central crop (or transformers' preprocessing, for imported
+checkpoints). `config.mock` reads TFDS's mock data. TFDS cannot download
+ImageNet; prepare it once from the manual download with
 
   python -m perceiver_jax.data.imagenet --manual_dir=DIR [--data_dir=DIR]
-
-(see `PREPARE_INSTRUCTIONS`). `config.mock` reads TFDS's mock data instead
-(`config.mock_num_examples` random JPEGs per split), so the whole path runs
-without the dataset.
-
-Config fields read (`config` is `config.data`): image_shape,
-eval_crop_fraction, randaugment_layers, randaugment_magnitude, mixup_alpha,
-cutmix_alpha, shuffle_buffer, data_dir, mock, num_classes, and optionally
-mock_num_examples (default 20), threadpool_size (default 0: all cores) and
-eval_preprocessing ('paper', the default: `augment.eval_image`; or
-'transformers': transformers' Perceiver image processor, for imported
-checkpoints, `transformers_preprocessing.eval_image`).
 """
 
 import functools
@@ -44,11 +23,13 @@ import tensorflow_datasets as tfds
 from perceiver_jax import cli
 from perceiver_jax import progress
 from perceiver_jax.data import augment
+from perceiver_jax.data import in_memory
 from perceiver_jax.data import pipeline
 from perceiver_jax.data import transformers_preprocessing
 from perceiver_jax.data.builders import atomic
 
 TFDS_NAME = 'imagenet2012'
+TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 DEFAULT_MOCK_EXAMPLES = 20
 # Files per epoch read at once in training (an epoch's file order is
 # shuffled, and the examples of these files are interleaved).
@@ -116,14 +97,7 @@ def _select(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 
 class Source:
-  """One host's records of a split.
-
-  Attributes:
-    make_epoch: `epoch_seed -> dataset`, one pass in a seeded order.
-    ordered: one pass in a fixed order (evaluation).
-    num_examples: records in this host's shard.
-    total_examples: records in the whole split (all hosts).
-  """
+  """One host's records of a split: seeded epochs, an ordered pass, counts."""
 
   def __init__(self, make_epoch: pipeline.MakeEpoch, ordered: tf.data.Dataset,
                num_examples: int, total_examples: int):
@@ -136,18 +110,14 @@ class Source:
   def from_records(cls, records: tf.data.Dataset, total_examples: int, *,
                    process_index: int = 0, process_count: int = 1
                    ) -> 'Source':
-    """A source over in-memory or generated records of a whole split.
-
-    Args:
-      records: {'image': JPEG bytes, 'label': int} examples, finite.
-      total_examples: how many `records` holds.
-      process_index, process_count: this host keeps every
-        `process_count`-th record, starting at `process_index`.
+    """A source over the finite records of a whole split; this host keeps every
+    `process_count`-th record.
     """
     records = records.shard(process_count, process_index).map(_select)
     return cls(lambda epoch_seed: records, records,
-               pipeline.shard_size(total_examples, process_index,
-                                   process_count), total_examples)
+               len(range(total_examples)[in_memory.host_shard(
+                   total_examples, process_index, process_count)]),
+               total_examples)
 
 
 def tfds_source(builder: tfds.core.DatasetBuilder, split: str,
@@ -193,9 +163,8 @@ def _mock_source(split: str, config: ml_collections.ConfigDict,
                  process_index: int, process_count: int) -> Source:
   """TFDS mock data, sharded by example (mock data ignores split slices).
 
-  The mock context is entered only to build the dataset: the dataset holds
-  its own example generator, so iterating needs no patching, and leaving no
-  patch active keeps several loaders (train and eval) from interfering.
+  The mock is active only while the dataset is built, so that loaders do not
+  interfere.
   """
   total = _mock_examples(config)
   with tfds.testing.mock_data(num_examples=total):
@@ -226,11 +195,7 @@ def _image_shape(config: ml_collections.ConfigDict) -> tuple[int, int]:
 def _traced_train_augment(
     image_shape: tuple[int, int], layers: int, magnitude: float
 ) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-  """`augment.train_augment` as a tf.function traced once per process.
-
-  RandAugment's graph takes seconds to trace; tf.data would trace it anew
-  for every `load` (training and evaluation loaders, restarts, tests).
-  """
+  """`augment.train_augment` traced once per process (it takes seconds)."""
   return tf.function(
       lambda image, seed: augment.train_augment(
           image, seed, randaugment_layers=layers,
@@ -312,9 +277,9 @@ def evaluation_batches(source: Source, config: ml_collections.ConfigDict,
                                 crop_fraction=crop_fraction),
             'label': tf.cast(record['label'], tf.int32)}
 
-  num_batches = pipeline.evaluation_num_batches(
-      source.total_examples, process_count,
-      pipeline.batch_size_of(batch_dims))
+  num_batches = in_memory.num_eval_batches(
+      source.total_examples, pipeline.batch_size_of(batch_dims),
+      process_count)
   return pipeline.evaluation_batches(
       source.ordered, batch_dims=batch_dims, preprocess_fn=preprocess,
       num_batches=num_batches,
@@ -326,26 +291,10 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
          start_step: int = 0, process_index: Optional[int] = None,
          process_count: Optional[int] = None
          ) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of ImageNet `split` for this host (see the module docstring).
+  """Batches of ImageNet `split` for this host (a `pipeline.BatchIterator`).
 
-  Args:
-    split: a TFDS split of imagenet2012 ('train', 'validation', or a slice
-      such as 'train[:10000]').
-    is_training: endless augmented stream (True) or one ordered pass.
-    batch_dims: leading dims of every array, e.g. [devices, per_device].
-    config: `config.data`.
-    seed: the data seed (shuffling and augmentation).
-    start_step: the first training batch (resumed runs).
-    process_index, process_count: this host; default from JAX.
-
-  Returns:
-    A `pipeline.BatchIterator` (its `num_skipped` counts training examples
-    dropped as undecodable). Every host yields the same number of
-    evaluation batches (extra ones are all padding).
-
-  Raises:
-    DatasetNotPreparedError: ImageNet is not prepared (the message says how
-      to prepare it).
+  Every host yields as many evaluation batches. Raises
+  DatasetNotPreparedError, saying how to prepare it, when it is not built.
   """
   pipeline.hide_gpus_from_tf()
   process_index, process_count = pipeline.process_info(process_index,
@@ -361,13 +310,9 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
 
 
 def _check_tar(path: str) -> int:
-  """The number of members of the tar `path`, read through to its end.
+  """The member count of the tar `path`, reading headers through to its end.
 
-  Only headers are read (the data of each member is skipped), so a
-  truncated or garbage tar is found, and named, before anything is written.
-
-  Raises:
-    ValueError: `path` is not a complete tar archive.
+  Raises ValueError, naming it, if the archive is truncated or not a tar.
   """
   try:
     with tarfile.open(path, 'r:') as archive:
@@ -388,23 +333,13 @@ def _check_tar(path: str) -> int:
 
 
 def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
-  """Builds TFDS imagenet2012 from the manual download; returns its path.
+  """Builds TFDS imagenet2012 from the tars in `manual_dir`; returns its path.
 
-  All or nothing (`builders.atomic.prepare`): the tars are checked first,
-  and a failed build leaves `data_dir` as it was.
-
-  Args:
-    manual_dir: a folder holding ILSVRC2012_img_train.tar and/or
-      ILSVRC2012_img_val.tar (as downloaded, not extracted).
-    data_dir: where to write the dataset (default: $TFDS_DATA_DIR or TFDS's
-      default).
-
-  Raises:
-    FileNotFoundError: neither tar file is in `manual_dir`.
-    ValueError: a tar is damaged or empty (it is named).
+  All or nothing (`builders.atomic.prepare`): the tars are checked first and
+  a failed build leaves `data_dir` as it was.
   """
   manual_dir = os.path.expanduser(manual_dir)
-  wanted = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+  wanted = TARS
   present = [os.path.join(manual_dir, f) for f in wanted
              if os.path.exists(os.path.join(manual_dir, f))]
   if not present:
@@ -430,12 +365,7 @@ SPLIT_SIZES = {'train': 1_281_167, 'validation': 50_000, 'test': 100_000}
 
 
 def _track_generation(builder: tfds.core.DatasetBuilder) -> None:
-  """Reports the examples TFDS generates, with rate and ETA.
-
-  TFDS's imagenet2012 builder calls `self._generate_examples(**gen_kwargs)`
-  once per split (validation_labels for validation, labels_exist=False for
-  test); the instance's method is wrapped to count what it yields.
-  """
+  """Counts what TFDS's `_generate_examples` yields, with rate and ETA."""
   generate = builder._generate_examples  # pylint: disable=protected-access
 
   def tracked(**kwargs):
@@ -456,7 +386,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       help='TFDS data dir (default: $TFDS_DATA_DIR or '
                       '~/tensorflow_datasets)')
   args = parser.parse_args(argv)
-  tars = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+  tars = TARS
   manual_dir = os.path.expanduser(args.manual_dir)
   if not any(os.path.isfile(os.path.join(manual_dir, t)) for t in tars):
     raise cli.UsageError(

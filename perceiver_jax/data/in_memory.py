@@ -1,27 +1,13 @@
-"""Batches from datasets held in memory as numpy arrays (the data API).
+"""Batches of datasets held in memory as numpy arrays (the data API).
 
-For datasets small enough to hold in host memory (scikit-learn's digits,
-the generated shapes, ModelNet40's point clouds: 9,843 x 2,048 x 3 float32
-is 240 MB), plain numpy gives exactly reproducible order and augmentation
-with no tf.data state. Training streams are endless and a pure function of
-(seed, step), so starting at `start_step` equals skipping that many batches:
-
-- `train_batches`: each host holds its own shard (`host_shard`) and walks
-  its own epoch permutations of it. For datasets too large to copy to
-  every host.
-- `replicated_train_batches`: every host holds the whole split; one global
-  stream of epoch permutations is cut into global batches, each augmented
-  whole, and host `h` takes slice `h` of each. The global batches are then
-  the same however many hosts share them (a run on 2 hosts of 2 devices
-  sees exactly the batches of a run on 1 host of 4).
-- `eval_batches`: finite, every example of a host's shard once in stored
-  order, the last batch padded with zeros and masked out. Every host yields
-  the same number of batches (`num_eval_batches`: that of the largest
-  shard), so collective evaluation steps stay in lockstep across hosts.
-
-Augmentation (`augment(batch, rng)` on flat `[b, ...]` arrays) draws from a
-generator seeded by the seed and the step (and the host, for sharded
-streams), never shared with the shuffle.
+Plain numpy gives exactly reproducible order and augmentation for small
+datasets (digits, shapes, ModelNet40). Training streams are endless and a
+pure function of (seed, step): `train_batches` walks this host's shard,
+`replicated_train_batches` cuts every host's slice from the same global
+batches (so the batches do not depend on the host count). `eval_batches`
+pads with masked zeros, and every host yields as many batches.
+`augment(batch, rng)` acts on flat `[b, ...]` arrays, its generator seeded
+apart from the shuffle's.
 """
 
 import math
@@ -43,11 +29,7 @@ _AUGMENT_STREAM = 1
 
 def host_shard(num_examples: int, process_index: int,
                process_count: int) -> slice:
-  """The contiguous slice of `num_examples` that a process reads.
-
-  Shards differ in size by at most one (the first `num_examples %
-  process_count` processes get one more), as with `tfds.even_splits`.
-  """
+  """A process's contiguous slice, sized as `tfds.even_splits` sizes them."""
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} is not in '
                      f'[0, {process_count}).')
@@ -75,11 +57,7 @@ def _shape(batch: dict[str, np.ndarray], batch_dims: tuple[int, ...]
 
 
 class _EpochOrders:
-  """An endless stream of example indices: one permutation per epoch.
-
-  Position `p` of the stream is example `permutation(key, p // n)[p % n]`;
-  the permutations are a pure function of `key` and the epoch.
-  """
+  """Endless example indices: position p is `perm(key, p // n)[p % n]`."""
 
   def __init__(self, num_examples: int, key: Sequence[int]):
     self._num_examples = num_examples
@@ -106,12 +84,8 @@ def _stream(arrays: Arrays, orders: _EpochOrders, *,
             batch_dims: tuple[int, ...], num_hosts: int, host: int,
             augment_key: Sequence[int], start_step: int,
             augment: Optional[Augment]) -> Iterator[dict[str, np.ndarray]]:
-  """Training batches of `orders`: global batches, this host's slice.
-
-  Step `s` reads the `num_hosts * b` stream positions from `s * num_hosts *
-  b` (b: the host batch), augments them with a generator seeded by
-  `augment_key + [s]` and keeps slice `host` of `num_hosts`.
-  """
+  """Global batch `s` of `orders`, augmented (seed `augment_key + [s]`),
+  then this host's slice."""
   host_batch = math.prod(batch_dims)
   keep = slice(host * host_batch, (host + 1) * host_batch)
   step = start_step
@@ -130,21 +104,8 @@ def train_batches(arrays: Arrays, *, batch_dims: Sequence[int], seed: int,
                   start_step: int = 0, process_index: int = 0,
                   augment: Optional[Augment] = None
                   ) -> Iterator[dict[str, np.ndarray]]:
-  """Infinite shuffled (and augmented) batches of this host's shard.
-
-  Args:
-    arrays: name -> `[n, ...]` arrays of this host's shard.
-    batch_dims: leading dims of every batch array; their product is the
-      host batch size.
-    seed: the data seed.
-    start_step: the first batch's index (resumption).
-    process_index: this host's index, mixed into the seeds so hosts differ.
-    augment: optional `augment(batch, rng) -> batch` on flat `[b, ...]`
-      arrays.
-
-  Yields:
-    The arrays as `[*batch_dims, ...]`, plus `'mask'` float32 ones.
-  """
+  """Endless shuffled, augmented `[*batch_dims, ...]` batches of the shard
+  `arrays` (`[n, ...]` each), plus a `'mask'` of ones."""
   batch_dims = checks.batch_dims(batch_dims)
   _check_start_step(start_step)
   orders = _EpochOrders(_num_examples(arrays),
@@ -159,22 +120,8 @@ def replicated_train_batches(arrays: Arrays, *, batch_dims: Sequence[int],
                              process_index: int = 0, process_count: int = 1,
                              augment: Optional[Augment] = None
                              ) -> Iterator[dict[str, np.ndarray]]:
-  """This host's slice of global batches drawn from the whole split.
-
-  Args:
-    arrays: name -> `[n, ...]` arrays of the whole split (on every host).
-    batch_dims: leading dims of every batch array; their product is the
-      host batch size, the same on every host.
-    seed: the data seed.
-    start_step: the first batch's index (resumption).
-    process_index: this host's index.
-    process_count: the number of hosts.
-    augment: optional `augment(batch, rng) -> batch` on flat `[b, ...]`
-      arrays; it sees the whole global batch.
-
-  Yields:
-    The arrays as `[*batch_dims, ...]`, plus `'mask'` float32 ones.
-  """
+  """This host's slices of global batches of the whole split `arrays`, as
+  `train_batches` makes them; `augment` sees the whole global batch."""
   batch_dims = checks.batch_dims(batch_dims)
   _check_start_step(start_step)
   if not 0 <= process_index < process_count:
@@ -194,20 +141,8 @@ def shard_batches(arrays: Arrays, *, total_examples: int, is_training: bool,
                   process_index: int, process_count: int,
                   augment: Optional[Augment] = None
                   ) -> Iterator[dict[str, np.ndarray]]:
-  """The data API's batches of this host's shard of a split.
-
-  Args:
-    arrays: name -> `[n, ...]` arrays of this host's shard.
-    total_examples: the whole split's size (all hosts).
-    is_training: `train_batches` if True, else `eval_batches` with as many
-      batches on every host.
-    batch_dims: leading dims of every batch array.
-    seed: the data seed (training).
-    start_step: the first batch's index (training).
-    process_index: this host's index.
-    process_count: the number of hosts.
-    augment: optional training augmentation (see `train_batches`).
-  """
+  """`train_batches`, or `eval_batches` with as many batches on every host,
+  of this host's shard `arrays` of a split of `total_examples`."""
   if is_training:
     return train_batches(arrays, batch_dims=batch_dims, seed=seed,
                          start_step=start_step, process_index=process_index,
@@ -228,18 +163,8 @@ def num_eval_batches(total_examples: int, batch_size: int,
 def eval_batches(arrays: Arrays, *, batch_dims: Sequence[int],
                  num_batches: Optional[int] = None
                  ) -> Iterator[dict[str, np.ndarray]]:
-  """Every example once, in order; padding (zeros) masked out.
-
-  Args:
-    arrays: name -> `[n, ...]` arrays of this host's shard.
-    batch_dims: leading dims of every batch array.
-    num_batches: batches to yield (at least enough for n; extra ones are
-      all padding). Default: just enough for n.
-
-  Yields:
-    The arrays as `[*batch_dims, ...]` plus `'mask'` float32 (1 real, 0
-    padding).
-  """
+  """Every example once, in order, in `num_batches` (default just enough)
+  batches padded with zeros; `'mask'` is 1 for real examples."""
   batch_dims = checks.batch_dims(batch_dims)
   num_examples = _num_examples(arrays)
   batch_size = math.prod(batch_dims)

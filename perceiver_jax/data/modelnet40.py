@@ -1,23 +1,11 @@
 r"""ModelNet40 point clouds for training and evaluation (the data API).
 
-Reads `modelnet40/<config.builder_config>` prepared by the TFDS builder in
-`perceiver_jax/data/builders/modelnet40.py` (this host's shard, whole, into
-memory: 9,843 x 2,048 x 3 float32 is 240 MB), then batches it with numpy
-(`in_memory`): exact, resumable order and augmentation.
-
-Config fields (`config.data`):
-  data_dir: TFDS data dir (None: TFDS's default).
-  builder_config: 'official' (meshes) or 'resampled' (pre-sampled points).
-  num_points: points per example, at most the builder's (2,048); fewer take
-    the first `num_points` of the stored i.i.d. samples, re-normalised.
-  scale_range: the training augmentation's per-point scale range.
-  mock: generate a tiny ModelNet40-layout folder of OFF meshes (shapes from
-    `perceiver_jax.data.shapes` under real class names, some with the
-    malformed header), build it with the real builder in a temporary folder
-    and read that, so the whole path runs without the dataset.
-  mock_train_per_class, mock_test_per_class: meshes per mock class.
-
-Prepare the real data once (see the builder's docstring for the layout):
+Reads this host's shard of `modelnet40/<config.builder_config>` (built by
+`builders/modelnet40.py`) into memory and batches it with `in_memory`.
+`num_points` below the stored 2,048 takes a prefix of the i.i.d. samples,
+re-normalised. `mock` builds a tiny ModelNet40-layout folder of generated
+shapes with the real builder, so the whole path runs without the dataset.
+Prepare the real data once:
 
   python -m perceiver_jax.data.modelnet40 --manual_dir=DIR --config=official
 """
@@ -46,11 +34,8 @@ MOCK_CLASSES = (('bowl', 'torus'), ('cone', 'cone'), ('cup', 'cylinder'),
 
 def write_mock_layout(root: str, *, train_per_class: int,
                       test_per_class: int, seed: int = 0) -> None:
-  """Writes `root/ModelNet40/<class>/{train,test}/<class>_<nnnn>.off`.
-
-  Every other file gets ModelNet's malformed header (`OFF<V> <F> 0` on one
-  line), so mock builds exercise that path too.
-  """
+  """Writes `root/ModelNet40/<class>/{train,test}/<class>_<nnnn>.off`, every
+  other file with ModelNet's malformed header `OFF<V> <F> 0`."""
   index = {'train': 0, 'test': 0}
   for class_name, shape_name in MOCK_CLASSES:
     label = shapes.CLASS_NAMES.index(shape_name)
@@ -159,14 +144,8 @@ def _read_shard(builder_config: str, data_dir: Optional[str], split: str,
 def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
          config: ml_collections.ConfigDict, seed: int = 0,
          start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of ModelNet40 point clouds (see the data API in DESIGN.md).
-
-  Yields dicts with 'points' float32 `[*batch_dims, num_points, 3]` (each
-  cloud zero-mean in [-1, 1]^3), 'label' int32 `[*batch_dims]` and 'mask'
-  float32 `[*batch_dims]`. Training batches are shuffled and augmented
-  (per-point scaling in `config.scale_range`, then re-normalised), exactly
-  reproducible from (seed, host, step).
-  """
+  """'points' `[*batch_dims, P, 3]`, 'label' and 'mask' batches (data API);
+  training scales points in `config.scale_range`, then re-normalises."""
   _check_split(split)
   builder_config, data_dir = _builder_args(config)
   builder = _builder(config)

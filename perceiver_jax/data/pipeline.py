@@ -1,32 +1,15 @@
 """tf.data plumbing shared by the TFDS-based loaders.
 
-A loader supplies its records and its per-example functions; this module
-does the rest the data API (`load` / `num_examples`) asks for:
-host sharding, endless seeded training streams that can start at any step,
-evaluation passes that see every example once with padded final batches,
-reshaping to `batch_dims` and conversion to numpy with prefetch.
+A loader supplies its records and per-example functions; this module adds
+host sharding, endless seeded training streams, padded evaluation passes,
+reshaping to `batch_dims` and numpy conversion with prefetch.
 
-Determinism. A training stream is a pure function of (seed, host,
-start_step):
-
-- Epoch `e` of this host's shard is read in an order fixed by
-  `seed_key(seed, process_index, SHUFFLE, e)`: the loader's `make_epoch`
-  may use it to shuffle files, and a shuffle buffer seeded from it mixes
-  the examples.
-- Examples are numbered by their position in this host's stream
-  (`epoch * num_examples + offset`), and every random augmentation of
-  example `i` uses the stateless seed `[seed_key(seed, host, AUGMENT), i]`.
-- Batch `s` (for a batch-level step such as MixUp) uses
-  `[seed_key(seed, host, BATCH), s]`.
-- Starting at `start_step = s` jumps straight to the epoch that holds
-  example `s * batch_size` and skips the records before it in that epoch
-  (they are read but not decoded), so the batches equal those of a stream
-  started at 0 after `s` batches.
-
-One exception is documented rather than hidden: examples whose decoding
-fails are dropped and counted (`BatchIterator.num_skipped`); a resumed
-stream counts skipped records as consumed, so if any were dropped before
-the resume point the two streams drift apart by that many examples.
+A training stream is a pure function of (seed, host, start_step): epoch
+`e`'s order comes from `seed_key(seed, host, SHUFFLE)` and `e`, example `i`
+of the host's stream is augmented with seed `[seed_key(.., AUGMENT), i]`,
+batch `s` with `[seed_key(.., BATCH), s]`, and `start_step` skips the
+records before it undecoded. Undecodable records are dropped and counted;
+a resumed stream counts them as consumed.
 """
 
 import math
@@ -61,11 +44,7 @@ BatchFn = Callable[[Features, tf.Tensor], Features]
 
 
 def hide_gpus_from_tf() -> None:
-  """Keeps TensorFlow off the GPUs, which belong to JAX.
-
-  Harmless when TF sees no GPU (tensorflow-cpu) or has already started;
-  call it before building any tf.data pipeline.
-  """
+  """Keeps TensorFlow off the GPUs, which belong to JAX."""
   try:
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:
@@ -75,11 +54,7 @@ def hide_gpus_from_tf() -> None:
 
 def process_info(process_index: Optional[int] = None,
                  process_count: Optional[int] = None) -> tuple[int, int]:
-  """(index, count) of this host, from JAX unless both are given.
-
-  Raises:
-    ValueError: when the pair is inconsistent.
-  """
+  """(index, count) of this host, from JAX unless both are given."""
   if process_index is None or process_count is None:
     import jax  # pylint: disable=g-import-not-at-top
     process_index = (jax.process_index() if process_index is None
@@ -93,34 +68,17 @@ def process_info(process_index: Optional[int] = None,
 
 
 def host_split(split: str, process_index: int, process_count: int) -> Any:
-  """This host's part of a TFDS split: one of `process_count` even slices.
-
-  The same slicing as `tfds.split_for_jax_process`, with the host given
-  explicitly (so that tests can play several hosts in one process).
-  """
+  """This host's even slice of a TFDS split, as `tfds.split_for_jax_process`
+  cuts it, but with the host given (tests play several hosts)."""
   if process_count == 1:
     return split
   return tfds.even_splits(split, n=process_count,
                           drop_remainder=False)[process_index]
 
 
-def shard_size(num_examples: int, process_index: int,
-               process_count: int) -> int:
-  """Examples in host `process_index`'s shard under `host_split`'s rule.
-
-  `tfds.even_splits` gives the first `num_examples % process_count` hosts
-  one example more than the others.
-  """
-  base, extra = divmod(num_examples, process_count)
-  return base + (1 if process_index < extra else 0)
-
 
 def seed_key(seed: int, *purpose: int) -> int:
-  """A non-negative int63 derived from `seed` and a purpose tuple.
-
-  Different purposes (host, `SHUFFLE` / `AUGMENT` / `BATCH`, epoch...) give
-  statistically independent keys.
-  """
+  """An int63 key from `seed` and a purpose; purposes give independent keys."""
   state = np.random.SeedSequence([int(seed) % 2**63, *map(int, purpose)])
   return int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
@@ -146,12 +104,7 @@ def dataset_options(threadpool_size: int = 0) -> tf.data.Options:
 
 
 class BatchIterator:
-  """Numpy batches from a tf.data pipeline, counting dropped examples.
-
-  Attributes:
-    num_skipped: examples dropped so far because their decoding failed
-      (training streams only; evaluation never drops examples).
-  """
+  """Numpy batches from tf.data; `num_skipped` counts undecodable examples."""
 
   def __init__(self, dataset: tf.data.Dataset, *, first_index: int = 0):
     self._dataset = dataset
@@ -198,31 +151,12 @@ def training_batches(
     process_index: int = 0, shuffle_buffer: int = 10_000,
     skip_decode_errors: bool = True, threadpool_size: int = 0,
 ) -> BatchIterator:
-  """An endless, shuffled, augmented stream of numpy batches.
+  """An endless, shuffled, augmented stream of `[*batch_dims, ...]` batches.
 
-  Args:
-    make_epoch: one pass over this host's `num_examples` records; called
-      once per epoch inside tf.data with that epoch's scalar int64 seed.
-    num_examples: records per epoch on this host (must match `make_epoch`).
-    batch_dims: leading dims of every output array; their product is the
-      host batch size.
-    decode_fn: `(record, seed) -> features`; errors it raises on a record
-      (a corrupt JPEG) drop that record when `skip_decode_errors`.
-    augment_fn: `(features, seed) -> features`, after decoding; its errors
-      are never swallowed.
-    batch_fn: `(batch, seed) -> batch` on the flat host batch (e.g. MixUp).
-    seed: the run's data seed.
-    start_step: the first batch to produce (batches before it are skipped
-      without decoding them).
-    process_index: this host's index, folded into every seed.
-    shuffle_buffer: examples in the shuffle buffer (1: no buffer shuffle).
-    skip_decode_errors: drop and count records whose decoding fails
-      instead of raising.
-    threadpool_size: tf.data threads (0: tf.data's default, all cores).
-
-  Returns:
-    An iterator of dicts of `[*batch_dims, ...]` arrays with a float32
-    `'mask'` of ones.
+  `make_epoch(epoch_seed)` is one pass over this host's `num_examples`
+  records. `decode_fn` errors drop the record when `skip_decode_errors`;
+  `augment_fn` errors never do. `batch_fn` acts on the flat host batch
+  (MixUp). A `'mask'` of ones is added.
   """
   batch_size = batch_size_of(batch_dims)
   if num_examples < 1:
@@ -316,39 +250,16 @@ def _pad_batch_fn(batch_size: int) -> Callable[[Features], Features]:
   return pad
 
 
-def evaluation_num_batches(num_examples: int, process_count: int,
-                           batch_size: int) -> int:
-  """Batches every host yields so that all hosts yield the same number.
-
-  The largest host shard (`ceil(num_examples / process_count)` examples
-  under `host_split`) sets it; smaller shards get whole padding batches.
-  """
-  return math.ceil(math.ceil(num_examples / process_count) / batch_size)
-
 
 def evaluation_batches(
     records: tf.data.Dataset, *, batch_dims: Sequence[int],
     preprocess_fn: Callable[[Any], Features],
     num_batches: Optional[int] = None, threadpool_size: int = 0,
 ) -> BatchIterator:
-  """One pass over `records` in order, in padded numpy batches.
+  """One ordered pass over finite `records` in zero-padded numpy batches.
 
-  Args:
-    records: this host's shard, finite.
-    batch_dims: leading dims of every output array.
-    preprocess_fn: `record -> features`, deterministic; every feature must
-      have a static shape.
-    num_batches: when given, whole batches of padding follow the data up to
-      this many batches (so every host yields the same count; see
-      `evaluation_num_batches`).
-    threadpool_size: tf.data threads (0: default).
-
-  Returns:
-    An iterator over `ceil(n / batch_size)` batches (or `num_batches`),
-    where `'mask'` is 1.0 for real examples and 0.0 for padding (zeros).
-
-  Raises:
-    ValueError: when the records need more than `num_batches` batches.
+  `'mask'` is 1 for real examples, 0 for padding; with `num_batches`, whole
+  padding batches follow up to that count.
   """
   batch_size = batch_size_of(batch_dims)
   ds = records.map(preprocess_fn, num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,22 +1,10 @@
 """Point clouds from meshes: OFF reading, surface sampling, normalisation.
 
-Shared by the ModelNet40 builder and the embedded shapes dataset, so both
-give the model point clouds made the same way (docs/paper.md section 4):
-
-1. `read_off`: a mesh from OFF text, tolerant of ModelNet's malformed
-   headers (the keyword fused with the counts: `OFF490 518 0`).
-2. `sample_surface`: points drawn uniformly over the surface (faces chosen
-   with probability proportional to their area), seeded.
-3. `normalize`: zero-centred (the mean of the points moves to the origin)
-   and scaled isotropically so that the largest |coordinate| is 1: the cloud
-   lies in the cube [-1, 1]^3 and touches it. Why these two choices: the
-   mean is what "zero-centred" says, and it is stable under the per-point
-   scaling augmentation (a bounding-box centre follows the few extreme
-   points); [-1, 1] is the range the Fourier features assume (their lowest
-   band spans it once), and one scale for all axes keeps the shape's
-   proportions, which carry the class.
-4. `augment_scale`: the paper's training augmentation, a random scale in
-   [0.99, 1.01] per point, then re-centring and re-normalising.
+Shared by the ModelNet40 builder and the shapes dataset (docs/paper.md
+section 4). `normalize` centres on the mean (stable under the per-point
+scaling augmentation, unlike a bounding-box centre) and scales all axes
+alike into [-1, 1]^3, the range the Fourier features assume, keeping the
+proportions that carry the class.
 """
 
 import hashlib
@@ -47,24 +35,11 @@ def _strip_comments(line: bytes) -> bytes:
 
 
 def read_off(source: Union[str, bytes]) -> trimesh.Trimesh:
-  """Reads a mesh in OFF format.
+  """An unprocessed triangle mesh from OFF bytes or a path.
 
-  Accepts the standard header (`OFF` on its own line, counts on the next)
-  and ModelNet's malformed one (`OFF` fused with the counts, e.g.
-  `OFF490 518 0`), `#` comments and blank lines. Polygons with more than
-  three vertices are split into triangle fans; anything after a face's
-  vertex indices (per-face colours) is ignored.
-
-  Args:
-    source: the file's contents (bytes) or its path (str).
-
-  Returns:
-    The mesh, unprocessed (no vertex merging), float64 vertices `[V, 3]`
-    and int64 triangle faces `[F, 3]`.
-
-  Raises:
-    MeshReadError: the text is not a readable OFF mesh with at least one
-      face of positive area.
+  Also reads ModelNet's malformed header (`OFF490 518 0`); polygons become
+  triangle fans, per-face colours are ignored. Raises MeshReadError unless
+  the mesh has positive area.
   """
   if isinstance(source, str):
     try:
@@ -146,32 +121,14 @@ def _parse_faces(lines: list[bytes], num_vertices: int) -> np.ndarray:
 
 
 def path_seed(relative_path: str) -> int:
-  """A stable 32-bit seed derived from a file's relative path.
-
-  Python's `hash` changes between processes; SHA-256 does not, so a mesh
-  gets the same points in every build.
-  """
+  """A 32-bit seed of a relative path, the same in every process (SHA-256)."""
   digest = hashlib.sha256(relative_path.replace('\\', '/').encode('utf-8'))
   return int.from_bytes(digest.digest()[:4], 'little')
 
 
 def sample_surface(mesh: trimesh.Trimesh, num_points: int,
                    seed: Union[int, np.random.Generator]) -> np.ndarray:
-  """Area-weighted uniform samples of a mesh's surface.
-
-  Args:
-    mesh: a triangle mesh with positive area.
-    num_points: P.
-    seed: an integer seed or a numpy Generator (then advanced).
-
-  Returns:
-    float32 `[P, 3]` points, i.i.d. (so any prefix is also a uniform
-    sample), not yet normalised.
-
-  Raises:
-    MeshReadError: the mesh has no area to sample from.
-    ValueError: `num_points` is not a positive integer.
-  """
+  """`[P, 3]` i.i.d. area-weighted surface samples (any prefix is one too)."""
   checks.positive_int(num_points, 'num_points',
                       integer_types=(int, np.integer))
   if len(mesh.faces) == 0 or not mesh.area > 0:
@@ -181,16 +138,8 @@ def sample_surface(mesh: trimesh.Trimesh, num_points: int,
 
 
 def normalize(points: np.ndarray) -> np.ndarray:
-  """Zero-centres points (mean) and scales them so max |coordinate| is 1.
-
-  Args:
-    points: `[..., P, 3]` (any leading dims; each cloud on its own).
-
-  Returns:
-    float32 points of the same shape, each cloud's mean 0 and its largest
-    absolute coordinate 1 (so inside [-1, 1]^3). A cloud of one repeated
-    point (no extent) becomes all zeros rather than NaN.
-  """
+  """Each cloud of `[..., P, 3]` centred on its mean, max |coordinate| 1
+  (a cloud without extent becomes zeros)."""
   points = np.asarray(points, dtype=np.float64)
   if points.ndim < 2 or points.shape[-1] != 3:
     raise ValueError(f'points must have shape [..., P, 3], got '
@@ -204,21 +153,8 @@ def normalize(points: np.ndarray) -> np.ndarray:
 def augment_scale(points: np.ndarray, rng: np.random.Generator,
                   scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE
                   ) -> np.ndarray:
-  """The paper's augmentation: per-point random scaling, then `normalize`.
-
-  Each point is multiplied by its own factor drawn uniformly from
-  `scale_range` (one factor for all three coordinates of a point, so it
-  moves along the ray from the centre by at most 1%); the cloud is then
-  re-centred and re-normalised into [-1, 1]^3.
-
-  Args:
-    points: `[..., P, 3]` normalised clouds.
-    rng: the randomness (advanced).
-    scale_range: (low, high), 0 < low <= high.
-
-  Returns:
-    float32 `[..., P, 3]`.
-  """
+  """The paper's augmentation: each point of `[..., P, 3]` scaled by its own
+  factor in `scale_range`, then `normalize`d."""
   low, high = (float(s) for s in scale_range)
   if not 0 < low <= high:
     raise ValueError(f'scale_range must satisfy 0 < low <= high, got '

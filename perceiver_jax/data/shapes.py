@@ -1,32 +1,12 @@
-"""Embedded point-cloud dataset: procedurally generated 3-D primitives.
+"""Embedded point clouds: procedurally generated 3-D primitives.
 
-The point-cloud analogue of the digits default: no download, generated in
-memory in seconds, yet not trivial. Each example is one primitive (see
-`CLASSES`) built as a trimesh mesh with random proportions (per-class
-parameters such as a cylinder's height-to-radius ratio or a torus's tube
-thickness, then an extra random stretch of up to 20% per axis), random
-size and a random rotation, then point-sampled exactly as ModelNet40 is
-(`pointcloud.mesh_to_points`: area-weighted surface samples, zero-centred,
-scaled into [-1, 1]^3). The random proportions make classes overlap in
-outline (a flat box and a short cylinder, a tall capsule and a rod-like
-cylinder), so the model has to learn surface structure, such as flat faces
-against curved ones.
-
-Rotation (`config.rotation`): 'z' (default) turns each shape about the
-vertical axis by a uniform angle, keeping it upright as ModelNet40's
-models are (aligned, upright CAD models; the paper found rotation
-augmentation did not help there); 'so3' rotates uniformly in 3-D, a much
-harder task for a small model. Size does not survive normalisation; it is
-drawn so that the meshes themselves vary as real ones do.
-
-Splits 'train' and 'test' are disjoint random streams of one seed
-(`config.split_seed`); example i of a split depends on (seed, split, i)
-only, and its class is `i % num_classes`, so classes are balanced.
-
-Config fields (`config.data`): `num_classes` (<= len(CLASSES); the first
-ones are used), `num_train_examples`, `num_test_examples`, `num_points`,
-`split_seed`, `rotation`, `scale_range` (the training augmentation, as
-ModelNet40's).
+Each example is one of `CLASSES` as a mesh with random proportions, a
+random stretch, size and rotation, point-sampled as ModelNet40 is
+(`pointcloud.mesh_to_points`). Proportions make classes overlap in outline,
+so the model must learn surface structure. `config.rotation`: 'z' keeps
+shapes upright (as ModelNet40's aligned models), 'so3' rotates them
+anywhere. Example i of a split depends on (seed, split, i) only; its class
+is `i % num_classes`.
 """
 
 import functools
@@ -80,26 +60,27 @@ def _prism() -> trimesh.Trimesh:
   return trimesh.Trimesh(vertices, faces, process=False)
 
 
+# Unit meshes that a per-axis scaling turns into every instance. The cone
+# has its base at z = 0 and its apex at z = 2 (trimesh's convention).
+_TEMPLATES = {
+    'sphere': lambda: trimesh.creation.icosphere(subdivisions=2),
+    'box': lambda: trimesh.creation.box(extents=(2.0, 2.0, 2.0)),
+    'cylinder': lambda: trimesh.creation.cylinder(radius=1.0, height=2.0,
+                                                  sections=32),
+    'cone': lambda: trimesh.creation.cone(radius=1.0, height=2.0,
+                                          sections=32),
+    'tetrahedron': _tetrahedron,
+    'octahedron': _octahedron,
+    'dome': _dome,
+    'prism': _prism,
+}
+
+
 @functools.cache
 def _template(name: str) -> trimesh.Trimesh:
-  """Unit meshes that a per-axis scaling turns into every instance."""
-  if name == 'sphere':
-    return trimesh.creation.icosphere(subdivisions=2)
-  if name == 'box':
-    return trimesh.creation.box(extents=(2.0, 2.0, 2.0))
-  if name == 'cylinder':
-    return trimesh.creation.cylinder(radius=1.0, height=2.0, sections=32)
-  if name == 'cone':  # Base at z = 0, apex at z = 2 (trimesh's convention).
-    return trimesh.creation.cone(radius=1.0, height=2.0, sections=32)
-  if name == 'tetrahedron':
-    return _tetrahedron()
-  if name == 'octahedron':
-    return _octahedron()
-  if name == 'dome':
-    return _dome()
-  if name == 'prism':
-    return _prism()
-  raise ValueError(f'No template for {name!r}.')
+  if name not in _TEMPLATES:
+    raise ValueError(f'No template for {name!r}.')
+  return _TEMPLATES[name]()
 
 
 def _scaled(name: str, scale: Sequence[float]) -> trimesh.Trimesh:
@@ -110,24 +91,27 @@ def _scaled(name: str, scale: Sequence[float]) -> trimesh.Trimesh:
 
 # Each builder draws one instance's class-specific proportions from `rng`
 # and returns its mesh (before the shared stretch, size and rotation).
-def _sphere(rng):
-  del rng  # Its variation is the shared stretch alone.
-  return _template('sphere')
+Builder = Callable[[np.random.Generator], trimesh.Trimesh]
+
+
+def _fixed(name: str) -> Builder:
+  """The template as it is (its variation is the shared stretch alone)."""
+  return lambda rng: _template(name)
+
+
+def _stretched(name: str, low: float, high: float, log: bool = True
+               ) -> Builder:
+  """The template stretched along z by a factor in [low, high], drawn
+  log-uniformly (or uniformly): disc to rod, flat cap to tall dome."""
+  def build(rng):
+    z = (math.exp(rng.uniform(math.log(low), math.log(high))) if log
+         else rng.uniform(low, high))
+    return _scaled(name, (1.0, 1.0, z))
+  return build
 
 
 def _box(rng):
   return _scaled('box', rng.uniform(0.25, 1.0, size=3))
-
-
-def _cylinder(rng):
-  # Height / diameter between 0.4 and 2.5 (disc to rod).
-  return _scaled('cylinder', (1.0, 1.0, math.exp(rng.uniform(
-      math.log(0.4), math.log(2.5)))))
-
-
-def _cone(rng):
-  return _scaled('cone', (1.0, 1.0, math.exp(rng.uniform(
-      math.log(0.4), math.log(2.5)))))
 
 
 def _torus(rng):
@@ -142,37 +126,19 @@ def _capsule(rng):
                                   count=(16, 8))
 
 
-def _polyhedron(name: str) -> Callable[[np.random.Generator], trimesh.Trimesh]:
-  def build(rng):
-    del rng
-    return _template(name)
-  return build
-
-
-def _dome_instance(rng):
-  # Height / radius between 0.5 and 1.5 (flat cap to tall dome).
-  return _scaled('dome', (1.0, 1.0, rng.uniform(0.5, 1.5)))
-
-
-def _prism_instance(rng):
-  return _scaled('prism', (1.0, 1.0, math.exp(rng.uniform(
-      math.log(0.3), math.log(2.5)))))
-
-
 # Class index -> (name, builder). Order is part of the dataset's definition.
-CLASSES: tuple[tuple[str, Callable[[np.random.Generator], trimesh.Trimesh]],
-               ...] = (
-                   ('sphere', _sphere),
-                   ('box', _box),
-                   ('cylinder', _cylinder),
-                   ('cone', _cone),
-                   ('torus', _torus),
-                   ('capsule', _capsule),
-                   ('tetrahedron', _polyhedron('tetrahedron')),
-                   ('octahedron', _polyhedron('octahedron')),
-                   ('dome', _dome_instance),
-                   ('prism', _prism_instance),
-               )
+CLASSES: tuple[tuple[str, Builder], ...] = (
+    ('sphere', _fixed('sphere')),
+    ('box', _box),
+    ('cylinder', _stretched('cylinder', 0.4, 2.5)),
+    ('cone', _stretched('cone', 0.4, 2.5)),
+    ('torus', _torus),
+    ('capsule', _capsule),
+    ('tetrahedron', _fixed('tetrahedron')),
+    ('octahedron', _fixed('octahedron')),
+    ('dome', _stretched('dome', 0.5, 1.5, log=False)),
+    ('prism', _stretched('prism', 0.3, 2.5)),
+)
 CLASS_NAMES = tuple(name for name, _ in CLASSES)
 # Up to this much random extra stretch per axis (log-uniform in [1/s, s]).
 MAX_STRETCH = 1.2
@@ -180,7 +146,7 @@ ROTATIONS = ('z', 'so3')
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
-  """A rotation matrix `[3, 3]` uniform over SO(3) (a random unit quaternion)."""
+  """A rotation matrix `[3, 3]` uniform over SO(3) (a unit quaternion)."""
   q = rng.standard_normal(4)
   w, x, y, z = q / np.linalg.norm(q)
   return np.array([
@@ -198,15 +164,7 @@ def random_yaw(rng: np.random.Generator) -> np.ndarray:
 
 def make_mesh(label: int, rng: np.random.Generator,
               rotation: str = 'z') -> trimesh.Trimesh:
-  """One random instance of class `label` (proportions, size, rotation).
-
-  Args:
-    label: the class index in `CLASSES`.
-    rng: the randomness (advanced).
-    rotation: 'z' turns the shape about the vertical axis only (upright,
-      like ModelNet40's aligned models); 'so3' rotates it uniformly at
-      random in 3-D (much harder to learn).
-  """
+  """One random instance of class `label`; `rotation` 'z' or 'so3'."""
   if not 0 <= label < len(CLASSES):
     raise ValueError(f'label must be in [0, {len(CLASSES)}), got {label}.')
   if rotation not in ROTATIONS:
@@ -230,20 +188,8 @@ def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
 def generate(split: str, num_examples: int, *, num_points: int,
              num_classes: int = len(CLASSES), seed: int = 0,
              rotation: str = 'z') -> tuple[np.ndarray, np.ndarray]:
-  """Generates a split.
-
-  Args:
-    split: 'train' or 'test' (disjoint random streams).
-    num_examples: n.
-    num_points: P per example.
-    num_classes: use the first `num_classes` classes of `CLASSES`.
-    seed: the dataset seed.
-    rotation: 'z' (upright) or 'so3' (any orientation); see `make_mesh`.
-
-  Returns:
-    points float32 `[n, P, 3]` (each in [-1, 1]^3, mean 0) and labels int32
-    `[n]` (`i % num_classes`).
-  """
+  """Points float32 `[n, P, 3]` (mean 0, in [-1, 1]^3) and labels int32 `[n]`
+  of a split, from the first `num_classes` of `CLASSES`."""
   if split not in SPLITS:
     raise ValueError(f'split must be one of {SPLITS}, got {split!r}.')
   if not 1 <= num_classes <= len(CLASSES):
@@ -288,13 +234,8 @@ def num_examples(split: str, config: ml_collections.ConfigDict) -> int:
 def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
          config: ml_collections.ConfigDict, seed: int = 0,
          start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of the shapes dataset (see the data API in DESIGN.md).
-
-  Yields dicts with 'points' float32 `[*batch_dims, num_points, 3]`,
-  'label' int32 `[*batch_dims]` and 'mask' float32 `[*batch_dims]`.
-  Training batches are shuffled and augmented (per-point scaling in
-  `config.scale_range`), exactly reproducible from (seed, host, step).
-  """
+  """'points' `[*batch_dims, P, 3]`, 'label' and 'mask' batches (data API);
+  training scales points in `config.scale_range`."""
   total = _split_size(split, config)
   points, labels = _cached_split(split, total, int(config.num_points),
                                  int(config.num_classes),

@@ -1,18 +1,11 @@
 """The evaluation preprocessing of transformers' Perceiver image processor.
 
-DeepMind's released Perceiver IO classifiers (and transformers'
-`PerceiverImageProcessor`, which reproduces their input pipeline) evaluate
-on: the central square of side `int(crop_fraction * min(h, w))` (224/256 by
-default; offsets rounded down), resized to `image_shape` with PIL's bicubic
-filter (antialiased, on uint8 values), divided by 255 and normalised with
-ImageNet's mean (0.485, 0.456, 0.406) and stddev (0.229, 0.224, 0.225).
-Ours (`augment.eval_image`) crops a window shaped like the output and
-resizes with TensorFlow's bicubic kernel, which gives slightly different
-pixels; an imported checkpoint is evaluated with this one
-(`config.data.eval_preprocessing='transformers'`).
-
-JPEGs are decoded with PIL too (as a transformers user's `Image.open`
-would), converted to RGB.
+The released Perceiver IO classifiers evaluate on the central square of
+side `int(crop_fraction * min(h, w))`, resized with PIL's bicubic filter on
+uint8 values, scaled to [0, 1] and normalised with ImageNet's mean and
+stddev. Ours (`augment.eval_image`) resizes with TensorFlow's kernel, which
+differs slightly, so imported checkpoints use this one
+(`config.data.eval_preprocessing='transformers'`). JPEGs decode with PIL.
 """
 
 import io
@@ -58,11 +51,7 @@ def decode(image_bytes: bytes) -> np.ndarray:
 
 def eval_image(image_bytes: tf.Tensor, *, image_shape: Sequence[int],
                crop_fraction: float) -> tf.Tensor:
-  """`eval_array` of an encoded image inside a tf.data pipeline.
-
-  Returns:
-    float32 `[H, W, 3]`.
-  """
+  """`eval_array` of an encoded image in tf.data: float32 `[H, W, 3]`."""
   image_shape = tuple(int(n) for n in image_shape)
 
   def run(encoded) -> np.ndarray:

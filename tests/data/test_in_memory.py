@@ -107,6 +107,20 @@ def test_bad_arguments_are_named():
                             batch_dims=(2,), seed=0)
 
 
+def test_host_shards_and_eval_batch_counts():
+  for total, count in ((10, 3), (7, 2), (8, 4)):
+    sizes = [len(range(total)[in_memory.host_shard(total, i, count)])
+             for i in range(count)]
+    assert sum(sizes) == total
+    assert max(sizes) - min(sizes) <= 1
+    # tfds.even_splits gives the first total % count hosts one more.
+    assert sizes == sorted(sizes, reverse=True)
+  # 11 examples on 3 hosts: shards of 4, 4, 3; batches of 2 -> 2 each.
+  assert in_memory.num_eval_batches(11, 2, 3) == 2
+  assert in_memory.num_eval_batches(12, 4, 3) == 1
+  assert in_memory.num_eval_batches(13, 4, 3) == 2
+
+
 def test_eval_hosts_yield_equal_batch_counts_and_every_example_once():
   # 11 examples over 3 hosts: shards of 4, 4 and 3, batches of 2.
   total, hosts = 11, 3

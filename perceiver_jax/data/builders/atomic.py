@@ -1,13 +1,8 @@
 """Preparing a TFDS dataset so that a failed build leaves nothing behind.
 
-TFDS writes a skeleton into the data dir (`<name>/.config/metadata.json`,
-`downloads/`, an `.incomplete` folder) before it reads the first input file,
-and leaves it there when the build fails; a later run may take it for a
-prepared dataset. `prepare` instead builds into a temporary data dir next to
-the real one and moves the finished dataset folder into place only when the
-build succeeded and wrote at least one example. On any failure the data dir
-is as it was (absent if it was absent), and the error propagates unchanged:
-each builder names the file it failed on (the tar, the zip, the CSV).
+TFDS leaves a skeleton in the data dir when a build fails, which a later
+run may take for a prepared dataset. `prepare` builds into a temporary data
+dir beside it and moves the dataset in only once it holds examples.
 """
 
 import os
@@ -32,20 +27,10 @@ def _existing_ancestor(path: str) -> str:
 def prepare(make_builder: Callable[[Optional[str]], tfds.core.DatasetBuilder],
             data_dir: Optional[str],
             manual_dir: str) -> tfds.core.DatasetBuilder:
-  """Builds `make_builder(data_dir)`'s dataset, all or nothing.
+  """Builds `make_builder(data_dir)`'s dataset, all or nothing; returns it.
 
-  Args:
-    make_builder: the builder for a data dir (constructing one writes
-      nothing).
-    data_dir: the TFDS data dir (None: TFDS's default).
-    manual_dir: the folder the build reads.
-
-  Returns:
-    The builder of the prepared dataset in `data_dir`.
-
-  Raises:
-    EmptyBuildError: the build wrote no example.
-    Exception: whatever the build raised; `data_dir` is untouched.
+  Raises EmptyBuildError when no example was written, else the build's own
+  error, with `data_dir` untouched.
   """
   final = make_builder(data_dir)
   # What `is_prepared()` asks, without its warning about a missing folder.

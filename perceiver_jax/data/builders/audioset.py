@@ -1,63 +1,14 @@
 r"""TFDS builder `audioset`: AudioSet prepared from its CSVs and your clips.
 
-TFDS ships no AudioSet, and AudioSet itself ships no media: it is a list of
-10 s segments of YouTube videos with their labels. This builder reads what a
-user can obtain: the official CSV files and a folder of clips downloaded by
-any means (yt-dlp and the like), in any container FFmpeg reads.
-
-Manual dir layout (`--manual_dir`, searched as below)::
-
-  MANUAL_DIR/
-    class_labels_indices.csv       # header `index,mid,display_name`
-    balanced_train_segments.csv    # 3 '#' lines, then
-    unbalanced_train_segments.csv  #   YTID, start_seconds, end_seconds,
-    eval_segments.csv              #   "mid1,mid2,..."
-    clips/                         # searched recursively (any subfolders)
-      <YTID>.<ext>                 # e.g. --PJHxphWEs.mp4, abc.mkv, x.wav
-      <YTID>_<start>.<ext>         # e.g. --PJHxphWEs_30.m4a (start in s)
-
-A segment row matches a file whose stem is `<YTID>`, or `<YTID>_<start>`
-with `<start>` equal (as a number) to the row's start time. Which part of a
-file is taken:
-
-- `<YTID>_<start>.*` files, and any file of at most 10.5 s, hold the segment
-  itself: it is read from the file's beginning.
-- Longer files are whole videos: the segment `[start, start + 10 s)` is cut
-  out of them (times relative to the file's start time).
-
-Decoding (PyAV): the first audio stream, resampled to 48 kHz mono signed
-16-bit (`av.AudioResampler`); for `audio_video`, the first video stream
-sampled at 25 fps (each output time takes the frame being displayed then),
-resized so that the SHORTER side is `frame_min_side` pixels (256 by
-default, aspect ratio kept, area interpolation) and stored as one JPEG per
-frame (quality 90). A 16:9 clip is thus stored as 250 JPEGs of 256x455.
-Segments shorter than 10 s (videos that end early) are stored at their real
-length, never padded; the loader pads them.
-
-Rows whose clip is missing, unreadable, has no audio stream (or, for
-`audio_video`, no video stream) or decodes to nothing are skipped: they
-never stop the build. Each split's skipped rows are listed with the reason
-in `build_report.json`, written next to the prepared data (in the
-versioned dataset folder), and a summary is logged.
-
-Builder configs:
-
-- `audio`: `ytid`, `start_seconds`, `labels`, `audio` (no frames stored).
-- `audio_video`: the same plus `video` (JPEG frames).
-
-Features (per segment):
-
-- `ytid`: Text; `start_seconds`: float32, the CSV's start time.
-- `labels`: Sequence of ClassLabel(527), the class indices of the row in
-  the order of `class_labels_indices.csv` (the loader makes them multi-hot).
-- `audio`: int16 `[num_samples]` (at most 480,000), stored as raw bytes.
-- `video`: `[num_frames, H, W, 3]` uint8 (at most 250 frames), JPEG.
-
-Build (`builders/build_audioset.py`; `--help` lists the flags)::
-
-  python -m perceiver_jax.data.builders.build_audioset \
-      --manual_dir=/data/audioset_raw --data_dir=/data/tfds \
-      --config=audio_video --num_workers=16
+AudioSet ships no media, so this reads the official CSVs and a `clips/`
+folder of downloaded clips in any container FFmpeg reads (layout in
+docs/audioset.md). A row matches a file `<YTID>.*` or `<YTID>_<start>.*`;
+the latter, and files of at most 10.5 s, hold the segment itself, longer
+ones are whole videos the segment is cut from. Audio is stored as 48 kHz
+mono int16, frames (config `audio_video`) as 25 fps JPEGs with the shorter
+side `frame_min_side`, both at their real length. Rows whose clip is
+missing or undecodable are skipped and listed in `build_report.json`.
+Build with `python -m perceiver_jax.data.builders.build_audioset`.
 """
 
 import collections
@@ -80,7 +31,6 @@ import tensorflow_datasets as tfds
 from perceiver_jax import checks
 from perceiver_jax import progress
 from perceiver_jax.data.builders import atomic
-from perceiver_jax.train import writers
 
 SAMPLE_RATE = 48_000
 FPS = 25
@@ -125,11 +75,7 @@ def _naming(path: str) -> Iterator[None]:
 
 
 def read_class_index(path: str) -> dict[str, int]:
-  """Reads `class_labels_indices.csv` into `{mid: index}`.
-
-  Raises:
-    ValueError: a bad header, or indices that are not 0..n-1 in order.
-  """
+  """`{mid: index}` of `class_labels_indices.csv` (indices 0..n-1 in order)."""
   with _naming(path), open(path, newline='', encoding='utf-8') as f:
     reader = csv.reader(f)
     header = next(reader, None)
@@ -149,12 +95,7 @@ def read_class_index(path: str) -> dict[str, int]:
 
 
 def read_segments(path: str, mid_to_index: dict[str, int]) -> list[Segment]:
-  """Reads a segments CSV (comment lines start with '#').
-
-  Raises:
-    ValueError: a malformed row or a label missing from the class index
-      (the CSVs and the class index then come from different releases).
-  """
+  """The rows of a segments CSV; labels must be in the class index."""
   segments = []
   with _naming(path), open(path, newline='', encoding='utf-8') as f:
     rows = csv.reader((line for line in f if not line.startswith('#')),
@@ -206,10 +147,8 @@ class ClipIndex:
     return sum(len(p) for p in self._by_stem.values())
 
   def find(self, ytid: str, start_seconds: float) -> list[tuple[str, bool]]:
-    """Candidate files for a segment: `(path, holds_segment_only)` pairs.
-
-    Files named `<ytid>_<start>` come first (they hold the segment only),
-    then files named `<ytid>`; each group sorted by path.
+    """Candidate `(path, holds_segment_only)` files of a segment,
+    `<ytid>_<start>` ones first, each group sorted.
     """
     named = [(p, True) for p in sorted(self._by_start.get(
         (ytid, float(start_seconds)), ()))]
@@ -237,11 +176,7 @@ def _segment_start(container: Any, start_seconds: float,
 
 def read_audio(path: str, start_seconds: float, segment_only: bool,
                seconds: float = CLIP_SECONDS) -> np.ndarray:
-  """Decodes a segment's audio as 48 kHz mono int16 `[<= seconds * 48000]`.
-
-  Raises:
-    ClipError: no audio stream, or nothing decoded.
-  """
+  """A segment's audio as 48 kHz mono int16 `[<= seconds * 48000]`."""
   with av.open(path) as container:
     if not container.streams.audio:
       raise ClipError('no audio stream')
@@ -284,12 +219,8 @@ def _frame_size(height: int, width: int, min_side: int) -> tuple[int, int]:
 def read_video(path: str, start_seconds: float, segment_only: bool, *,
                min_side: int, jpeg_quality: int,
                seconds: float = CLIP_SECONDS) -> list[bytes]:
-  """Decodes a segment's frames at 25 fps as JPEGs (shorter side `min_side`).
-
-  Output frame k shows the source frame displayed at `t0 + k / 25`.
-
-  Raises:
-    ClipError: no video stream, or no frame in the segment.
+  """A segment's frames at 25 fps as JPEGs: frame k shows the one shown at
+  `t0 + k / 25`.
   """
   with av.open(path) as container:
     if not container.streams.video:
@@ -359,13 +290,7 @@ def _ordered_map(fn: Callable[[Any], Any], items: Iterable[Any],
 
 @dataclasses.dataclass(eq=False)
 class AudiosetConfig(tfds.core.BuilderConfig):
-  """A builder config.
-
-  Attributes:
-    with_video: store the video frames too.
-    frame_min_side: shorter side of the stored frames, in pixels.
-    jpeg_quality: JPEG quality of the stored frames (1..95).
-  """
+  """A builder config: `with_video`, `frame_min_side`, `jpeg_quality`."""
   with_video: bool = False
   frame_min_side: int = 256
   jpeg_quality: int = 90
@@ -479,20 +404,19 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, segments: list[Segment],
                          clip_index: ClipIndex):
     missing, failed, duplicates = [], [], []
-    seen = set()
-    unique = []
+    row = lambda s, **more: dict(ytid=s.ytid, start_seconds=s.start_seconds,
+                                 **more)
+    unique = {}
     for segment in segments:
       key = f'{segment.ytid}_{int(round(segment.start_seconds * 1000))}'
-      if key in seen:
-        duplicates.append({'ytid': segment.ytid,
-                           'start_seconds': segment.start_seconds})
-        continue
-      seen.add(key)
-      unique.append((key, segment))
+      if key in unique:
+        duplicates.append(row(segment))
+      else:
+        unique[key] = segment
     written = 0
     results = _ordered_map(
-        lambda item: (item[0], *self._decode(item[1], clip_index)), unique,
-        self._num_workers)
+        lambda item: (item[0], *self._decode(item[1], clip_index)),
+        unique.items(), self._num_workers)
     for key, segment, example, errors in progress.track(
         results, f'AudioSet {self.builder_config.name}/{split}',
         total=len(unique), unit='rows'):
@@ -500,12 +424,9 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
         written += 1
         yield key, example
       elif not errors:
-        missing.append({'ytid': segment.ytid,
-                        'start_seconds': segment.start_seconds})
+        missing.append(row(segment))
       else:
-        failed.append({'ytid': segment.ytid,
-                       'start_seconds': segment.start_seconds,
-                       'files': errors})
+        failed.append(row(segment, files=errors))
     self._report[split] = {
         'num_rows': len(segments),
         'num_written': written,
@@ -534,22 +455,15 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
 
 def read_report(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
   """The build report of a prepared dataset."""
-  return writers.read_json(os.path.join(os.fspath(builder.data_dir),
-                                       REPORT_FILE))
+  with open(os.path.join(os.fspath(builder.data_dir), REPORT_FILE)) as f:
+    return json.load(f)
 
 
 def build(manual_dir: str, data_dir: Optional[str], config: Any = 'audio',
           num_workers: int = 1) -> tfds.core.DatasetBuilder:
-  """Prepares AudioSet and returns its builder.
+  """Prepares AudioSet from `manual_dir` and returns its builder.
 
-  Args:
-    manual_dir: the folder with the CSVs and `clips/` (layout above).
-    data_dir: TFDS data dir (None: TFDS's default, ~/tensorflow_datasets).
-    config: 'audio', 'audio_video' or an `AudiosetConfig`.
-    num_workers: threads decoding clips.
-
-  All or nothing (`atomic.prepare`): a failed build leaves `data_dir` as it
-  was, and its error names the file it failed on.
+  All or nothing (`atomic.prepare`); the error names the file it failed on.
   """
   if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
     # Said here: TFDS's own check of an empty manual dir is an assertion.

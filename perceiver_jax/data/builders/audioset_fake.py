@@ -1,13 +1,9 @@
 """Writes a tiny AudioSet in the official formats, for tests and mock runs.
 
-The files are what a user of the real dataset has: the four CSV files
-(segment lists with their three '#' comment lines, and the class index) and
-a folder of clips encoded with PyAV (H.264 + AAC in MP4, VP9 + Opus in
-Matroska), plus deliberately broken entries: a file that is not a media
-file, and a row whose clip was never downloaded.
-
-Each clip is a sine tone with a clip-specific frequency over frames of one
-clip-specific colour, so decoding can be checked by value.
+The four CSVs and clips encoded with PyAV (H.264 + AAC in MP4, VP9 + Opus
+in Matroska, WAV), plus a non-media file and a missing clip. Each clip is a
+tone of its own frequency over frames of its own colour, so decoding can be
+checked by value.
 """
 
 import dataclasses
@@ -18,38 +14,28 @@ from typing import Optional, Sequence
 import av
 import numpy as np
 
-# Official file names.
-SEGMENT_FILES = {
-    'balanced_train': 'balanced_train_segments.csv',
-    'unbalanced_train': 'unbalanced_train_segments.csv',
-    'eval': 'eval_segments.csv',
+from perceiver_jax.data.builders.audioset import CLASS_INDEX_FILE
+from perceiver_jax.data.builders.audioset import CLIPS_DIR
+from perceiver_jax.data.builders.audioset import NUM_CLASSES
+from perceiver_jax.data.builders.audioset import SEGMENT_FILES
+
+# kind -> (extension, container, video codec, audio codec, audio rate).
+_FORMATS = {
+    'mp4': ('mp4', 'mp4', 'libx264', 'aac', 44_100),
+    'mkv': ('mkv', 'matroska', 'libvpx-vp9', 'libopus', 48_000),
+    'wav': ('wav', 'wav', None, 'pcm_s16le', 16_000),
+    'corrupt': ('mp4',),
 }
-CLASS_INDEX_FILE = 'class_labels_indices.csv'
-CLIPS_DIR = 'clips'
-NUM_CLASSES = 527
 
 
 @dataclasses.dataclass(frozen=True)
 class FakeClip:
-  """One segment row and what to write for it.
+  """One segment row and its file.
 
-  Attributes:
-    ytid: the YouTube id (the file's stem).
-    split: 'balanced_train', 'unbalanced_train' or 'eval'.
-    labels: class indices (0..526) of the row.
-    kind: 'mp4' (H.264 + AAC), 'mkv' (VP9 + Opus), 'wav' (PCM audio only),
-      'corrupt' (random bytes with an .mp4 name) or 'missing' (no file).
-    tone_hz: the sine's frequency.
-    color: the frames' RGB colour.
-    seconds: the clip's length.
-    start_seconds: the segment's start in the CSV.
-    full_video: when True, the file holds `start_seconds` of other content
-      (silence, black) before the segment, like a whole downloaded video;
-      else the file holds the segment only. The builder treats files longer
-      than 10.5 s as whole videos, so make `start_seconds + seconds` exceed
-      that.
-    stem_with_start: name the file `<ytid>_<start>.<ext>` instead of
-      `<ytid>.<ext>`.
+  `kind`: 'mp4', 'mkv', 'wav', 'corrupt' (random bytes) or 'missing'.
+  `full_video`: the file holds `start_seconds` of silence and black before
+  the segment, like a whole video (the builder takes files over 10.5 s as
+  such). `stem_with_start`: name the file `<ytid>_<start>.<ext>`.
   """
   ytid: str
   split: str
@@ -128,21 +114,7 @@ def write_media(path: str, *, tone_hz: float, color: Sequence[int],
                 video_codec: Optional[str], audio_codec: str,
                 audio_rate: int, size: tuple[int, int] = (48, 64),
                 fps: int = 30) -> None:
-  """Encodes a clip: `offset` s of silence/black, then tone over colour.
-
-  Args:
-    path: output file.
-    tone_hz: the sine's frequency.
-    color: RGB of the frames after `offset`.
-    seconds: length after `offset`.
-    offset: leading silence/black frames (a 'full video' before its segment).
-    container_format: FFmpeg muxer ('mp4', 'matroska', 'wav').
-    video_codec: e.g. 'libx264', 'libvpx-vp9'; None for audio only.
-    audio_codec: e.g. 'aac', 'libopus', 'pcm_s16le'.
-    audio_rate: the stored sample rate (the builder resamples to 48 kHz).
-    size: frame (height, width).
-    fps: the stored frame rate (the builder resamples to 25 fps).
-  """
+  """Encodes `offset` s of silence and black, then the tone over `color`."""
   channels = 2
   with av.open(path, 'w', format=container_format) as container:
     vstream = None
@@ -189,29 +161,19 @@ def clip_path(root: str, clip: FakeClip) -> Optional[str]:
   """Where `clip`'s file goes (None for a 'missing' one)."""
   if clip.kind == 'missing':
     return None
-  ext = {'mp4': 'mp4', 'mkv': 'mkv', 'wav': 'wav', 'corrupt': 'mp4'}
-  if clip.kind not in ext:
+  if clip.kind not in _FORMATS:
     raise ValueError(f'Unknown FakeClip kind {clip.kind!r}; choose one of '
-                     f'{sorted(ext) + ["missing"]}.')
+                     f'{sorted(_FORMATS) + ["missing"]}.')
   stem = clip.ytid
   if clip.stem_with_start:
     stem = f'{clip.ytid}_{int(clip.start_seconds)}'
-  return os.path.join(root, CLIPS_DIR, f'{stem}.{ext[clip.kind]}')
+  return os.path.join(root, CLIPS_DIR, f'{stem}.{_FORMATS[clip.kind][0]}')
 
 
 def write_fake_audioset(root: str,
                         clips: Optional[Sequence[FakeClip]] = None,
                         *, size: tuple[int, int] = (48, 64)) -> str:
-  """Writes the CSVs into `root` and the clips into `root/clips`.
-
-  Args:
-    root: an existing directory (the builder's manual dir).
-    clips: the rows to write; default `default_clips()`.
-    size: frame (height, width) of the encoded videos.
-
-  Returns:
-    `root`.
-  """
+  """Writes the CSVs into `root` and clips into `root/clips`; returns `root`."""
   clips = default_clips() if clips is None else list(clips)
   os.makedirs(os.path.join(root, CLIPS_DIR), exist_ok=True)
   write_csvs(root, clips)
@@ -224,17 +186,10 @@ def write_fake_audioset(root: str,
       with open(path, 'wb') as f:
         f.write(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
       continue
-    offset = clip.start_seconds if clip.full_video else 0.0
-    kwargs = dict(tone_hz=clip.tone_hz, color=clip.color,
-                  seconds=clip.seconds, offset=offset, size=size)
-    if clip.kind == 'mp4':
-      write_media(path, container_format='mp4', video_codec='libx264',
-                  audio_codec='aac', audio_rate=44_100, **kwargs)
-    elif clip.kind == 'mkv':
-      write_media(path, container_format='matroska',
-                  video_codec='libvpx-vp9', audio_codec='libopus',
-                  audio_rate=48_000, **kwargs)
-    else:  # 'wav'
-      write_media(path, container_format='wav', video_codec=None,
-                  audio_codec='pcm_s16le', audio_rate=16_000, **kwargs)
+    _, container, video, audio, rate = _FORMATS[clip.kind]
+    write_media(path, tone_hz=clip.tone_hz, color=clip.color,
+                seconds=clip.seconds,
+                offset=clip.start_seconds if clip.full_video else 0.0,
+                size=size, container_format=container, video_codec=video,
+                audio_codec=audio, audio_rate=rate)
   return root

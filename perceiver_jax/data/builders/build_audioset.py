@@ -4,11 +4,8 @@ r"""Command line: prepares the `audioset` TFDS dataset and prints its report.
       --manual_dir=/data/audioset_raw --data_dir=/data/tfds \
       --config=audio_video --num_workers=16
 
-prints one line per split (rows written, missing, failed, duplicates) and
-the path of `build_report.json`, which lists every skipped row. The manual
-dir layout is described in `perceiver_jax/data/builders/audioset.py`.
-(A separate module: run as `__main__`, the builder module itself would
-register the dataset twice.)
+Prints each split's counts and the path of `build_report.json`. (Run as
+`__main__`, the builder module would register the dataset twice.)
 """
 
 import logging
@@ -36,8 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if not os.path.isdir(os.path.expanduser(args.manual_dir)):
     raise cli.UsageError(
         f'--manual_dir={args.manual_dir} is not a directory; give the folder '
-        "holding AudioSet's four CSVs and clips/ (see perceiver_jax/data/"
-        'builders/audioset.py).')
+        "holding AudioSet's four CSVs and clips/ (see docs/audioset.md).")
   logging.basicConfig(level=logging.INFO)
   # The builder counts the rows with an ETA; TFDS's bars would share its line.
   audioset.tfds.disable_progress_bar()

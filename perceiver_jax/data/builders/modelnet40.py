@@ -1,43 +1,15 @@
 r"""TFDS builder `modelnet40`: point clouds of the ModelNet40 meshes.
 
-TFDS ships no ModelNet40, so this builder prepares it from a manual
-download. Two builder configs read the two common distributions:
-
-- `modelnet40/official` (default): the Princeton archive `ModelNet40.zip`
-  (about 2 GB; https://modelnet.cs.princeton.edu/). Manual dir layout, the
-  archive itself or its extracted folder:
-
-      <manual_dir>/ModelNet40.zip            (or)
-      <manual_dir>/ModelNet40/<class>/{train,test}/<class>_<nnnn>.off
-
-  `DEFAULT_NUM_POINTS` points are sampled from each mesh's surface
-  (area-weighted; the seed is a hash of the file's path relative to
-  `ModelNet40/`, e.g. 'chair/train/chair_0001.off', so every build gives
-  the same points). OFF files with ModelNet's malformed header ('OFF490 518
-  0') are read correctly.
-
-- `modelnet40/resampled`: the pre-sampled `modelnet40_normal_resampled`
-  (10,000 points with normals per shape, as used by PointNet++). Layout:
-
-      <manual_dir>/modelnet40_normal_resampled.zip   (or)
-      <manual_dir>/modelnet40_normal_resampled/
-          modelnet40_shape_names.txt  modelnet40_train.txt
-          modelnet40_test.txt  <class>/<class>_<nnnn>.txt   (x,y,z,nx,ny,nz)
-
-  A random subset of `DEFAULT_NUM_POINTS` points (seeded by the path) is
-  kept; normals are dropped (the paper uses positions only).
-
-Both: points are zero-centred and scaled into [-1, 1]^3
-(`pointcloud.normalize`); labels index the 40 classes in alphabetical order
-(`CLASS_NAMES`). Files that cannot be read (malformed, empty, zero area) are
-skipped, logged, and listed in the dataset's `metadata.json` under
-'skipped' (split -> [{'path', 'error'}]) with counts in 'num_skipped'; the
-build goes on. Build with:
+Built from a manual download (layouts in docs/pointclouds.md): config
+`official` samples `DEFAULT_NUM_POINTS` points from each mesh of the
+Princeton `ModelNet40.zip`, seeded by the file's path so every build gives
+the same points; `resampled` keeps a seeded subset of the points of
+`modelnet40_normal_resampled` (normals dropped). Points are normalised into
+[-1, 1]^3, labels index `CLASS_NAMES`. Unreadable files are skipped and
+listed in `metadata.json` under 'skipped'. Build with
 
   python -m perceiver_jax.data.modelnet40 \
       --manual_dir=~/datasets/modelnet --config=official [--data_dir=...]
-
-which prints the split sizes and the skipped files.
 """
 
 import multiprocessing
@@ -86,7 +58,7 @@ class _Source:
     else:
       raise FileNotFoundError(
           f'Neither {folder}/ nor {archive} exists; see the manual dir '
-          'layout in perceiver_jax/data/builders/modelnet40.py.')
+          'layout in docs/pointclouds.md.')
     self.description = folder if self._zip is None else archive
 
   def relative_paths(self) -> list[str]:
@@ -103,12 +75,7 @@ class _Source:
     return sorted(paths)
 
   def read(self, relative_path: str) -> bytes:
-    """The bytes of one file.
-
-    Raises:
-      ValueError: a member of the zip cannot be read (a damaged archive).
-      OSError: a file of the folder cannot be read (it is named).
-    """
+    """The bytes of one file (an error names a damaged archive or file)."""
     if self._zip is not None:
       member = self._root + relative_path
       try:
@@ -124,11 +91,7 @@ class _Source:
 
 
 def official_examples(paths: list[str]) -> dict[str, list[tuple[str, int]]]:
-  """Split -> [(relative path, label)] for '<class>/<split>/<x>.off' files.
-
-  Raises:
-    ValueError: a class folder that ModelNet40 does not have.
-  """
+  """Split -> [(relative path, label)] of '<class>/<split>/<x>.off' files."""
   examples = {split: [] for split in SPLITS}
   for path in paths:
     parts = path.split('/')
@@ -143,12 +106,7 @@ def official_examples(paths: list[str]) -> dict[str, list[tuple[str, int]]]:
 
 
 def resampled_examples(source: _Source) -> dict[str, list[tuple[str, int]]]:
-  """Split -> [(relative path, label)] from the resampled variant's lists.
-
-  Raises:
-    ValueError: the shape names differ from `CLASS_NAMES`, or a listed
-      shape id does not start with a class name.
-  """
+  """Split -> [(relative path, label)] from the resampled variant's lists."""
   names = source.read('modelnet40_shape_names.txt').decode().split()
   if tuple(names) != CLASS_NAMES:
     raise ValueError(f'modelnet40_shape_names.txt lists {names}; expected '
@@ -168,13 +126,7 @@ def resampled_examples(source: _Source) -> dict[str, list[tuple[str, int]]]:
 
 
 def read_point_file(data: bytes, num_points: int, seed: int) -> np.ndarray:
-  """Points `[num_points, 3]` (normalised) from an 'x,y,z[,nx,ny,nz]' file.
-
-  Keeps a seeded random subset of the rows, without replacement.
-
-  Raises:
-    pointcloud.MeshReadError: unparsable, non-finite, or too few points.
-  """
+  """A seeded subset `[num_points, 3]`, normalised, of an 'x,y,z[,...]' file."""
   rows = [l for l in data.splitlines() if l.strip()]
   try:
     table = np.array([l.replace(b',', b' ').split() for l in rows],
@@ -325,11 +277,7 @@ class Modelnet40(tfds.core.GeneratorBasedBuilder):
 def build(manual_dir: str, *, config: str = 'official',
           data_dir: Optional[str] = None, num_workers: int = 1
           ) -> tfds.core.DatasetBuilder:
-  """Prepares `modelnet40/<config>` from `manual_dir`; returns the builder.
-
-  All or nothing (`atomic.prepare`): a failed build leaves `data_dir` as it
-  was, and its error names the file it failed on.
-  """
+  """Prepares `modelnet40/<config>` from `manual_dir`, all or nothing."""
   manual_dir = os.path.expanduser(manual_dir)
   # The layout is looked for first: TFDS's own check of an empty manual dir
   # is an assertion.
