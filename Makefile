@@ -1,7 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make run   builds .venv and trains the default (digits) config
 #   make test  builds .venv, adds the test dependencies
-#              (requirements-test.txt) and runs the test suite
+#              (requirements-test.txt) and runs the test suite, one
+#              pytest-xdist worker per core
 # TORCH_INDEX: where the CPU build of torch comes from when pip's configured
 # sources (e.g. a --find-links directory) do not have it.
 PYTHON ?= python3
@@ -37,7 +38,7 @@ $(TEST_STAMP): $(STAMP) requirements-test.txt
 	touch $(TEST_STAMP)
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n auto --durations=15 tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info
