@@ -28,14 +28,14 @@ from perceiver_jax.model import encoder_config
 
 
 def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
-              options: Optional[dict[str, Iterable[str]]] = None
+              options: Optional[dict[str, Optional[Iterable[str]]]] = None
               ) -> dict[str, Any]:
   """Parses a config argument such as 'variant=learned_pos,runlocal'.
 
   Args:
     arg: the text after ':' in `--config=configs/x.py:...` (may be None).
     flags: names allowed alone (True when present, else False).
-    options: name -> allowed values, for `name=value` items.
+    options: name -> allowed values (None: any), for `name=value` items.
 
   Returns:
     Every flag (bool) and every option given (its string value).
@@ -59,7 +59,7 @@ def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
       raise ValueError(f'Unknown config option {name!r}; known options: '
                        f'{sorted(options)}.')
     value = value.strip()
-    if value not in tuple(options[name]):
+    if options[name] is not None and value not in tuple(options[name]):
       raise ValueError(f'Unknown {name} {value!r}; choose one of '
                        f'{list(options[name])}.')
     parsed[name] = value

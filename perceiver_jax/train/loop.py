@@ -329,6 +329,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         signals: stopping.StopSignals, *,
                         stop_after_steps: Optional[int],
                         return_state: bool) -> dict[str, Any]:
+  tasks.complete_config(config)  # Values the data decides, first.
   # A relaunch that would change the run's model (or anything but its
   # length and cadence) is refused here, before anything is written.
   changes = run_config.check_relaunch(workdir, config)

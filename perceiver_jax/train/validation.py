@@ -39,6 +39,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     FileNotFoundError: the task's data is missing (the message says how to
       prepare it).
   """
+  tasks.complete_config(config)
   length = loop.run_length(config)
   task = tasks.get_task(config.task)
   batch_dims = parallel.local_batch_dims(config.train.batch_size)
