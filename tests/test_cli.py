@@ -225,6 +225,21 @@ CASES = [
     (['experiments.gpu_report', '--tiny', '--out={T}/report',
       '--budget_seconds=-1'],
      'error: ValueError: --budget_seconds must be positive, got -1.0.'),
+    # experiments.predict and configs/images.py
+    (['experiments.predict', '--workdir={T}/run'],
+     'error: give image files or folders after the flags: python -m '
+     'experiments.predict --workdir=RUN FILE_OR_DIR...'),
+    (['experiments.predict', '--workdir={T}/run', '{T}/nofile.png'],
+     'error: not found: {T}/nofile.png'),
+    (['experiments.train', '--config=configs/images.py:dataset=folder,runlocal',
+      '--workdir={T}/x'],
+     'error: ValueError: dataset=folder needs --config.data.folder=DIR '
+     '(DIR/<split>/<class>/<image files>).'),
+    (['experiments.train', '--config=configs/images.py:dataset=folder,runlocal',
+      '--config.data.folder={T}/run', '--workdir={T}/x'],
+     "error: DatasetNotPreparedError: config.data.folder={T}/run has no "
+     "'train' split folder (it holds ['checkpoints']); expected "
+     'DIR/<split>/<class>/<image files>.'),
 ]
 
 
