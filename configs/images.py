@@ -15,12 +15,7 @@ Arguments (`--config=configs/images.py:ARG,...`):
   model=small   a CPU-sized Perceiver (default): 28x28 to 64x64 images train
                 in minutes on 2 CPU cores.
   model=paper   the paper's ImageNet architecture (configs/imagenet.py).
-  finetune      the fine-tuning recipe: AdamW at 1e-4 with 50 warm-up steps
-                and cosine decay over 500 steps; give `--config.init_from=`
-                a run or step directory (docs/your_data.md).
   runlocal      seconds on a CPU; `mock` reads TFDS mock data.
-
-`--config.finetune.freeze_encoder=True` trains the head only (linear probe).
 """
 
 import ml_collections
@@ -30,8 +25,8 @@ from configs import imagenet as imagenet_config
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
-  """Returns the config for `arg` ('dataset=...,model=...,finetune,...')."""
-  args = common.parse_arg(arg, flags=('runlocal', 'mock', 'finetune'),
+  """Returns the config for `arg` ('dataset=...,model=...,runlocal')."""
+  args = common.parse_arg(arg, flags=('runlocal', 'mock'),
                           options={'model': ('small', 'paper'),
                                    'dataset': None})
   config = common.base_config()
@@ -61,10 +56,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       shuffle_buffer=10_000,
       threadpool_size=0,
   ))
-  # A run (or step) directory whose encoder and input adapter start this
-  # run (perceiver_jax/train/finetune.py); read once, never on resume.
-  config.init_from = ''
-  config.finetune = ml_collections.ConfigDict(dict(freeze_encoder=False))
 
   if args.get('model') == 'paper':
     config.model = imagenet_config.get_config().model
@@ -87,9 +78,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.evaluator.split = 'test'
   config.evaluator.batch_size = 128
 
-  if args['finetune']:
-    config.train.num_steps = 500
-    config.optimizer.update(learning_rate=1e-4, warmup_steps=50)
   if args['runlocal']:
     config.data.shuffle_buffer = 64
     common.small_runlocal(config, eval_batch_size=16)
