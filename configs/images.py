@@ -15,7 +15,15 @@ Arguments (`--config=configs/images.py:ARG,...`):
   model=small   a CPU-sized Perceiver (default): 28x28 to 64x64 images train
                 in minutes on 2 CPU cores.
   model=paper   the paper's ImageNet architecture (configs/imagenet.py).
+  finetune      the fine-tuning recipe, for `--config.init_from=RUN`:
+                AdamW at 3e-4 with 100 warm-up steps, cosine decay over 10
+                epochs.
   runlocal      seconds on a CPU; `mock` reads TFDS mock data.
+
+Fine-tuning (`perceiver_jax.train.finetune`): `--config.init_from=RUN` (a
+run directory, or its `checkpoints/<step>`) starts from that run's model and
+parameters, re-initialising a head of another class count;
+`--config.finetune.freeze_encoder=True` trains the head only (linear probe).
 """
 
 import ml_collections
@@ -26,7 +34,7 @@ from configs import imagenet as imagenet_config
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Returns the config for `arg` ('dataset=...,model=...,runlocal')."""
-  args = common.parse_arg(arg, flags=('runlocal', 'mock'),
+  args = common.parse_arg(arg, flags=('runlocal', 'mock', 'finetune'),
                           options={'model': ('small', 'paper'),
                                    'dataset': None})
   config = common.base_config()
@@ -77,9 +85,16 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.loss.label_smoothing = 0.1
   config.evaluator.split = 'test'
   config.evaluator.batch_size = 128
+  config.init_from = ''  # A run (or step) directory to start from.
+  config.finetune = ml_collections.ConfigDict(dict(freeze_encoder=False))
+  if args['finetune']:
+    config.optimizer.update(learning_rate=3e-4, warmup_steps=100)
+    config.train.num_epochs = 10.0
 
   if args['runlocal']:
     config.data.shuffle_buffer = 64
     common.small_runlocal(config, eval_batch_size=16)
     config.evaluator.max_examples = 32
+    if args['finetune']:
+      config.optimizer.warmup_steps = 2
   return config

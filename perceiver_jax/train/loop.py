@@ -38,6 +38,7 @@ from perceiver_jax.model import factory
 from perceiver_jax.model import inputs as model_inputs
 from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import evaluators
+from perceiver_jax.train import finetune
 from perceiver_jax.train import losses
 from perceiver_jax.train import optim
 from perceiver_jax.train import parallel
@@ -205,7 +206,8 @@ class Run:
     self.schedule = optim.learning_rate_schedule(
         config.optimizer, total_steps=self.length.total_steps,
         steps_per_epoch=self.length.steps_per_epoch)
-    self.optimizer = optim.make_optimizer(config.optimizer, self.schedule)
+    self.optimizer = finetune.optimizer(
+        config, optim.make_optimizer(config.optimizer, self.schedule))
     self.forward = factory.transform_classifier(config.model,
                                                 config.data.num_classes)
     self.checkpointer = checkpoint_lib.Checkpointer(
@@ -330,6 +332,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         stop_after_steps: Optional[int],
                         return_state: bool) -> dict[str, Any]:
   tasks.complete_config(config)  # Values the data decides, first.
+  plan = finetune.prepare(config, workdir)  # config.init_from, if any.
   # A relaunch that would change the run's model (or anything but its
   # length and cadence) is refused here, before anything is written.
   changes = run_config.check_relaunch(workdir, config)
@@ -340,6 +343,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   batches = run.train_batches(start_step=latest)
   first_batch = next(batches)
   state = run.initial_or_restored_state(first_batch)
+  if plan is not None:
+    state = finetune.initial_state(plan, state)
   start_step = int(state.step)
   if start_step != latest:
     # The newest checkpoint was unreadable: read the data from the step of
