@@ -13,8 +13,9 @@ Batches: 'image' float32 [*batch_dims, H, W, channels] (H, W =
 Training: random-resized (Inception) crop and flip when `random_crop` and
 `flip`, then the ImageNet pipeline's RandAugment and MixUp/CutMix
 (`augment`), off by default. Evaluation: the central `eval_crop_fraction`
-crop, resized. Undecodable training images are skipped and counted as in
-the ImageNet pipeline (`pipeline.training_batches`).
+crop, resized. Undecodable images are skipped and counted: in training as
+in the ImageNet pipeline (`pipeline.training_batches`), in a folder's
+evaluation by `num_skipped` and a warning at the end of the pass.
 
 `complete_config` fills what the data decides (class count, label names,
 image size, training examples) at launch, so `--config.data.folder=DIR`
@@ -25,6 +26,7 @@ import functools
 import os
 from typing import Iterator, Optional, Sequence
 
+from absl import logging
 import ml_collections
 import numpy as np
 import tensorflow as tf
@@ -327,9 +329,47 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
     return {'image': eval_image(record['image'], config),
             'label': tf.cast(record['label'], tf.int32)}
 
-  return pipeline.evaluation_batches(
-      source.ordered, batch_dims=batch_dims, preprocess_fn=preprocess,
+  # A folder's undecodable files are dropped here and counted by
+  # `_CountedEvaluation`; a TFDS dataset's images were checked when built.
+  records = source.ordered
+  if config.dataset == FOLDER:
+    records = records.map(preprocess).ignore_errors()
+  batches = pipeline.evaluation_batches(
+      records, batch_dims=batch_dims,
+      preprocess_fn=(lambda r: r) if config.dataset == FOLDER else preprocess,
       num_batches=pipeline.evaluation_num_batches(
           source.total_examples, process_count,
           pipeline.batch_size_of(batch_dims)),
       threadpool_size=int(config.threadpool_size))
+  return _CountedEvaluation(batches, source.num_examples, split)
+
+
+class _CountedEvaluation:
+  """An evaluation pass that counts the examples it dropped.
+
+  Attributes:
+    num_skipped: this host's undecodable examples, known once the pass
+      has ended (0 until then).
+  """
+
+  def __init__(self, batches: Iterator[dict[str, np.ndarray]],
+               num_examples: int, split: str):
+    self._batches = batches
+    self._left = num_examples
+    self._split = split
+    self.num_skipped = 0
+
+  def __iter__(self) -> '_CountedEvaluation':
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    try:
+      batch = next(self._batches)
+    except StopIteration:
+      if self._left > 0 and not self.num_skipped:
+        self.num_skipped = self._left
+        logging.warning('Skipped %d undecodable images of split %r.',
+                        self.num_skipped, self._split)
+      raise
+    self._left -= int(np.sum(batch['mask']))
+    return batch

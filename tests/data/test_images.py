@@ -79,6 +79,22 @@ def test_folder_complete_config_and_batches(tmp_path):
     np.testing.assert_array_equal(batch['label'][0], (means > 0).astype(int))
 
 
+def test_an_unreadable_evaluation_file_is_skipped_and_counted(tmp_path):
+  config = folder_config(write_folder(tmp_path, corrupt=False))
+  (tmp_path / 'test' / 'red fox' / 'broken.jpg').write_bytes(b'no image')
+  tasks.complete_config(config)
+  batches = images.load('test', is_training=False, batch_dims=(1, 4),
+                        config=config.data)
+  evaluation = list(batches)
+  assert batches.num_skipped == 1
+  # 9 files: 3 batches of 4, the 8 readable images in them.
+  assert len(evaluation) == 3
+  labels = np.concatenate([b['label'].ravel() for b in evaluation])
+  mask = np.concatenate([b['mask'].ravel() for b in evaluation])
+  assert mask.sum() == 8
+  np.testing.assert_array_equal(labels[mask > 0], [0] * 4 + [1] * 4)
+
+
 def test_grey_unit_pixels_match_the_files(tmp_path):
   root = tmp_path / 'digits'
   for split in ('train', 'test'):
