@@ -62,6 +62,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       mixup_alpha=0.0,
       cutmix_alpha=0.0,
       shuffle_buffer=10_000,
+      # A small folder, decoded once and shuffled as configs/digits.py's
+      # data (file-name order; flip is its only augmentation).
+      in_memory=False,
       threadpool_size=0,
   ))
 

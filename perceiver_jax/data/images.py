@@ -34,6 +34,7 @@ import tensorflow_datasets as tfds
 
 from perceiver_jax.data import augment
 from perceiver_jax.data import imagenet
+from perceiver_jax.data import in_memory
 from perceiver_jax.data import pipeline
 from perceiver_jax.data import transformers_preprocessing
 
@@ -298,6 +299,60 @@ def eval_image(image_bytes: tf.Tensor, config: ml_collections.ConfigDict
   return _normalize(augment.resize(crop, image_shape), config)
 
 
+def _in_memory_batches(split: str, config: ml_collections.ConfigDict, *,
+                       batch_dims: Sequence[int], **kwargs
+                       ) -> Iterator[dict[str, np.ndarray]]:
+  """A small folder decoded once and shuffled as configs/digits.py's data.
+
+  Examples are ordered by file name, then class, and drawn by
+  `in_memory.replicated_train_batches`; so a folder whose files are named
+  by their index in an array dataset trains on that dataset's batches.
+  Augmentation: flip only.
+  """
+  if config.dataset != FOLDER or config.random_crop or (
+      config.randaugment_layers or config.mixup_alpha or config.cutmix_alpha):
+    raise ValueError('config.data.in_memory=True needs dataset=folder and '
+                     'random_crop=False, no RandAugment, MixUp or CutMix.')
+  files, labels = _folder_split(config, split)
+  order = sorted(range(len(files)),
+                 key=lambda i: (os.path.basename(files[i]), labels[i]))
+  images, kept = [], []
+  for i in order:
+    try:
+      images.append(eval_image(tf.io.read_file(files[i]), config).numpy())
+      kept.append(labels[i])
+    except tf.errors.OpError:
+      pass  # Counted below.
+  flip = None
+  if config.flip:
+    def flip(batch, rng):
+      flipped = rng.random(len(batch['image'])) < 0.5
+      batch['image'] = np.where(flipped[:, None, None, None],
+                                batch['image'][:, :, ::-1], batch['image'])
+      return batch
+  batches = in_memory.replicated_train_batches(
+      {'image': np.stack(images), 'label': np.asarray(kept, np.int32)},
+      batch_dims=batch_dims, augment=flip, **kwargs)
+  return _Skipped(batches, len(files) - len(kept))
+
+
+class _Skipped:
+  """Batches, and `num_skipped` (undecodable examples) for the loop."""
+
+  def __init__(self, batches: Iterator[dict[str, np.ndarray]],
+               num_skipped: int):
+    self._batches = batches
+    self.num_skipped = num_skipped
+    if num_skipped:
+      logging.warning('Skipped %d undecodable images.', num_skipped)
+
+  def __iter__(self) -> '_Skipped':
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._batches)
+
+
 def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
          config: ml_collections.ConfigDict, seed: int = 0,
          start_step: int = 0, process_index: Optional[int] = None,
@@ -318,6 +373,11 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
   process_index, process_count = pipeline.process_info(process_index,
                                                        process_count)
   split = config.train_split if split == 'train' else split
+  if is_training and config.get('in_memory'):
+    return _in_memory_batches(split, config, batch_dims=batch_dims,
+                              seed=seed, start_step=start_step,
+                              process_index=process_index,
+                              process_count=process_count)
   source = _source(split, config, process_index, process_count)
   if is_training:
     return _training_batches(source, config, batch_dims=batch_dims,
