@@ -240,6 +240,19 @@ CASES = [
      "error: DatasetNotPreparedError: config.data.folder={T}/run has no "
      "'train' split folder (it holds ['checkpoints']); expected "
      'DIR/<split>/<class>/<image files>.'),
+    # config.init_from (perceiver_jax/train/finetune.py), config.data.in_memory
+    (['experiments.train', '--config=configs/images.py:dataset=cifar10,'
+      'runlocal,mock', '--config.init_from={T}/nowhere', '--workdir={T}/x'],
+     'error: config.init_from={T}/nowhere holds no run (no config.json); '
+     'give a run directory or one of its checkpoints/<step> directories.'),
+    (['experiments.train', '--config=configs/images.py:dataset=cifar10,'
+      'runlocal,mock', '--config.init_from={T}/norun', '--workdir={T}/x'],
+     'error: {T}/norun/config.json is not a perceiver_jax run config (no '
+     'model or data.num_classes).'),
+    (['experiments.train', '--config=configs/images.py:dataset=cifar10,'
+      'runlocal,mock', '--config.data.in_memory=True', '--workdir={T}/x'],
+     'error: ValueError: config.data.in_memory=True needs dataset=folder and '
+     'random_crop=False, no RandAugment, MixUp or CutMix.'),
 ]
 
 
