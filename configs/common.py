@@ -17,7 +17,7 @@ from perceiver_jax.model import encoder_config
 
 
 def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
-              options: Optional[dict[str, Iterable[str]]] = None
+              options: Optional[dict[str, Optional[Iterable[str]]]] = None
               ) -> dict[str, Any]:
   """Flags (True when given) and `name=value` options of a config argument
   such as 'variant=learned_pos,runlocal'; unknown names or values raise.
@@ -38,7 +38,7 @@ def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
       raise ValueError(f'Unknown config option {name!r}; known options: '
                        f'{sorted(options)}.')
     value = value.strip()
-    if value not in tuple(options[name]):
+    if options[name] is not None and value not in tuple(options[name]):
       raise ValueError(f'Unknown {name} {value!r}; choose one of '
                        f'{list(options[name])}.')
     parsed[name] = value

@@ -224,6 +224,34 @@ CASES = [
     (['experiments.gpu_report', '--tiny', '--out={T}/report',
       '--budget_seconds=-1'],
      'error: ValueError: --budget_seconds must be positive, got -1.0.'),
+    # experiments.predict and configs/images.py
+    (['experiments.predict', '--workdir={T}/run'],
+     'error: give image files or folders after the flags: python -m '
+     'experiments.predict --workdir=RUN FILE_OR_DIR...'),
+    (['experiments.predict', '--workdir={T}/run', '{T}/nofile.png'],
+     'error: not found: {T}/nofile.png'),
+    (['experiments.train', '--config=configs/images.py:dataset=folder,runlocal',
+      '--workdir={T}/x'],
+     'error: ValueError: dataset=folder needs --config.data.folder=DIR '
+     '(DIR/<split>/<class>/<image files>).'),
+    (['experiments.train', '--config=configs/images.py:dataset=folder,runlocal',
+      '--config.data.folder={T}/run', '--workdir={T}/x'],
+     "error: DatasetNotPreparedError: config.data.folder={T}/run has no "
+     "'train' split folder (it holds ['checkpoints']); expected "
+     'DIR/<split>/<class>/<image files>.'),
+    # config.init_from (perceiver_jax/train/finetune.py), config.data.in_memory
+    (['experiments.train', '--config=configs/images.py:dataset=cifar10,'
+      'runlocal,mock', '--config.init_from={T}/nowhere', '--workdir={T}/x'],
+     'error: config.init_from={T}/nowhere holds no run (no config.json); '
+     'give a run directory or one of its checkpoints/<step> directories.'),
+    (['experiments.train', '--config=configs/images.py:dataset=cifar10,'
+      'runlocal,mock', '--config.init_from={T}/norun', '--workdir={T}/x'],
+     'error: {T}/norun/config.json is not a perceiver_jax run config (no '
+     'model or data.num_classes).'),
+    (['experiments.train', '--config=configs/images.py:dataset=cifar10,'
+      'runlocal,mock', '--config.data.in_memory=True', '--workdir={T}/x'],
+     'error: ValueError: config.data.in_memory=True needs dataset=folder and '
+     'random_crop=False, no RandAugment, MixUp or CutMix.'),
 ]
 
 

@@ -130,6 +130,10 @@ def import_checkpoint(source: str, workdir: str,
     config.data.image_shape = tuple(model['input']['index_dims'])
     config.data.eval_crop_fraction = crop_fraction
     config.data.eval_preprocessing = 'transformers'
+    # Read by experiments.predict.
+    id2label = hf_config.get('id2label') or {}
+    config.data.label_names = tuple(str(id2label.get(str(i), i))
+                                    for i in range(num_classes))
   theirs = sum(int(np.prod(v.shape)) for k, v in state.items()
                if not k.endswith(tf_format.IGNORED_SUFFIXES))
   ours = tf_format.count(params)

@@ -24,6 +24,7 @@ from perceiver_jax.model import factory
 from perceiver_jax.model import inputs as model_inputs
 from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import evaluators
+from perceiver_jax.train import finetune
 from perceiver_jax.train import losses
 from perceiver_jax.train import optim
 from perceiver_jax.train import parallel
@@ -218,7 +219,8 @@ class Run:
     self.schedule = optim.learning_rate_schedule(
         config.optimizer, total_steps=self.length.total_steps,
         steps_per_epoch=self.length.steps_per_epoch)
-    self.optimizer = optim.make_optimizer(config.optimizer, self.schedule)
+    self.optimizer = finetune.optimizer(
+        config, optim.make_optimizer(config.optimizer, self.schedule))
     self.forward = factory.transform_classifier(config.model,
                                                 config.data.num_classes)
     self.checkpointer = checkpoint_lib.Checkpointer(
@@ -276,8 +278,11 @@ def _agreed(build: Callable[[], Any]) -> Any:
 
 
 def _start(config: ml_collections.ConfigDict, workdir: str):
-  """The run, its batches from the newest checkpoint's step, the first of
-  them, and the fresh host state they shape; writes nothing."""
+  """The run, its fine-tuning plan (or None), its batches from the newest
+  checkpoint's step, the first of them, and the fresh host state they
+  shape; writes nothing."""
+  tasks.complete_config(config)  # Values the data decides, first.
+  plan = finetune.prepare(config, workdir)  # config.init_from, if any.
   run = Run(config, workdir)
   split = config.evaluator.split
   if run.task.data.num_examples(split, config.data) < 1:
@@ -289,7 +294,7 @@ def _start(config: ml_collections.ConfigDict, workdir: str):
   except StopIteration:
     raise ValueError(f'The {config.task} training data yielded no batch.'
                      ) from None
-  return run, batches, first, run.host_target(first)
+  return run, plan, batches, first, run.host_target(first)
 
 
 def _restore(run: Run, batches, first_batch, target):
@@ -355,11 +360,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     NonFiniteLossError: unless `config.train.skip_nonfinite_updates`.
     checkpoint_lib.CheckpointWriteError: a checkpoint could not be written.
   """
-  run, batches, first_batch, target = _agreed(lambda: _start(config, workdir))
+  run, plan, batches, first_batch, target = _agreed(
+      lambda: _start(config, workdir))
   # A relaunch that would change the run's model is refused here.
   changes = run_config.check_relaunch(workdir, config)
   with stopping.StopSignals() as signals:
     state, batches, first_batch = _restore(run, batches, first_batch, target)
+    if plan is not None:  # A fresh fine-tuning run.
+      state = finetune.initial_state(plan, state)
     # Only now: a launch that cannot restore changes nothing.
     run.checkpointer.remove_unfinished_saves()
     if run.is_chief:

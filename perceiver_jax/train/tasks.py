@@ -28,6 +28,7 @@ TASKS: dict[str, Task] = {
         Task('audioset', 'perceiver_jax.data.audioset'),
         Task('modelnet40', 'perceiver_jax.data.modelnet40'),
         Task('shapes', 'perceiver_jax.data.shapes'),
+        Task('images', 'perceiver_jax.data.images'),
     )
 }
 
@@ -38,3 +39,14 @@ def get_task(name: str) -> Task:
     raise ValueError(f'Unknown config.task {name!r}; known tasks: '
                      f'{sorted(TASKS)}.')
   return TASKS[name]
+
+
+def complete_config(config) -> None:
+  """Lets the task's data fill the config fields it decides (in place).
+
+  A data module may define `complete_config(config)` (e.g. the class count
+  of a folder of images); a no-op for the others and for a complete config.
+  """
+  complete = getattr(get_task(config.task).data, 'complete_config', None)
+  if complete is not None:
+    complete(config)
