@@ -20,7 +20,6 @@ from absl import logging
 
 from perceiver_jax import cli
 from perceiver_jax.train import evaluation
-from perceiver_jax.train import launch
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.',
                                required=True)
@@ -124,4 +123,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  launch.run(main)
+  cli.run(main)

@@ -397,9 +397,9 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
   batches = pipeline.evaluation_batches(
       records, batch_dims=batch_dims,
       preprocess_fn=(lambda r: r) if config.dataset == FOLDER else preprocess,
-      num_batches=pipeline.evaluation_num_batches(
-          source.total_examples, process_count,
-          pipeline.batch_size_of(batch_dims)),
+      num_batches=in_memory.num_eval_batches(
+          source.total_examples, pipeline.batch_size_of(batch_dims),
+          process_count),
       threadpool_size=int(config.threadpool_size))
   return _CountedEvaluation(batches, source.num_examples, split)
 
