@@ -13,7 +13,7 @@ rate (`machine.matmul_rates`) in the run's precision.
 import functools
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import ml_collections
@@ -219,28 +219,18 @@ def _finish(result: dict[str, Any], config: ml_collections.ConfigDict,
   return result
 
 
-def benchmark_scaling(configs: Iterable[ml_collections.ConfigDict], *,
-                      steps: int = 2, warmup: int = 1,
-                      plot: Optional[str] = None,
-                      compiler_options: Optional[Mapping[str, Any]] = None,
-                      on_result: Callable[[dict], None] = lambda _: None
-                      ) -> list[dict[str, Any]]:
-  """The train step at one example per device for each config (one per M);
-  optionally plotted to `plot`."""
-  results = []
-  for config in configs:
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-      config.train.batch_size = jax.local_device_count()
-    result = benchmark_train(config, steps=steps, warmup=warmup,
-                             count_flops=False,
-                             compiler_options=compiler_options)
-    result['mode'] = 'scaling'
-    results.append(result)
-    on_result(result)
-  if plot:
-    write_scaling_plot(results, plot)
-  return results
+def benchmark_scaling(config: ml_collections.ConfigDict, *, steps: int = 2,
+                      warmup: int = 1,
+                      compiler_options: Optional[Mapping[str, Any]] = None
+                      ) -> dict[str, Any]:
+  """The train step at one example per device, for a point of M scaling."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.train.batch_size = jax.local_device_count()
+  result = benchmark_train(config, steps=steps, warmup=warmup,
+                           count_flops=False,
+                           compiler_options=compiler_options)
+  return dict(result, mode='scaling')
 
 
 def write_scaling_plot(results: Sequence[Mapping[str, Any]],
