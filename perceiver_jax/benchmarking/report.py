@@ -31,43 +31,36 @@ STAGES = ('headline', 'float32', 'einsum', 'max_inputs', 'scaling')
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = 'report.json', 'report.md', 'scaling.png'
 
 
+def _stage_seconds(*seconds: float) -> Any:
+  return dataclasses.field(default_factory=lambda: dict(zip(STAGES, seconds)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Profile:
-  """What the report measures and each stage's time (`caps`, `min_seconds`).
-
-  `image_side` None keeps the config's; `batches` are tried largest first;
-  `scaling_inputs` is (smallest M, largest M, points); `reserve_seconds` of
-  the budget are kept for writing the report.
-  """
-  config_arg: str
-  encoder: Mapping[str, Any]
-  image_side: Optional[int]
-  batches: tuple[int, ...]
-  steps: int
-  warmup: int
-  max_side: int
-  side_tolerance: float
-  scaling_inputs: tuple[int, int, int]
-  caps: Mapping[str, float]
-  min_seconds: Mapping[str, float]
-  budget_seconds: float
-  reserve_seconds: float
+  """What the report measures, and each stage's time; the defaults are the
+  full report's. `image_side` None keeps the config's; `scaling_inputs`:
+  (smallest M, largest M, points); `reserve_seconds` of the budget are kept
+  for writing the report."""
+  config_arg: str = ''
+  encoder: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  image_side: Optional[int] = None
+  # Compiles of the headline step are the unit of cost, so few batches are
+  # tried. XLA plans about 4.4 GB an example for the bf16 headline step, so
+  # about 30 examples fill a 141 GB device.
+  batches: tuple[int, ...] = (32, 24, 16, 8)
+  steps: int = 5
+  warmup: int = 2
+  max_side: int = 4096
+  side_tolerance: float = 0.03
+  scaling_inputs: tuple[int, int, int] = (1024, 2**20, 4)
+  caps: Mapping[str, float] = _stage_seconds(120, 80, 70, 120, 80)
+  min_seconds: Mapping[str, float] = _stage_seconds(30, 20, 20, 20, 15)
+  budget_seconds: float = 480
+  reserve_seconds: float = 10
   compiler_options: Optional[Mapping[str, Any]] = None
 
 
-# Compiles of the headline step are the unit of cost, so few sizes are
-# tried. XLA plans about 4.4 GB an example for the bf16 headline step, so
-# about 30 examples fill a 141 GB device.
-FULL = Profile(
-    config_arg='', encoder={}, image_side=None, batches=(32, 24, 16, 8),
-    steps=5, warmup=2, max_side=4096, side_tolerance=0.03,
-    scaling_inputs=(1024, 2**20, 4),
-    caps=dict(headline=120, float32=80, einsum=70, max_inputs=120,
-              scaling=80),
-    min_seconds=dict(headline=30, float32=20, einsum=20, max_inputs=20,
-                     scaling=15),
-    budget_seconds=480, reserve_seconds=10)
-
+FULL = Profile()
 # runlocal ImageNet shrunk: every stage in seconds, on any backend.
 TINY = Profile(
     config_arg='runlocal', encoder=dict(
