@@ -116,15 +116,13 @@ class StageContext:
       if not is_out_of_memory(e):
         raise
       result, error = None, _short(e)
+    attempt = {**_attempt_fields(result), **fields, 'fits': error is None}
     if error:
+      attempt['error'] = error
       # Outside the except block, so that the traceback's device buffers
       # are freed before the next attempt.
       gc.collect()
-    self.last_seconds = self.clock() - begin
-    attempt = {**_attempt_fields(result), **fields, 'fits': error is None,
-               'seconds': self.last_seconds}
-    if error:
-      attempt['error'] = error
+    self.last_seconds = attempt['seconds'] = self.clock() - begin
     self.entry.setdefault('attempts', []).append(attempt)
     self.save()
     return result
