@@ -72,12 +72,14 @@ def main(argv: Sequence[str]) -> None:
                   mode='input', batch_size=config.train.batch_size,
                   **machine.environment())
   else:
-    steps.benchmark_scaling(
-        [common.with_num_inputs(config, m) for m in machine.log_spaced(
-            f.min_inputs, f.max_inputs, f.num_points)],
-        steps=f.steps, warmup=f.warmup, plot=f.plot,
-        compiler_options=options,
-        on_result=lambda r: print(json.dumps(r), flush=True))
+    results = []
+    for m in machine.log_spaced(f.min_inputs, f.max_inputs, f.num_points):
+      results.append(steps.benchmark_scaling(
+          common.with_num_inputs(config, m), steps=f.steps, warmup=f.warmup,
+          compiler_options=options))
+      print(json.dumps(results[-1]), flush=True)
+    if f.plot:
+      steps.write_scaling_plot(results, f.plot)
     return
   print(json.dumps(result), flush=True)
 

@@ -111,19 +111,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if args.image_size is None:
     args.image_size = (64 if not args.released else 32 if args.tiny
                        else 224)
-  for flag in ('batch_size', 'image_size', 'rounds', 'steps'):
-    if getattr(args, flag) < 1:
-      parser.error(f'--{flag} must be at least 1')
-  if args.warmup < 0:
-    parser.error('--warmup must be at least 0')
+  for flag, least in (('batch_size', 1), ('image_size', 1), ('rounds', 1),
+                      ('steps', 1), ('warmup', 0), ('cpu_devices', 1)):
+    if getattr(args, flag) is not None and getattr(args, flag) < least:
+      parser.error(f'--{flag} must be at least {least}')
   if args.released and (args.precision != 'float32' or
                         args.peer_precision != 'float32' or
                         args.cpu_devices is not None):
     parser.error('--released times the float32 forward on one device; '
                  'leave out --precision, --peer_precision and --cpu_devices')
   if args.cpu_devices is not None:
-    if args.cpu_devices < 1:
-      parser.error('--cpu_devices must be at least 1')
     from perceiver_jax.train import parallel  # pylint: disable=g-import-not-at-top
     parallel.use_cpu_devices(args.cpu_devices)
   # pylint: disable=g-import-not-at-top

@@ -85,8 +85,6 @@ def xla_cost(program: Any) -> tuple[float, float]:
   """(FLOPs, bytes accessed) from XLA's cost analysis of a lowered or
   compiled program (compiled: of the optimised HLO, per device)."""
   cost = program.cost_analysis()
-  if isinstance(cost, (list, tuple)):  # Older JAX: one dict per module.
-    cost = cost[0]
   if not cost or 'flops' not in cost:
     raise RuntimeError(f'XLA cost analysis gave no FLOP count: {cost!r}.')
   return float(cost['flops']), float(cost.get('bytes accessed', 0.0))
@@ -141,12 +139,7 @@ def peak_memory_bytes(device: Any) -> tuple[int, str]:
 def xla_memory_bytes(compiled: Any) -> Optional[int]:
   """XLA's planned memory of a compiled program (arguments, outputs and
   temporaries), or None if not reported."""
-  try:
-    analysis = compiled.memory_analysis()
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0]
+  analysis = compiled.memory_analysis()
   if analysis is None:
     return None
   return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes +

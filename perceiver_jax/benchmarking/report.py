@@ -1,12 +1,11 @@
 """The accelerator report: stages run within a time budget, saved as they go.
 
 Stages, in order: `headline` (the train step's images/s and MFU at the
-largest batch of `Profile.batches` that fits), `float32` and `einsum` (the
-same in those modes, from the headline's batch down), `max_inputs` (the
-largest square image whose batch-1 step fits) and `scaling` (the batch-1
-step against M, plotted). Each stage has a cap; a stage with less time than
-it needs is skipped, and one stops trying sizes once the next would overrun
-(it is then `partial`). Only device out-of-memory errors mean "does not
+largest of `Profile.batches` that fits), `float32` and `einsum` (the same in
+those modes), `max_inputs` (the largest square image whose batch-1 step
+fits) and `scaling` (the batch-1 step against M, plotted). A stage with less
+time than it needs is skipped; one stops before a try that would overrun its
+cap (it is then `partial`). Only device out-of-memory errors mean "does not
 fit"; any other error marks the stage `failed` and the next still runs.
 `report.json` and `report.md` are rewritten after every attempt.
 """
@@ -20,7 +19,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import ml_collections
@@ -32,45 +31,36 @@ STAGES = ('headline', 'float32', 'einsum', 'max_inputs', 'scaling')
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = 'report.json', 'report.md', 'scaling.png'
 
 
+def _stage_seconds(*seconds: float) -> Any:
+  return dataclasses.field(default_factory=lambda: dict(zip(STAGES, seconds)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Profile:
-  """What the report measures and how long each stage may take.
-
-  `encoder` overrides the config's encoder; `image_side` sets the image
-  (None: the config's); `batches` are tried largest first; the size search
-  stops within `side_tolerance` of the bracket; `scaling_inputs` is
-  (smallest M, largest M, points); `min_seconds`: the least a stage needs;
-  `reserve_seconds` of the budget are kept for writing the report.
-  """
-  config_arg: str
-  encoder: Mapping[str, Any]
-  image_side: Optional[int]
-  batches: tuple[int, ...]
-  steps: int
-  warmup: int
-  max_side: int
-  side_tolerance: float
-  scaling_inputs: tuple[int, int, int]
-  caps: Mapping[str, float]
-  min_seconds: Mapping[str, float]
-  budget_seconds: float
-  reserve_seconds: float
+  """What the report measures, and each stage's time; the defaults are the
+  full report's. `image_side` None keeps the config's; `scaling_inputs`:
+  (smallest M, largest M, points); `reserve_seconds` of the budget are kept
+  for writing the report."""
+  config_arg: str = ''
+  encoder: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  image_side: Optional[int] = None
+  # Compiles of the headline step are the unit of cost, so few batches are
+  # tried. XLA plans about 4.4 GB an example for the bf16 headline step, so
+  # about 30 examples fill a 141 GB device.
+  batches: tuple[int, ...] = (32, 24, 16, 8)
+  steps: int = 5
+  warmup: int = 2
+  max_side: int = 4096
+  side_tolerance: float = 0.03
+  scaling_inputs: tuple[int, int, int] = (1024, 2**20, 4)
+  caps: Mapping[str, float] = _stage_seconds(120, 80, 70, 120, 80)
+  min_seconds: Mapping[str, float] = _stage_seconds(30, 20, 20, 20, 15)
+  budget_seconds: float = 480
+  reserve_seconds: float = 10
   compiler_options: Optional[Mapping[str, Any]] = None
 
 
-# Compiles of the headline step are the unit of cost, so few sizes are
-# tried. XLA plans about 4.4 GB an example for the bf16 headline step, so
-# about 30 examples fill a 141 GB device.
-FULL = Profile(
-    config_arg='', encoder={}, image_side=None, batches=(32, 24, 16, 8),
-    steps=5, warmup=2, max_side=4096, side_tolerance=0.03,
-    scaling_inputs=(1024, 2**20, 4),
-    caps=dict(headline=120, float32=80, einsum=70, max_inputs=120,
-              scaling=80),
-    min_seconds=dict(headline=30, float32=20, einsum=20, max_inputs=20,
-                     scaling=15),
-    budget_seconds=480, reserve_seconds=10)
-
+FULL = Profile()
 # runlocal ImageNet shrunk: every stage in seconds, on any backend.
 TINY = Profile(
     config_arg='runlocal', encoder=dict(
@@ -93,114 +83,107 @@ def _short(error: BaseException) -> str:
   return f'{type(error).__name__}: {lines[0] if lines else ""}'[:300]
 
 
-def unless_out_of_memory(fn: Callable[[], Any]) -> tuple[Any, Optional[str]]:
-  """`(fn(), None)`, or `(None, the error's first line)` when `fn` runs out
-  of device memory; any other error propagates."""
-  try:
-    return fn(), None
-  except Exception as e:  # pylint: disable=broad-except
-    if not is_out_of_memory(e):
-      raise
-    message = _short(e)
-  # Outside the except block, so that the traceback's device buffers are
-  # freed before a smaller attempt.
-  gc.collect()
-  return None, message
-
-
 @dataclasses.dataclass
-class Search:
-  """A search's outcome: the best size that fitted (`batch` or
-  `largest_fit`), its `result`, every attempt or probe, and `note`: why it
-  stopped early ('' if it did not)."""
-  batch: Optional[int] = None
-  result: Any = None
-  attempts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-  largest_fit: Optional[int] = None
-  smallest_fail: Optional[int] = None
-  probes: list[tuple[int, bool]] = dataclasses.field(default_factory=list)
-  note: str = ''
-  stopped: bool = False
+class StageContext:
+  """A running stage: its `entry` in the report, its deadline, the report's
+  `clock` and `save_report`; `stopped`: why it stopped early, if it did."""
+  entry: dict[str, Any]
+  deadline: float
+  clock: Callable[[], float] = time.monotonic
+  save_report: Callable[[], None] = lambda: None
+  stopped: Optional[str] = None
+  last_seconds: float = 0.0
 
+  def left(self) -> float:
+    return self.deadline - self.clock()
 
-def largest_batch(batches: Iterable[int], run: Callable[[int], Any], *,
-                  can_start: Callable[[float], bool] = lambda _: True,
-                  on_attempt: Callable[[dict], None] = lambda _: None,
-                  clock: Callable[[], float] = time.monotonic) -> Search:
-  """Runs `run(batch)` from the largest batch down until one does not run
-  out of device memory, while `can_start(seconds of the last attempt)`."""
-  search, expected = Search(), 0.0
-  for batch in sorted(set(batches), reverse=True):
-    if not can_start(expected):
-      search.note = (f'stopped before batch {batch}: the next attempt would '
-                     f'overrun the stage cap')
-      return search
-    start = clock()
-    result, error = unless_out_of_memory(functools.partial(run, batch))
-    attempt = dict(batch=batch, fits=error is None, seconds=clock() - start)
+  def save(self, **fields: Any) -> None:
+    self.entry.update(fields)
+    self.save_report()
+
+  def attempt(self, what: str, fn: Callable[[], Any], **fields: Any) -> Any:
+    """`fn()`, recorded with `fields` in the entry's `attempts`; None when it
+    runs out of device memory, or when an attempt as long as the last would
+    overrun the deadline (then not run, and `stopped` says so)."""
+    if self.last_seconds > self.left():
+      self.stopped = (f'stopped before {what}: the next attempt would '
+                      f'overrun the stage cap')
+      return None
+    begin = self.clock()
+    try:
+      result, error = fn(), None
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_out_of_memory(e):
+        raise
+      result, error = None, _short(e)
+    attempt = {**_attempt_fields(result), **fields, 'fits': error is None}
     if error:
       attempt['error'] = error
-    search.attempts.append(attempt)
-    on_attempt(attempt)
-    if error is None:
-      search.batch, search.result = batch, result
-      return search
-    expected = attempt['seconds']
-  return search
+      # Outside the except block, so that the traceback's device buffers
+      # are freed before the next attempt.
+      gc.collect()
+    self.last_seconds = attempt['seconds'] = self.clock() - begin
+    self.entry.setdefault('attempts', []).append(attempt)
+    self.save()
+    return result
 
 
-def largest_size(fits: Callable[[int], bool], start: int, *, limit: int,
-                 grow: Callable[[int], int] = lambda n: 2 * n,
-                 tolerance: float = 0.0, known_fit: int = 0,
-                 can_start: Callable[[float], bool] = lambda _: True,
-                 clock: Callable[[], float] = time.monotonic) -> Search:
+def _attempt_fields(result: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+  return {k: (result or {}).get(k) for k in (
+      'num_inputs', 'lower_seconds', 'compile_seconds', 'xla_memory_bytes',
+      'step_seconds')}
+
+
+def largest_batch(context: StageContext, batches: Iterable[int],
+                  run: Callable[[int], Any]) -> None:
+  """Runs `run(batch)` from the largest of `batches` down until one fits in
+  device memory; saves it and its result as the stage's `batch`, `result`."""
+  context.save(batch=None, result=None)
+  for batch in sorted(set(batches), reverse=True):
+    result = context.attempt(f'batch {batch}', functools.partial(run, batch),
+                             batch=batch)
+    if result is not None:
+      context.save(batch=batch, result=result)
+      return
+    if context.stopped:
+      return
+  context.save(detail=f'no batch of {sorted(batches)} fitted')
+
+
+class Search(NamedTuple):
+  """`largest_size`'s outcome, and its probes as (n, fits)."""
+  largest_fit: Optional[int]
+  smallest_fail: Optional[int]
+  probes: list[tuple[int, bool]]
+
+
+def largest_size(fits: Callable[[int], Optional[bool]], start: int, *,
+                 limit: int, grow: Callable[[int], int] = lambda n: 2 * n,
+                 tolerance: float = 0.0, known_fit: int = 0) -> Search:
   """The largest n <= `limit` with `fits(n)` (monotone): grows from `start`
   until a size fails, then bisects down to `tolerance` above the largest fit
-  (or `known_fit`, never probed); `can_start` may stop it between probes."""
+  (or `known_fit`, never probed). `fits` returning None stops the search."""
   if not 1 <= start <= limit or not 0 <= known_fit <= start:
     raise ValueError(f'Need 0 <= known_fit <= start <= limit and start >= 1,'
                      f' got {known_fit}, {start}, {limit}.')
-  search, expected = Search(), None
-
-  def probe(n: int) -> Optional[bool]:
-    nonlocal expected
-    if expected is not None and not can_start(expected):
-      search.note = (f'stopped before size {n}: the next probe would overrun '
-                     f'the stage cap')
-      search.stopped = True
-      return None
-    begin = clock()
-    ok = bool(fits(n))
-    expected = clock() - begin
-    search.probes.append((n, ok))
-    return ok
-
-  n = start
-  while True:
-    ok = probe(n)
-    if ok is None:
-      return search
-    if not ok:
-      search.smallest_fail = n
-      break
-    search.largest_fit = n
-    if n >= limit:
-      search.note = f'every size up to the limit {limit} fitted'
-      return search
-    n = min(max(grow(n), n + 1), limit)
-  low, high = search.largest_fit or known_fit, search.smallest_fail
-  while high - low > 1 and high > low * (1 + tolerance):
-    mid = (low + high) // 2
-    ok = probe(mid)
+  probes = []
+  low, high, n = known_fit, None, start
+  while high is None or (high - low > 1 and high > low * (1 + tolerance)):
+    ok = fits(n)
     if ok is None:
       break
+    probes.append((n, ok))
     if ok:
-      low = search.largest_fit = mid
+      low = n
     else:
-      high = search.smallest_fail = mid
-  if search.largest_fit is None and known_fit:
-    search.largest_fit = known_fit
-  return search
+      high = n
+    if high is not None:  # Bisecting.
+      n = (low + high) // 2
+    elif n >= limit:
+      break
+    else:
+      n = min(max(grow(n), n + 1), limit)
+  return Search(low or None, high, probes)
 
 
 def grow_square_side(side: int) -> int:
@@ -219,29 +202,7 @@ def max_inputs_start(side: int, per_device_batch: Optional[int],
   return max(side, min(start, max_side)), min(side, max_side)
 
 
-class StageContext:
-  """A running stage's `entry` in the report, its deadline, and `save`."""
-
-  def __init__(self, report: 'Report', entry: dict[str, Any],
-               deadline: float):
-    self._report = report
-    self.entry = entry
-    self.deadline = deadline
-    self.clock = report.clock
-
-  def left(self) -> float:
-    return self.deadline - self.clock()
-
-  def can_start(self, expected_seconds: float) -> bool:
-    return expected_seconds <= self.left()
-
-  def save(self, **fields: Any) -> None:
-    self.entry.update(fields)
-    self._report.save()
-
-
-# A stage runs with its context; returns None, or why it stopped early.
-Stage = Callable[[StageContext], Optional[str]]
+Stage = Callable[[StageContext], None]
 
 
 class Report:
@@ -267,11 +228,8 @@ class Report:
         header, budget_seconds=budget_seconds, elapsed_seconds=0.0,
         complete=False,
         stages={name: dict(status='pending') for name in stages})
+    self.stages: dict[str, dict[str, Any]] = self.doc['stages']
     self.save()
-
-  @property
-  def stages(self) -> dict[str, dict[str, Any]]:
-    return self.doc['stages']
 
   def save(self) -> None:
     """Rewrites report.json and report.md, each replaced atomically."""
@@ -286,15 +244,15 @@ class Report:
         f.write(text)
       os.replace(path + '.partial', path)
 
-  def run_stage(self, name: str, fn: Stage, *, cap_seconds: float,
-                min_seconds: float) -> str:
-    """Runs `fn` until `cap_seconds` or the budget's end, unless that
-    leaves under `min_seconds`; returns the stage's status."""
+  def run_stage(self, name: str, fn: Stage, *,
+                cap_seconds: float, min_seconds: float) -> str:
+    """Runs `fn` until `cap_seconds` or the budget's end, unless that leaves
+    under `min_seconds`; returns the stage's status."""
     entry = self.stages[name]
     now = self.clock()
     left = self.deadline - now
     allotted = min(cap_seconds, left)
-    entry.update(cap_seconds=cap_seconds)
+    entry.update(cap_seconds=cap_seconds, status='running')
     if allotted < min_seconds:
       entry.update(status='skipped', note=(
           f'skipped: {max(allotted, 0):.1f} s available (cap {cap_seconds:g}'
@@ -302,12 +260,12 @@ class Report:
           f'{min_seconds:g} s'))
       self.save()
       return 'skipped'
-    entry.update(status='running')
     self.save()
+    context = StageContext(entry, now + allotted, self.clock, self.save)
     try:
-      stopped = fn(StageContext(self, entry, now + allotted))
-      entry.update(dict(status='partial', note=stopped) if stopped else
-                   dict(status='done'))
+      fn(context)
+      entry.update(dict(status='partial', note=context.stopped)
+                   if context.stopped else dict(status='done'))
     except Exception as e:  # pylint: disable=broad-except
       # A bug in one stage must not cost the others their turn.
       text = traceback.format_exc()
@@ -346,14 +304,37 @@ def ratios(stages: Mapping[str, Mapping[str, Any]]
       else None) for name in ('float32', 'einsum')}
 
 
-def _cell(value: Any, fmt: str = '{}') -> str:
-  return '-' if value is None else fmt.format(value)
+def _cell(value: Any, fmt: str = '{}', scale: Optional[float] = None) -> str:
+  if value is None:
+    return '-'
+  return fmt.format(value if scale is None else value * scale)
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]
+def _table(columns: Sequence[tuple], records: Iterable[Mapping[str, Any]]
            ) -> list[str]:
+  """Markdown rows of `records`; a column is (header, key[, format[, scale]])."""
+  rows = [[_cell(record.get(key), *style) for _, key, *style in columns]
+          for record in records]
   return ['| ' + ' | '.join(row) + ' |' for row in (
-      header, ['---'] * len(header), *rows)]
+      [c[0] for c in columns], ['---'] * len(columns), *rows)]
+
+
+_STAGE_COLUMNS = (
+    ('stage', 'stage'), ('status', 'status'), ('precision', 'precision'),
+    ('attention', 'attention_impl'), ('batch', 'batch_size'),
+    ('M', 'num_inputs'), ('images/s', 'examples_per_sec', '{:.1f}'),
+    ('MFU', 'mfu', '{:.1%}'), ('of matmul rate', 'machine_fraction', '{:.1%}'),
+    ('step ms', 'step_seconds', '{:.2f}', 1e3),
+    ('compile s', 'compile_seconds', '{:.1f}'),
+    ('XLA memory GiB', 'xla_memory_bytes', '{:.2f}', 2**-30), ('note', 'note'))
+_SCALING_COLUMNS = (
+    ('M', 'num_inputs'), ('step ms', 'step_seconds', '{:.2f}', 1e3),
+    ('XLA memory MiB', 'xla_memory_bytes', '{:.1f}', 2**-20),
+    ('compile s', 'compile_seconds', '{:.1f}'))
+_COMPILE_COLUMNS = (
+    ('stage', 'stage'), ('batch', 'batch'), ('M', 'num_inputs'),
+    ('fits', 'fits'), ('lower s', 'lower_seconds', '{:.1f}'),
+    ('compile s', 'compile_seconds', '{:.1f}'))
 
 
 def format_markdown(doc: Mapping[str, Any]) -> str:
@@ -369,25 +350,11 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
       f'{doc.get("complete")}; load {env.get("load_average_1m")}; dense '
       f'matmul FLOP/s float32 {_cell(rates.get("float32"), "{:.3g}")}, '
       f'bf16 {_cell(rates.get("bfloat16"), "{:.3g}")}.', '']
-  rows = []
-  for name, entry in stages.items():
-    r = entry.get('result') or {}
-    memory, step = r.get('xla_memory_bytes'), r.get('step_seconds')
-    rows.append([
-        name, entry['status'], _cell(r.get('precision')),
-        _cell(r.get('attention_impl')), _cell(r.get('batch_size')),
-        _cell(r.get('num_inputs')),
-        _cell(r.get('examples_per_sec'), '{:.1f}'),
-        _cell(r.get('mfu'), '{:.1%}'),
-        _cell(r.get('machine_fraction'), '{:.1%}'),
-        _cell(None if step is None else 1e3 * step, '{:.2f}'),
-        _cell(r.get('compile_seconds'), '{:.1f}'),
-        _cell(None if memory is None else memory / 2**30, '{:.2f}'),
-        '; '.join(entry[k] for k in ('note', 'detail', 'error')
-                  if entry.get(k)).replace('|', '/')])
-  lines += _table(('stage', 'status', 'precision', 'attention', 'batch', 'M',
-                   'images/s', 'MFU', 'of matmul rate', 'step ms',
-                   'compile s', 'XLA memory GiB', 'note'), rows)
+  lines += _table(_STAGE_COLUMNS, [dict(
+      entry.get('result') or {}, stage=name, status=entry['status'],
+      note='; '.join(entry[k] for k in ('note', 'detail', 'error')
+                     if entry.get(k)).replace('|', '/'))
+                                   for name, entry in stages.items()])
   ratio = doc.get('ratios', {})
   lines += ['', 'Images/s ratios: bf16 dot_product over float32: ' +
             _cell(ratio.get('headline_over_float32'), '{:.2f}x') +
@@ -400,21 +367,15 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
               f'{side}x{side} (M = {largest["largest_num_inputs"]}); ' + (
                   f'{fail}x{fail} ran out of memory.' if fail else
                   'no larger size was tried to failure.')]
-  points = stages.get('scaling', {}).get('points') or []
-  if points:
+  scaling = stages.get('scaling', {})
+  if scaling.get('points'):
     lines += ['', 'Scaling in M (batch 1, 1D grid, headline latents):', '']
-    lines += _table(('M', 'step ms', 'XLA memory MiB', 'compile s'), [[
-        str(p['num_inputs']), f'{1e3 * p["step_seconds"]:.2f}',
-        _cell(p.get('xla_memory_bytes') and p['xla_memory_bytes'] / 2**20,
-              '{:.1f}'), f'{p["compile_seconds"]:.1f}'] for p in points])
-    if stages['scaling'].get('plot'):
-      lines += ['', f'![scaling]({stages["scaling"]["plot"]})']
+    lines += _table(_SCALING_COLUMNS, scaling['points'])
+    if scaling.get('plot'):
+      lines += ['', f'![scaling]({scaling["plot"]})']
   if doc.get('compile_times'):
     lines += ['', 'Compile times:', '']
-    lines += _table(('stage', 'batch', 'M', 'fits', 'lower s', 'compile s'), [[
-        r['stage'], _cell(r['batch']), _cell(r['num_inputs']),
-        _cell(r['fits']), _cell(r['lower_seconds'], '{:.1f}'),
-        f'{r["compile_seconds"]:.1f}'] for r in doc['compile_times']])
+    lines += _table(_COMPILE_COLUMNS, doc['compile_times'])
   return '\n'.join(lines) + '\n'
 
 
@@ -437,123 +398,6 @@ def _with(config: ml_collections.ConfigDict, *,
       config.train.batch_size = batch_size
     config.model.encoder.update(encoder)
   return config
-
-
-def _attempt_fields(result: Mapping[str, Any]) -> dict[str, Any]:
-  return {k: result.get(k) for k in (
-      'num_inputs', 'lower_seconds', 'compile_seconds', 'xla_memory_bytes',
-      'step_seconds')}
-
-
-def throughput_stage(profile: Profile, config: ml_collections.ConfigDict,
-                     batches: Sequence[int],
-                     rates: Optional[Mapping[str, float]]) -> Stage:
-  """Measures `config`'s train step at the largest of `batches` that fits."""
-
-  def stage(context: StageContext) -> Optional[str]:
-    attempts = context.entry.setdefault('attempts', [])
-    measured = {}
-
-    def run(batch: int) -> dict[str, Any]:
-      measured[batch] = steps.benchmark_train(
-          _with(config, batch_size=batch), steps=profile.steps,
-          warmup=profile.warmup, rates=rates,
-          compiler_options=profile.compiler_options)
-      return measured[batch]
-
-    def on_attempt(attempt: dict[str, Any]) -> None:
-      attempts.append(dict(attempt, **_attempt_fields(
-          measured.get(attempt['batch'], {}))))
-      context.save()
-
-    found = largest_batch(batches, run, can_start=context.can_start,
-                          on_attempt=on_attempt, clock=context.clock)
-    context.save(batch=found.batch, result=found.result)
-    if found.batch is None and not found.note:
-      context.save(detail=f'no batch of {sorted(batches)} fitted')
-    return found.note or None
-  return stage
-
-
-def max_inputs_stage(profile: Profile, config: ml_collections.ConfigDict,
-                     headline_batch: Callable[[], Optional[int]]) -> Stage:
-  """Searches the largest square image whose batch-1 step fits, starting
-  from the headline's fitted batch (`max_inputs_start`)."""
-  side0 = int(config.model.input.index_dims[0])
-  limit = max(side0, profile.max_side)
-  one_each = jax.local_device_count()  # One example per device.
-
-  def stage(context: StageContext) -> Optional[str]:
-    attempts = context.entry.setdefault('attempts', [])
-    batch = headline_batch()
-    start, known_fit = max_inputs_start(side0, batch and batch // one_each,
-                                        limit)
-    context.save(start_side=start, known_fit_side=known_fit or None)
-
-    def fits(side: int) -> bool:
-      result, error = unless_out_of_memory(lambda: steps.benchmark_train(
-          with_square_image(_with(config, batch_size=one_each), side),
-          steps=1, warmup=0, count_flops=False,
-          compiler_options=profile.compiler_options))
-      attempt = dict(side=side, batch=one_each, fits=error is None,
-                     **_attempt_fields(result or {}))
-      attempt['num_inputs'] = side * side
-      if error:
-        attempt['error'] = error
-      attempts.append(attempt)
-      context.save()
-      return error is None
-
-    search = largest_size(fits, start, limit=limit, grow=grow_square_side,
-                          tolerance=profile.side_tolerance,
-                          known_fit=known_fit, can_start=context.can_start,
-                          clock=context.clock)
-    side = search.largest_fit
-    context.save(largest_side=side,
-                 largest_num_inputs=None if side is None else side * side,
-                 smallest_failing_side=search.smallest_fail)
-    if search.note and not search.stopped:
-      context.save(detail=search.note)
-    return search.note if search.stopped else None
-  return stage
-
-
-def scaling_stage(profile: Profile, config_at: Callable[[int], Any],
-                  out_dir: str,
-                  largest_inputs: Callable[[], Optional[int]]) -> Stage:
-  """Times the batch-1 step of `config_at(M)` over `profile.scaling_inputs`
-  (up to the `max_inputs` stage's M) and plots it."""
-
-  def stage(context: StageContext) -> Optional[str]:
-    low, high, num = profile.scaling_inputs
-    if largest_inputs():
-      high = max(low, min(high, largest_inputs()))
-    points = context.entry.setdefault('points', [])
-    attempts = context.entry.setdefault('attempts', [])
-    stopped, expected = None, 0.0
-    for m in machine.log_spaced(low, high, num):
-      if not context.can_start(expected):
-        stopped = (f'stopped before M={m}: the next point would overrun the '
-                   f'stage cap')
-        break
-      begin = context.clock()
-      results, error = unless_out_of_memory(functools.partial(
-          steps.benchmark_scaling, [config_at(m)], steps=profile.steps,
-          warmup=profile.warmup, compiler_options=profile.compiler_options))
-      expected = context.clock() - begin
-      if error:
-        attempts.append(dict(num_inputs=m, fits=False, error=error))
-        context.save(detail=f'M={m} ran out of memory; larger M not tried')
-        break
-      points.append(results[0])
-      attempts.append(dict(batch=results[0]['batch_size'], fits=True,
-                           **_attempt_fields(results[0])))
-      context.save()
-    if points:
-      steps.write_scaling_plot(points, os.path.join(out_dir, PLOT_NAME))
-      context.save(plot=PLOT_NAME)
-    return stopped
-  return stage
 
 
 def device_memory() -> dict[str, Any]:
@@ -585,30 +429,80 @@ def run_report(profile: Profile, config: ml_collections.ConfigDict,
   report.doc['environment'] = dict(
       machine.environment(), **device_memory(), matmul_flops_per_sec=rates)
   report.save()
+  stages = report.stages
+  one_each = jax.local_device_count()  # One example per device.
 
-  def batch_of(name: str) -> Optional[int]:
-    return report.stages[name].get('batch')
+  def throughput(mode_config: ml_collections.ConfigDict) -> Stage:
+    """The train step at the largest batch that fits, from the headline's
+    batch down (the headline itself: from the largest)."""
+    def stage(context: StageContext) -> None:
+      top = stages['headline'].get('batch') or max(profile.batches)
+      largest_batch(context, [b for b in profile.batches if b <= top],
+                    lambda batch: steps.benchmark_train(
+                        _with(mode_config, batch_size=batch),
+                        steps=profile.steps, warmup=profile.warmup,
+                        rates=rates,
+                        compiler_options=profile.compiler_options))
+    return stage
 
-  def below_headline() -> list[int]:
-    top = batch_of('headline') or max(profile.batches)
-    return [b for b in profile.batches if b <= top]
+  def max_inputs(context: StageContext) -> None:
+    """The largest square image whose batch-1 step fits, searched from the
+    headline's fitted batch (`max_inputs_start`)."""
+    side0 = int(config.model.input.index_dims[0])
+    limit = max(side0, profile.max_side)
+    batch = stages['headline'].get('batch')
+    start, known_fit = max_inputs_start(side0, batch and batch // one_each,
+                                        limit)
+    context.save(start_side=start, known_fit_side=known_fit or None)
 
-  plan = (
-      ('headline', lambda: throughput_stage(profile, config,
-                                            profile.batches, rates)),
-      ('float32', lambda: throughput_stage(
-          profile, _with(config, precision='float32'), below_headline(),
-          rates)),
-      ('einsum', lambda: throughput_stage(
-          profile, _with(config, attention_impl='einsum'),
-          below_headline(), rates)),
-      ('max_inputs', lambda: max_inputs_stage(
-          profile, config, lambda: batch_of('headline'))),
-      ('scaling', lambda: scaling_stage(
-          profile, config_at, report.out_dir,
-          lambda: report.stages['max_inputs'].get('largest_num_inputs'))))
-  for name, make in plan:
-    report.run_stage(name, make(), cap_seconds=caps[name],
+    def fits(side: int) -> Optional[bool]:
+      result = context.attempt(
+          f'side {side}', lambda: steps.benchmark_train(
+              with_square_image(_with(config, batch_size=one_each), side),
+              steps=1, warmup=0, count_flops=False,
+              compiler_options=profile.compiler_options),
+          side=side, batch=one_each, num_inputs=side * side)
+      return None if context.stopped else result is not None
+
+    search = largest_size(fits, start, limit=limit, grow=grow_square_side,
+                          tolerance=profile.side_tolerance,
+                          known_fit=known_fit)
+    side = search.largest_fit
+    context.save(largest_side=side, largest_num_inputs=side and side * side,
+                 smallest_failing_side=search.smallest_fail)
+    if side == limit:
+      context.save(detail=f'every size up to the limit {limit} fitted')
+
+  def scaling(context: StageContext) -> None:
+    """The batch-1 step against M over `profile.scaling_inputs` (up to the
+    `max_inputs` stage's M), plotted."""
+    low, high, num = profile.scaling_inputs
+    largest = stages['max_inputs'].get('largest_num_inputs')
+    if largest:
+      high = max(low, min(high, largest))
+    points = context.entry.setdefault('points', [])
+    for m in machine.log_spaced(low, high, num):
+      point = context.attempt(
+          f'M={m}', functools.partial(
+              steps.benchmark_scaling, config_at(m), steps=profile.steps,
+              warmup=profile.warmup,
+              compiler_options=profile.compiler_options),
+          num_inputs=m, batch=one_each)
+      if point is None:
+        if not context.stopped:
+          context.save(detail=f'M={m} ran out of memory; larger M not tried')
+        break
+      points.append(point)
+    if points:
+      steps.write_scaling_plot(points, os.path.join(out_dir, PLOT_NAME))
+      context.save(plot=PLOT_NAME)
+
+  plan = dict(headline=throughput(config),
+              float32=throughput(_with(config, precision='float32')),
+              einsum=throughput(_with(config, attention_impl='einsum')),
+              max_inputs=max_inputs, scaling=scaling)
+  for name, stage in plan.items():
+    report.run_stage(name, stage, cap_seconds=caps[name],
                      min_seconds=profile.min_seconds[name])
   report.finish()
   return report

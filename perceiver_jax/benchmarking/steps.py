@@ -1,4 +1,4 @@
-"""A config's train step, forward pass and input pipeline, timed.
+"""A config's train step and forward pass, timed.
 
 Each `benchmark_*` returns one JSON-able dict. Times come after warm-up:
 `compile_seconds` is lowering plus compiling; `step_seconds` the mean of
@@ -13,7 +13,7 @@ rate (`machine.matmul_rates`) in the run's precision.
 import functools
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import ml_collections
@@ -110,17 +110,27 @@ def executed_flops_per_example(compiled: Any, batch_size: int,
   return machine.xla_cost(compiled)[0] * num_devices / batch_size
 
 
-def _step_fields(times: Optional[Mapping[str, Any]],
-                 batch_size: int) -> dict[str, Any]:
-  if times is None:
-    return dict.fromkeys((
+def _time(compiled: Any, args: Sequence[Any], fields: Mapping[str, Any], *,
+          steps: int, warmup: int, carry_first: bool,
+          num_devices: int) -> tuple[dict[str, Any], Any]:
+  """(`fields` with the step times and executed FLOPs, the last outputs)."""
+  times, outputs = machine.time_steps(compiled, args, steps=steps,
+                                      warmup=warmup, carry_first=carry_first)
+  batch_size = fields['batch_size']
+  result = dict(fields, steps=steps, warmup=warmup,
+                executed_flops_per_example=executed_flops_per_example(
+                    compiled, batch_size, num_devices))
+  if times is None:  # Compiled only.
+    result.update(dict.fromkeys((
         'step_seconds', 'step_seconds_min', 'step_seconds_median',
-        'page_faults_per_step', 'steps_per_sec', 'examples_per_sec'))
-  return dict(step_seconds=times['mean'], step_seconds_min=times['min'],
-              step_seconds_median=times['median'],
-              page_faults_per_step=times['page_faults'],
-              steps_per_sec=1.0 / times['mean'],
-              examples_per_sec=batch_size / times['mean'])
+        'page_faults_per_step', 'steps_per_sec', 'examples_per_sec')))
+  else:
+    result.update(step_seconds=times['mean'], step_seconds_min=times['min'],
+                  step_seconds_median=times['median'],
+                  page_faults_per_step=times['page_faults'],
+                  steps_per_sec=1.0 / times['mean'],
+                  examples_per_sec=batch_size / times['mean'])
+  return result, outputs
 
 
 def benchmark_train(config: ml_collections.ConfigDict, *, steps: int = 5,
@@ -129,23 +139,15 @@ def benchmark_train(config: ml_collections.ConfigDict, *, steps: int = 5,
                     compiler_options: Optional[Mapping[str, Any]] = None
                     ) -> dict[str, Any]:
   """Times `config`'s training step on a synthetic batch (global
-  `config.train.batch_size`, split over the local devices).
-
-  `rates`: the machine's matmul rates, for `machine_fraction`.
-  """
+  `config.train.batch_size`, split over the local devices); `rates`: the
+  machine's matmul rates, for `machine_fraction`."""
   prepared = prepare_train_step(config, compiler_options=compiler_options)
-  times, outputs = machine.time_steps(
-      prepared.compiled, prepared.args, steps=steps, warmup=warmup,
-      carry_first=True)
-  loss = None if outputs is None else float(
+  result, outputs = _time(
+      prepared.compiled, prepared.args, dict(mode='train', **prepared.fields),
+      steps=steps, warmup=warmup, carry_first=True,
+      num_devices=jax.local_device_count())
+  result['loss'] = None if outputs is None else float(
       np.asarray(outputs[1]['loss'])[0])
-  batch_size = prepared.fields['batch_size']
-  result = dict(mode='train', **prepared.fields,
-                **_step_fields(times, batch_size), loss=loss, steps=steps,
-                warmup=warmup, executed_flops_per_example=(
-                    executed_flops_per_example(
-                        prepared.compiled, batch_size,
-                        jax.local_device_count())))
   return _finish(result, config, count_flops, rates, training=True)
 
 
@@ -163,20 +165,15 @@ def benchmark_forward(config: ml_collections.ConfigDict, *, steps: int = 5,
   params = jax.jit(functools.partial(forward.init, is_training=False))(
       jax.random.PRNGKey(config.seed), batch)
   apply = jax.jit(functools.partial(forward.apply, is_training=False))
-  compiled, fields = _compile(apply, (params, None, batch), compiler_options)
-  times, logits = machine.time_steps(compiled, (params, None, batch),
-                                     steps=steps, warmup=warmup,
-                                     carry_first=False)
-  result = dict(
-      mode='forward', batch_size=batch_size,
-      num_inputs=num_inputs_of(config),
-      params=int(sum(x.size for x in jax.tree.leaves(params))), **fields,
-      **_step_fields(times, batch_size),
-      logits_finite=None if logits is None else bool(
-          np.isfinite(np.asarray(logits)).all()),
-      steps=steps, warmup=warmup,
-      executed_flops_per_example=executed_flops_per_example(
-          compiled, batch_size, 1))
+  args = (params, None, batch)
+  compiled, fields = _compile(apply, args, compiler_options)
+  result, logits = _time(compiled, args, dict(
+      mode='forward', batch_size=batch_size, num_inputs=num_inputs_of(config),
+      params=int(sum(x.size for x in jax.tree.leaves(params))), **fields),
+                         steps=steps, warmup=warmup, carry_first=False,
+                         num_devices=1)
+  result['logits_finite'] = None if logits is None else bool(
+      np.isfinite(np.asarray(logits)).all())
   return _finish(result, config, count_flops, rates, training=False,
                  num_devices=1)
 
@@ -219,28 +216,18 @@ def _finish(result: dict[str, Any], config: ml_collections.ConfigDict,
   return result
 
 
-def benchmark_scaling(configs: Iterable[ml_collections.ConfigDict], *,
-                      steps: int = 2, warmup: int = 1,
-                      plot: Optional[str] = None,
-                      compiler_options: Optional[Mapping[str, Any]] = None,
-                      on_result: Callable[[dict], None] = lambda _: None
-                      ) -> list[dict[str, Any]]:
-  """The train step at one example per device for each config (one per M);
-  optionally plotted to `plot`."""
-  results = []
-  for config in configs:
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-      config.train.batch_size = jax.local_device_count()
-    result = benchmark_train(config, steps=steps, warmup=warmup,
-                             count_flops=False,
-                             compiler_options=compiler_options)
-    result['mode'] = 'scaling'
-    results.append(result)
-    on_result(result)
-  if plot:
-    write_scaling_plot(results, plot)
-  return results
+def benchmark_scaling(config: ml_collections.ConfigDict, *, steps: int = 2,
+                      warmup: int = 1,
+                      compiler_options: Optional[Mapping[str, Any]] = None
+                      ) -> dict[str, Any]:
+  """The train step at one example per device, for a point of M scaling."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.train.batch_size = jax.local_device_count()
+  result = benchmark_train(config, steps=steps, warmup=warmup,
+                           count_flops=False,
+                           compiler_options=compiler_options)
+  return dict(result, mode='scaling')
 
 
 def write_scaling_plot(results: Sequence[Mapping[str, Any]],

@@ -10,7 +10,7 @@ values; the count with shared K/V reused is reported beside it.
 import collections
 import functools
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import ml_collections
@@ -20,32 +20,11 @@ from perceiver_jax.model import factory
 from perceiver_jax.model import schedule
 
 
-def group_name(module: str, name: str) -> str:
-  """The table row of parameter `module/name`: the encoder's weight sets
-  (`perceiver/cross_attend_0`, ...), or the top-level module."""
-  parts = f'{module}/{name}'.split('/')
-  if parts[0] == 'perceiver':
-    return '/'.join(parts[:2])
-  return parts[0]
-
-
 def _shape_summary(shapes: list[tuple[int, ...]]) -> str:
   """'36x[1024,1024] 60x[1024]': distinct shapes, largest first."""
   counts = collections.Counter(shapes)
   ordered = sorted(counts, key=lambda s: (-math.prod(s), s))
   return ' '.join(f'{counts[s]}x[{",".join(map(str, s))}]' for s in ordered)
-
-
-def _schedule(model_config: Mapping[str, Any]) -> list[schedule.Step]:
-  return schedule.schedule(factory.encoder_config(model_config))
-
-
-def _forward_flops(apply: Callable[..., Any], params_shapes: Any,
-                   batch_shapes: Mapping[str, jax.ShapeDtypeStruct]) -> int:
-  """FLOPs of the lowered (unoptimised) forward, from XLA's cost analysis."""
-  lowered = jax.jit(functools.partial(apply, is_training=False)).lower(
-      params_shapes, None, batch_shapes)
-  return int(machine.xla_cost(lowered)[0])
 
 
 def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -74,15 +53,21 @@ def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
       params_shapes = jax.eval_shape(
           functools.partial(model.init, is_training=False),
           jax.random.PRNGKey(0), batch_shapes)
-    flops[reuse] = _forward_flops(model.apply, params_shapes, batch_shapes)
+    # XLA's count of the lowered (unoptimised) forward.
+    lowered = jax.jit(functools.partial(model.apply, is_training=False)
+                      ).lower(params_shapes, None, batch_shapes)
+    flops[reuse] = int(machine.xla_cost(lowered)[0])
 
+  # A table row: the encoder's weight sets (`perceiver/cross_attend_0`,
+  # ...), or a top-level module.
   groups: dict[str, tuple[int, list[tuple[int, ...]]]] = {}
   for module, name, leaf in _iter_params(params_shapes):
-    row = group_name(module, name)
+    parts = f'{module}/{name}'.split('/')
+    row = '/'.join(parts[:2 if parts[0] == 'perceiver' else 1])
     count, shapes = groups.get(row, (0, []))
     groups[row] = (count + math.prod(leaf.shape), shapes + [leaf.shape])
   groups = {row: groups[row] for row in sorted(groups, key=_row_order)}
-  steps = _schedule(model_config)
+  steps = schedule.schedule(factory.encoder_config(model_config))
   return dict(
       params=sum(count for count, _ in groups.values()),
       flops_per_example=flops[False],
@@ -115,12 +100,6 @@ def _iter_params(params: Mapping[str, Mapping[str, Any]]):
       yield module, name, params[module][name]
 
 
-def _schedule_text(steps: list[schedule.Step]) -> str:
-  """'C0 L0 C1 L0 ...': C for cross-attends, L for latent Transformers."""
-  letter = {'cross_attend': 'C', 'latent_transformer': 'L'}
-  return ' '.join(f'{letter[s.kind]}{s.weight_set}' for s in steps)
-
-
 def format_table(summary: Mapping[str, Any]) -> str:
   """The human-readable report (everything but the JSON line)."""
   total = summary['params']
@@ -138,13 +117,15 @@ def format_table(summary: Mapping[str, Any]) -> str:
                             r[4]]).rstrip())
     if i == 0 or i == len(rows) - 2:
       lines.append('-' * len(lines[0]))
+  letter = {'cross_attend': 'C', 'latent_transformer': 'L'}
   nominal = summary['flops_per_example']
   reuse = summary['flops_per_example_with_kv_reuse']
   lines += [
       '',
       f'input per example: {list(summary["input_shape"])}',
       f'schedule (C: cross-attend, L: latent Transformer; digit: weight '
-      f'set): {_schedule_text(summary["steps"])}',
+      f'set): ' + ' '.join(f'{letter[s.kind]}{s.weight_set}'
+                           for s in summary['steps']),
       f'forward FLOPs per example (nominal, every cross-attend computes its '
       f'own K/V): {nominal:,} ({nominal / 1e9:.2f}e9)',
       f'forward FLOPs per example with shared K/V reused: {reuse:,} '

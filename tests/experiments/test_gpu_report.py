@@ -36,6 +36,11 @@ def test_out_of_memory_is_recognised_and_nothing_else():
   assert not report_lib.is_out_of_memory(MemoryError())
 
 
+def context(clock=lambda: 0.0, deadline=float('inf')):
+  """A stage's context outside a report (saving writes nothing)."""
+  return report_lib.StageContext(entry={}, deadline=deadline, clock=clock)
+
+
 def test_largest_batch_is_the_largest_that_does_not_run_out_of_memory():
   tried = []
 
@@ -45,30 +50,32 @@ def test_largest_batch_is_the_largest_that_does_not_run_out_of_memory():
       raise out_of_memory(f'{batch} examples')
     return {'images_per_sec': 10.0 * batch}
 
-  seen = []
-  search = report_lib.largest_batch([32, 256, 64, 128], step,
-                                    on_attempt=seen.append)
+  stage = context()
+  report_lib.largest_batch(stage, [32, 256, 64, 128], step)
   assert tried == [256, 128, 64]  # Largest first; 32 never needed.
-  assert search.batch == 64 and search.result == {'images_per_sec': 640.0}
-  assert [(a['batch'], a['fits']) for a in search.attempts] == [
+  entry = stage.entry
+  assert entry['batch'] == 64 and entry['result'] == {'images_per_sec': 640.0}
+  assert [(a['batch'], a['fits']) for a in entry['attempts']] == [
       (256, False), (128, False), (64, True)]
-  assert 'RESOURCE_EXHAUSTED' in search.attempts[0]['error']
-  assert '256 examples' in search.attempts[0]['error']
-  assert seen == search.attempts and search.note == ''
+  assert 'RESOURCE_EXHAUSTED' in entry['attempts'][0]['error']
+  assert '256 examples' in entry['attempts'][0]['error']
+  assert stage.stopped is None and 'detail' not in entry
 
   # Nothing fits: no batch, every size tried.
   def never(batch):
     raise out_of_memory()
-  search = report_lib.largest_batch([4, 2], never)
-  assert search.batch is None and len(search.attempts) == 2
+  stage = context()
+  report_lib.largest_batch(stage, [4, 2], never)
+  assert stage.entry['batch'] is None and len(stage.entry['attempts']) == 2
+  assert stage.entry['detail'] == 'no batch of [2, 4] fitted'
 
   # Any other error is a bug, not "does not fit".
   def broken(batch):
     raise jax.errors.JaxRuntimeError('INTERNAL: ptxas exited with status 1')
   with pytest.raises(jax.errors.JaxRuntimeError, match='INTERNAL'):
-    report_lib.largest_batch([4, 2], broken)
+    report_lib.largest_batch(context(), [4, 2], broken)
   with pytest.raises(ValueError, match='shape'):
-    report_lib.largest_batch([4], lambda b: (_ for _ in ()).throw(
+    report_lib.largest_batch(context(), [4], lambda b: (_ for _ in ()).throw(
         ValueError('bad shape')))
 
 
@@ -80,12 +87,12 @@ def test_largest_batch_stops_when_the_next_attempt_would_overrun():
     raise out_of_memory()
 
   # 10 s: two attempts of 4 s; a third would end at 12 s.
-  search = report_lib.largest_batch(
-      [256, 128, 64, 32], step, clock=lambda: now[0],
-      can_start=lambda expected: now[0] + expected <= 10.0)
-  assert [a['batch'] for a in search.attempts] == [256, 128]
-  assert search.batch is None
-  assert search.note.startswith('stopped before batch 64')
+  stage = context(clock=lambda: now[0], deadline=10.0)
+  report_lib.largest_batch(stage, [256, 128, 64, 32], step)
+  assert [a['batch'] for a in stage.entry['attempts']] == [256, 128]
+  assert [a['seconds'] for a in stage.entry['attempts']] == [4.0, 4.0]
+  assert stage.entry['batch'] is None and 'detail' not in stage.entry
+  assert stage.stopped.startswith('stopped before batch 64')
 
 
 def test_largest_size_doubles_then_bisects():
@@ -104,7 +111,6 @@ def test_largest_size_doubles_then_bisects():
     assert low < m < high
     low, high = (m, high) if ok else (low, m)
   assert (search.largest_fit, search.smallest_fail) == (5000, 5001)
-  assert search.note == '' and not search.stopped
   for m, ok in search.probes:
     assert ok == (m <= boundary)
 
@@ -121,18 +127,18 @@ def test_largest_size_limits_start_failures_and_time():
   search = report_lib.largest_size(lambda m: True, 3, limit=20)
   assert [m for m, _ in search.probes] == [3, 6, 12, 20]
   assert search.largest_fit == 20 and search.smallest_fail is None
-  assert 'limit 20' in search.note and not search.stopped
   # The start does not fit: bisection below it.
   search = report_lib.largest_size(lambda m: m <= 2, 8, limit=100)
   assert search.probes == [(8, False), (4, False), (2, True), (3, False)]
   assert (search.largest_fit, search.smallest_fail) == (2, 3)
-  # Out of time after three probes.
+  # `fits` says stop (out of time) after three probes.
   calls = []
   search = report_lib.largest_size(
-      lambda m: calls.append(m) or True, 1, limit=1000,
-      can_start=lambda expected: len(calls) < 3)
-  assert calls == [1, 2, 4] and search.stopped
-  assert search.note.startswith('stopped before size 8')
+      lambda m: None if len(calls) == 3 else calls.append(m) or True, 1,
+      limit=1000)
+  assert calls == [1, 2, 4] and search.probes == [(1, True), (2, True),
+                                                  (4, True)]
+  assert (search.largest_fit, search.smallest_fail) == (4, None)
   # A size known to fit is the bisection's floor, never probed.
   search = report_lib.largest_size(lambda m: m <= 90, 100, limit=1000,
                                    known_fit=80)
@@ -193,13 +199,11 @@ def test_stage_caps_and_the_budget(tmp_path):
 
   def first(context):
     assert context.left() == 20  # Its cap, well inside the budget.
-    assert context.can_start(20) and not context.can_start(20.5)
     clock.now += 10
     context.save(result=dict(examples_per_sec=50.0, batch_size=8))
     # Saved as it goes: a kill now would leave this in the file.
     assert read_json(tmp_path)['stages']['first']['result'][
         'batch_size'] == 8
-    return None
 
   assert report.run_stage('first', first, cap_seconds=20,
                           min_seconds=5) == 'done'
@@ -214,7 +218,6 @@ def test_stage_caps_and_the_budget(tmp_path):
     # The budget (100 s less 5 s of reserve) caps it below its 200 s.
     assert context.left() == 85
     clock.now += 70
-    return None
 
   report.run_stage('long', long, cap_seconds=200, min_seconds=5)
 
@@ -224,16 +227,15 @@ def test_stage_caps_and_the_budget(tmp_path):
     def step(batch):
       clock.now += 6
       raise out_of_memory()
-    found = report_lib.largest_batch([8, 4, 2, 1], step, clock=clock,
-                                     can_start=context.can_start)
-    context.save(attempts=found.attempts)
-    return found.note
+    report_lib.largest_batch(context, [8, 4, 2, 1], step)
 
   assert report.run_stage('searching', searching, cap_seconds=60,
                           min_seconds=1) == 'partial'
   entry = report.stages['searching']
   assert len(entry['attempts']) == 2 and entry['seconds'] == 12
   assert entry['note'].startswith('stopped before batch 2')
+  # Saved after each attempt: the file holds both.
+  assert len(read_json(tmp_path)['stages']['searching']['attempts']) == 2
 
   # 3 s of the budget left: the last stage is skipped, not started.
   assert report.run_stage('late', ran.append, cap_seconds=60,
