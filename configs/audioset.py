@@ -61,7 +61,8 @@ def _video_input(data: ml_collections.ConfigDict,
   # (T, H, W) follows data.video_size, so overriding the frame size moves
   # the model's grid too.
   index_dims = ml_collections.FieldReference(
-      (audioset_data.WINDOW_FRAMES,), field_type=tuple) + data.get_ref('video_size')
+      (audioset_data.WINDOW_FRAMES,), field_type=tuple) + data.get_ref(
+          'video_size')
   return ml_collections.ConfigDict(dict(
       type='video', key='video', index_dims=index_dims,
       patch_shape=(2, 8, 8),  # 12,544 tokens of 384 values at 224x224.
