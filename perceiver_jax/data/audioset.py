@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from perceiver_jax import checks
 from perceiver_jax.data import audio as audio_lib
 from perceiver_jax.data import augment
 from perceiver_jax.data import pipeline
@@ -81,14 +82,10 @@ def _get(config: Mapping[str, Any], name: str) -> Any:
 
 
 def _check_config(config: Mapping[str, Any]) -> tuple[str, str]:
-  modality = _get(config, 'modality')
-  if modality not in MODALITIES:
-    raise ValueError(f'config.data.modality must be one of {MODALITIES}, '
-                     f'got {modality!r}.')
-  builder_config = _get(config, 'builder_config')
-  if builder_config not in BUILDER_CONFIGS:
-    raise ValueError(f'config.data.builder_config must be one of '
-                     f'{BUILDER_CONFIGS}, got {builder_config!r}.')
+  modality = checks.one_of(_get(config, 'modality'), 'config.data.modality',
+                           MODALITIES)
+  builder_config = checks.one_of(_get(config, 'builder_config'),
+                                 'config.data.builder_config', BUILDER_CONFIGS)
   if 'video' in modality and builder_config != 'audio_video':
     raise ValueError(f'modality {modality!r} needs builder_config '
                      f"'audio_video' (frames), got {builder_config!r}.")

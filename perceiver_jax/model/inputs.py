@@ -549,15 +549,11 @@ class AudioVideoInput(Input):
 
   @staticmethod
   def _audio_class(input_config: InputConfig) -> type[Input]:
-    audio_types = {'raw_audio': RawAudioInput, 'mel': MelInput}
-    audio_type = input_config['audio'].get('type')
-    if audio_type not in audio_types:
-      raise ValueError(f'config.model.input.audio.type must be one of '
-                       f'{sorted(audio_types)}, got {audio_type!r}.')
-    if input_config['video'].get('type', 'video') != 'video':
-      raise ValueError(f"config.model.input.video.type must be 'video', got "
-                       f'{input_config["video"].get("type")!r}.')
-    return audio_types[audio_type]
+    checks.one_of(input_config['video'].get('type', 'video'),
+                  'config.model.input.video.type', ('video',))
+    return INPUTS[checks.one_of(input_config['audio'].get('type'),
+                                'config.model.input.audio.type',
+                                ('mel', 'raw_audio'))]
 
   @property
   def num_channels(self) -> int:
@@ -655,11 +651,8 @@ INPUTS: dict[str, type[Input]] = {
 
 def input_class(input_config: InputConfig) -> type[Input]:
   """The input type that `input_config.type` names."""
-  kind = input_config.get('type')
-  if kind not in INPUTS:
-    raise ValueError(f'config.model.input.type must be one of '
-                     f'{sorted(INPUTS)}, got {kind!r}.')
-  return INPUTS[kind]
+  return INPUTS[checks.one_of(input_config.get('type'),
+                              'config.model.input.type', sorted(INPUTS))]
 
 
 def make(input_config: InputConfig) -> Input:
