@@ -28,9 +28,6 @@ from perceiver_jax.data import audioset as audioset_data
 
 VARIANTS = ('raw', 'mel', 'video', 'raw_video', 'mel_video',
             'mel_video_tuned')
-# Paper's mAP (%) per variant, for the docs and launch scripts.
-PAPER_MAP = {'raw': 38.3, 'mel': 38.4, 'video': 25.8, 'raw_video': 43.5,
-             'mel_video': 43.2, 'mel_video_tuned': 44.2}
 NUM_CLASSES = audioset_data.NUM_CLASSES
 # "About 1.7M" training clips (docs/paper.md); the prepared dataset's own count
 # depends on how many clips could be downloaded: set it with
@@ -39,17 +36,12 @@ NUM_TRAIN_EXAMPLES = 1_700_000
 # Training clips of the mock that build (3 of 4 balanced, 1 of 2 unbalanced:
 # one file is corrupt, one missing); with `mock`, epochs are the mock's.
 MOCK_NUM_TRAIN_EXAMPLES = 4
-# The loader's fixed window: 1.28 s (32 frames, 61,440 samples, a 96 x 50
-# spectrogram), 16 of them per clip in evaluation.
-WINDOW_FRAMES = audioset_data.WINDOW_FRAMES
-WINDOW_SAMPLES = audioset_data.WINDOW_SAMPLES
-MEL_SHAPE = audioset_data.MEL_SHAPE
-WINDOWS_PER_CLIP = audioset_data.WINDOWS_PER_CLIP
 
 
 def _raw_audio_input(num_bands: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      type='raw_audio', key='audio', num_samples=WINDOW_SAMPLES,
+      type='raw_audio', key='audio',
+      num_samples=audioset_data.WINDOW_SAMPLES,
       samples_per_patch=128,  # 480 tokens.
       num_bands=num_bands,
       # None: mu = the number of patches (480).
@@ -58,7 +50,8 @@ def _raw_audio_input(num_bands: int) -> ml_collections.ConfigDict:
 
 def _mel_input(num_bands: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      type='mel', key='mel', index_dims=MEL_SHAPE, num_bands=num_bands,
+      type='mel', key='mel', index_dims=audioset_data.MEL_SHAPE,
+      num_bands=num_bands,
       # None: mu = (96, 50), the spectrogram's grid.
       max_resolution=ml_collections.FieldReference(None, field_type=tuple)))
 
@@ -68,7 +61,8 @@ def _video_input(data: ml_collections.ConfigDict,
   # (T, H, W) follows data.video_size, so overriding the frame size moves
   # the model's grid too.
   index_dims = ml_collections.FieldReference(
-      (WINDOW_FRAMES,), field_type=tuple) + data.get_ref('video_size')
+      (audioset_data.WINDOW_FRAMES,), field_type=tuple) + data.get_ref(
+          'video_size')
   return ml_collections.ConfigDict(dict(
       type='video', key='video', index_dims=index_dims,
       patch_shape=(2, 8, 8),  # 12,544 tokens of 384 values at 224x224.
@@ -139,11 +133,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.model.input.audio_dropout = 0.1
 
   config.loss.type = 'sigmoid_xent'
-  config.loss.label_smoothing = 0.0
 
   config.train.batch_size = 1024  # ASSUMED
   config.train.num_epochs = 100.0
-  config.train.log_every_steps = 100
   config.train.eval_every_steps = 10_000
   config.train.checkpoint_every_steps = 5_000
 
@@ -152,9 +144,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   config.evaluator.type = 'multilabel_map'
   config.evaluator.metric = 'map'
-  config.evaluator.metric_mode = 'max'
   config.evaluator.split = 'eval'
-  config.evaluator.windows_per_clip = WINDOWS_PER_CLIP
+  config.evaluator.windows_per_clip = audioset_data.WINDOWS_PER_CLIP
   config.evaluator.batch_size = 512  # Windows (32 clips).
 
   if args['runlocal']:

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Optional
 
 import ml_collections
 
+from perceiver_jax import checks
 from perceiver_jax.model import decoder as decoder_lib
 from perceiver_jax.model import encoder_config
 
@@ -209,10 +210,7 @@ def with_num_inputs(config: ml_collections.ConfigDict,
                     num_inputs: int) -> ml_collections.ConfigDict:
   """A copy of `config` whose input is a 1D grid of `num_inputs` positions,
   with the config's raw channels and Fourier bands (benchmarks' M axis)."""
-  if (isinstance(num_inputs, bool) or not isinstance(num_inputs, int) or
-      num_inputs < 1):
-    raise ValueError(f'num_inputs must be a positive integer, got '
-                     f'{num_inputs!r}.')
+  checks.positive_int(num_inputs, 'num_inputs')
   config = config.copy_and_resolve_references()
   old = config.model.input
   with config.unlocked():

@@ -31,9 +31,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       key='image', index_dims=(8, 8), raw_channels=1, num_bands=8,
       max_resolution=(8, 8))
 
-  config.train.batch_size = 64
   config.train.num_steps = 1500
-  config.train.log_every_steps = 100
   config.train.eval_every_steps = 500
   config.train.checkpoint_every_steps = 500
 
@@ -42,7 +40,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   common.adamw_cosine(config.optimizer, weight_decay=0.05)
   config.loss.label_smoothing = 0.1
 
-  config.evaluator.split = 'test'
   config.evaluator.batch_size = 128
 
   if args['runlocal']:

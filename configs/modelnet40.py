@@ -52,16 +52,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
 
   config.train.batch_size = 512
   config.train.num_steps = 50_000
-  config.train.log_every_steps = 100
   config.train.eval_every_steps = 2500
   config.train.checkpoint_every_steps = 2500
 
   # Weight decay and clipping as ImageNet's (ASSUMED; see lamb_recipe).
   common.lamb_recipe(config.optimizer, learning_rate=1e-3,
                      schedule='constant')
-
-  config.evaluator.split = 'test'
-  config.evaluator.batch_size = 256
 
   if args['runlocal']:
     config.data.num_points = 64

@@ -43,15 +43,12 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       max_resolution=(16.0, 16.0, 16.0),
   ))
 
-  config.train.batch_size = 64
   config.train.num_steps = 800
-  config.train.log_every_steps = 100
   config.train.eval_every_steps = 400
   config.train.checkpoint_every_steps = 400
 
   common.adamw_cosine(config.optimizer, weight_decay=1e-4)
 
-  config.evaluator.split = 'test'
   config.evaluator.batch_size = 250
 
   if args['runlocal']:

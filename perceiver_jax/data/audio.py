@@ -56,20 +56,21 @@ class MelParams:
     return (self.window_length - self.hop_length) // 2
 
 
+_LOG_STEP = np.log(6.4) / 27.0  # Log-frequency step of one mel above 1 kHz.
+
+
 def hz_to_mel(hz):
   """Slaney's mel scale: linear (3 mels per 200 Hz) below 1 kHz, log above."""
   hz = np.asarray(hz, np.float64)
   linear = hz * 3.0 / 200.0
-  log_step = np.log(6.4) / 27.0
-  log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / log_step
+  log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / _LOG_STEP
   return np.where(hz >= 1000.0, log_part, linear)
 
 
 def mel_to_hz(mel):
   """Inverse of `hz_to_mel`."""
   mel = np.asarray(mel, np.float64)
-  log_step = np.log(6.4) / 27.0
-  return np.where(mel >= 15.0, 1000.0 * np.exp(log_step * (mel - 15.0)),
+  return np.where(mel >= 15.0, 1000.0 * np.exp(_LOG_STEP * (mel - 15.0)),
                   mel * 200.0 / 3.0)
 
 

@@ -27,7 +27,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from perceiver_jax import checks
 from perceiver_jax.data import audio as audio_lib
+from perceiver_jax.data import augment
 from perceiver_jax.data import pipeline
 from perceiver_jax.data.builders import audioset as builder_lib
 from perceiver_jax.data.builders import audioset_fake
@@ -80,14 +82,10 @@ def _get(config: Mapping[str, Any], name: str) -> Any:
 
 
 def _check_config(config: Mapping[str, Any]) -> tuple[str, str]:
-  modality = _get(config, 'modality')
-  if modality not in MODALITIES:
-    raise ValueError(f'config.data.modality must be one of {MODALITIES}, '
-                     f'got {modality!r}.')
-  builder_config = _get(config, 'builder_config')
-  if builder_config not in BUILDER_CONFIGS:
-    raise ValueError(f'config.data.builder_config must be one of '
-                     f'{BUILDER_CONFIGS}, got {builder_config!r}.')
+  modality = checks.one_of(_get(config, 'modality'), 'config.data.modality',
+                           MODALITIES)
+  builder_config = checks.one_of(_get(config, 'builder_config'),
+                                 'config.data.builder_config', BUILDER_CONFIGS)
   if 'video' in modality and builder_config != 'audio_video':
     raise ValueError(f'modality {modality!r} needs builder_config '
                      f"'audio_video' (frames), got {builder_config!r}.")
@@ -179,14 +177,10 @@ def _train_video(encoded: tf.Tensor, seed: tf.Tensor,
                  config: Mapping[str, Any]) -> tf.Tensor:
   """32 JPEGs -> float32 `[32, H, W, 3]`: crop, flip, jitter, normalise."""
   seeds = tf.random.experimental.stateless_split(seed, 7)
-  shape = tf.image.extract_jpeg_shape(encoded[0])
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-      seed=seeds[0], min_object_covered=0.0,
-      aspect_ratio_range=tuple(_get(config, 'video_crop_aspect_range')),
-      area_range=tuple(_get(config, 'video_crop_area_range')),
-      max_attempts=10, use_image_if_no_bounding_boxes=True)
-  crop_window = tf.stack([begin[0], begin[1], size[0], size[1]])
+  crop_window = augment.random_crop_window(
+      tf.image.extract_jpeg_shape(encoded[0]), seeds[0],
+      area_range=_get(config, 'video_crop_area_range'),
+      aspect_ratio_range=_get(config, 'video_crop_aspect_range'))
   frames = _decode_frames(encoded, crop_window, config)
   flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
   frames = tf.cond(flip, lambda: tf.reverse(frames, axis=[2]),

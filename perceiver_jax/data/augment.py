@@ -51,27 +51,40 @@ def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int]:
   return shape
 
 
+def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+  # Clipped first: bicubic and blends overshoot, and the cast would wrap.
+  return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+
+
+def random_crop_window(
+    image_size: tf.Tensor, seed: tf.Tensor, *,
+    area_range: Sequence[float] = (0.08, 1.0),
+    aspect_ratio_range: Sequence[float] = (3 / 4, 4 / 3),
+    max_attempts: int = 10) -> tf.Tensor:
+  """[y, x, h, w] of a random Inception crop of an image of `image_size`;
+  the whole image after `max_attempts` draws."""
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      image_size,
+      bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+      seed=seed,
+      # The area range alone decides; the box is the whole image anyway.
+      min_object_covered=0.0,
+      aspect_ratio_range=tuple(aspect_ratio_range),
+      area_range=tuple(area_range),
+      max_attempts=max_attempts,
+      use_image_if_no_bounding_boxes=True)
+  return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
 def decode_and_random_crop(
     image_bytes: tf.Tensor, seed: tf.Tensor, *,
     area_range: tuple[float, float] = (0.08, 1.0),
     aspect_ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
     max_attempts: int = 10) -> tf.Tensor:
-  """uint8 `[h, w, 3]`: a random Inception crop of a JPEG at its resolution.
-
-  Falls back to the whole image after `max_attempts` draws.
-  """
-  shape = tf.image.extract_jpeg_shape(image_bytes)
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      shape,
-      bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-      seed=seed,
-      # The area range alone decides; the box is the whole image anyway.
-      min_object_covered=0.0,
-      aspect_ratio_range=aspect_ratio_range,
-      area_range=area_range,
-      max_attempts=max_attempts,
-      use_image_if_no_bounding_boxes=True)
-  window = tf.stack([begin[0], begin[1], size[0], size[1]])
+  """uint8 `[h, w, 3]`: a `random_crop_window` of a JPEG at its resolution."""
+  window = random_crop_window(
+      tf.image.extract_jpeg_shape(image_bytes), seed, area_range=area_range,
+      aspect_ratio_range=aspect_ratio_range, max_attempts=max_attempts)
   return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
 
 
@@ -106,9 +119,7 @@ def decode_and_center_crop(image_bytes: tf.Tensor, *,
 def resize(image: tf.Tensor, image_shape: Sequence[int]) -> tf.Tensor:
   """Bicubic resize of `[h, w, 3]` in [0, 255] to uint8 `[H, W, 3]`."""
   image_shape = _check_image_shape(image_shape)
-  resized = tf.image.resize(image, image_shape, method='bicubic')
-  # Bicubic overshoots; clip before the cast, which would wrap around.
-  return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+  return _to_uint8(tf.image.resize(image, image_shape, method='bicubic'))
 
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -126,10 +137,6 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
 # RandAugment ops. Each maps (uint8 [H, W, 3], signed level) to uint8.
 
 
-def _to_uint8(image: tf.Tensor) -> tf.Tensor:
-  return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
-
-
 def _blend(degenerate: tf.Tensor, image: tf.Tensor,
            factor: tf.Tensor) -> tf.Tensor:
   """PIL ImageEnhance's rule: degenerate + factor * (image - degenerate)."""
@@ -140,18 +147,6 @@ def _blend(degenerate: tf.Tensor, image: tf.Tensor,
 def _grayscale(image: tf.Tensor) -> tf.Tensor:
   """Float [H, W, 1] luma of a uint8 RGB image."""
   return tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))
-
-
-def _color(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-  return _blend(_grayscale(image), image, factor)
-
-
-def _contrast(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-  return _blend(tf.reduce_mean(_grayscale(image)), image, factor)
-
-
-def _brightness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-  return _blend(tf.constant(0.0), image, factor)
 
 
 def _sharpness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
@@ -214,8 +209,12 @@ def _transform(image: tf.Tensor, matrix: Sequence[tf.Tensor]) -> tf.Tensor:
   return _to_uint8(out[0])
 
 
-def _center(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-  size = tf.cast(tf.shape(image), tf.float32)
+def _size(image: tf.Tensor) -> tf.Tensor:  # Float [H, W, C].
+  return tf.cast(tf.shape(image), tf.float32)
+
+
+def _center(image: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:  # (x, y).
+  size = _size(image)
   return (size[1] - 1.0) / 2.0, (size[0] - 1.0) / 2.0
 
 
@@ -227,26 +226,6 @@ def _rotate(image: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
                             sin, cos, cy - sin * cx - cos * cy])
 
 
-def _shear_x(image: tf.Tensor, shear: tf.Tensor) -> tf.Tensor:
-  _, cy = _center(image)
-  return _transform(image, [1.0, shear, -shear * cy, 0.0, 1.0, 0.0])
-
-
-def _shear_y(image: tf.Tensor, shear: tf.Tensor) -> tf.Tensor:
-  cx, _ = _center(image)
-  return _transform(image, [1.0, 0.0, 0.0, shear, 1.0, -shear * cx])
-
-
-def _translate_x(image: tf.Tensor, fraction: tf.Tensor) -> tf.Tensor:
-  pixels = fraction * tf.cast(tf.shape(image)[1], tf.float32)
-  return _transform(image, [1.0, 0.0, pixels, 0.0, 1.0, 0.0])
-
-
-def _translate_y(image: tf.Tensor, fraction: tf.Tensor) -> tf.Tensor:
-  pixels = fraction * tf.cast(tf.shape(image)[0], tf.float32)
-  return _transform(image, [1.0, 0.0, 0.0, 0.0, 1.0, pixels])
-
-
 # op -> f(image, signed level s, level |s|), as `RANDAUGMENT_OPS` says.
 _OP_FNS = {
     'identity': lambda x, s, l: x,
@@ -254,15 +233,21 @@ _OP_FNS = {
     'equalize': lambda x, s, l: _equalize(x),
     'rotate': lambda x, s, l: _rotate(x, 30.0 * s),
     'solarize': lambda x, s, l: _solarize(x, 256.0 - 256.0 * l),
-    'color': lambda x, s, l: _color(x, 1.0 + 0.9 * s),
+    'color': lambda x, s, l: _blend(_grayscale(x), x, 1.0 + 0.9 * s),
     'posterize': lambda x, s, l: _posterize(x, tf.round(4.0 * l)),
-    'contrast': lambda x, s, l: _contrast(x, 1.0 + 0.9 * s),
-    'brightness': lambda x, s, l: _brightness(x, 1.0 + 0.9 * s),
+    'contrast': lambda x, s, l: _blend(tf.reduce_mean(_grayscale(x)), x,
+                                       1.0 + 0.9 * s),
+    'brightness': lambda x, s, l: _blend(tf.constant(0.0), x, 1.0 + 0.9 * s),
     'sharpness': lambda x, s, l: _sharpness(x, 1.0 + 0.9 * s),
-    'shear_x': lambda x, s, l: _shear_x(x, 0.3 * s),
-    'shear_y': lambda x, s, l: _shear_y(x, 0.3 * s),
-    'translate_x': lambda x, s, l: _translate_x(x, 0.45 * s),
-    'translate_y': lambda x, s, l: _translate_y(x, 0.45 * s),
+    # Shears about the centre; translations by a fraction of the size.
+    'shear_x': lambda x, s, l: _transform(
+        x, [1.0, 0.3 * s, -0.3 * s * _center(x)[1], 0.0, 1.0, 0.0]),
+    'shear_y': lambda x, s, l: _transform(
+        x, [1.0, 0.0, 0.0, 0.3 * s, 1.0, -0.3 * s * _center(x)[0]]),
+    'translate_x': lambda x, s, l: _transform(
+        x, [1.0, 0.0, 0.45 * s * _size(x)[1], 0.0, 1.0, 0.0]),
+    'translate_y': lambda x, s, l: _transform(
+        x, [1.0, 0.0, 0.0, 0.0, 1.0, 0.45 * s * _size(x)[0]]),
 }
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from perceiver_jax import checks
 from perceiver_jax import cli
 from perceiver_jax import progress
 from perceiver_jax.data import augment
@@ -159,26 +160,20 @@ def tfds_source(builder: tfds.core.DatasetBuilder, split: str,
   return Source(make_epoch, ordered, split_info.num_examples, total)
 
 
-def _mock_source(split: str, config: ml_collections.ConfigDict,
-                 process_index: int, process_count: int) -> Source:
-  """TFDS mock data, sharded by example (mock data ignores split slices).
-
-  The mock is active only while the dataset is built, so that loaders do not
-  interfere.
-  """
-  total = _mock_examples(config)
-  with tfds.testing.mock_data(num_examples=total):
-    records = tfds.builder(TFDS_NAME).as_dataset(
-        split=split, shuffle_files=False,
-        decoders={'image': tfds.decode.SkipDecoding()})
-  return Source.from_records(records, total, process_index=process_index,
-                            process_count=process_count)
-
-
 def _source(split: str, config: ml_collections.ConfigDict,
             process_index: int, process_count: int) -> Source:
+  """The prepared split, or TFDS mock data sharded by example (mock data
+  ignores split slices)."""
   if config.get('mock', False):
-    return _mock_source(split, config, process_index, process_count)
+    total = _mock_examples(config)
+    # Mocked only while the dataset is built, so that loaders do not
+    # interfere.
+    with tfds.testing.mock_data(num_examples=total):
+      records = tfds.builder(TFDS_NAME).as_dataset(
+          split=split, shuffle_files=False,
+          decoders={'image': tfds.decode.SkipDecoding()})
+    return Source.from_records(records, total, process_index=process_index,
+                               process_count=process_count)
   return tfds_source(_prepared_builder(config), split, process_index,
                       process_count)
 
@@ -266,11 +261,9 @@ def evaluation_batches(source: Source, config: ml_collections.ConfigDict,
     raise ValueError(f'eval_crop_fraction must be in (0, 1], got '
                      f'{crop_fraction}.')
 
-  kind = config.get('eval_preprocessing', 'paper')
-  if kind not in EVAL_PREPROCESSING:
-    raise ValueError(f'config.data.eval_preprocessing must be one of '
-                     f'{sorted(EVAL_PREPROCESSING)}, got {kind!r}.')
-  eval_image = EVAL_PREPROCESSING[kind]
+  eval_image = EVAL_PREPROCESSING[checks.one_of(
+      config.get('eval_preprocessing', 'paper'),
+      'config.data.eval_preprocessing', tuple(EVAL_PREPROCESSING))]
 
   def preprocess(record):
     return {'image': eval_image(record['image'], image_shape=image_shape,
@@ -339,12 +332,11 @@ def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
   a failed build leaves `data_dir` as it was.
   """
   manual_dir = os.path.expanduser(manual_dir)
-  wanted = TARS
-  present = [os.path.join(manual_dir, f) for f in wanted
+  present = [os.path.join(manual_dir, f) for f in TARS
              if os.path.exists(os.path.join(manual_dir, f))]
   if not present:
     raise FileNotFoundError(
-        f'Neither {wanted[0]} nor {wanted[1]} is in {manual_dir}.\n'
+        f'Neither {TARS[0]} nor {TARS[1]} is in {manual_dir}.\n'
         + PREPARE_INSTRUCTIONS.format(data_dir=data_dir or 'DATA_DIR'))
   for path in present:
     if not _check_tar(path):
@@ -386,12 +378,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       help='TFDS data dir (default: $TFDS_DATA_DIR or '
                       '~/tensorflow_datasets)')
   args = parser.parse_args(argv)
-  tars = TARS
   manual_dir = os.path.expanduser(args.manual_dir)
-  if not any(os.path.isfile(os.path.join(manual_dir, t)) for t in tars):
+  if not any(os.path.isfile(os.path.join(manual_dir, t)) for t in TARS):
     raise cli.UsageError(
-        f'--manual_dir={args.manual_dir} holds neither {tars[0]} nor '
-        f'{tars[1]}; download them from https://image-net.org into one '
+        f'--manual_dir={args.manual_dir} holds neither {TARS[0]} nor '
+        f'{TARS[1]}; download them from https://image-net.org into one '
         'folder and give that folder (python -m perceiver_jax.data.imagenet '
         '--help).')
   pipeline.hide_gpus_from_tf()

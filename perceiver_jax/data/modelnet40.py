@@ -12,14 +12,18 @@ Prepare the real data once:
 
 import atexit
 import functools
+import json
 import os
 import shutil
 import tempfile
 from typing import Iterator, Optional, Sequence
 
+from absl import flags
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
+from perceiver_jax import cli
 from perceiver_jax.data import in_memory
 from perceiver_jax.data import pointcloud
 from perceiver_jax.data import shapes
@@ -174,11 +178,7 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
 def main(argv: list[str]) -> None:
   """Prepares ModelNet40 with the builder and prints its report."""
   del argv
-  import json  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from absl import logging  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  from perceiver_jax import cli  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(os.path.expanduser(f.manual_dir)):
     raise cli.UsageError(
         f'--manual_dir={f.manual_dir} is not a directory; give the folder '
@@ -196,8 +196,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from perceiver_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('manual_dir', None, 'Folder holding the download.',
                       required=True)
   flags.DEFINE_enum('config', 'official', sorted(builder_lib.ROOT_NAMES),

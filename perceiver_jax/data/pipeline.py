@@ -76,7 +76,6 @@ def host_split(split: str, process_index: int, process_count: int) -> Any:
                           drop_remainder=False)[process_index]
 
 
-
 def seed_key(seed: int, *purpose: int) -> int:
   """An int63 key from `seed` and a purpose; purposes give independent keys."""
   state = np.random.SeedSequence([int(seed) % 2**63, *map(int, purpose)])
@@ -248,7 +247,6 @@ def _pad_batch_fn(batch_size: int) -> Callable[[Features], Features]:
     return out
 
   return pad
-
 
 
 def evaluation_batches(

@@ -78,8 +78,6 @@ _TEMPLATES = {
 
 @functools.cache
 def _template(name: str) -> trimesh.Trimesh:
-  if name not in _TEMPLATES:
-    raise ValueError(f'No template for {name!r}.')
   return _TEMPLATES[name]()
 
 
@@ -206,7 +204,8 @@ def generate(split: str, num_examples: int, *, num_points: int,
   return points, labels
 
 
-def _split_size(split: str, config: ml_collections.ConfigDict) -> int:
+def num_examples(split: str, config: ml_collections.ConfigDict) -> int:
+  """Examples in the whole split (all hosts)."""
   if split == 'train':
     return int(config.num_train_examples)
   if split == 'test':
@@ -226,17 +225,12 @@ def _cached_split(split: str, num_examples: int, num_points: int,
   return points, labels
 
 
-def num_examples(split: str, config: ml_collections.ConfigDict) -> int:
-  """Examples in the whole split (all hosts)."""
-  return _split_size(split, config)
-
-
 def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
          config: ml_collections.ConfigDict, seed: int = 0,
          start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """'points' `[*batch_dims, P, 3]`, 'label' and 'mask' batches (data API);
   training scales points in `config.scale_range`."""
-  total = _split_size(split, config)
+  total = num_examples(split, config)
   points, labels = _cached_split(split, total, int(config.num_points),
                                  int(config.num_classes),
                                  int(config.split_seed),

@@ -14,6 +14,9 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
+from perceiver_jax.model import decoder as decoder_lib
+from perceiver_jax.model import encoder_config
+
 # transformers architecture -> our input type (None: the bare encoder).
 ARCHITECTURES = {
     'PerceiverForImageClassificationFourier': 'grid',
@@ -63,18 +66,18 @@ class CheckpointError(ValueError):
   """A checkpoint that cannot become our parameters (or the reverse)."""
 
 
+def _same(x):
+  return x
+
+
 @dataclasses.dataclass(frozen=True)
 class Tensor:
   """Where one transformers tensor lives among our parameters (`module`,
   `name`), and how its array maps to ours and back."""
   module: str
   name: str
-  to_ours: Callable[[np.ndarray], np.ndarray]
-  to_theirs: Callable[[np.ndarray], np.ndarray]
-
-
-def _same(x):
-  return x
+  to_ours: Callable[[np.ndarray], np.ndarray] = _same
+  to_theirs: Callable[[np.ndarray], np.ndarray] = _same
 
 
 def _transpose(x):
@@ -99,12 +102,12 @@ def _conv1x1_to_theirs(x):  # [in, out] -> [out, in, 1, 1]
 
 def _linear(theirs: str, ours: str) -> dict[str, Tensor]:
   return {f'{theirs}.weight': Tensor(ours, 'w', _transpose, _transpose),
-          f'{theirs}.bias': Tensor(ours, 'b', _same, _same)}
+          f'{theirs}.bias': Tensor(ours, 'b')}
 
 
 def _norm(theirs: str, ours: str) -> dict[str, Tensor]:
-  return {f'{theirs}.weight': Tensor(ours, 'scale', _same, _same),
-          f'{theirs}.bias': Tensor(ours, 'offset', _same, _same)}
+  return {f'{theirs}.weight': Tensor(ours, 'scale'),
+          f'{theirs}.bias': Tensor(ours, 'offset')}
 
 
 def _layer(theirs: str, ours: str, *, cross: bool) -> dict[str, Tensor]:
@@ -151,8 +154,7 @@ def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
   architecture = architecture_of(hf_config)
   input_type = ARCHITECTURES[architecture]
   prefix = '' if input_type is None else _PREFIX
-  names = {f'{prefix}embeddings.latents': Tensor(
-      'perceiver', 'latents', _same, _same)}
+  names = {f'{prefix}embeddings.latents': Tensor('perceiver', 'latents')}
   names.update(_layer(f'{prefix}encoder.cross_attention',
                       'perceiver/cross_attend_0', cross=True))
   for i in range(int(hf_config['num_self_attends_per_block'])):
@@ -163,7 +165,7 @@ def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
     return names
   decoder = f'{prefix}decoder.decoder'
   names[f'{decoder}.output_position_encodings.position_embeddings'] = (
-      Tensor('classification_decoder', 'query', _same, _same))
+      Tensor('classification_decoder', 'query'))
   names.update(_layer(f'{decoder}.decoding_cross_attention',
                       'classification_decoder/cross_attend', cross=True))
   names.update(_linear(f'{decoder}.final_layer',
@@ -173,10 +175,9 @@ def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
     ours = 'conv1x1_learned_adapter'
     names[f'{pre}.convnet_1x1.weight'] = Tensor(
         f'{ours}/conv1x1', 'w', _conv1x1_to_ours, _conv1x1_to_theirs)
-    names[f'{pre}.convnet_1x1.bias'] = Tensor(f'{ours}/conv1x1', 'b',
-                                              _same, _same)
+    names[f'{pre}.convnet_1x1.bias'] = Tensor(f'{ours}/conv1x1', 'b')
     names[f'{pre}.position_embeddings.position_embeddings'] = Tensor(
-        f'{ours}/positions', 'pos_embs', _same, _same)
+        f'{ours}/positions', 'pos_embs')
     names.update(_linear(f'{pre}.positions_projection',
                          f'{ours}/position_projection'))
   elif input_type == 'conv_stem':
@@ -186,35 +187,8 @@ def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
     for theirs, mine in (('weight', 'scale'), ('bias', 'offset'),
                          ('running_mean', 'mean'), ('running_var', 'var')):
       names[f'{pre}.convnet.batchnorm.{theirs}'] = Tensor(
-          f'{ours}/batch_norm', mine, _same, _same)
+          f'{ours}/batch_norm', mine)
   return names
-
-
-def _encoder_fields(hf_config: Mapping[str, Any],
-                    activation: str) -> dict[str, Any]:
-  """`EncoderConfig` fields for transformers' encoder settings."""
-  return dict(
-      num_blocks=int(hf_config['num_blocks']),
-      num_self_attends_per_block=int(hf_config['num_self_attends_per_block']),
-      num_cross_attends=1,
-      cross_attend_placement='start',
-      share_weights=True,
-      num_latents=int(hf_config['num_latents']),
-      num_latent_channels=int(hf_config['d_latents']),
-      num_cross_heads=int(hf_config['num_cross_attention_heads']),
-      num_self_heads=int(hf_config['num_self_attention_heads']),
-      widening_factor=int(hf_config['self_attention_widening_factor']),
-      cross_attend_widening_factor=int(
-          hf_config['cross_attention_widening_factor']),
-      self_attend_widening_factor=int(
-          hf_config['self_attention_widening_factor']),
-      qk_channels=hf_config.get('qk_channels'),
-      v_channels=hf_config.get('v_channels'),
-      mlp_activation=_ACTIVATIONS[activation],
-      cross_attend_query_residual=bool(hf_config.get('use_query_residual',
-                                                     True)),
-      dropout=0.0,
-  )
 
 
 def model_config(hf_config: Mapping[str, Any], *,
@@ -235,7 +209,28 @@ def model_config(hf_config: Mapping[str, Any], *,
         "only cross_attention_shape_for_attention='kv' is supported, got "
         f"{hf_config.get('cross_attention_shape_for_attention')!r}.")
   try:
-    encoder = _encoder_fields(hf_config, activation)
+    encoder = dict(
+        num_blocks=int(hf_config['num_blocks']),
+        num_self_attends_per_block=int(
+            hf_config['num_self_attends_per_block']),
+        num_cross_attends=1,
+        cross_attend_placement='start',
+        share_weights=True,
+        num_latents=int(hf_config['num_latents']),
+        num_latent_channels=int(hf_config['d_latents']),
+        num_cross_heads=int(hf_config['num_cross_attention_heads']),
+        num_self_heads=int(hf_config['num_self_attention_heads']),
+        widening_factor=int(hf_config['self_attention_widening_factor']),
+        cross_attend_widening_factor=int(
+            hf_config['cross_attention_widening_factor']),
+        self_attend_widening_factor=int(
+            hf_config['self_attention_widening_factor']),
+        qk_channels=hf_config.get('qk_channels'),
+        v_channels=hf_config.get('v_channels'),
+        mlp_activation=_ACTIVATIONS[activation],
+        cross_attend_query_residual=bool(
+            hf_config.get('use_query_residual', True)),
+        dropout=0.0)
   except KeyError as e:
     raise CheckpointError(f'config.json has no {e} field, which '
                           f'{architecture} needs.') from None
@@ -338,43 +333,29 @@ def count(tree: Mapping[str, Any]) -> int:
 # Our input type -> the transformers classifier that reads it.
 _CLASS_OF_INPUT = {t: a for a, t in ARCHITECTURES.items() if t is not None}
 _HIDDEN_ACT = {'gelu': 'gelu', 'gelu_tanh': 'gelu_pytorch_tanh'}
+# `EncoderConfig` fields that decide the function (the rest are execution
+# modes).
+_FUNCTION_FIELDS = (
+    'num_blocks', 'num_self_attends_per_block', 'num_cross_attends',
+    'cross_attend_placement', 'share_weights', 'num_latents',
+    'num_latent_channels', 'num_cross_heads', 'num_self_heads', 'qk_channels',
+    'v_channels', 'mlp_activation', 'cross_attend_query_residual')
 
 
 def _architecture_values(model: Mapping[str, Any]) -> dict[str, Any]:
   """The values that decide a model's function, defaults filled in."""
-  encoder = dict(model.get('encoder') or {})
-  widening = encoder.get('widening_factor', 1)
-  values = {
-      'num_blocks': encoder.get('num_blocks'),
-      'num_self_attends_per_block': encoder.get('num_self_attends_per_block'),
-      'num_cross_attends': encoder.get('num_cross_attends'),
-      'cross_attend_placement': encoder.get('cross_attend_placement',
-                                            'interleaved'),
-      'share_weights': encoder.get('share_weights', True),
-      'num_latents': encoder.get('num_latents'),
-      'num_latent_channels': encoder.get('num_latent_channels'),
-      'num_cross_heads': encoder.get('num_cross_heads', 1),
-      'num_self_heads': encoder.get('num_self_heads', 8),
-      'cross_attend_widening_factor': (
-          encoder.get('cross_attend_widening_factor') or widening),
-      'self_attend_widening_factor': (
-          encoder.get('self_attend_widening_factor') or widening),
-      'qk_channels': encoder.get('qk_channels'),
-      'v_channels': encoder.get('v_channels'),
-      'mlp_activation': encoder.get('mlp_activation', 'gelu_tanh'),
-      'cross_attend_query_residual': encoder.get(
-          'cross_attend_query_residual', True),
-      'head': model.get('head', 'mean_linear'),
-  }
+  encoder = encoder_config.EncoderConfig.from_mapping(
+      model.get('encoder') or {})
+  values = {name: getattr(encoder, name) for name in _FUNCTION_FIELDS}
+  (values['cross_attend_widening_factor'],
+   values['self_attend_widening_factor']) = encoder.widening_factors()
+  values['head'] = model.get('head', 'mean_linear')
   if values['num_cross_attends'] == 1:
     # One cross-attend runs first whatever the placement says.
     values['cross_attend_placement'] = 'start'
-  decoder = dict(model.get('decoder') or {})
-  for key, default in (('query_type', 'trainable'), ('num_heads', 1),
-                       ('widening_factor', 1), ('query_residual', True),
-                       ('num_query_channels', None), ('qk_channels', None),
-                       ('v_channels', None)):
-    values[f'decoder.{key}'] = decoder.get(key, default)
+  for key, value in decoder_lib.decoder_settings(model).items():
+    if key != 'query_num_bands':  # Only Fourier queries read it.
+      values[f'decoder.{key}'] = value
   for key, value in dict(model.get('input') or {}).items():
     if key in ('permutation_seed',) and value is None:
       continue
@@ -400,8 +381,6 @@ def transformers_config(model: Mapping[str, Any],
     raise CheckpointError(
         f"head {model.get('head', 'mean_linear')!r} has no transformers "
         "counterpart; only head='perceiver_io' models export.")
-  activation = dict(model.get('encoder') or {}).get('mlp_activation',
-                                                   'gelu_tanh')
   values = _architecture_values(model)
   index_dims = values.get('input.index_dims') or (224, 224)
   hf_config = {
@@ -419,7 +398,7 @@ def transformers_config(model: Mapping[str, Any],
       'self_attention_widening_factor': values['self_attend_widening_factor'],
       'cross_attention_widening_factor': values[
           'cross_attend_widening_factor'],
-      'hidden_act': _HIDDEN_ACT.get(activation, activation),
+      'hidden_act': _HIDDEN_ACT[values['mlp_activation']],
       'use_query_residual': values['cross_attend_query_residual'],
       'attention_probs_dropout_prob': 0.0,
       'image_size': int(index_dims[0]),

@@ -11,10 +11,20 @@ import json
 import os
 from typing import Optional
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import safetensors.numpy
 
 from perceiver_jax import cli
-
+from perceiver_jax.interop import transformers_format as tf_format
+from perceiver_jax.model import factory
+from perceiver_jax.train import checkpoint as checkpoint_lib
+from perceiver_jax.train import loop
+from perceiver_jax.train import optim
+from perceiver_jax.train import run_config
+from perceiver_jax.train import writers
 
 _PICKLE_FILES = ('pytorch_model.bin', 'model.bin', 'pytorch_model.pt')
 
@@ -39,8 +49,6 @@ def _read_json(path: str, what: str) -> dict:
 
 def _weights(directory: str, architecture: str) -> dict:
   """The checkpoint's tensors, read without pickle."""
-  import safetensors  # pylint: disable=g-import-not-at-top
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
   path = os.path.join(directory, 'model.safetensors')
   if not os.path.exists(path):
     pickles = [n for n in _PICKLE_FILES
@@ -88,18 +96,6 @@ def import_checkpoint(source: str, workdir: str,
   """Writes the new or empty `workdir` from the checkpoint in `source`,
   with `base_config`'s `model` and `data.num_classes` replaced by the
   checkpoint's; returns the summary."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from perceiver_jax.interop import transformers_format as tf_format
-  from perceiver_jax.model import factory
-  from perceiver_jax.train import checkpoint as checkpoint_lib
-  from perceiver_jax.train import loop
-  from perceiver_jax.train import optim
-  from perceiver_jax.train import run_config
-  from perceiver_jax.train import writers
-
   if os.path.exists(workdir) and os.listdir(workdir):
     raise ImportFailure(f'--workdir {workdir} exists and is not empty.')
   hf_config = _read_json(os.path.join(source, 'config.json'), 'config.json')
@@ -159,7 +155,6 @@ def import_checkpoint(source: str, workdir: str,
           f'written to {workdir}')
 
 
-
 class ExportFailure(cli.UsageError):
   """A refused export: one `error:` line, exit status 2 (`cli`)."""
 
@@ -167,18 +162,6 @@ class ExportFailure(cli.UsageError):
 def export_checkpoint(workdir: str, target: str,
                       step: Optional[int] = None) -> str:
   """Writes `target` from `workdir`'s checkpoint; returns the summary."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  import numpy as np
-  import safetensors.numpy
-  from perceiver_jax.interop import transformers_format as tf_format
-  from perceiver_jax.model import factory
-  from perceiver_jax.train import checkpoint as checkpoint_lib
-  from perceiver_jax.train import loop
-  from perceiver_jax.train import optim
-  from perceiver_jax.train import run_config
-  from perceiver_jax.train import writers
-
   if os.path.exists(target) and os.listdir(target):
     raise ExportFailure(f'--to {target} exists and is not empty.')
   if not run_config.exists(workdir):

@@ -14,6 +14,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
+from perceiver_jax import checks
 from perceiver_jax.model import encoder_config
 from perceiver_jax.model import layers
 from perceiver_jax.model import matmul
@@ -44,8 +45,7 @@ def scaled_dot_product_attention(
   softmax in float32); 'dot_product' is `jax.nn.dot_product_attention`
   (not with dropout in training).
   """
-  if impl not in ATTENTION_IMPLS:
-    raise ValueError(f'impl must be one of {ATTENTION_IMPLS}, got {impl!r}.')
+  checks.one_of(impl, 'impl', ATTENTION_IMPLS)
   if scale is None:
     scale = 1.0 / math.sqrt(queries.shape[-1])
   if impl == 'dot_product' and not (dropout_rate > 0.0 and is_training):

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perceiver_jax import checks
+
 
 class ConvNet(hk.Module):
   """Maps images `[B, H, W, C]` to logits `[B, num_classes]`; a
@@ -24,17 +26,13 @@ class ConvNet(hk.Module):
                permutation: Optional[np.ndarray] = None,
                name: Optional[str] = 'convnet'):
     super().__init__(name=name)
-    if (isinstance(num_classes, bool) or not isinstance(num_classes, int) or
-        num_classes < 1):
-      raise ValueError(
-          f'num_classes must be a positive integer, got {num_classes!r}.')
+    self._num_classes = checks.positive_int(num_classes, 'num_classes')
     channels = tuple(channels)
     if not channels or any(
         isinstance(c, bool) or not isinstance(c, int) or c < 1
         for c in channels):
       raise ValueError('config.model.convnet.channels must be a non-empty '
                        f'sequence of positive integers, got {channels!r}.')
-    self._num_classes = num_classes
     self._channels = channels
     self._permutation = (None if permutation is None else
                          np.asarray(permutation))

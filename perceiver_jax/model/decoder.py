@@ -22,6 +22,7 @@ from perceiver_jax.model import perceiver
 from perceiver_jax.model import position_encoding as pe
 
 HEADS = ('mean_linear', 'perceiver_io')
+QUERY_TYPES = ('trainable', 'fourier')
 
 # `config.model.decoder` fields and their defaults (those of the released
 # classifiers: one head, no widening, a query residual, the query as wide
@@ -46,35 +47,6 @@ def decoder_settings(model_config: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f'config.model.decoder has unknown fields {unknown}; '
                      f'known: {sorted(DECODER_DEFAULTS)}.')
   return {**DECODER_DEFAULTS, **given}
-
-
-def _checked_block_kwargs(**kwargs: Any) -> dict[str, Any]:
-  """The decoding `attention.CrossAttendBlock`'s arguments, checked."""
-  for name in ('num_heads', 'widening_factor'):
-    checks.positive_int(kwargs[name], f'config.model.decoder.{name}')
-  for name in ('qk_channels', 'v_channels'):
-    if kwargs[name] is not None:
-      checks.positive_int(kwargs[name], f'config.model.decoder.{name}')
-  checks.one_of(kwargs['activation'], 'mlp_activation',
-                tuple(attention_lib.ACTIVATIONS))
-  checks.boolean(kwargs['query_residual'],
-                 'config.model.decoder.query_residual')
-  return kwargs
-
-
-QUERY_TYPES = ('trainable', 'fourier')
-
-
-def _check_queries(query_type: str, num_bands: int,
-                   num_query_channels: Optional[int]) -> None:
-  checks.one_of(query_type, 'config.model.decoder.query_type', QUERY_TYPES)
-  checks.positive_int(num_bands, 'config.model.decoder.query_num_bands')
-  if num_query_channels is not None:
-    if query_type == 'fourier':
-      raise ValueError('config.model.decoder.num_query_channels must be None '
-                       'with Fourier queries (their width is d (2K + 1)).')
-    checks.positive_int(num_query_channels,
-                        'config.model.decoder.num_query_channels')
 
 
 class PerceiverIODecoder(hk.Module):
@@ -104,12 +76,28 @@ class PerceiverIODecoder(hk.Module):
     self._output_channels = checks.positive_int(output_channels,
                                                 'output_channels')
     self._output_index_dims = pe.check_index_dims(output_index_dims)
-    _check_queries(query_type, query_num_bands, num_query_channels)
+    field = 'config.model.decoder.'
+    checks.one_of(query_type, field + 'query_type', QUERY_TYPES)
+    checks.positive_int(query_num_bands, field + 'query_num_bands')
+    if num_query_channels is not None:
+      if query_type == 'fourier':
+        raise ValueError(f'{field}num_query_channels must be None with '
+                         'Fourier queries (their width is d (2K + 1)).')
+      checks.positive_int(num_query_channels, field + 'num_query_channels')
+    for key, value in (('num_heads', num_heads),
+                       ('widening_factor', widening_factor),
+                       ('qk_channels', qk_channels),
+                       ('v_channels', v_channels)):
+      if value is not None:  # Only the channels may be None (default).
+        checks.positive_int(value, field + key)
+    checks.one_of(mlp_activation, 'mlp_activation',
+                  tuple(attention_lib.ACTIVATIONS))
+    checks.boolean(query_residual, field + 'query_residual')
     self._query_type = query_type
     self._query_num_bands = query_num_bands
     self._num_query_channels = num_query_channels
     self._output_name = output_name
-    self._block_kwargs = _checked_block_kwargs(
+    self._block_kwargs = dict(
         num_heads=num_heads, widening_factor=widening_factor,
         qk_channels=qk_channels, v_channels=v_channels,
         activation=mlp_activation, query_residual=query_residual,

@@ -19,12 +19,6 @@ PRECISIONS = ('float32', 'bfloat16')
 REMAT_POLICIES = ('none', 'block')
 
 
-def _divides(num_heads: int, heads_name: str, channels: int,
-             what: str) -> None:
-  if channels % num_heads:
-    raise ValueError(f'{heads_name}={num_heads} does not divide {what}.')
-
-
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
   """The encoder's structure, sizes and execution modes; docs/model.md
@@ -118,14 +112,13 @@ class EncoderConfig:
 
   def _check_heads(self, num_heads: int, heads_name: str, channels: int,
                    what: str) -> None:
-    if self.qk_channels is None:
-      _divides(num_heads, heads_name, channels, what)
-    else:
-      _divides(num_heads, heads_name, self.qk_channels,
-               f'qk_channels={self.qk_channels}')
+    widths = [(channels, what) if self.qk_channels is None else
+              (self.qk_channels, f'qk_channels={self.qk_channels}')]
     if self.v_channels is not None:
-      _divides(num_heads, heads_name, self.v_channels,
-               f'v_channels={self.v_channels}')
+      widths.append((self.v_channels, f'v_channels={self.v_channels}'))
+    for width, name in widths:
+      if width % num_heads:
+        raise ValueError(f'{heads_name}={num_heads} does not divide {name}.')
 
   def widening_factors(self) -> tuple[int, int]:
     """The MLP widening of the cross-attends and of the self-attends."""

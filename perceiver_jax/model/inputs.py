@@ -146,17 +146,24 @@ class GridAdapter(hk.Module):
     return inputs
 
 
+def _patch_grid(dims: Sequence[int], patch_shape: Sequence[int]
+                ) -> tuple[int, ...]:
+  """The grid of `patch_shape` patches on `dims`, after checking they fit."""
+  dims = tuple(int(n) for n in dims)
+  if len(dims) != len(patch_shape) or any(
+      p < 1 or n % p for n, p in zip(dims, patch_shape)):
+    raise ValueError(f'Cannot cut inputs of {dims} into patches: patch_shape '
+                     f'{patch_shape} needs one size per axis, each dividing '
+                     'it.')
+  return tuple(n // p for n, p in zip(dims, patch_shape))
+
+
 def patchify(x: jax.Array, patch_shape: Sequence[int]) -> jax.Array:
   """`[B, *dims, C]` -> patches `[B, *grid, prod(patch_shape) * C]`, each
   flattened in row-major order of (offsets, channel), e.g. (t, h, w, c)."""
   patch_shape = tuple(int(p) for p in patch_shape)
   dims = tuple(x.shape[1:-1])
-  if len(dims) != len(patch_shape) or any(
-      p < 1 or n % p for n, p in zip(dims, patch_shape)):
-    raise ValueError(f'Cannot cut inputs of shape {x.shape} into patches of '
-                     f'{patch_shape}: need one patch size per axis between '
-                     f'batch and channels, each dividing that axis.')
-  grid = tuple(n // p for n, p in zip(dims, patch_shape))
+  grid = _patch_grid(dims, patch_shape)
   split = [x.shape[0]]
   for g, p in zip(grid, patch_shape):
     split += [g, p]
@@ -175,14 +182,8 @@ class PatchAdapter(hk.Module):
   def __init__(self, input_dims: Sequence[int], patch_shape: Sequence[int],
                *, name: Optional[str] = 'patch_adapter', **grid_kwargs):
     super().__init__(name=name)
-    input_dims = tuple(int(n) for n in input_dims)
     self._patch_shape = tuple(int(p) for p in patch_shape)
-    if len(input_dims) != len(self._patch_shape) or any(
-        p < 1 or n % p for n, p in zip(input_dims, self._patch_shape)):
-      raise ValueError(f'patch_shape {self._patch_shape} must have one size '
-                       f'per axis of input_dims {input_dims}, each '
-                       f'dividing it.')
-    grid = tuple(n // p for n, p in zip(input_dims, self._patch_shape))
+    grid = _patch_grid(input_dims, self._patch_shape)
     self._patch_size = int(np.prod(self._patch_shape))
     self._grid_adapter = GridAdapter(grid, name='grid_adapter', **grid_kwargs)
 
@@ -370,13 +371,16 @@ class ConvStemAdapter(hk.Module):
 # Input types.
 
 
-def _position_kwargs(input_config: InputConfig) -> dict[str, Any]:
+def _max_resolution(input_config: InputConfig) -> Optional[tuple[float, ...]]:
   max_resolution = input_config.get('max_resolution')
+  return None if max_resolution is None else tuple(max_resolution)
+
+
+def _position_kwargs(input_config: InputConfig) -> dict[str, Any]:
   return dict(
       position_encoding=input_config.get('position_encoding', 'fourier'),
       num_bands=input_config.get('num_bands', 64),
-      max_resolution=None if max_resolution is None else tuple(
-          max_resolution),
+      max_resolution=_max_resolution(input_config),
       learned_position_channels=input_config.get(
           'learned_position_channels', 128),
       learned_position_init_scale=input_config.get(
@@ -392,6 +396,7 @@ class Input:
   """An input type: sets `adapter` in `__init__`, gives `entry_shapes`."""
 
   adapter: Any
+  raw_channels: Optional[int] = None  # What the adapter's C is a function of.
 
   def __init__(self, input_config: InputConfig):
     self._shapes = self.entry_shapes(input_config)
@@ -411,7 +416,9 @@ class Input:
   @property
   def num_channels(self) -> int:
     """C, the byte array's channels."""
-    return self.adapter.num_channels
+    if self.raw_channels is None:
+      return self.adapter.num_channels
+    return self.adapter.num_channels(self.raw_channels)
 
   def entry(self, batch: Batch) -> jax.Array:
     """The one entry read, its shape checked."""
@@ -454,10 +461,8 @@ class GridInput(_ImageInput):
     self.adapter = GridAdapter(
         _dims(input_config), permutation=input_permutation(input_config),
         name=name, **_position_kwargs(input_config))
-
-  @property
-  def num_channels(self) -> int:
-    return self.adapter.num_channels(self.image_shape[-1])
+    if self.raw_channels is None:
+      self.raw_channels = self.image_shape[-1]
 
   def parts(self, batch: Batch) -> Optional[grid_byte_array.GridByteArray]:
     return self.adapter.parts(self.entry(batch)) if (
@@ -469,12 +474,10 @@ class MelInput(GridInput):
   with 2D position features. Fields: `key` ('mel'), `index_dims` ((96, 50)),
   position fields as for 'grid'. C = 1 + 2 (2K + 1)."""
 
+  raw_channels = 1
+
   def __init__(self, input_config: InputConfig):
     super().__init__(input_config, name='mel_grid')
-
-  @property
-  def num_channels(self) -> int:
-    return self.adapter.num_channels(1)
 
   def entry(self, batch: Batch) -> jax.Array:
     return super().entry(batch)[..., None]  # [B, frames, bins, 1]
@@ -490,16 +493,14 @@ class RawAudioInput(Input):
   (128: 480 tokens), position fields as for 'grid' (mu defaults to the
   number of patches). C = samples_per_patch + 2K + 1."""
 
+  raw_channels = 1
+
   def __init__(self, input_config: InputConfig):
     super().__init__(input_config)
     self.adapter = PatchAdapter(
         (int(input_config['num_samples']),),
         (int(input_config.get('samples_per_patch', 128)),),
         name='audio_patches', **_position_kwargs(input_config))
-
-  @property
-  def num_channels(self) -> int:
-    return self.adapter.num_channels(1)
 
   def entry(self, batch: Batch) -> jax.Array:
     return super().entry(batch)[..., None]  # [B, num_samples, 1]
@@ -516,15 +517,13 @@ class VideoInput(Input):
   position fields as for 'grid' (3D, of the patch grid).
   C = prod(patch_shape) * 3 + 3 (2K + 1)."""
 
+  raw_channels = 3
+
   def __init__(self, input_config: InputConfig):
     super().__init__(input_config)
     self.adapter = PatchAdapter(
         _dims(input_config), input_config.get('patch_shape', (2, 8, 8)),
         name='video_patches', **_position_kwargs(input_config))
-
-  @property
-  def num_channels(self) -> int:
-    return self.adapter.num_channels(3)
 
   @classmethod
   def entry_shapes(cls, input_config: InputConfig):
@@ -550,15 +549,11 @@ class AudioVideoInput(Input):
 
   @staticmethod
   def _audio_class(input_config: InputConfig) -> type[Input]:
-    audio_types = {'raw_audio': RawAudioInput, 'mel': MelInput}
-    audio_type = input_config['audio'].get('type')
-    if audio_type not in audio_types:
-      raise ValueError(f'config.model.input.audio.type must be one of '
-                       f'{sorted(audio_types)}, got {audio_type!r}.')
-    if input_config['video'].get('type', 'video') != 'video':
-      raise ValueError(f"config.model.input.video.type must be 'video', got "
-                       f'{input_config["video"].get("type")!r}.')
-    return audio_types[audio_type]
+    checks.one_of(input_config['video'].get('type', 'video'),
+                  'config.model.input.video.type', ('video',))
+    return INPUTS[checks.one_of(input_config['audio'].get('type'),
+                                'config.model.input.audio.type',
+                                ('mel', 'raw_audio'))]
 
   @property
   def num_channels(self) -> int:
@@ -634,13 +629,11 @@ class ConvStemInput(_ImageInput):
 
   def __init__(self, input_config: InputConfig):
     super().__init__(input_config)
-    max_resolution = input_config.get('max_resolution')
     self.adapter = ConvStemAdapter(
         self.image_shape,
         out_channels=input_config.get('out_channels', 64),
         num_bands=input_config.get('num_bands', 64),
-        max_resolution=None if max_resolution is None else tuple(
-            max_resolution))
+        max_resolution=_max_resolution(input_config))
 
 
 # `config.model.input.type` -> its input type. A new input type registers here.
@@ -658,11 +651,8 @@ INPUTS: dict[str, type[Input]] = {
 
 def input_class(input_config: InputConfig) -> type[Input]:
   """The input type that `input_config.type` names."""
-  kind = input_config.get('type')
-  if kind not in INPUTS:
-    raise ValueError(f'config.model.input.type must be one of '
-                     f'{sorted(INPUTS)}, got {kind!r}.')
-  return INPUTS[kind]
+  return INPUTS[checks.one_of(input_config.get('type'),
+                              'config.model.input.type', sorted(INPUTS))]
 
 
 def make(input_config: InputConfig) -> Input:

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perceiver_jax import checks
+
 
 def check_index_dims(index_dims: Sequence[int]) -> tuple[int, ...]:
   """Returns `index_dims` as a tuple of ints; raises unless all positive."""
@@ -47,9 +49,7 @@ def fourier_features(positions, num_bands: int,
   """`[..., d (2K + 1)]` features of positions `[..., d]` in [-1, 1] (numpy
   or traced): the positions, the sines, the cosines, each axis-major; mu per
   axis puts the highest frequency at mu / 2."""
-  if isinstance(num_bands, bool) or not isinstance(num_bands, int) or (
-      num_bands < 1):
-    raise ValueError(f'num_bands must be a positive integer, got {num_bands!r}.')
+  checks.positive_int(num_bands, 'num_bands')
   num_dims = positions.shape[-1]
   max_resolution = tuple(max_resolution)
   if len(max_resolution) != num_dims:

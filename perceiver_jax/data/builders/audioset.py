@@ -35,8 +35,6 @@ from perceiver_jax.data.builders import atomic
 SAMPLE_RATE = 48_000
 FPS = 25
 CLIP_SECONDS = 10.0
-CLIP_SAMPLES = 480_000  # CLIP_SECONDS * SAMPLE_RATE
-CLIP_FRAMES = 250  # CLIP_SECONDS * FPS
 NUM_CLASSES = 527
 # Files longer than this are whole videos; shorter ones are the segment.
 FULL_VIDEO_MIN_SECONDS = 10.5

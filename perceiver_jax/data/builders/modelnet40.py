@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional
 
 from absl import logging
 import numpy as np
+from perceiver_jax import checks
 from perceiver_jax import progress
 from perceiver_jax.data import pointcloud
 from perceiver_jax.data.builders import atomic
@@ -171,9 +172,6 @@ class Modelnet40Config(tfds.core.BuilderConfig):
 
   def __init__(self, *, layout: str, num_points: int = DEFAULT_NUM_POINTS,
                **kwargs):
-    if layout not in ROOT_NAMES:
-      raise ValueError(f'layout must be one of {sorted(ROOT_NAMES)}, got '
-                       f'{layout!r}.')
     super().__init__(**kwargs)
     self.layout = layout
     self.num_points = num_points
@@ -201,9 +199,7 @@ class Modelnet40(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, num_workers: int = 1, **kwargs: Any):
     """`num_workers` > 1 reads and samples files in that many processes."""
-    if num_workers < 1:
-      raise ValueError(f'num_workers must be >= 1, got {num_workers}.')
-    self._num_workers = num_workers
+    self._num_workers = checks.positive_int(num_workers, 'num_workers')
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
