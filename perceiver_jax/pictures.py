@@ -168,18 +168,18 @@ def draw_attention_maps(workdir: str, out_dir: str, *, num_images: int = 4,
   permutation = model_inputs.input_permutation(input_config)
   grids = [to_grid(m.mean(axis=1), input_config.index_dims, permutation)
            for m in maps]  # Each [B, N, H, W].
-  num_latents = min(num_latents, grids[0].shape[1])
-  latents = np.linspace(0, grids[0].shape[1] - 1, num_latents).round()
-  latents = [int(i) for i in latents]
+  num_all = grids[0].shape[1]
+  latents = [int(i) for i in np.linspace(0, num_all - 1, min(
+      num_latents, num_all)).round()]
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   images = np.asarray(batch[input_config.key])
   for i in range(count):
-    label = int(batch['label'][i]) if 'label' in batch else None
+    label = f", label {int(batch['label'][i])}" if 'label' in batch else ''
     fig = attention_map_figure(
         images[i], [g[i] for g in grids], latents,
         title=f'{os.path.basename(os.path.normpath(workdir))} step {step}'
-        + ('' if label is None else f', label {label}'))
+        f'{label}')
     path = os.path.join(out_dir, f'image_{i}.png')
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

@@ -276,19 +276,17 @@ class MultilabelMapEvaluator(_SplitEvaluator):
         yield batch
         continue
       keep = np.zeros_like(mask)
-      rejected = False
       for i in np.flatnonzero(mask):
         clip = int(clips[i])
         if clip not in accepted and len(accepted) < budget:
           accepted.add(clip)
         keep[i] = clip in accepted
-        rejected |= not keep[i]
       if not keep.any():
         return
       batch['mask'] = (batch['mask'].reshape(-1) * keep).reshape(
           batch['mask'].shape)
       yield batch
-      if rejected:
+      if (mask & ~keep).any():
         # Windows of a clip are consecutive: every later row is a later
         # clip, outside the budget.
         return
