@@ -218,13 +218,10 @@ class _ClipScores:
 
 
 class MultilabelMapEvaluator(_SplitEvaluator):
-  """mAP over classes, each clip scored by its windows' mean probability.
-
-  A clip is `windows_per_clip` rows sharing `batch['clip_index']`; the mean
-  of sigmoid probabilities keeps one confident window from outvoting the
-  rest. `max_examples` counts clips. Returns 'map',
-  'num_classes_without_positives', 'num_examples' (clips), 'num_windows' and
-  'loss' (per window, summed over classes), the same on every host.
+  """mAP over classes, each clip (`windows_per_clip` rows sharing
+  `batch['clip_index']`) scored by its windows' mean sigmoid probability, so
+  that one confident window cannot outvote the rest; `max_examples` counts
+  clips. The metrics (`metric_names`; 'loss' per window) agree on all hosts.
   """
 
   @staticmethod

@@ -336,16 +336,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        return_state: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible) and evaluates.
 
-  SIGTERM or SIGINT stops after the current step, with a checkpoint.
-  `stop_after_steps` stops earlier; `return_state` adds the final host
-  `TrainState` under 'state'. Returns the last evaluation's metrics plus
-  'step', 'num_skipped', 'stopped' (a signal's name) and 'checkpoint'.
-
-  Raises:
-    ValueError, FileNotFoundError: a bad config or missing data (on every
-      process, before anything is written).
-    NonFiniteLossError: unless `config.train.skip_nonfinite_updates`.
-    checkpoint_lib.CheckpointWriteError: a checkpoint could not be written.
+  SIGTERM or SIGINT stops after the current step, with a checkpoint, as
+  `stop_after_steps` does. Returns the last evaluation's metrics plus 'step',
+  'num_skipped', 'stopped' (a signal's name), 'checkpoint' and, with
+  `return_state`, the final host 'state'. A bad config or missing data
+  raises ValueError or FileNotFoundError on every process before anything
+  is written; a diverged loss, NonFiniteLossError.
   """
   run, batches, first_batch, target = _agreed(lambda: _start(config, workdir))
   # A relaunch that would change the run's model is refused here.
@@ -510,13 +506,11 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict,
                          split: Optional[str] = None, fallback: bool = False,
                          newest_intact: bool = False
                          ) -> list[dict[str, Any]]:
-  """Evaluates checkpoints (default: all, oldest first) with one compiled
-  step, writing nothing next to them; a dict of metrics plus 'step' each.
-
-  A damaged one raises `DamagedCheckpointError`, or with `fallback` is
-  listed as `{'step', 'damaged'}`. `newest_intact` evaluates only the
-  newest of `steps` (with `fallback`: the newest intact one before it), its
-  result with 'skipped_steps'.
+  """Evaluates checkpoints (default: all, oldest first), writing nothing;
+  metrics plus 'step' each. A damaged one raises `DamagedCheckpointError`
+  (`fallback`: listed as `{'step', 'damaged'}`). `newest_intact` evaluates
+  only the newest of `steps` (`fallback`: the newest intact one before it)
+  and adds 'skipped_steps'.
   """
   run = Run(config, os.path.dirname(checkpoint_dir),
             checkpoint_dir=checkpoint_dir, read_only=True)
