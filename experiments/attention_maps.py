@@ -15,6 +15,7 @@ from absl import logging
 
 from perceiver_jax import host_memory
 from perceiver_jax import cli
+from perceiver_jax.train import evaluation
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory.',
                                required=True)
@@ -30,10 +31,7 @@ _STEP = flags.DEFINE_integer('step', None,
 def main(argv):
   host_memory.keep_freed_memory()  # Process-wide, before JAX allocates.
   cli.no_arguments(argv)
-  if not os.path.isfile(os.path.join(_WORKDIR.value, 'config.json')):
-    raise cli.UsageError(f'--workdir={_WORKDIR.value} holds no run (no '
-                         'config.json); give a run directory that '
-                         'experiments.train wrote.')
+  evaluation.check_workdir(_WORKDIR.value, None)
   if _STEP.value is not None and not os.path.isdir(os.path.join(
       _WORKDIR.value, 'checkpoints', str(_STEP.value))):
     raise cli.UsageError(f'--step={_STEP.value}: no such checkpoint in '

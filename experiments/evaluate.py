@@ -34,16 +34,15 @@ _FALLBACK = flags.DEFINE_bool(
     'intact one before it instead of refusing (with --checkpoint=all: skip '
     'the damaged ones and list them).')
 
+
 def evaluate_all(config, workdir: str, split: str | None,
-                 output: str | None, overrides: list[str],
-                 fallback: bool) -> dict:
-  """Evaluates every kept checkpoint; prints the table, writes the JSON.
+                 overrides: list[str], fallback: bool) -> tuple[dict, str]:
+  """Evaluates every kept checkpoint: the summary and its table.
 
   A damaged checkpoint ends it (`loop.DamagedCheckpointError`) unless
   `fallback`, which lists it under 'skipped_steps'.
   """
   # pylint: disable=g-import-not-at-top
-  import jax
   from perceiver_jax.train import loop
   from perceiver_jax.train import writers
   # pylint: enable=g-import-not-at-top
@@ -65,15 +64,9 @@ def evaluate_all(config, workdir: str, split: str | None,
              'best_step': best['step'], 'best': best[metric],
              'checkpoint_dir': checkpoint_dir, 'skipped_steps': skipped,
              'config_overrides': overrides, 'evaluations': results}
-  output = output or os.path.join(workdir, 'evaluations', f'{split}-all.json')
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    writers.write_json(output, summary)
-    print(evaluation.results_table(results, metric) +
-          f'\nBest: step {best["step"]} ({split} {metric} '
-          f'{best[metric]:.4f}; {mode} is best). Written to {output}',
-          flush=True)
-  return summary
+  return summary, (evaluation.results_table(results, metric) +
+                   f'\nBest: step {best["step"]} ({split} {metric} '
+                   f'{best[metric]:.4f}; {mode} is best).')
 
 
 def main(argv):
@@ -99,29 +92,32 @@ def main(argv):
   workdir = _WORKDIR.value
   config = run_config.read(workdir)
   evaluation.apply_overrides(config, _OVERRIDES)
+  split = _SPLIT.value or config.evaluator.split
   if _CHECKPOINT.value == 'all':
-    evaluate_all(config, workdir, _SPLIT.value, _OUTPUT.value, _OVERRIDES,
-                 _FALLBACK.value)
-    return
-  if _CHECKPOINT.value:
-    # A step directory whose name is a step (`evaluation.check_workdir`).
-    checkpoint = os.path.abspath(_CHECKPOINT.value.rstrip('/'))
-    checkpoint_dir, step = (os.path.dirname(checkpoint),
-                            int(os.path.basename(checkpoint)))
+    result, text = evaluate_all(config, workdir, _SPLIT.value, _OVERRIDES,
+                                _FALLBACK.value)
+    output = _OUTPUT.value or os.path.join(workdir, 'evaluations',
+                                           f'{split}-all.json')
+    text += f' Written to {output}'
   else:
     checkpoint_dir, step = os.path.join(workdir, 'checkpoints'), None
-  metrics = loop.evaluate_checkpoint(config, checkpoint_dir, step=step,
-                                     split=_SPLIT.value,
-                                     fallback=_FALLBACK.value)
-  split = _SPLIT.value or config.evaluator.split
-  result = {'split': split, 'checkpoint': os.path.join(
-      checkpoint_dir, str(metrics['step'])), **metrics}
-  output = _OUTPUT.value or os.path.join(
-      workdir, 'evaluations', f'{split}-step{metrics["step"]}.json')
+    if _CHECKPOINT.value:
+      # A step directory whose name is a step (`evaluation.check_workdir`).
+      checkpoint = os.path.abspath(_CHECKPOINT.value.rstrip('/'))
+      checkpoint_dir, step = (os.path.dirname(checkpoint),
+                              int(os.path.basename(checkpoint)))
+    metrics = loop.evaluate_checkpoint(config, checkpoint_dir, step=step,
+                                       split=_SPLIT.value,
+                                       fallback=_FALLBACK.value)
+    result = {'split': split, 'checkpoint': os.path.join(
+        checkpoint_dir, str(metrics['step'])), **metrics}
+    text = json.dumps(result, sort_keys=True)
+    output = _OUTPUT.value or os.path.join(
+        workdir, 'evaluations', f'{split}-step{metrics["step"]}.json')
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     writers.write_json(output, result)
-    print(json.dumps(result, sort_keys=True), flush=True)
+    print(text, flush=True)
 
 
 _OVERRIDES: list[str] = []

@@ -44,24 +44,6 @@ def _traceback_wanted() -> bool:
       flags.FLAGS.is_parsed() and _TRACEBACK.value)
 
 
-def error_status(error: BaseException) -> Optional[int]:
-  """The exit status of a user-facing error, or None for a bug."""
-  if isinstance(error, (UsageError, app.UsageError, flags.Error)):
-    return USAGE_STATUS
-  if isinstance(error, FloatingPointError):
-    return FAILURE_STATUS
-  if isinstance(error, (ValueError, OSError)):
-    return USAGE_STATUS
-  return None
-
-
-def error_message(error: BaseException) -> str:
-  """The text after `error: `: our own mistakes' messages as they are."""
-  if isinstance(error, (UsageError, app.UsageError)):
-    return str(error)
-  return f'{type(error).__name__}: {error}'
-
-
 def guard(main: Callable[..., Any], *args: Any) -> Any:
   """`main(*args)`, with user errors in one line."""
   try:
@@ -70,11 +52,15 @@ def guard(main: Callable[..., Any], *args: Any) -> Any:
     if _traceback_wanted():
       raise
     fail('interrupted.', status=INTERRUPTED_STATUS)
-  except Exception as e:  # pylint: disable=broad-except
-    status = error_status(e)
-    if status is None or _traceback_wanted():
+  except (ValueError, OSError, FloatingPointError, app.UsageError,
+          flags.Error) as e:
+    if _traceback_wanted():
       raise
-    fail(error_message(e), status)
+    # Our own mistakes' messages as they are; others named by their type.
+    ours = isinstance(e, (UsageError, app.UsageError))
+    fail(str(e) if ours else f'{type(e).__name__}: {e}',
+         FAILURE_STATUS if isinstance(e, FloatingPointError) else
+         USAGE_STATUS)
 
 
 # ---------------------------------------------------------------- absl ----
@@ -137,31 +123,21 @@ def define_config_flag(default: Optional[str], help_text: str
     fail(_unknown_field_message(e))
 
 
-def _check_config_file(argv: Sequence[str]) -> None:
-  """Fails in one line if `--config=` names a missing file (ml_collections
-  would fail later, with a multi-line OSError)."""
-  spec = _config_spec_in(argv)
-  if spec is not None:
-    path = spec.partition(':')[0]
-    if not os.path.isfile(path):
-      fail(f'config file {path} not found; give --config=path/to/config.py'
-           '[:arg], e.g. --config=configs/digits.py.')
-
-
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl's flag parser, reporting a bad flag in one line."""
-  if _defined_config_flags:
-    _check_config_file(argv)
+  spec = _config_spec_in(argv) if _defined_config_flags else None
+  # A missing config file: ml_collections would fail later, in many lines.
+  if spec is not None and not os.path.isfile(spec.partition(':')[0]):
+    fail(f'config file {spec.partition(":")[0]} not found; give '
+         '--config=path/to/config.py[:arg], e.g. --config=configs/digits.py.')
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
+  except (flags.Error, AttributeError, KeyError) as e:
     if '--traceback' in argv:
       raise
-    fail(f'{_flag_error_message(e)} (--helpshort lists the flags)')
-  except (AttributeError, KeyError) as e:
+    if isinstance(e, flags.Error):
+      fail(f'{_flag_error_message(e)} (--helpshort lists the flags)')
     # A `--config.x=y` override naming no field of the config.
-    if '--traceback' in argv:
-      raise
     fail(_unknown_field_message(e))
 
 

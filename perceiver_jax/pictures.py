@@ -116,8 +116,7 @@ def attention_map_figure(image: np.ndarray, maps: Sequence[np.ndarray],
       axes[r, c].imshow(grid[latent], cmap='viridis')
       axes[r, c].set_title(f'latent {latent}', fontsize=7)
   for ax in axes.flat:
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set(xticks=[], yticks=[])
   if title:
     fig.suptitle(title, fontsize=8)
   return fig
@@ -149,10 +148,7 @@ def draw_attention_maps(workdir: str, out_dir: str, *, num_images: int = 4,
     step = run.checkpointer.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {run.checkpointer.directory}.')
-    batches = run.task.data.load(
-        config.evaluator.split, is_training=False,
-        batch_dims=run.batch_dims, config=config.data)
-    example = next(batches)
+    example = run.eval_batch()
     state = run.restore_state(example, step)
   finally:
     run.checkpointer.close()
@@ -172,35 +168,23 @@ def draw_attention_maps(workdir: str, out_dir: str, *, num_images: int = 4,
   permutation = model_inputs.input_permutation(input_config)
   grids = [to_grid(m.mean(axis=1), input_config.index_dims, permutation)
            for m in maps]  # Each [B, N, H, W].
-  num_latents = min(num_latents, grids[0].shape[1])
-  latents = np.linspace(0, grids[0].shape[1] - 1, num_latents).round()
-  latents = [int(i) for i in latents]
+  num_all = grids[0].shape[1]
+  latents = [int(i) for i in np.linspace(0, num_all - 1, min(
+      num_latents, num_all)).round()]
   os.makedirs(out_dir, exist_ok=True)
   paths = []
   images = np.asarray(batch[input_config.key])
   for i in range(count):
-    label = int(batch['label'][i]) if 'label' in batch else None
+    label = f", label {int(batch['label'][i])}" if 'label' in batch else ''
     fig = attention_map_figure(
         images[i], [g[i] for g in grids], latents,
         title=f'{os.path.basename(os.path.normpath(workdir))} step {step}'
-        + ('' if label is None else f', label {label}'))
+        f'{label}')
     path = os.path.join(out_dir, f'image_{i}.png')
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     paths.append(path)
   return paths
-
-
-def _eval_key(workdir: str, records: Sequence[Mapping[str, Any]]) -> str:
-  if run_config.exists(workdir):
-    evaluator = run_config.read(workdir).evaluator
-    return f'{evaluator.split}/{evaluator.metric}'
-  return next((k for r in records for k in r if k.endswith('/top1')), '')
-
-
-def _last_per_step(records, key):
-  """{step: value}; a resumed run's repeated steps keep the latest value."""
-  return {r['step']: r[key] for r in records if key in r}
 
 
 PLOT_SIZE = (10.0, 4.0)  # Inches: training loss | evaluation metric.
@@ -219,19 +203,23 @@ def plot_runs(workdirs: Sequence[str], out: str, *,
   eval_names = set()
   for workdir, label in zip(workdirs, labels):
     records = writers.read_metrics(workdir)
-    key = _eval_key(workdir, records)
+    if run_config.exists(workdir):
+      evaluator = run_config.read(workdir).evaluator
+      key = f'{evaluator.split}/{evaluator.metric}'
+    else:
+      key = next((k for r in records for k in r if k.endswith('/top1')), '')
     for ax, name, marker in ((loss_ax, 'train/loss', None),
                              (eval_ax, key, 'o')):
-      values = _last_per_step(records, name) if name else {}
+      # A resumed run's repeated steps keep the latest value.
+      values = {r['step']: r[name] for r in records if name in r}
       if values:
         steps = sorted(values)
         ax.plot(steps, [values[s] for s in steps], marker=marker, label=label)
-        eval_names.update([name] if ax is eval_ax else [])
-  loss_ax.set_yscale('log')
-  loss_ax.set_xlabel('step')
-  loss_ax.set_ylabel('training loss')
-  eval_ax.set_xlabel('step')
-  eval_ax.set_ylabel(' / '.join(sorted(eval_names)) or 'evaluation')
+        if ax is eval_ax:
+          eval_names.add(name)
+  loss_ax.set(yscale='log', xlabel='step', ylabel='training loss')
+  eval_ax.set(xlabel='step',
+              ylabel=' / '.join(sorted(eval_names)) or 'evaluation')
   for ax in (loss_ax, eval_ax):
     ax.grid(alpha=0.3)
     if ax.lines:

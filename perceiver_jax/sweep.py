@@ -19,6 +19,7 @@ import itertools
 import math
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -122,11 +123,8 @@ def _short_keys(keys: Sequence[str]) -> dict[str, str]:
 
 def point_name(point: Mapping[str, Any],
                keys: Optional[Sequence[str]] = None) -> str:
-  """A directory name such as 'share_weights=False,seed=1'.
-
-  `keys` (default the point's own) are all keys of the sweep, so that names
-  are shortened alike across points.
-  """
+  """A directory name such as 'share_weights=False,seed=1', its keys
+  shortened alike over `keys` (the sweep's; default the point's)."""
   keys = list(keys or point)
   short = _short_keys(keys)
   items = []
@@ -174,14 +172,8 @@ def _config_points(config: str, module, arg: str) -> Optional[list[Point]]:
 
 def get_points(config: str, axes: Sequence[str] = (), *,
                zip_axes: bool = False) -> list[Point]:
-  """The config's `get_hyper` points crossed with the `--sweep` axes'.
-
-  Either alone when the other is absent; the config's vary slowest.
-
-  Raises:
-    cli.UsageError: neither `get_hyper` nor axes, a malformed axis, or
-      repeated points.
-  """
+  """The config's `get_hyper` points (varying slowest) crossed with the
+  `--sweep` axes'; UsageError for neither, a bad axis or repeated points."""
   module, arg = load_config_module(config)
   points = _config_points(config, module, arg)
   if axes:
@@ -228,10 +220,8 @@ def split_values(text: str) -> list[str]:
 
 
 def parse_axis(spec: str) -> tuple[str, list[str]]:
-  """'optimizer.lr=1e-3,3e-3' -> ('config.optimizer.lr', ['1e-3', '3e-3']).
-
-  The leading 'config.' of the field is optional.
-  """
+  """'optimizer.lr=1e-3,3e-3' -> ('config.optimizer.lr', ['1e-3', '3e-3']);
+  the leading 'config.' is optional."""
   field, equals, values = spec.partition('=')
   field = field.strip()
   if field.startswith('config.'):
@@ -249,10 +239,8 @@ def parse_axis(spec: str) -> tuple[str, list[str]]:
 
 def command_line_points(config: config_dict.ConfigDict, axes: Sequence[str],
                         *, zip_axes: bool = False) -> list[Point]:
-  """The product (or with `zip_axes`, the zip) of `--sweep` axes.
-
-  Each value is parsed against the type of its field in `config`.
-  """
+  """The product (or with `zip_axes`, the zip) of `--sweep` axes, each
+  value parsed by the type of its field in `config`."""
   sweeps = []
   for spec in axes:
     key, texts = parse_axis(spec)
@@ -295,11 +283,8 @@ def sweep_keys(points: Sequence[Point]) -> list[str]:
 
 def point_command(config: str, point: Mapping[str, Any], workdir: str, *,
                   python: str = sys.executable) -> list[str]:
-  """The training command of one point.
-
-  An override to None is left out (flags cannot parse None for a typed
-  field): `check_none_overrides` makes sure None is then the default.
-  """
+  """The training command of one point; an override to None is left out
+  (`check_none_overrides` makes sure None is the default)."""
   return [python, '-m', 'experiments.train', f'--config={config}',
           *(f'--{key}={format_value(value)}' for key, value in point.items()
             if value is not None),
@@ -361,11 +346,8 @@ def run_sweep(config: str, root: str, *, axes: Sequence[str] = (),
               zip_axes: bool = False, parallel: int = 1,
               dry_run: bool = False, python: str = sys.executable,
               out=None) -> int:
-  """Runs each point of `get_points` in `root/<point_name>`, `parallel` at once.
-
-  Nothing is written before all points are known to be valid; `dry_run`
-  prints the commands only. Returns the number of points that failed.
-  """
+  """Runs each point in `root/<point_name>`, `parallel` at once, once all
+  are valid (`dry_run`: prints the commands); returns the failure count."""
   out = out or sys.stdout
   checks.positive_int(parallel, 'parallel')
   if os.path.exists(root) and not os.path.isdir(root):
@@ -381,7 +363,7 @@ def run_sweep(config: str, root: str, *, axes: Sequence[str] = (),
     workdir = os.path.join(root, name)
     command = point_command(config, point, workdir, python=python)
     if dry_run:
-      say(' '.join(_quote(c) for c in command))
+      say(shlex.join(command))
     elif read_point_status(workdir).get('finished'):
       say(f'skipping {name}: finished')
     else:
@@ -422,11 +404,6 @@ def run_sweep(config: str, root: str, *, axes: Sequence[str] = (),
   return failed
 
 
-def _quote(arg: str) -> str:
-  return arg if re.fullmatch(r'[\w@%+=:,./-]+', arg) else "'" + arg.replace(
-      "'", "'\\''") + "'"
-
-
 def _num_params(config) -> int:
   """Parameter count of the run's model, from shapes only."""
   # pylint: disable=g-import-not-at-top
@@ -451,13 +428,9 @@ def _in_order(first: Sequence[str], found: Iterable[str]) -> list[str]:
 
 def summary_rows(root: str
                  ) -> tuple[list[str], list[dict[str, Any]], str, str]:
-  """(swept keys, one row per point, metric column, 'max' or 'min').
-
-  A row holds the swept values, `final` and `best` of the config's
-  evaluation metric, `steps`, `params`, `wall_s` and `finished`. Rows sort
-  best first by `final` (by `config.evaluator.metric_mode`); rows without
-  an evaluation last.
-  """
+  """(swept keys, rows, metric column, 'max' or 'min'): a row per point
+  with its swept values, `final`, `best`, `steps`, `params`, `wall_s` and
+  `finished`, best `final` first and unevaluated rows last."""
   if not os.path.isdir(root):
     raise cli.UsageError(f'{root} is not a directory; --summarize takes the '
                          '--workdir of a sweep.')
@@ -481,8 +454,9 @@ def summary_rows(root: str
     overrides = status.get('overrides', {})
     row: dict[str, Any] = dict(point=name, **{k: overrides.get(k)
                                               for k in keys})
-    final = best = params = None
-    steps = 0
+    row.update(final=None, best=None, steps=0, params=None,
+               wall_s=status.get('wall_s'),
+               finished=bool(status.get('finished')))
     if run_config.exists(workdir):
       config = run_config.read(workdir)
       mode = config.evaluator.get('metric_mode', 'max')
@@ -492,13 +466,10 @@ def summary_rows(root: str
           os.path.join(workdir, writers.METRICS_FILE)) else [])
       values = [r[column] for r in records if column in r]
       if values:
-        final = values[-1]
-        best = max(values) if mode == 'max' else min(values)
-      steps = max((r['step'] for r in records), default=0)
-      params = _num_params(config)
-    row.update(final=final, best=best, steps=steps, params=params,
-               wall_s=status.get('wall_s'),
-               finished=bool(status.get('finished')))
+        row.update(final=values[-1],
+                   best=max(values) if mode == 'max' else min(values))
+      row.update(steps=max((r['step'] for r in records), default=0),
+                 params=_num_params(config))
     rows.append(row)
   sign = -1 if mode == 'max' else 1
   rows.sort(key=lambda r: (r['final'] is None,
@@ -506,16 +477,10 @@ def summary_rows(root: str
   return keys, rows, metric_name or 'metric', mode
 
 
-class _Seconds(float):
-  """A wall time, shown in whole seconds."""
-
-
 def _cell(value: Any, swept: bool) -> str:
   """A table cell; swept values show None as 'None', results as blank."""
   if value is None:
     return 'None' if swept else ''
-  if isinstance(value, _Seconds):
-    return f'{value:.0f}'
   if isinstance(value, float) and not swept:
     return f'{value:.4f}'
   if isinstance(value, int) and not isinstance(value, bool) and not swept:
@@ -534,26 +499,21 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]],
 
 def seed_statistics(keys: Sequence[str], rows: Sequence[Mapping[str, Any]],
                     mode: str = 'max') -> list[dict[str, Any]]:
-  """Mean and sample standard deviation of `final` over seeds, per setting.
-
-  Every swept key but 'config.seed' makes a setting; rows without `final`
-  are left out. Returns dicts with 'setting', 'name', 'mean', 'std' (None
-  for one seed), 'seeds' and 'params', best mean first.
-  """
+  """Per setting of the keys but 'config.seed', best first: 'setting',
+  'name', 'mean' and sample 'std' (None for one seed) of `final`, 'seeds'
+  and 'params'."""
   others = [k for k in keys if k != 'config.seed']
   groups: dict[str, list] = {}
-  settings: dict[str, Point] = {}
   for row in rows:
     if row['final'] is not None:
-      setting = {k: row[k] for k in others}
-      name = point_name(setting, others)
-      settings[name] = setting
+      name = point_name({k: row[k] for k in others}, others)
       groups.setdefault(name, []).append(row)
   result = []
   for name, members in groups.items():
     finals = [m['final'] for m in members]
     result.append(dict(
-        setting=settings[name], name=name, mean=statistics.fmean(finals),
+        setting={k: members[0][k] for k in others}, name=name,
+        mean=statistics.fmean(finals),
         std=statistics.stdev(finals) if len(finals) > 1 else None,
         seeds=len(finals), params=members[0]['params']))
   sign = -1 if mode == 'max' else 1
@@ -569,7 +529,7 @@ def summarize(root: str) -> str:
       f'final {metric}', f'best {metric}', 'steps', 'params', 'wall (s)']
   table = [[row[k] for k in keys] + [
       row['final'], row['best'], row['steps'], row['params'],
-      None if row['wall_s'] is None else _Seconds(row['wall_s'])]
+      None if row['wall_s'] is None else f'{row["wall_s"]:.0f}']
            for row in rows]
   text = _markdown(header, table, len(keys))
   if 'config.seed' in keys:

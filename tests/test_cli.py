@@ -139,7 +139,7 @@ CASES = [
      'error: {T}/empty holds no run (no metrics.jsonl); give a run directory '
      'that experiments.train wrote.'),
     (['experiments.attention_maps', '--workdir={T}/empty'],
-     'error: --workdir={T}/empty holds no run (no config.json); give a run '
+     'error: --workdir={T}/empty holds no run (no config.json); give the run '
      'directory that experiments.train wrote.'),
     (['experiments.attention_maps', '--workdir={T}/run', '--step=5'],
      'error: --step=5: no such checkpoint in {T}/run/checkpoints; leave '

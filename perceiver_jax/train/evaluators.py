@@ -26,8 +26,7 @@ def _padded_to(batches: Iterator[Batch], num_batches: int) -> Iterator[Batch]:
   """`num_batches` batches: the data's, then all-masked ones, so that every
   host runs as many collective steps.
   """
-  last = None
-  count = 0
+  last, count = None, 0
   for batch in batches:
     if count == num_batches:
       raise ValueError(f'The evaluation data yielded more than the expected '
@@ -85,16 +84,15 @@ class _SplitEvaluator:
     """Examples in the split (all hosts)."""
     return self._data.num_examples(self.split, self._config.data)
 
-  def _num_batches(self, rows_per_example: int = 1) -> int:
-    return num_batches(
+  def _padded_batches(self, rows_per_example: int = 1) -> Iterator[Batch]:
+    """`_batches()` padded to the longest host's count; counted on stderr
+    when `show_progress` is on (host 0)."""
+    total = num_batches(
         self._num_examples(),
         max_examples=self._config.evaluator.get('max_examples'),
         batch_size=int(np.prod(self._batch_dims)),
         rows_per_example=rows_per_example)
-
-  def _tracked(self, batches: Iterator[Batch],
-               total: int) -> Iterator[Batch]:
-    """`batches`, counted on stderr when `show_progress` is on (host 0)."""
+    batches = _padded_to(self._batches(), total)
     if not _progress['shown'] or jax.process_index() != 0:
       return batches
     return progress.track(batches, f'evaluating {self.split}', total=total,
@@ -169,9 +167,7 @@ class ClassificationEvaluator(_SplitEvaluator):
   def run(self, params: Any) -> dict[str, float]:
     """Evaluates replicated `params` on the split."""
     totals = None
-    for batch in self._tracked(
-        _padded_to(self._batches(), self._num_batches()),
-        self._num_batches()):
+    for batch in self._padded_batches():
       sums = self._eval_step(params, parallel.shard(batch))
       # np.asarray first: indexing a device array would dispatch a gather.
       sums = jax.tree.map(lambda x: float(np.asarray(x)[0]), sums)
@@ -222,13 +218,10 @@ class _ClipScores:
 
 
 class MultilabelMapEvaluator(_SplitEvaluator):
-  """mAP over classes, each clip scored by its windows' mean probability.
-
-  A clip is `windows_per_clip` rows sharing `batch['clip_index']`; the mean
-  of sigmoid probabilities keeps one confident window from outvoting the
-  rest. `max_examples` counts clips. Returns 'map',
-  'num_classes_without_positives', 'num_examples' (clips), 'num_windows' and
-  'loss' (per window, summed over classes), the same on every host.
+  """mAP over classes, each clip (`windows_per_clip` rows sharing
+  `batch['clip_index']`) scored by its windows' mean sigmoid probability, so
+  that one confident window cannot outvote the rest; `max_examples` counts
+  clips. The metrics (`metric_names`; 'loss' per window) agree on all hosts.
   """
 
   @staticmethod
@@ -256,11 +249,6 @@ class MultilabelMapEvaluator(_SplitEvaluator):
 
     self._eval_step = jax.pmap(eval_step, axis_name=parallel.AXIS)
 
-  def _max_clips(self) -> int:
-    """The most clips one host evaluates."""
-    return examples_per_host(self._num_examples(),
-                             self._config.evaluator.get('max_examples'))
-
   def _batches(self) -> Iterator[Batch]:
     """The data's batches, with `clip_index` and the clip budget applied."""
     batches = self._load()
@@ -285,19 +273,17 @@ class MultilabelMapEvaluator(_SplitEvaluator):
         yield batch
         continue
       keep = np.zeros_like(mask)
-      rejected = False
       for i in np.flatnonzero(mask):
         clip = int(clips[i])
         if clip not in accepted and len(accepted) < budget:
           accepted.add(clip)
         keep[i] = clip in accepted
-        rejected |= not keep[i]
       if not keep.any():
         return
       batch['mask'] = (batch['mask'].reshape(-1) * keep).reshape(
           batch['mask'].shape)
       yield batch
-      if rejected:
+      if (mask & ~keep).any():
         # Windows of a clip are consecutive: every later row is a later
         # clip, outside the budget.
         return
@@ -307,8 +293,7 @@ class MultilabelMapEvaluator(_SplitEvaluator):
     scores = _ClipScores()
     loss_sum = 0.0
     num_windows = 0
-    total = self._num_batches(rows_per_example=self._windows)
-    for batch in self._tracked(_padded_to(self._batches(), total), total):
+    for batch in self._padded_batches(rows_per_example=self._windows):
       labels = batch['label']
       if labels.shape != (*batch['mask'].shape, self._num_classes):
         raise ValueError(
@@ -334,7 +319,8 @@ class MultilabelMapEvaluator(_SplitEvaluator):
   def _metrics(self, scores: _ClipScores, loss_sum: float,
                num_windows: int) -> dict[str, Any]:
     """Gathers every host's clips and computes the metrics."""
-    bound = self._max_clips()
+    bound = examples_per_host(self._num_examples(),
+                              self._config.evaluator.get('max_examples'))
     local = len(scores.counts)
     if local > bound:
       raise ValueError(f'This host evaluated {local} clips, more than its '
@@ -352,11 +338,9 @@ class MultilabelMapEvaluator(_SplitEvaluator):
         clips=clips, means=means, labels=labels, counts=counts,
         loss_sum=np.float32(loss_sum), num_windows=np.int32(num_windows)))
     flat = lambda x: np.asarray(x).reshape(-1, *np.shape(x)[2:])
-    clips, counts = flat(gathered['clips']), flat(gathered['counts'])
-    real = clips >= 0
-    clips, counts = clips[real], counts[real]
-    means, labels = flat(gathered['means'])[real], flat(
-        gathered['labels'])[real]
+    real = flat(gathered['clips']) >= 0  # Rows past a host's clips are -1.
+    clips, counts, means, labels = (flat(gathered[k])[real] for k in (
+        'clips', 'counts', 'means', 'labels'))
     if clips.size == 0:
       raise ValueError(f'The {self.split!r} split has no examples to '
                        'evaluate.')
@@ -391,8 +375,4 @@ EVALUATORS = {
 
 def make_evaluator(config: ml_collections.ConfigDict, **kwargs):
   """The evaluator `config.evaluator.type` names."""
-  kind = config.evaluator.type
-  if kind not in EVALUATORS:
-    raise ValueError(f'config.evaluator.type must be one of '
-                     f'{sorted(EVALUATORS)}, got {kind!r}.')
-  return EVALUATORS[kind](config=config, **kwargs)
+  return EVALUATORS[config.evaluator.type](config=config, **kwargs)

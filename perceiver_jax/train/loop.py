@@ -87,26 +87,21 @@ def run_length(config: ml_collections.ConfigDict) -> RunLength:
 
 def _check_loss_and_evaluation(config: ml_collections.ConfigDict) -> None:
   """The config fields no constructor checks, named when wrong."""
-  if config.loss.type not in losses.LOSSES:
-    raise ValueError(f'config.loss.type must be one of {losses.LOSSES}, got '
-                     f'{config.loss.type!r}.')
+  checks.one_of(config.loss.type, 'config.loss.type', losses.LOSSES)
   smoothing = config.loss.get('label_smoothing', 0.0)
   if not 0.0 <= smoothing < 1.0:
     raise ValueError(f'config.loss.label_smoothing must be in [0, 1), got '
                      f'{smoothing!r}.')
   evaluator = config.evaluator
-  if evaluator.type not in evaluators.EVALUATORS:
-    raise ValueError(f'config.evaluator.type must be one of '
-                     f'{sorted(evaluators.EVALUATORS)}, got '
-                     f'{evaluator.type!r}.')
+  checks.one_of(evaluator.type, 'config.evaluator.type',
+                sorted(evaluators.EVALUATORS))
   names = evaluators.EVALUATORS[evaluator.type].metric_names(config)
   if evaluator.metric not in names:
     raise ValueError(f'config.evaluator.metric must be one of the '
                      f'{evaluator.type} evaluator\'s metrics {list(names)}, '
                      f'got {evaluator.metric!r}.')
-  if evaluator.metric_mode not in ('max', 'min'):
-    raise ValueError(f'config.evaluator.metric_mode must be "max" or "min", '
-                     f'got {evaluator.metric_mode!r}.')
+  checks.one_of(evaluator.metric_mode, 'config.evaluator.metric_mode',
+                ('max', 'min'))
   if evaluator.get('max_examples') is not None:
     checks.positive_int(evaluator.max_examples,
                         'config.evaluator.max_examples')
@@ -205,16 +200,13 @@ class Run:
     self.is_chief = jax.process_index() == 0
     self.length = run_length(config)
     self.task = tasks.get_task(config.task)
-    if not read_only:
-      self.batch_dims = parallel.local_batch_dims(config.train.batch_size)
-    eval_batch = checks.positive_int(config.evaluator.batch_size,
-                                     'config.evaluator.batch_size')
     try:
-      self.eval_batch_dims = parallel.local_batch_dims(eval_batch)
+      self.eval_batch_dims = parallel.local_batch_dims(
+          config.evaluator.batch_size)
     except ValueError as e:
       raise ValueError(f'config.evaluator.{e}') from None
-    if read_only:
-      self.batch_dims = self.eval_batch_dims
+    self.batch_dims = (self.eval_batch_dims if read_only else
+                       parallel.local_batch_dims(config.train.batch_size))
     _check_loss_and_evaluation(config)
     self.schedule = optim.learning_rate_schedule(
         config.optimizer, total_steps=self.length.total_steps,
@@ -349,16 +341,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        return_state: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir` (resuming if possible) and evaluates.
 
-  SIGTERM or SIGINT stops after the current step, with a checkpoint.
-  `stop_after_steps` stops earlier; `return_state` adds the final host
-  `TrainState` under 'state'. Returns the last evaluation's metrics plus
-  'step', 'num_skipped', 'stopped' (a signal's name) and 'checkpoint'.
-
-  Raises:
-    ValueError, FileNotFoundError: a bad config or missing data (on every
-      process, before anything is written).
-    NonFiniteLossError: unless `config.train.skip_nonfinite_updates`.
-    checkpoint_lib.CheckpointWriteError: a checkpoint could not be written.
+  SIGTERM or SIGINT stops after the current step, with a checkpoint, as
+  `stop_after_steps` does. Returns the last evaluation's metrics plus 'step',
+  'num_skipped', 'stopped' (a signal's name), 'checkpoint' and, with
+  `return_state`, the final host 'state'. A bad config or missing data
+  raises ValueError or FileNotFoundError on every process before anything
+  is written; a diverged loss, NonFiniteLossError.
   """
   run, plan, batches, first_batch, target = _agreed(
       lambda: _start(config, workdir))
@@ -423,14 +411,6 @@ def _train(run: Run, state: TrainState, batches, first_batch,
           'updates instead.')
     return bool(np.asarray(metrics['stop'])[0])
 
-  def save(done, metrics=None):
-    host_state = jax.tree.map(np.asarray, parallel.unreplicate(state))
-    if jax.process_count() > 1:
-      # Only process 0's copy is written: make sure it is everyone's.
-      parallel.assert_same_on_all_hosts(host_state.params,
-                                        f'parameters at step {done}')
-    run.checkpointer.save(done, host_state, metrics=metrics)
-
   stop_requested = False
   batch = first_batch
   for step in range(start_step, end_step):
@@ -464,31 +444,25 @@ def _train(run: Run, state: TrainState, batches, first_batch,
       scalars = jax.tree.map(lambda x: float(np.asarray(x)[0]), metrics)
       scalars['num_skipped'] = int(np.asarray(state.num_skipped)[0])
       scalars['skipped_inputs'] = int(scalars['skipped_inputs'])
-      elapsed = time.time() - window_time
-      steps_per_sec = (done - window_start) / max(elapsed, 1e-9)
+      steps_per_sec = (done - window_start) / max(time.time() - window_time,
+                                                   1e-9)
       scalars['steps_per_sec'] = steps_per_sec
       scalars['examples_per_sec'] = steps_per_sec * config.train.batch_size
       del scalars['finite'], scalars['stop']
       writer.write(done, scalars, prefix='train')
       if run.is_chief:
         eta = (length.total_steps - done) / max(steps_per_sec, 1e-9)
-        skipped_text = ''
-        if scalars['num_skipped']:
-          skipped_text += f'  skipped updates {scalars["num_skipped"]}'
-        if scalars['skipped_inputs']:
-          skipped_text += (f'  undecodable inputs '
-                           f'{scalars["skipped_inputs"]}')
+        skipped = ''.join(f'  {label} {scalars[key]}' for key, label in (
+            ('num_skipped', 'skipped updates'),
+            ('skipped_inputs', 'undecodable inputs')) if scalars[key])
         writers.console(
             f'step {done}/{length.total_steps}  loss {scalars["loss"]:.4f}  '
             f'lr {scalars["learning_rate"]:.2e}  '
             f'{scalars["examples_per_sec"]:.0f} ex/s  '
-            f'ETA {writers.format_duration(eta)}{skipped_text}')
-      window_start, window_time = done, time.time()
+            f'ETA {writers.format_duration(eta)}{skipped}')
 
-    evaluated_now = False
     if should_evaluate:
       eval_metrics = evaluator.run(state.params)
-      evaluated_now = True
       writer.write(done, eval_metrics, prefix=evaluator.split)
       if run.is_chief:
         shown = '  '.join(f'{k} {v:.4f}' if isinstance(v, float) else
@@ -496,11 +470,17 @@ def _train(run: Run, state: TrainState, batches, first_batch,
         writers.console(f'eval {evaluator.split} at step {done}: {shown}')
 
     if should_save:
-      save(done, metrics={config.evaluator.metric: eval_metrics[
-          config.evaluator.metric]} if evaluated_now else None)
+      host_state = jax.tree.map(np.asarray, parallel.unreplicate(state))
+      if jax.process_count() > 1:
+        # Only process 0's copy is written: make sure it is everyone's.
+        parallel.assert_same_on_all_hosts(host_state.params,
+                                          f'parameters at step {done}')
+      metric = config.evaluator.metric
+      run.checkpointer.save(done, host_state, metrics={
+          metric: eval_metrics[metric]} if should_evaluate else None)
       last_saved = done
 
-    if evaluated_now or last_saved == done:
+    if should_log or should_evaluate or should_save:
       # Throughput windows measure training steps only.
       window_start, window_time = done, time.time()
     if stop_requested:
@@ -534,13 +514,11 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict,
                          split: Optional[str] = None, fallback: bool = False,
                          newest_intact: bool = False
                          ) -> list[dict[str, Any]]:
-  """Evaluates checkpoints (default: all, oldest first) with one compiled
-  step, writing nothing next to them; a dict of metrics plus 'step' each.
-
-  A damaged one raises `DamagedCheckpointError`, or with `fallback` is
-  listed as `{'step', 'damaged'}`. `newest_intact` evaluates only the
-  newest of `steps` (with `fallback`: the newest intact one before it), its
-  result with 'skipped_steps'.
+  """Evaluates checkpoints (default: all, oldest first), writing nothing;
+  metrics plus 'step' each. A damaged one raises `DamagedCheckpointError`
+  (`fallback`: listed as `{'step', 'damaged'}`). `newest_intact` evaluates
+  only the newest of `steps` (`fallback`: the newest intact one before it)
+  and adds 'skipped_steps'.
   """
   run = Run(config, os.path.dirname(checkpoint_dir),
             checkpoint_dir=checkpoint_dir, read_only=True)
@@ -557,42 +535,44 @@ def evaluate_checkpoints(config: ml_collections.ConfigDict,
   try:
     target = run.host_target(run.eval_batch(split))
     evaluator = run.evaluator(split)
-    results, damaged = [], []
-    for step in steps or kept:
-      state, reason = run.checkpointer.try_restore(target, step)
-      if reason is not None:
-        damaged.append((step, reason))
-        if not fallback and not newest_intact:
+    evaluate = lambda state: {**evaluator.run(parallel.replicate(
+        state.params)), 'step': int(state.step)}
+    if not newest_intact:
+      results = []
+      for step in steps or kept:
+        state, reason = run.checkpointer.try_restore(target, step)
+        if reason is None:
+          results.append(evaluate(state))
+        elif fallback:
+          results.append({'step': step, 'damaged': reason})
+        else:
           raise DamagedCheckpointError(
               f'Checkpoint {directory}/{step} is damaged ({reason}). Pass '
               '--fallback to evaluate the intact ones and list it as '
               'skipped.')
-        if not newest_intact:
-          results.append({'step': step, 'damaged': reason})
+      return results
+    damaged = []
+    for step in steps:
+      state, reason = run.checkpointer.try_restore(target, step)
+      if reason is not None:
+        damaged.append((step, reason))
         continue
-      if newest_intact and damaged:
-        if not fallback:
-          raise DamagedCheckpointError(
-              f'Checkpoint {directory}/{damaged[0][0]} is damaged '
-              f'({damaged[0][1]}); the newest intact one is {directory}/'
-              f'{step}. Pass --fallback to evaluate that one, or '
-              '--checkpoint to choose.')
-        if run.is_chief:
-          writers.warn(f'checkpoint {directory}/{damaged[0][0]} is damaged '
-                       f'({damaged[0][1]}); evaluating {directory}/{step}, '
-                       'the newest intact one.')
-      metrics = evaluator.run(parallel.replicate(state.params))
-      results.append({**metrics, 'step': int(state.step)})
-      if newest_intact:
-        results[-1]['skipped_steps'] = [s for s, _ in damaged]
-        return results
+      if damaged and not fallback:
+        raise DamagedCheckpointError(
+            f'Checkpoint {directory}/{damaged[0][0]} is damaged '
+            f'({damaged[0][1]}); the newest intact one is {directory}/'
+            f'{step}. Pass --fallback to evaluate that one, or '
+            '--checkpoint to choose.')
+      if damaged and run.is_chief:
+        writers.warn(f'checkpoint {directory}/{damaged[0][0]} is damaged '
+                     f'({damaged[0][1]}); evaluating {directory}/{step}, '
+                     'the newest intact one.')
+      return [{**evaluate(state), 'skipped_steps': [s for s, _ in damaged]}]
   finally:
     run.checkpointer.close()
-  if newest_intact:
-    raise checkpoint_lib.CheckpointReadError(
-        f'No checkpoint in {directory} could be restored (' + '; '.join(
-            f'step {s}: {m}' for s, m in damaged) + ').')
-  return results
+  raise checkpoint_lib.CheckpointReadError(
+      f'No checkpoint in {directory} could be restored (' + '; '.join(
+          f'step {s}: {m}' for s, m in damaged) + ').')
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint_dir: str,

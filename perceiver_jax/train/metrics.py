@@ -27,17 +27,12 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
 def mean_average_precision(scores: np.ndarray, labels: np.ndarray,
                            mask: Optional[np.ndarray] = None
                            ) -> dict[str, Any]:
-  """Mean over classes with a positive of their AP over examples.
+  """Mean AP over the classes with a positive, for finite `scores [N, K]`,
+  multi-hot `labels [N, K]` and an optional `mask [N]` (0: ignored row).
 
-  Args:
-    scores: `[N, K]` finite scores (only their order in a class matters).
-    labels: `[N, K]` multi-hot 0/1.
-    mask: optional `[N]`; rows where it is 0 are ignored.
-
-  Returns:
-    'map' (NaN if no class has a positive), 'average_precision' `[K]` (NaN
-    without positives), 'num_classes_evaluated',
-    'num_classes_without_positives' and 'classes_without_positives'.
+  Returns 'map' (NaN without any positive), 'average_precision' `[K]` (NaN
+  for a class without positives), 'num_classes_evaluated',
+  'num_classes_without_positives' and 'classes_without_positives'.
   """
   scores = np.asarray(scores, np.float64)
   labels = np.asarray(labels)

@@ -30,11 +30,9 @@ def _check_number(value: Any, what: str, *, positive: bool = False,
       not math.isfinite(value)):
     raise ValueError(f'config.optimizer.{what} must be a finite number, got '
                      f'{value!r}.')
-  if positive and value <= 0:
-    raise ValueError(f'config.optimizer.{what} must be positive, got '
-                     f'{value!r}.')
-  if non_negative and value < 0:
-    raise ValueError(f'config.optimizer.{what} must be non-negative, got '
+  if (positive and value <= 0) or (non_negative and value < 0):
+    raise ValueError(f'config.optimizer.{what} must be '
+                     f'{"positive" if positive else "non-negative"}, got '
                      f'{value!r}.')
   return float(value)
 
@@ -81,12 +79,10 @@ def make_optimizer(config: Mapping[str, Any],
   b1 = _check_number(config.get('b1', 0.9), 'b1', non_negative=True)
   b2 = _check_number(config.get('b2', 0.999), 'b2', non_negative=True)
   eps = _check_number(config.get('eps', 1e-6), 'eps', positive=True)
-  if name == 'lamb':
-    optimizer = optax.lamb(schedule, b1=b1, b2=b2, eps=eps,
-                           weight_decay=weight_decay, mask=weight_decay_mask)
-  elif name == 'adamw':
-    optimizer = optax.adamw(schedule, b1=b1, b2=b2, eps=eps,
-                            weight_decay=weight_decay, mask=weight_decay_mask)
+  if name in ('lamb', 'adamw'):
+    decoupled = optax.lamb if name == 'lamb' else optax.adamw
+    optimizer = decoupled(schedule, b1=b1, b2=b2, eps=eps,
+                          weight_decay=weight_decay, mask=weight_decay_mask)
   elif name == 'adam':
     optimizer = optax.adam(schedule, b1=b1, b2=b2, eps=eps)
   elif name == 'sgd':

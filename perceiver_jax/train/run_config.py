@@ -127,8 +127,8 @@ def keep_history(workdir: str) -> Optional[str]:
   return target
 
 
-# The encoder fields that runs written before 2026-12 kept directly in
-# `config.model` (since then: `config.model.encoder`).
+# The encoder fields that older runs kept directly in `config.model` (now in
+# `config.model.encoder`).
 _FLAT_ENCODER_FIELDS = (
     'num_blocks', 'num_self_attends_per_block', 'num_cross_attends',
     'cross_attend_placement', 'share_weights', 'num_latents',
@@ -153,9 +153,7 @@ def upgrade(config: dict[str, Any]) -> dict[str, Any]:
     encoder = {name: model[name] for name in flat}
     model = dict({k: v for k, v in model.items() if k not in encoder},
                  encoder=encoder)
-  defaults = dataclasses.asdict(encoder_config.EncoderConfig())
-  encoder = dict(model['encoder'])
-  for name, value in defaults.items():
-    encoder.setdefault(name, value)
+  encoder = {**dataclasses.asdict(encoder_config.EncoderConfig()),
+             **model['encoder']}
   return dict(config, model=dict({'head': 'mean_linear'}, **dict(
       model, encoder=encoder)))

@@ -19,18 +19,12 @@ class Task:
     return importlib.import_module(self.data_module)
 
 
+# Audioset's 'train' is its loader's name for config.data.train_split
+# (balanced_train+unbalanced_train by default).
 TASKS: dict[str, Task] = {
-    task.name: task for task in (
-        Task('digits', 'perceiver_jax.data.digits'),
-        Task('imagenet', 'perceiver_jax.data.imagenet'),
-        # 'train' is the loader's name for config.data.train_split
-        # (balanced_train+unbalanced_train by default).
-        Task('audioset', 'perceiver_jax.data.audioset'),
-        Task('modelnet40', 'perceiver_jax.data.modelnet40'),
-        Task('shapes', 'perceiver_jax.data.shapes'),
-        Task('images', 'perceiver_jax.data.images'),
-    )
-}
+    name: Task(name, f'perceiver_jax.data.{name}')
+    for name in ('digits', 'imagenet', 'audioset', 'modelnet40', 'shapes',
+                 'images')}
 
 
 def get_task(name: str) -> Task:

@@ -35,50 +35,43 @@ def _plain(value: Any) -> Any:
 class MetricWriter:
   """Appends metrics to `metrics.jsonl` and TensorBoard event files."""
 
-  def __init__(self, workdir: str, *, enabled: bool = True,
-               tensorboard: bool = True):
-    self._enabled = enabled
-    self._jsonl = None
-    self._summary = None
+  def __init__(self, workdir: str, *, enabled: bool = True):
+    self._jsonl = self._summary = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, METRICS_FILE), 'a')
-    if tensorboard:
-      # TensorFlow is imported only here, and kept off any GPU. It only
-      # writes summaries: its oneDNN kernels would never run, and their
-      # start-up notice (two lines on stderr) would only hide ours.
-      os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.set_visible_devices([], 'GPU')
-      self._tf = tf
-      self._summary = tf.summary.create_file_writer(
-          os.path.join(workdir, 'tensorboard'))
+    # TensorFlow is imported only here, and kept off any GPU. It only writes
+    # summaries: its oneDNN kernels would never run, and their start-up
+    # notice (two lines on stderr) would only hide ours.
+    os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')
+    self._tf = tf
+    self._summary = tf.summary.create_file_writer(
+        os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, metrics: Mapping[str, Any],
             prefix: Optional[str] = None) -> None:
     """Records `metrics` at `step`; names get `prefix/` when given."""
-    if not self._enabled:
+    if self._jsonl is None:
       return
     named = {(f'{prefix}/{k}' if prefix else k): _plain(v)
              for k, v in metrics.items()}
     record = {'step': int(step), 'time': time.time(), **named}
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
-    if self._summary is not None:
-      with self._summary.as_default(step=int(step)):
-        for name, value in named.items():
-          if isinstance(value, (int, float)) and not isinstance(value, bool):
-            self._tf.summary.scalar(name, value)
-      self._summary.flush()
+    with self._summary.as_default(step=int(step)):
+      for name, value in named.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+          self._tf.summary.scalar(name, value)
+    self._summary.flush()
 
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
-      self._jsonl = None
-    if self._summary is not None:
       self._summary.close()
-      self._summary = None
+      self._jsonl = self._summary = None
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
