@@ -103,13 +103,10 @@ def _assert_same_params(a, b, atol=1e-6):
                a.params, b.params)
 
 
-@pytest.fixture(scope='module')
-def reference(tmp_path_factory):
-  """An uninterrupted run: its workdir and final state."""
-  workdir = str(tmp_path_factory.mktemp('reference'))
-  result = loop.train_and_evaluate(_config(), workdir, return_state=True)
-  assert _steps(workdir) == [3, 6]
-  return workdir, result['state']
+@pytest.fixture
+def reference(digits_run):
+  """An uninterrupted run (read only): its workdir and final state."""
+  return str(digits_run[0]), digits_run[1]
 
 
 def _resume(workdir):
