@@ -44,16 +44,24 @@ def test_all_checkpoints_match_single_evaluations(tmp_path, digits_run):
                                          for o in overrides]
   # Progress of the evaluation on stderr (not a terminal: whole lines).
   assert 'evaluating test: 2 batches in' in every.stderr
-  # Each step alone, as `--checkpoint=<step's directory>` evaluates it.
+  # Each step alone: step 3 by the command (`--checkpoint=<its directory>`,
+  # the same overrides), every step the way that command evaluates it.
+  single = command_utils.run_module(
+      'experiments.evaluate', f'--workdir={workdir}',
+      f'--checkpoint={workdir}/checkpoints/3', *overrides)
+  assert single.returncode == 0, single.stderr[-3000:]
+  by_command = json.loads(single.stdout.strip().splitlines()[-1])
+  assert by_command['step'] == 3
   config = run_config.read(str(workdir))
   evaluation.apply_overrides(config, summary['config_overrides'])
   for row in summary['evaluations']:
     assert row['num_examples'] == 100  # The override took effect.
     alone = loop.evaluate_checkpoint(config, str(workdir / 'checkpoints'),
                                      step=row['step'])
-    assert alone['num_examples'] == 100
-    for metric in ('top1', 'top5', 'loss'):
-      assert row[metric] == pytest.approx(alone[metric], rel=1e-6)
+    for result in [alone] + [by_command] * (row['step'] == 3):
+      assert result['num_examples'] == 100
+      for metric in ('top1', 'top5', 'loss'):
+        assert row[metric] == pytest.approx(result[metric], rel=1e-6)
   best = max(summary['evaluations'], key=lambda r: r['top1'])
   assert (summary['best_step'], summary['best']) == (best['step'],
                                                      best['top1'])
