@@ -1,7 +1,11 @@
 """Test set-up: 8 fake CPU devices, set before JAX starts; TF sees no GPU."""
 
 import os
+import pathlib
 import tempfile
+from typing import Any
+
+import pytest
 
 from perceiver_jax import host_memory
 
@@ -24,3 +28,22 @@ os.environ.setdefault(
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+
+
+@pytest.fixture(scope='session')
+def digits_run(tmp_path_factory) -> tuple[pathlib.Path, Any]:
+  """The digits `runlocal` run (6 steps, checkpoints at 3 and 6) on the 8
+  fake devices, trained once per test process: (workdir, final state).
+
+  Shared by every test that needs a finished run; read only: a test that
+  writes to it works on a `shutil.copytree` of it.
+  """
+  # pylint: disable=g-import-not-at-top
+  from configs import digits
+  from perceiver_jax.train import loop
+  # pylint: enable=g-import-not-at-top
+  workdir = tmp_path_factory.mktemp('digits_run') / 'run'
+  result = loop.train_and_evaluate(digits.get_config('runlocal'),
+                                   str(workdir), return_state=True)
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['3', '6']
+  return workdir, result['state']

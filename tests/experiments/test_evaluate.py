@@ -1,12 +1,14 @@
 """Tests of `python -m experiments.evaluate --checkpoint=all` and overrides."""
 
 import json
-import os
+import shutil
 
 import pytest
 
 from tests.helpers import command_utils
 from perceiver_jax.train import evaluation
+from perceiver_jax.train import loop
+from perceiver_jax.train import run_config
 
 
 def test_best_step_and_table_by_hand():
@@ -27,13 +29,9 @@ def test_overrides_are_split_from_the_flags():
   assert overrides == ['evaluator.max_examples=7']
 
 
-def test_all_checkpoints_match_single_evaluations(tmp_path):
+def test_all_checkpoints_match_single_evaluations(tmp_path, digits_run):
   workdir = tmp_path / 'run'
-  trained = command_utils.run_module(
-      'experiments.train', '--config=configs/digits.py:runlocal',
-      f'--workdir={workdir}')
-  assert trained.returncode == 0, trained.stderr[-3000:]
-  assert sorted(os.listdir(workdir / 'checkpoints')) == ['3', '6']
+  shutil.copytree(digits_run[0], workdir)
   overrides = ['--config.evaluator.max_examples=100',
                '--config.evaluator.batch_size=64']
   every = command_utils.run_module(
@@ -46,15 +44,24 @@ def test_all_checkpoints_match_single_evaluations(tmp_path):
                                          for o in overrides]
   # Progress of the evaluation on stderr (not a terminal: whole lines).
   assert 'evaluating test: 2 batches in' in every.stderr
+  # Each step alone: step 3 by the command (`--checkpoint=<its directory>`,
+  # the same overrides), every step the way that command evaluates it.
+  single = command_utils.run_module(
+      'experiments.evaluate', f'--workdir={workdir}',
+      f'--checkpoint={workdir}/checkpoints/3', *overrides)
+  assert single.returncode == 0, single.stderr[-3000:]
+  by_command = json.loads(single.stdout.strip().splitlines()[-1])
+  assert by_command['step'] == 3
+  config = run_config.read(str(workdir))
+  evaluation.apply_overrides(config, summary['config_overrides'])
   for row in summary['evaluations']:
     assert row['num_examples'] == 100  # The override took effect.
-    single = command_utils.run_module(
-        'experiments.evaluate', f'--workdir={workdir}',
-        f'--checkpoint={workdir}/checkpoints/{row["step"]}', *overrides)
-    assert single.returncode == 0, single.stderr[-3000:]
-    alone = json.loads(single.stdout.strip().splitlines()[-1])
-    for metric in ('top1', 'top5', 'loss'):
-      assert row[metric] == pytest.approx(alone[metric], rel=1e-6)
+    alone = loop.evaluate_checkpoint(config, str(workdir / 'checkpoints'),
+                                     step=row['step'])
+    for result in [alone] + [by_command] * (row['step'] == 3):
+      assert result['num_examples'] == 100
+      for metric in ('top1', 'top5', 'loss'):
+        assert row[metric] == pytest.approx(result[metric], rel=1e-6)
   best = max(summary['evaluations'], key=lambda r: r['top1'])
   assert (summary['best_step'], summary['best']) == (best['step'],
                                                      best['top1'])

@@ -103,13 +103,10 @@ def _assert_same_params(a, b, atol=1e-6):
                a.params, b.params)
 
 
-@pytest.fixture(scope='module')
-def reference(tmp_path_factory):
-  """An uninterrupted run: its workdir and final state."""
-  workdir = str(tmp_path_factory.mktemp('reference'))
-  result = loop.train_and_evaluate(_config(), workdir, return_state=True)
-  assert _steps(workdir) == [3, 6]
-  return workdir, result['state']
+@pytest.fixture
+def reference(digits_run):
+  """An uninterrupted run (read only): its workdir and final state."""
+  return str(digits_run[0]), digits_run[1]
 
 
 def _resume(workdir):
@@ -258,15 +255,19 @@ def _mount_tmpfs(path, size):
 
 def test_full_disk_fails_clearly_and_keeps_the_previous_checkpoint(
     tmp_path, reference):
-  # A real full disk: the checkpoints live on a tmpfs that holds one
-  # checkpoint but not two: 1.5 times the reference run's first one, in
-  # tmpfs's 4 KiB pages. (chmod cannot refuse root, who runs these tests; a
-  # full file system refuses everyone.)
+  # A real full disk: the checkpoints live on a tmpfs of 1.5 times the
+  # reference run's checkpoint 3, in tmpfs's 4 KiB pages, which holds a copy
+  # of that checkpoint; the run resumes from it and has no room for step 6.
+  # (Orbax's file layout, and so a checkpoint's size, varies from save to
+  # save: the disk is sized from the files it holds. chmod cannot refuse
+  # root, who runs these tests; a full file system refuses everyone.)
   workdir = tmp_path / 'run'
   checkpoints = workdir / 'checkpoints'
-  one_checkpoint = _tmpfs_pages(os.path.join(reference[0], 'checkpoints', '3'))
-  _mount_tmpfs(checkpoints, f'{one_checkpoint * 4 * 3 // 2}k')
+  source = os.path.join(reference[0], 'checkpoints', '3')
+  _mount_tmpfs(checkpoints, f'{_tmpfs_pages(source) * 4 * 3 // 2}k')
   try:
+    shutil.copytree(source, checkpoints / '3')
+    shutil.copy(os.path.join(reference[0], 'config.json'), workdir)
     with pytest.raises(checkpoint_lib.CheckpointWriteError) as error:
       loop.train_and_evaluate(_config(), str(workdir))
     message = str(error.value)

@@ -1,9 +1,7 @@
 """Nothing lost on a bad launch, and evaluation says what it scored.
 
-Every case runs on a copy of one real run (the digits `runlocal` config,
-6 steps, checkpoints at 3 and 6), trained once for the module on the 8 fake
-devices of conftest.py; the commands run as a user types them, on one
-device, in subprocesses.
+Every case runs on a copy of conftest.py's `digits_run`; the commands run
+as a user types them, on one device, in subprocesses.
 """
 
 import glob
@@ -34,12 +32,9 @@ def _config(**train):
   return config
 
 
-@pytest.fixture(scope='module')
-def run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('run') / 'run'
-  loop.train_and_evaluate(_config(), str(workdir))
-  assert sorted(os.listdir(workdir / 'checkpoints')) == ['3', '6']
-  return workdir
+@pytest.fixture
+def run(digits_run):
+  return digits_run[0]
 
 
 @pytest.fixture

@@ -69,12 +69,14 @@ def _params_of_last_checkpoint(workdir, config):
   return state
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+def test_resumed_run_equals_uninterrupted_run(tmp_path, digits_run):
+  # The uninterrupted run is conftest.py's (checkpoints and evaluations at
+  # 3 and 6, which do not change the parameters); this one saves at 3 only
+  # because it stops there.
   config = _runlocal_config(num_steps=6, checkpoint_every_steps=100,
                             eval_every_steps=100, log_every_steps=100)
-  straight = tmp_path / 'straight'
+  straight = digits_run[0]
   resumed = tmp_path / 'resumed'
-  loop.train_and_evaluate(config, str(straight))
   loop.train_and_evaluate(config, str(resumed), stop_after_steps=3)
   assert checkpoint_lib.Checkpointer(
       str(resumed / 'checkpoints'), read_only=True).all_steps() == [3]
