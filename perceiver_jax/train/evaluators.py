@@ -72,7 +72,8 @@ def _top_k(num_classes: int) -> int:
 
 class _SplitEvaluator:
   """What every evaluator shares: the split, its batches cut to
-  `max_examples`, and `_eval_step` run on every device."""
+  `max_examples`, and the subclass's `_eval_step(params, batch)` run on
+  every device."""
 
   _windows = 1  # Rows per example (clip).
 
@@ -151,13 +152,6 @@ class _SplitEvaluator:
         # clip, outside the budget.
         return
 
-  def _eval_step(self, params: Any, batch: Batch) -> Any:
-    raise NotImplementedError
-
-  def _no_examples(self) -> ValueError:
-    return ValueError(f'The {self.split!r} split has no examples to '
-                      'evaluate.')
-
 
 class ClassificationEvaluator(_SplitEvaluator):
   """Top-1 and top-5 accuracy and mean cross-entropy (no label smoothing)."""
@@ -197,7 +191,8 @@ class ClassificationEvaluator(_SplitEvaluator):
         totals[name] += float(np.asarray(value)[0])
     count = totals.pop('num_examples')
     if count == 0:
-      raise self._no_examples()
+      raise ValueError(f'The {self.split!r} split has no examples to '
+                       'evaluate.')
     return {**{name: total / count for name, total in totals.items()},
             'num_examples': int(round(count))}
 
@@ -294,7 +289,8 @@ class MultilabelMapEvaluator(_SplitEvaluator):
     clips, counts, means, labels = (flat(gathered[k])[real] for k in (
         'clips', 'counts', 'means', 'labels'))
     if clips.size == 0:
-      raise self._no_examples()
+      raise ValueError(f'The {self.split!r} split has no examples to '
+                       'evaluate.')
     if np.unique(clips).size != clips.size:
       raise ValueError('Two hosts evaluated the same clip_index; clip '
                        'indices must be unique over hosts.')
