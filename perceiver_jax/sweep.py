@@ -13,10 +13,10 @@ the sweep runs again, an unfinished one resumes. `summarize` writes
 
 import builtins
 import csv
+import functools
 import importlib.util
 import inspect
 import itertools
-import math
 import os
 import re
 import shlex
@@ -394,14 +394,13 @@ def _num_params(config) -> int:
   # pylint: disable=g-import-not-at-top
   import jax
   from perceiver_jax.model import factory
+  from perceiver_jax.train import loop
   # pylint: enable=g-import-not-at-top
   forward = factory.transform_classifier(config.model,
                                          config.data.num_classes)
-  batch = factory.example_batch(config.model.input, 1)
-  shapes = jax.eval_shape(
-      lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=False),
-      batch)
-  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)))
+  return loop.num_params(jax.eval_shape(
+      functools.partial(forward.init, is_training=False),
+      jax.random.PRNGKey(0), factory.example_batch(config.model.input, 1)))
 
 
 def _in_order(first: Sequence[str], found: Iterable[str]) -> list[str]:
