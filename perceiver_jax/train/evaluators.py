@@ -218,7 +218,7 @@ class MultilabelMapEvaluator(_SplitEvaluator):
     return ('map', 'loss', 'num_examples', 'num_windows',
             'num_classes_without_positives')
 
-  def __init__(self, **kwargs):
+  def __init__(self, **kwargs: Any):
     super().__init__(**kwargs)
     self._windows = checks.positive_int(
         self._config.evaluator.get('windows_per_clip', 1),
