@@ -13,10 +13,10 @@ the sweep runs again, an unfinished one resumes. `summarize` writes
 
 import builtins
 import csv
+import functools
 import importlib.util
 import inspect
 import itertools
-import math
 import os
 import re
 import shlex
@@ -41,20 +41,19 @@ LOG_FILE = 'train.log'  # ROOT/<point>/train.log: the run's output.
 _FIELD = r'[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*'
 
 
-def _check_key(key: str) -> str:
+def _check_key(key: str) -> None:
   if not isinstance(key, str) or not re.fullmatch(r'config\.' + _FIELD, key):
     raise ValueError(f"A sweep key must look like 'config.model.x', got "
                      f'{key!r}.')
-  return key
 
 
 def sweep(key: str, values: Iterable[Any]) -> list[Point]:
   """One point per value of the config field `key` ('config.a.b')."""
   _check_key(key)
-  values = list(values)
-  if not values:
+  points = [{key: value} for value in values]
+  if not points:
     raise ValueError(f'h.sweep({key!r}, ...) got no values.')
-  return [{key: value} for value in values]
+  return points
 
 
 def fixed(key: str, value: Any) -> list[Point]:
@@ -62,9 +61,8 @@ def fixed(key: str, value: Any) -> list[Point]:
   return sweep(key, [value])
 
 
-def _combine(sweeps: Sequence[Sequence[Point]], what: str,
-             combine) -> list[Point]:
-  """Merges the point tuples `combine(*sweeps)` yields into single points."""
+def _combine(sweeps: Sequence[Sequence[Point]], what: str) -> list[Point]:
+  """Merges the point tuples of `itertools.product` or `zip` (`what`)."""
   if not sweeps:
     raise ValueError(f'h.{what} needs at least one sweep.')
   for s in sweeps:
@@ -72,33 +70,32 @@ def _combine(sweeps: Sequence[Sequence[Point]], what: str,
         isinstance(p, dict) for p in s):
       raise ValueError(f'h.{what} takes a list of sweeps (lists of dicts), '
                        f'got {s!r}.')
+  lengths = [len(s) for s in sweeps]
+  if what == 'zip' and len(set(lengths)) != 1:
+    raise ValueError(f'h.zip needs sweeps of equal length, got lengths '
+                     f'{lengths}.')
+  combine = itertools.product if what == 'product' else builtins.zip
   points = []
   for parts in combine(*sweeps):
     merged: Point = {}
     for part in parts:
-      for key, value in part.items():
-        if key in merged:
-          raise ValueError(f'{key!r} is set by more than one of the '
-                           'combined sweeps.')
-        merged[key] = value
+      clash = [key for key in part if key in merged]
+      if clash:
+        raise ValueError(f'{clash[0]!r} is set by more than one of the '
+                         'combined sweeps.')
+      merged.update(part)
     points.append(merged)
   return points
 
 
 def product(sweeps: Sequence[Sequence[Point]]) -> list[Point]:
   """Every combination of the sweeps' points, the first varying slowest."""
-  return _combine(sweeps, 'product', itertools.product)
+  return _combine(sweeps, 'product')
 
 
 def zip(sweeps: Sequence[Sequence[Point]]) -> list[Point]:  # pylint: disable=redefined-builtin
   """The i-th points of all sweeps merged; the sweeps must be equally long."""
-  def paired(*sweeps):
-    lengths = [len(s) for s in sweeps]
-    if len(set(lengths)) != 1:
-      raise ValueError(f'h.zip needs sweeps of equal length, got lengths '
-                       f'{lengths}.')
-    return builtins.zip(*sweeps)
-  return _combine(sweeps, 'zip', paired)
+  return _combine(sweeps, 'zip')
 
 
 def format_value(value: Any) -> str:
@@ -149,36 +146,27 @@ def load_config_module(config: str):
   return module, arg
 
 
-def _base_config(module, arg: str) -> config_dict.ConfigDict:
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def _config_points(config: str, module, arg: str) -> Optional[list[Point]]:
-  """The points of the config's `get_hyper`, or None if it has none."""
-  get_hyper = getattr(module, 'get_hyper', None)
-  if get_hyper is None:
-    return None
-  h = sys.modules[__name__]
-  takes_arg = len(inspect.signature(get_hyper).parameters) > 1
-  points = [dict(p) for p in (get_hyper(h, arg) if takes_arg else
-                              get_hyper(h))]
-  if not points:
-    raise ValueError(f'get_hyper of {config!r} returned no points.')
-  for p in points:
-    for key in p:
-      _check_key(key)
-  return points
-
-
 def get_points(config: str, axes: Sequence[str] = (), *,
                zip_axes: bool = False) -> list[Point]:
   """The config's `get_hyper` points (varying slowest) crossed with the
-  `--sweep` axes'; UsageError for neither, a bad axis or repeated points."""
+  `--sweep` axes'; UsageError for neither, a bad axis or repeated points,
+  ValueError for a None where the config's default is not None."""
   module, arg = load_config_module(config)
-  points = _config_points(config, module, arg)
+  base = module.get_config(arg) if arg else module.get_config()
+  get_hyper = getattr(module, 'get_hyper', None)
+  points = None
+  if get_hyper is not None:
+    h = sys.modules[__name__]
+    takes_arg = len(inspect.signature(get_hyper).parameters) > 1
+    points = [dict(p) for p in (get_hyper(h, arg) if takes_arg else
+                                get_hyper(h))]
+    if not points:
+      raise ValueError(f'get_hyper of {config!r} returned no points.')
+    for key in sweep_keys(points):
+      _check_key(key)
+    _check_none_overrides(config, base, points)
   if axes:
-    line_points = command_line_points(_base_config(module, arg), axes,
-                                      zip_axes=zip_axes)
+    line_points = command_line_points(base, axes, zip_axes=zip_axes)
     clash = sorted(set(sweep_keys(points or [])) & set(line_points[0]))
     if clash:
       raise cli.UsageError(
@@ -196,6 +184,23 @@ def get_points(config: str, axes: Sequence[str] = (), *,
     raise cli.UsageError(f'the sweep of {config} repeats points '
                          f'{repeated}: give each value once.')
   return points
+
+
+def _check_none_overrides(config: str, base: config_dict.ConfigDict,
+                          points: Sequence[Point]) -> None:
+  """ValueError if a point sets to None a field whose default is not None
+  (`point_command` leaves such an override out)."""
+  for key in sorted({k for p in points for k, v in p.items() if v is None}):
+    value = base
+    for part in key.split('.')[1:]:
+      if part not in value:
+        raise ValueError(f'{key} is not a field of {config!r}.')
+      value = value[part]
+    if value is not None:
+      raise ValueError(
+          f'A point sets {key}=None but its default in {config!r} is '
+          f'{value!r}; a sweep can only set a field to None where None is '
+          'its default.')
 
 
 def split_values(text: str) -> list[str]:
@@ -223,9 +228,7 @@ def parse_axis(spec: str) -> tuple[str, list[str]]:
   """'optimizer.lr=1e-3,3e-3' -> ('config.optimizer.lr', ['1e-3', '3e-3']);
   the leading 'config.' is optional."""
   field, equals, values = spec.partition('=')
-  field = field.strip()
-  if field.startswith('config.'):
-    field = field[len('config.'):]
+  field = field.strip().removeprefix('config.')
   example = "--sweep='optimizer.learning_rate=3e-4,1e-3'"
   if not equals or not re.fullmatch(_FIELD, field):
     raise cli.UsageError(f'--sweep={spec!r} is not FIELD=VALUE,VALUE,...; '
@@ -284,61 +287,48 @@ def sweep_keys(points: Sequence[Point]) -> list[str]:
 def point_command(config: str, point: Mapping[str, Any], workdir: str, *,
                   python: str = sys.executable) -> list[str]:
   """The training command of one point; an override to None is left out
-  (`check_none_overrides` makes sure None is the default)."""
+  (`get_points` makes sure None is the default)."""
   return [python, '-m', 'experiments.train', f'--config={config}',
           *(f'--{key}={format_value(value)}' for key, value in point.items()
             if value is not None),
           f'--workdir={workdir}']
 
 
-def check_none_overrides(config: str, points: Sequence[Point]) -> None:
-  """Raises ValueError if a point sets to None a field whose default is not."""
-  keys = {k for p in points for k, v in p.items() if v is None}
-  if not keys:
-    return
-  base = _base_config(*load_config_module(config))
-  for key in sorted(keys):
-    value = base
-    for part in key.split('.')[1:]:
-      if part not in value:
-        raise ValueError(f'{key} is not a field of {config!r}.')
-      value = value[part]
-    if value is not None:
-      raise ValueError(
-          f'A point sets {key}=None but its default in {config!r} is '
-          f'{value!r}; a sweep can only set a field to None where None is '
-          'its default.')
-
-
-def read_point_status(workdir: str) -> dict[str, Any]:
-  path = os.path.join(workdir, POINT_FILE)
+def _read_json(path: str) -> dict[str, Any]:
   return writers.read_json(path) if os.path.exists(path) else {}
 
 
-class _Launch:
-  """One running point: its process, log file, start time and status."""
+class _Run:
+  """One point's training process and its status file `POINT_FILE`."""
 
   def __init__(self, name: str, workdir: str, command: list[str],
-               point: Point, config: str):
-    os.makedirs(workdir, exist_ok=True)
-    self.name, self.workdir = name, workdir
-    self.status = read_point_status(workdir)
-    self.status.update(config=config, overrides=point, command=command,
-                       finished=False,
-                       attempts=self.status.get('attempts', 0) + 1)
-    writers.write_json(os.path.join(workdir, POINT_FILE), self.status)
-    self.log = open(os.path.join(workdir, LOG_FILE), 'a')
-    self.start = time.time()
-    self.process = subprocess.Popen(command, stdout=self.log,
+               status: dict[str, Any]):
+    self.name, self.workdir, self.command = name, workdir, command
+    self.status = status
+    self.log_path = os.path.join(workdir, LOG_FILE)
+
+  def _save(self, **updates: Any) -> None:
+    self.status.update(updates)
+    writers.write_json(os.path.join(self.workdir, POINT_FILE), self.status)
+
+  def start(self) -> str:
+    """Starts the process; returns the line that says so."""
+    resuming = os.path.isdir(os.path.join(self.workdir, 'checkpoints'))
+    os.makedirs(self.workdir, exist_ok=True)
+    self._save(finished=False, attempts=self.status.get('attempts', 0) + 1)
+    self.log = open(self.log_path, 'a')
+    self.start_time = time.time()
+    self.process = subprocess.Popen(self.command, stdout=self.log,
                                     stderr=subprocess.STDOUT)
+    return (f'{"resuming" if resuming else "running"} {self.name} '
+            f'(log: {self.log_path})')
 
   def finish(self) -> int:
+    """Waits for the process and records its exit code and wall time."""
     code = self.process.wait()
     self.log.close()
-    self.status.update(
-        wall_s=self.status.get('wall_s', 0.0) + time.time() - self.start,
-        returncode=code, finished=code == 0)
-    writers.write_json(os.path.join(self.workdir, POINT_FILE), self.status)
+    wall_s = self.status.get('wall_s', 0.0) + time.time() - self.start_time
+    self._save(wall_s=wall_s, returncode=code, finished=code == 0)
     return code
 
 
@@ -348,26 +338,26 @@ def run_sweep(config: str, root: str, *, axes: Sequence[str] = (),
               out=None) -> int:
   """Runs each point in `root/<point_name>`, `parallel` at once, once all
   are valid (`dry_run`: prints the commands); returns the failure count."""
-  out = out or sys.stdout
   checks.positive_int(parallel, 'parallel')
   if os.path.exists(root) and not os.path.isdir(root):
     raise cli.UsageError(f'--workdir={root} is a file; give a directory '
                          '(new, or the one of the sweep to resume).')
   points = get_points(config, axes, zip_axes=zip_axes)
-  check_none_overrides(config, points)
   keys = sweep_keys(points)
   names = [point_name(p, keys) for p in points]
-  say = lambda line: print(line, file=out, flush=True)
+  say = lambda line: print(line, file=out or sys.stdout, flush=True)
   todo = []
   for name, point in builtins.zip(names, points):
     workdir = os.path.join(root, name)
     command = point_command(config, point, workdir, python=python)
+    status = _read_json(os.path.join(workdir, POINT_FILE))
     if dry_run:
       say(shlex.join(command))
-    elif read_point_status(workdir).get('finished'):
+    elif status.get('finished'):
       say(f'skipping {name}: finished')
     else:
-      todo.append((name, workdir, command, point))
+      status.update(config=config, overrides=point, command=command)
+      todo.append(_Run(name, workdir, command, status))
   if dry_run:
     return 0
   os.makedirs(root, exist_ok=True)
@@ -375,30 +365,25 @@ def run_sweep(config: str, root: str, *, axes: Sequence[str] = (),
       config=config, keys=keys, points=points, names=names))
 
   failed = 0
-  running: list[_Launch] = []
+  running: list[_Run] = []
   try:
     while todo or running:
       while todo and len(running) < parallel:
-        name, workdir, command, point = todo.pop(0)
-        resuming = os.path.isdir(os.path.join(workdir, 'checkpoints'))
-        running.append(_Launch(name, workdir, command, point, config))
-        # Said once the run has started and its status file exists.
-        say(f'{"resuming" if resuming else "running"} {name} '
-            f'(log: {os.path.join(workdir, LOG_FILE)})')
+        running.append(todo.pop(0))
+        say(running[-1].start())
       time.sleep(0.2)
-      for launch in [r for r in running if r.process.poll() is not None]:
-        running.remove(launch)
-        code = launch.finish()
-        if code == 0:
-          say(f'finished {launch.name} in {time.time() - launch.start:.0f} s')
+      for run in [r for r in running if r.process.poll() is not None]:
+        running.remove(run)
+        if run.finish() == 0:
+          say(f'finished {run.name} in {time.time() - run.start_time:.0f} s')
         else:
           failed += 1
-          say(f'FAILED {launch.name} (exit code {code}); see '
-              f'{os.path.join(launch.workdir, LOG_FILE)}')
+          say(f'FAILED {run.name} (exit code {run.status["returncode"]}); '
+              f'see {run.log_path}')
   except KeyboardInterrupt:
-    for launch in running:
-      launch.process.terminate()
-      launch.finish()
+    for run in running:
+      run.process.terminate()
+      run.finish()
     say('interrupted; run the same command again to resume.')
     raise
   return failed
@@ -409,21 +394,19 @@ def _num_params(config) -> int:
   # pylint: disable=g-import-not-at-top
   import jax
   from perceiver_jax.model import factory
+  from perceiver_jax.train import loop
   # pylint: enable=g-import-not-at-top
   forward = factory.transform_classifier(config.model,
                                          config.data.num_classes)
-  batch = factory.example_batch(config.model.input, 1)
-  shapes = jax.eval_shape(
-      lambda b: forward.init(jax.random.PRNGKey(0), b, is_training=False),
-      batch)
-  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)))
+  return loop.num_params(jax.eval_shape(
+      functools.partial(forward.init, is_training=False),
+      jax.random.PRNGKey(0), factory.example_batch(config.model.input, 1)))
 
 
 def _in_order(first: Sequence[str], found: Iterable[str]) -> list[str]:
   """`found`, those named in `first` first and in its order."""
-  found = list(found)
-  return [n for n in first if n in found] + [n for n in found
-                                             if n not in first]
+  return sorted(found, key=lambda n: first.index(n) if n in first
+                else len(first))
 
 
 def summary_rows(root: str
@@ -434,16 +417,14 @@ def summary_rows(root: str
   if not os.path.isdir(root):
     raise cli.UsageError(f'{root} is not a directory; --summarize takes the '
                          '--workdir of a sweep.')
-  sweep_path = os.path.join(root, SWEEP_FILE)
-  saved = (writers.read_json(sweep_path) if os.path.exists(sweep_path)
-           else {})
+  saved = _read_json(os.path.join(root, SWEEP_FILE))
   names = _in_order(saved.get('names', []), sorted(
       d for d in os.listdir(root)
       if os.path.exists(os.path.join(root, d, POINT_FILE))))
   if not names:
     raise cli.UsageError(f'{root} holds no sweep points (no */{POINT_FILE}); '
                          '--summarize takes the --workdir of a sweep.')
-  statuses = [read_point_status(os.path.join(root, n)) for n in names]
+  statuses = [_read_json(os.path.join(root, n, POINT_FILE)) for n in names]
   # The order the config gave (the points' files sort their keys).
   keys = _in_order(saved.get('keys', []), sweep_keys(
       [s.get('overrides', {}) for s in statuses]))
@@ -452,11 +433,10 @@ def summary_rows(root: str
   for name, status in builtins.zip(names, statuses):
     workdir = os.path.join(root, name)
     overrides = status.get('overrides', {})
-    row: dict[str, Any] = dict(point=name, **{k: overrides.get(k)
-                                              for k in keys})
-    row.update(final=None, best=None, steps=0, params=None,
+    row = dict(point=name, final=None, best=None, steps=0, params=None,
                wall_s=status.get('wall_s'),
-               finished=bool(status.get('finished')))
+               finished=bool(status.get('finished')),
+               **{k: overrides.get(k) for k in keys})
     if run_config.exists(workdir):
       config = run_config.read(workdir)
       mode = config.evaluator.get('metric_mode', 'max')
@@ -477,24 +457,21 @@ def summary_rows(root: str
   return keys, rows, metric_name or 'metric', mode
 
 
-def _cell(value: Any, swept: bool) -> str:
-  """A table cell; swept values show None as 'None', results as blank."""
+def _cell(value: Any) -> str:
+  """A result's table cell: blank for None, floats to 4 places."""
   if value is None:
-    return 'None' if swept else ''
-  if isinstance(value, float) and not swept:
+    return ''
+  if isinstance(value, float):
     return f'{value:.4f}'
-  if isinstance(value, int) and not isinstance(value, bool) and not swept:
-    return f'{value:,}' if value >= 10_000 else str(value)
-  return format_value(value)
+  if isinstance(value, int) and value >= 10_000:
+    return f'{value:,}'
+  return str(value)
 
 
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[Any]],
-              num_swept: int) -> str:
-  lines = ['| ' + ' | '.join(header) + ' |',
-           '|' + '|'.join('---' for _ in header) + '|']
-  lines += ['| ' + ' | '.join(_cell(c, i < num_swept) for i, c in
-                              enumerate(row)) + ' |' for row in rows]
-  return '\n'.join(lines) + '\n'
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  line = lambda cells: '| ' + ' | '.join(cells) + ' |\n'
+  return line(header) + '|---' * len(header) + '|\n' + ''.join(
+      map(line, rows))
 
 
 def seed_statistics(keys: Sequence[str], rows: Sequence[Mapping[str, Any]],
@@ -525,22 +502,22 @@ def summarize(root: str) -> str:
   """Writes `root/summary.md` and `root/summary.csv`; returns the Markdown."""
   keys, rows, metric, mode = summary_rows(root)
   short = _short_keys(keys)
-  header = [short[k] for k in keys] + [
-      f'final {metric}', f'best {metric}', 'steps', 'params', 'wall (s)']
-  table = [[row[k] for k in keys] + [
-      row['final'], row['best'], row['steps'], row['params'],
-      None if row['wall_s'] is None else f'{row["wall_s"]:.0f}']
-           for row in rows]
-  text = _markdown(header, table, len(keys))
+  text = _markdown(
+      [short[k] for k in keys] + [f'final {metric}', f'best {metric}',
+                                  'steps', 'params', 'wall (s)'],
+      [[format_value(row[k]) for k in keys] +
+       [_cell(row[c]) for c in ('final', 'best', 'steps', 'params')] +
+       ['' if row['wall_s'] is None else f'{row["wall_s"]:.0f}']
+       for row in rows])
   if 'config.seed' in keys:
     others = [k for k in keys if k != 'config.seed']
     groups = seed_statistics(keys, rows, mode)
     text += f'\nOver seeds ({metric}, final):\n\n' + _markdown(
         [short[k] for k in others] + ['mean final', 'std', 'seeds',
                                       'params'],
-        [[g['setting'][k] for k in others] + [
-            g['mean'], g['std'], g['seeds'], g['params']] for g in groups],
-        len(others))
+        [[format_value(g['setting'][k]) for k in others] +
+         [_cell(g[c]) for c in ('mean', 'std', 'seeds', 'params')]
+         for g in groups])
     if groups:
       best = groups[0]
       spread = '' if best['std'] is None else f' ± {best["std"]:.4f}'

@@ -42,11 +42,8 @@ def apply_overrides(config: ml_collections.ConfigDict,
   """Sets each 'field=value' in `config`, parsed by the field's type."""
   for override in overrides:
     field, _, text = override.partition('=')
-    value = cli.parse_override(config, 'config.' + field, text)
-    parent = config
-    for part in field.split('.')[:-1]:
-      parent = parent[part]
-    parent[field.split('.')[-1]] = value
+    config.update_from_flattened_dict(
+        {field: cli.parse_override(config, 'config.' + field, text)})
 
 
 def check_workdir(workdir: str, checkpoint: Optional[str]) -> None:

@@ -55,20 +55,18 @@ def initialize_distributed() -> bool:
   """
   explicit = (_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value,
               _PROCESS_ID.value)
+  given = [value is not None for value in explicit]
   if not (_MULTIHOST.value or _COORDINATOR_ADDRESS.value or
           cluster_environment()):
-    if any(value is not None for value in explicit):
+    if any(given):
       raise ValueError('--num_processes and --process_id need '
                        '--coordinator_address (or --multihost).')
     return False
-  if any(value is not None for value in explicit) and any(
-      value is None for value in explicit):
+  if any(given) and not all(given):
     raise ValueError('Give all of --coordinator_address, --num_processes and '
                      '--process_id, or none (to read them from the cluster '
                      f'environment); got {explicit}.')
-  if _NUM_PROCESSES.value is not None and not (
-      _NUM_PROCESSES.value >= 1 and
-      0 <= _PROCESS_ID.value < _NUM_PROCESSES.value):
+  if all(given) and not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
     raise ValueError(f'--process_id must be in [0, --num_processes), got '
                      f'{_PROCESS_ID.value} of {_NUM_PROCESSES.value}.')
   import jax  # pylint: disable=g-import-not-at-top
