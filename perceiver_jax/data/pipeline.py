@@ -148,13 +148,13 @@ def training_batches(
     decode_fn: ExampleFn, augment_fn: Optional[ExampleFn] = None,
     batch_fn: Optional[BatchFn] = None, seed: int = 0, start_step: int = 0,
     process_index: int = 0, shuffle_buffer: int = 10_000,
-    skip_decode_errors: bool = True, threadpool_size: int = 0,
+    threadpool_size: int = 0,
 ) -> BatchIterator:
   """An endless, shuffled, augmented stream of `[*batch_dims, ...]` batches.
 
   `make_epoch(epoch_seed)` is one pass over this host's `num_examples`
-  records. `decode_fn` errors drop the record when `skip_decode_errors`;
-  `augment_fn` errors never do. `batch_fn` acts on the flat host batch
+  records. `decode_fn` errors drop the record, `augment_fn` errors never
+  do. `batch_fn` acts on the flat host batch
   (MixUp). A `'mask'` of ones is added.
   """
   batch_size = batch_size_of(batch_dims)
@@ -199,20 +199,17 @@ def training_batches(
     features[_INDEX] = index
     return features
 
-  if skip_decode_errors:
-    # Each record is decoded in a one-element dataset whose errors are
-    # ignored, so only decoding errors are swallowed: a failure to read the
-    # records themselves still stops the stream (rather than spinning
-    # forever on an endless stream of errors).
-    def decode_or_drop(index: tf.Tensor, record: Any) -> tf.data.Dataset:
-      one = tf.data.Dataset.from_tensors((index, record))
-      return one.map(decode).ignore_errors()
+  # Each record is decoded in a one-element dataset whose errors are ignored,
+  # so only decoding errors are swallowed: a failure to read the records
+  # themselves still stops the stream (rather than spinning forever on an
+  # endless stream of errors).
+  def decode_or_drop(index: tf.Tensor, record: Any) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensors((index, record)).map(
+        decode).ignore_errors()
 
-    ds = ds.interleave(decode_or_drop, cycle_length=_DECODE_CYCLE_LENGTH,
-                       block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=True)
-  else:
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.interleave(decode_or_drop, cycle_length=_DECODE_CYCLE_LENGTH,
+                     block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
   if augment_fn is not None:
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
@@ -252,15 +249,19 @@ def _pad_batch_fn(batch_size: int) -> Callable[[Features], Features]:
 def evaluation_batches(
     records: tf.data.Dataset, *, batch_dims: Sequence[int],
     preprocess_fn: Callable[[Any], Features],
-    num_batches: Optional[int] = None, threadpool_size: int = 0,
+    num_batches: Optional[int] = None, skip_errors: bool = False,
+    threadpool_size: int = 0,
 ) -> BatchIterator:
   """One ordered pass over finite `records` in zero-padded numpy batches.
 
   `'mask'` is 1 for real examples, 0 for padding; with `num_batches`, whole
-  padding batches follow up to that count.
+  padding batches follow up to that count. `skip_errors` drops the records
+  `preprocess_fn` fails on.
   """
   batch_size = batch_size_of(batch_dims)
   ds = records.map(preprocess_fn, num_parallel_calls=tf.data.AUTOTUNE)
+  if skip_errors:
+    ds = ds.ignore_errors()
   ds = ds.batch(batch_size).map(_pad_batch_fn(batch_size))
   if num_batches is not None:
     cardinality = int(ds.cardinality())
