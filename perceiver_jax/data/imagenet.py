@@ -11,6 +11,7 @@ ImageNet; prepare it once from the manual download with
 """
 
 import contextlib
+import dataclasses
 import functools
 import os
 import tarfile
@@ -101,15 +102,13 @@ def _select(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return {'image': example['image'], 'label': example['label']}
 
 
+@dataclasses.dataclass
 class Source:
   """One host's records of a split: seeded epochs, an ordered pass, counts."""
-
-  def __init__(self, make_epoch: pipeline.MakeEpoch, ordered: tf.data.Dataset,
-               num_examples: int, total_examples: int):
-    self.make_epoch = make_epoch
-    self.ordered = ordered
-    self.num_examples = num_examples
-    self.total_examples = total_examples
+  make_epoch: pipeline.MakeEpoch
+  ordered: tf.data.Dataset
+  num_examples: int
+  total_examples: int
 
   @classmethod
   def from_records(cls, records: tf.data.Dataset, total_examples: int, *,
@@ -366,12 +365,7 @@ def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
       raise atomic.EmptyBuildError(f'{path} holds no file; nothing was '
                                    'written.')
   data_dir = os.path.expanduser(data_dir) if data_dir else None
-  def make_builder(root: Optional[str]) -> tfds.core.DatasetBuilder:
-    builder = tfds.builder(TFDS_NAME, data_dir=root)
-    _track_generation(builder)
-    return builder
-
-  builder = atomic.prepare(make_builder, data_dir, manual_dir)
+  builder = atomic.prepare(_tracked_builder, data_dir, manual_dir)
   return os.fspath(builder.data_dir)
 
 
@@ -379,8 +373,9 @@ def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
 SPLIT_SIZES = {'train': 1_281_167, 'validation': 50_000, 'test': 100_000}
 
 
-def _track_generation(builder: tfds.core.DatasetBuilder) -> None:
-  """Counts what TFDS's `_generate_examples` yields, with rate and ETA."""
+def _tracked_builder(data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+  """The builder, counting what `_generate_examples` yields (rate, ETA)."""
+  builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
   generate = builder._generate_examples  # pylint: disable=protected-access
 
   def tracked(**kwargs):
@@ -390,6 +385,7 @@ def _track_generation(builder: tfds.core.DatasetBuilder) -> None:
                               total=SPLIT_SIZES[split], unit='images')
 
   builder._generate_examples = tracked  # pylint: disable=protected-access
+  return builder
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

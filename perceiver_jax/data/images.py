@@ -10,16 +10,10 @@ Batches: 'image' float32 [*batch_dims, H, W, channels] (H, W =
 `config.image_shape`), 'label' int32 [*batch_dims] (float32 soft labels
 [..., num_classes] under MixUp/CutMix), 'mask' float32 [*batch_dims].
 
-Training: random-resized (Inception) crop and flip when `random_crop` and
-`flip`, then the ImageNet pipeline's RandAugment and MixUp/CutMix
-(`augment`), off by default. Evaluation: the central `eval_crop_fraction`
-crop, resized. Undecodable images are skipped and counted: in training as
-in the ImageNet pipeline (`pipeline.training_batches`), in a folder's
-evaluation by `num_skipped` and a warning at the end of the pass.
-
-`complete_config` fills what the data decides (class count, label names,
-image size, training examples) at launch, so `--config.data.folder=DIR`
-and `--config.data.train_split=...` overrides reach them.
+Training: Inception crop and flip (`random_crop`, `flip`), then the
+ImageNet pipeline's RandAugment and MixUp/CutMix, off by default.
+Evaluation: the central `eval_crop_fraction` crop, resized. Undecodable
+images are skipped and counted in `num_skipped`.
 """
 
 import functools
@@ -140,12 +134,10 @@ def num_examples(split: str, config: ml_collections.ConfigDict) -> int:
 
 
 def complete_config(config: ml_collections.ConfigDict) -> None:
-  """Fills `config.data`'s data-decided fields left at None or empty.
-
-  num_classes and label_names (the builder's ClassLabel or the sorted class
-  folders), image_shape (the TFDS feature's fixed size, else the first
-  training image's), num_train_examples.
-  """
+  """Fills `config.data`'s data-decided fields left at None or empty, at
+  launch so that overrides reach them: num_classes, label_names,
+  image_shape (the TFDS feature's or the first training image's) and
+  num_train_examples."""
   data = config.data
   if data.dataset == FOLDER:
     if not data.folder:
@@ -319,16 +311,12 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
          start_step: int = 0, process_index: Optional[int] = None,
          process_count: Optional[int] = None
          ) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of `split` for this host (see the module docstring).
+  """Batches of `split` for this host: an endless augmented stream, or one
+  ordered pass.
 
-  Args:
-    split: 'train' (`config.train_split`) or any split in TFDS syntax
-      ('test', 'train[90%:]'); a folder's split is a subfolder name.
-    is_training: endless augmented stream (True) or one ordered pass.
-    batch_dims: leading dims of every array.
-    config: `config.data`, completed (`complete_config`).
-    seed, start_step: the data seed and the first training batch.
-    process_index, process_count: this host; default from JAX.
+  `split` is 'train' (`config.train_split`), a TFDS split ('test',
+  'train[90%:]') or a folder's subfolder; `config` is `config.data`,
+  completed (`complete_config`); the host defaults from JAX.
   """
   pipeline.hide_gpus_from_tf()
   process_index, process_count = pipeline.process_info(process_index,

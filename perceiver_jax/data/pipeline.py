@@ -12,6 +12,7 @@ records before it undecoded. Undecodable records are dropped and counted;
 a resumed stream counts them as consumed.
 """
 
+import contextlib
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -45,22 +46,19 @@ BatchFn = Callable[[Features, tf.Tensor], Features]
 
 def hide_gpus_from_tf() -> None:
   """Keeps TensorFlow off the GPUs, which belong to JAX."""
-  try:
+  # Refused once TF's devices are initialised; nothing can change them then.
+  with contextlib.suppress(RuntimeError):
     tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:
-    # TF's devices are already initialised; nothing can change them now.
-    pass
 
 
 def process_info(process_index: Optional[int] = None,
                  process_count: Optional[int] = None) -> tuple[int, int]:
   """(index, count) of this host, from JAX unless both are given."""
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    process_index = (jax.process_index() if process_index is None
-                     else process_index)
-    process_count = (jax.process_count() if process_count is None
-                     else process_count)
+  import jax  # pylint: disable=g-import-not-at-top
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index must be in [0, {process_count}), got '
                      f'{process_index} (process_count {process_count}).')
@@ -183,21 +181,18 @@ def training_batches(
   ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_dataset)
   ds = ds.enumerate(start=first_epoch * num_examples).skip(offset)
 
+  def example_seeds(index: tf.Tensor) -> tf.Tensor:
+    """[2, 2]: the decoding and augmentation seeds of example `index`."""
+    return tf.random.experimental.stateless_split(
+        _seed_pair(augment_key, index), 2)
+
   def decode(index: tf.Tensor, record: Any) -> Features:
-    seed_pair = _seed_pair(augment_key, index)
-    decode_seed = tf.random.experimental.stateless_split(seed_pair, 2)[0]
-    features = dict(decode_fn(record, decode_seed))
-    features[_INDEX] = index
-    return features
+    return {**decode_fn(record, example_seeds(index)[0]), _INDEX: index}
 
   def augment(features: Features) -> Features:
     features = dict(features)
-    seed_pair = _seed_pair(augment_key, features[_INDEX])
-    augment_seed = tf.random.experimental.stateless_split(seed_pair, 2)[1]
     index = features.pop(_INDEX)
-    features = dict(augment_fn(features, augment_seed))
-    features[_INDEX] = index
-    return features
+    return {**augment_fn(features, example_seeds(index)[1]), _INDEX: index}
 
   # Each record is decoded in a one-element dataset whose errors are ignored,
   # so only decoding errors are swallowed: a failure to read the records
@@ -216,12 +211,10 @@ def training_batches(
 
   def finish(step: tf.Tensor, batch: Features) -> Features:
     batch = dict(batch)
+    index = batch.pop(_INDEX)
     if batch_fn is not None:
-      index = batch.pop(_INDEX)
-      batch = dict(batch_fn(batch, _seed_pair(batch_key, step)))
-      batch[_INDEX] = index
-    batch['mask'] = tf.ones([batch_size], tf.float32)
-    return batch
+      batch = batch_fn(batch, _seed_pair(batch_key, step))
+    return {**batch, _INDEX: index, 'mask': tf.ones([batch_size], tf.float32)}
 
   ds = ds.enumerate(start=start_step).map(
       finish, num_parallel_calls=tf.data.AUTOTUNE)
