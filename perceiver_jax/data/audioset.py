@@ -309,16 +309,6 @@ def _reshape(batch: dict[str, np.ndarray], batch_dims: Sequence[int]
   return {k: v.reshape(*batch_dims, *v.shape[1:]) for k, v in batch.items()}
 
 
-def _padded_batches(dataset: tf.data.Dataset, batch_size: int,
-                    batch_dims: Sequence[int]) -> Iterator[dict[str, Any]]:
-  """Finite batches; the last one padded with zeros (mask 0, clip -1)."""
-  for batch in dataset.batch(batch_size).prefetch(2).as_numpy_iterator():
-    short = batch_size - batch['mask'].shape[0]
-    yield _reshape({k: np.pad(v, [(0, short)] + [(0, 0)] * (v.ndim - 1),
-                              constant_values=-1 if k == 'clip_index' else 0)
-                    for k, v in batch.items()}, batch_dims)
-
-
 def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
          config: Mapping[str, Any], seed: int = 0, start_step: int = 0
          ) -> Iterator[dict[str, np.ndarray]]:
@@ -371,4 +361,7 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
       functools.partial(_example, modality=modality, config=config,
                         training=False),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return _padded_batches(dataset, batch_size, batch_dims)
+  # The last batch is padded with zeros (mask 0) and clip index -1.
+  return ({**b, 'clip_index': np.where(b['mask'] > 0, b['clip_index'], -1)}
+          for b in pipeline.evaluation_batches(
+              dataset, batch_dims=batch_dims, preprocess_fn=lambda x: x))

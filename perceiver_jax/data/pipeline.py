@@ -257,8 +257,8 @@ def evaluation_batches(
     ds = ds.ignore_errors()
   ds = ds.batch(batch_size).map(_pad_batch_fn(batch_size))
   if num_batches is not None:
-    cardinality = int(ds.cardinality())
-    if cardinality >= 0 and cardinality > num_batches:
+    cardinality = int(ds.cardinality())  # Negative when unknown.
+    if cardinality > num_batches:
       raise ValueError(
           f'The records fill {cardinality} batches of {batch_size}, more than '
           f'num_batches={num_batches}.')

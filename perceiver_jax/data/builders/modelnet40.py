@@ -12,6 +12,7 @@ listed in `metadata.json` under 'skipped'. Build with
       --manual_dir=~/datasets/modelnet --config=official [--data_dir=...]
 """
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -236,12 +237,12 @@ class Modelnet40(tfds.core.GeneratorBasedBuilder):
     skipped = self.info.metadata['skipped'][split]
     jobs = ((layout, path, source.read(path), num_points)
             for path, _ in examples)
-    pool = None
-    results = map(_process_job, jobs)
-    if self._num_workers > 1:
-      pool = multiprocessing.get_context('spawn').Pool(self._num_workers)
-      results = pool.imap(_process_job, jobs, chunksize=8)
-    try:
+    with contextlib.ExitStack() as stack:  # Its exit ends the pool.
+      results = map(_process_job, jobs)
+      if self._num_workers > 1:
+        pool = stack.enter_context(
+            multiprocessing.get_context('spawn').Pool(self._num_workers))
+        results = pool.imap(_process_job, jobs, chunksize=8)
       for (path, label), (points, error) in zip(examples, progress.track(
           results, f'ModelNet40 {self.builder_config.name}/{split}',
           total=len(examples), unit='meshes')):
@@ -251,9 +252,6 @@ class Modelnet40(tfds.core.GeneratorBasedBuilder):
           self.info.metadata['num_skipped'][split] = len(skipped)
           continue
         yield path, {'points': points, 'label': label, 'id': path}
-    finally:
-      if pool is not None:
-        pool.terminate()
     logging.info('ModelNet40 %s: %d examples, %d skipped.', split,
                  len(examples) - len(skipped), len(skipped))
 
