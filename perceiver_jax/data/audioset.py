@@ -146,8 +146,7 @@ def _split_name(split: str, config: Mapping[str, Any]) -> str:
 
 def num_examples(split: str, config: Mapping[str, Any]) -> int:
   """Clips in `split` (all hosts). Evaluation yields 16 windows per clip."""
-  builder = _builder(config)
-  return builder.info.splits[_split_name(split, config)].num_examples
+  return _builder(config).info.splits[_split_name(split, config)].num_examples
 
 
 def _multi_hot(labels: tf.Tensor) -> tf.Tensor:
@@ -189,10 +188,9 @@ def _train_video(encoded: tf.Tensor, seed: tf.Tensor,
   def factor(strength, seed):
     return tf.random.stateless_uniform([], seed, 1.0 - strength,
                                        1.0 + strength)
-  brightness = _get(config, 'video_brightness')
-  contrast = _get(config, 'video_contrast')
-  saturation = _get(config, 'video_saturation')
-  hue = _get(config, 'video_hue')
+  brightness, contrast, saturation, hue = (
+      _get(config, f'video_{name}')
+      for name in ('brightness', 'contrast', 'saturation', 'hue'))
   if brightness:
     frames = frames * factor(brightness, seeds[2])
   if contrast:
@@ -209,13 +207,9 @@ def _train_video(encoded: tf.Tensor, seed: tf.Tensor,
 
 def _eval_video(encoded: tf.Tensor, config: Mapping[str, Any]) -> tf.Tensor:
   """32 JPEGs -> float32 `[32, H, W, 3]`: central crop, resize, normalise."""
-  shape = tf.image.extract_jpeg_shape(encoded[0])
-  side = tf.cast(tf.round(
-      _get(config, 'video_eval_crop_fraction') *
-      tf.cast(tf.minimum(shape[0], shape[1]), tf.float32)), tf.int32)
-  side = tf.maximum(side, 1)
-  crop_window = tf.stack([(shape[0] - side) // 2, (shape[1] - side) // 2,
-                          side, side])
+  crop_window = augment.center_crop_window(  # A square.
+      tf.image.extract_jpeg_shape(encoded[0]), (1, 1),
+      _get(config, 'video_eval_crop_fraction'))
   return _normalise_video(_decode_frames(encoded, crop_window, config))
 
 
@@ -315,22 +309,6 @@ def _reshape(batch: dict[str, np.ndarray], batch_dims: Sequence[int]
   return {k: v.reshape(*batch_dims, *v.shape[1:]) for k, v in batch.items()}
 
 
-def _padded_batches(dataset: tf.data.Dataset, batch_size: int,
-                    batch_dims: Sequence[int]) -> Iterator[dict[str, Any]]:
-  """Finite batches; the last one padded with zeros (mask 0, clip -1)."""
-  for batch in dataset.batch(batch_size).prefetch(2).as_numpy_iterator():
-    size = batch['mask'].shape[0]
-    if size < batch_size:
-      padded = {}
-      for key, value in batch.items():
-        fill = -1 if key == 'clip_index' else 0
-        pad = np.full((batch_size - size, *value.shape[1:]), fill,
-                      value.dtype)
-        padded[key] = np.concatenate([value, pad])
-      batch = padded
-    yield _reshape(batch, batch_dims)
-
-
 def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
          config: Mapping[str, Any], seed: int = 0, start_step: int = 0
          ) -> Iterator[dict[str, np.ndarray]]:
@@ -383,4 +361,7 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
       functools.partial(_example, modality=modality, config=config,
                         training=False),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return _padded_batches(dataset, batch_size, batch_dims)
+  # The last batch is padded with zeros (mask 0) and clip index -1.
+  return ({**b, 'clip_index': np.where(b['mask'] > 0, b['clip_index'], -1)}
+          for b in pipeline.evaluation_batches(
+              dataset, batch_dims=batch_dims, preprocess_fn=lambda x: x))

@@ -10,10 +10,12 @@ ImageNet; prepare it once from the manual download with
   python -m perceiver_jax.data.imagenet --manual_dir=DIR [--data_dir=DIR]
 """
 
+import contextlib
+import dataclasses
 import functools
 import os
 import tarfile
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -81,11 +83,7 @@ def _mock_examples(config: ml_collections.ConfigDict) -> int:
   return num
 
 
-def num_examples(split: str, config: ml_collections.ConfigDict) -> int:
-  """Examples in `split` (all hosts); `mock_num_examples` in mock mode."""
-  if config.get('mock', False):
-    return _mock_examples(config)
-  builder = _prepared_builder(config)
+def _split_size(builder: tfds.core.DatasetBuilder, split: str) -> int:
   try:
     return builder.info.splits[split].num_examples
   except (KeyError, ValueError) as e:
@@ -93,19 +91,24 @@ def num_examples(split: str, config: ml_collections.ConfigDict) -> int:
                      f'{sorted(builder.info.splits)}.') from e
 
 
+def num_examples(split: str, config: ml_collections.ConfigDict) -> int:
+  """Examples in `split` (all hosts); `mock_num_examples` in mock mode."""
+  if config.get('mock', False):
+    return _mock_examples(config)
+  return _split_size(_prepared_builder(config), split)
+
+
 def _select(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return {'image': example['image'], 'label': example['label']}
 
 
+@dataclasses.dataclass
 class Source:
   """One host's records of a split: seeded epochs, an ordered pass, counts."""
-
-  def __init__(self, make_epoch: pipeline.MakeEpoch, ordered: tf.data.Dataset,
-               num_examples: int, total_examples: int):
-    self.make_epoch = make_epoch
-    self.ordered = ordered
-    self.num_examples = num_examples
-    self.total_examples = total_examples
+  make_epoch: pipeline.MakeEpoch
+  ordered: tf.data.Dataset
+  num_examples: int
+  total_examples: int
 
   @classmethod
   def from_records(cls, records: tf.data.Dataset, total_examples: int, *,
@@ -124,13 +127,9 @@ class Source:
 def tfds_source(builder: tfds.core.DatasetBuilder, split: str,
                  process_index: int, process_count: int) -> Source:
   """Reads this host's slice of a prepared split straight from its files."""
-  try:
-    total = builder.info.splits[split].num_examples
-    split_info = builder.info.splits[
-        pipeline.host_split(split, process_index, process_count)]
-  except (KeyError, ValueError) as e:
-    raise ValueError(f'Unknown ImageNet split {split!r}; prepared splits: '
-                     f'{sorted(builder.info.splits)}.') from e
+  total = _split_size(builder, split)
+  split_info = builder.info.splits[
+      pipeline.host_split(split, process_index, process_count)]
   instructions = split_info.file_instructions
   files = tf.data.Dataset.from_tensor_slices((
       [os.fspath(i.filename) for i in instructions],
@@ -160,20 +159,30 @@ def tfds_source(builder: tfds.core.DatasetBuilder, split: str,
   return Source(make_epoch, ordered, split_info.num_examples, total)
 
 
+def dataset_source(make_builder: Callable[[], tfds.core.DatasetBuilder],
+                   split: str, total_examples: int, *, mock: bool,
+                   process_index: int, process_count: int) -> Source:
+  """A source over `as_dataset(split)` with undecoded images; with `mock`,
+  TFDS mock data of `total_examples` (mock data ignores split slices)."""
+  # Mocked only while the dataset is built, so that loaders do not interfere.
+  with (tfds.testing.mock_data(num_examples=total_examples) if mock
+        else contextlib.nullcontext()):
+    records = make_builder().as_dataset(
+        split=split, shuffle_files=False,
+        decoders={'image': tfds.decode.SkipDecoding()})
+  return Source.from_records(records, total_examples,
+                             process_index=process_index,
+                             process_count=process_count)
+
+
 def _source(split: str, config: ml_collections.ConfigDict,
             process_index: int, process_count: int) -> Source:
-  """The prepared split, or TFDS mock data sharded by example (mock data
-  ignores split slices)."""
+  """The prepared split, or TFDS mock data sharded by example."""
   if config.get('mock', False):
-    total = _mock_examples(config)
-    # Mocked only while the dataset is built, so that loaders do not
-    # interfere.
-    with tfds.testing.mock_data(num_examples=total):
-      records = tfds.builder(TFDS_NAME).as_dataset(
-          split=split, shuffle_files=False,
-          decoders={'image': tfds.decode.SkipDecoding()})
-    return Source.from_records(records, total, process_index=process_index,
-                               process_count=process_count)
+    return dataset_source(lambda: tfds.builder(TFDS_NAME), split,
+                          _mock_examples(config), mock=True,
+                          process_index=process_index,
+                          process_count=process_count)
   return tfds_source(_prepared_builder(config), split, process_index,
                       process_count)
 
@@ -206,9 +215,6 @@ def training_batches(source: Source, config: ml_collections.ConfigDict, *,
   image_shape = _image_shape(config)
   layers = int(config.randaugment_layers)
   magnitude = float(config.randaugment_magnitude)
-  mixup_alpha = float(config.mixup_alpha or 0.0)
-  cutmix_alpha = float(config.cutmix_alpha or 0.0)
-  num_classes = int(config.num_classes)
   # Checks the RandAugment settings now rather than inside tf.data.
   if layers < 0 or not 0 <= magnitude <= 10:
     raise ValueError(f'randaugment_layers must be >= 0 and '
@@ -226,21 +232,31 @@ def training_batches(source: Source, config: ml_collections.ConfigDict, *,
     return {'image': augment_image(features['image'], seed_),
             'label': features['label']}
 
+  return source_training_batches(
+      source, config, decode_fn=decode, augment_fn=augment_fn,
+      batch_dims=batch_dims, seed=seed, start_step=start_step,
+      process_index=process_index)
+
+
+def source_training_batches(source: Source, config: ml_collections.ConfigDict,
+                            **kwargs: Any) -> pipeline.BatchIterator:
+  """`pipeline.training_batches` over a source with `config`'s MixUp/CutMix,
+  shuffle buffer and threads; `kwargs` go to it."""
+  mixup_alpha = float(config.mixup_alpha or 0.0)
+  cutmix_alpha = float(config.cutmix_alpha or 0.0)
   batch_fn = None
   if mixup_alpha > 0 or cutmix_alpha > 0:
-    def batch_fn(batch, seed_):
+    def batch_fn(batch, seed):
       images, labels = augment.mix_batch(
-          batch['image'], batch['label'], seed_, num_classes=num_classes,
-          mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha)
+          batch['image'], batch['label'], seed,
+          num_classes=int(config.num_classes), mixup_alpha=mixup_alpha,
+          cutmix_alpha=cutmix_alpha)
       return {'image': images, 'label': labels}
 
   return pipeline.training_batches(
-      source.make_epoch, num_examples=source.num_examples,
-      batch_dims=batch_dims, decode_fn=decode, augment_fn=augment_fn,
-      batch_fn=batch_fn, seed=seed, start_step=start_step,
-      process_index=process_index,
+      source.make_epoch, num_examples=source.num_examples, batch_fn=batch_fn,
       shuffle_buffer=int(config.shuffle_buffer),
-      threadpool_size=int(config.get('threadpool_size', 0)))
+      threadpool_size=int(config.get('threadpool_size', 0)), **kwargs)
 
 
 # `config.data.eval_preprocessing` -> the evaluation image function: ours, or
@@ -251,23 +267,29 @@ EVAL_PREPROCESSING = {
 }
 
 
-def evaluation_batches(source: Source, config: ml_collections.ConfigDict,
-                       *, batch_dims: Sequence[int], process_count: int
-                       ) -> pipeline.BatchIterator:
-  """Evaluation batches from a source (see `load`)."""
-  image_shape = _image_shape(config)
-  crop_fraction = float(config.eval_crop_fraction)
-  if not 0.0 < crop_fraction <= 1.0:
-    raise ValueError(f'eval_crop_fraction must be in (0, 1], got '
-                     f'{crop_fraction}.')
+def evaluation_batches(
+    source: Source, config: ml_collections.ConfigDict, *,
+    batch_dims: Sequence[int], process_count: int,
+    image_fn: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
+    skip_errors: bool = False) -> pipeline.BatchIterator:
+  """Evaluation batches from a source (see `load`).
 
-  eval_image = EVAL_PREPROCESSING[checks.one_of(
-      config.get('eval_preprocessing', 'paper'),
-      'config.data.eval_preprocessing', tuple(EVAL_PREPROCESSING))]
+  `image_fn(encoded)` is by default `config.eval_preprocessing`'s ImageNet
+  image; `skip_errors` drops the records it fails on.
+  """
+  if image_fn is None:
+    crop_fraction = float(config.eval_crop_fraction)
+    if not 0.0 < crop_fraction <= 1.0:
+      raise ValueError(f'eval_crop_fraction must be in (0, 1], got '
+                       f'{crop_fraction}.')
+    image_fn = functools.partial(
+        EVAL_PREPROCESSING[checks.one_of(
+            config.get('eval_preprocessing', 'paper'),
+            'config.data.eval_preprocessing', tuple(EVAL_PREPROCESSING))],
+        image_shape=_image_shape(config), crop_fraction=crop_fraction)
 
   def preprocess(record):
-    return {'image': eval_image(record['image'], image_shape=image_shape,
-                                crop_fraction=crop_fraction),
+    return {'image': image_fn(record['image']),
             'label': tf.cast(record['label'], tf.int32)}
 
   num_batches = in_memory.num_eval_batches(
@@ -275,7 +297,7 @@ def evaluation_batches(source: Source, config: ml_collections.ConfigDict,
       process_count)
   return pipeline.evaluation_batches(
       source.ordered, batch_dims=batch_dims, preprocess_fn=preprocess,
-      num_batches=num_batches,
+      num_batches=num_batches, skip_errors=skip_errors,
       threadpool_size=int(config.get('threadpool_size', 0)))
 
 
@@ -343,12 +365,7 @@ def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
       raise atomic.EmptyBuildError(f'{path} holds no file; nothing was '
                                    'written.')
   data_dir = os.path.expanduser(data_dir) if data_dir else None
-  def make_builder(root: Optional[str]) -> tfds.core.DatasetBuilder:
-    builder = tfds.builder(TFDS_NAME, data_dir=root)
-    _track_generation(builder)
-    return builder
-
-  builder = atomic.prepare(make_builder, data_dir, manual_dir)
+  builder = atomic.prepare(_tracked_builder, data_dir, manual_dir)
   return os.fspath(builder.data_dir)
 
 
@@ -356,8 +373,9 @@ def prepare(manual_dir: str, data_dir: Optional[str] = None) -> str:
 SPLIT_SIZES = {'train': 1_281_167, 'validation': 50_000, 'test': 100_000}
 
 
-def _track_generation(builder: tfds.core.DatasetBuilder) -> None:
-  """Counts what TFDS's `_generate_examples` yields, with rate and ETA."""
+def _tracked_builder(data_dir: Optional[str]) -> tfds.core.DatasetBuilder:
+  """The builder, counting what `_generate_examples` yields (rate, ETA)."""
+  builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
   generate = builder._generate_examples  # pylint: disable=protected-access
 
   def tracked(**kwargs):
@@ -367,6 +385,7 @@ def _track_generation(builder: tfds.core.DatasetBuilder) -> None:
                               total=SPLIT_SIZES[split], unit='images')
 
   builder._generate_examples = tracked  # pylint: disable=protected-access
+  return builder
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

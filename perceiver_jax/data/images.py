@@ -10,16 +10,10 @@ Batches: 'image' float32 [*batch_dims, H, W, channels] (H, W =
 `config.image_shape`), 'label' int32 [*batch_dims] (float32 soft labels
 [..., num_classes] under MixUp/CutMix), 'mask' float32 [*batch_dims].
 
-Training: random-resized (Inception) crop and flip when `random_crop` and
-`flip`, then the ImageNet pipeline's RandAugment and MixUp/CutMix
-(`augment`), off by default. Evaluation: the central `eval_crop_fraction`
-crop, resized. Undecodable images are skipped and counted: in training as
-in the ImageNet pipeline (`pipeline.training_batches`), in a folder's
-evaluation by `num_skipped` and a warning at the end of the pass.
-
-`complete_config` fills what the data decides (class count, label names,
-image size, training examples) at launch, so `--config.data.folder=DIR`
-and `--config.data.train_split=...` overrides reach them.
+Training: Inception crop and flip (`random_crop`, `flip`), then the
+ImageNet pipeline's RandAugment and MixUp/CutMix, off by default.
+Evaluation: the central `eval_crop_fraction` crop, resized. Undecodable
+images are skipped and counted in `num_skipped`.
 """
 
 import functools
@@ -50,23 +44,25 @@ class DatasetNotPreparedError(FileNotFoundError):
 # ImageFolder layout.
 
 
+def _subfolders(path: str) -> list[str]:
+  return sorted(d for d in os.listdir(path)
+                if os.path.isdir(os.path.join(path, d)))
+
+
 @functools.lru_cache(maxsize=16)
 def _scan_split(folder: str, split: str) -> tuple[tuple[str, ...],
                                                    tuple[str, ...],
                                                    tuple[int, ...]]:
   """(class names, files, labels) of `folder/split`, sorted."""
-  root = os.path.join(os.path.expanduser(folder), split)
+  top = os.path.expanduser(folder)
+  root = os.path.join(top, split)
   if not os.path.isdir(root):
-    present = sorted(d for d in os.listdir(os.path.expanduser(folder))
-                     if os.path.isdir(os.path.join(folder, d))
-                     ) if os.path.isdir(os.path.expanduser(folder)) else None
+    held = (f'it holds {_subfolders(top)}' if os.path.isdir(top)
+            else 'it does not exist')
     raise DatasetNotPreparedError(
         f'config.data.folder={folder} has no {split!r} split folder '
-        + (f'(it holds {present}); ' if present is not None else
-           '(it does not exist); ')
-        + 'expected DIR/<split>/<class>/<image files>.')
-  classes = sorted(d for d in os.listdir(root)
-                   if os.path.isdir(os.path.join(root, d)))
+        f'({held}); expected DIR/<split>/<class>/<image files>.')
+  classes = _subfolders(root)
   files, labels = [], []
   for label, name in enumerate(classes):
     found = sorted(f for f in os.listdir(os.path.join(root, name))
@@ -138,22 +134,19 @@ def num_examples(split: str, config: ml_collections.ConfigDict) -> int:
 
 
 def complete_config(config: ml_collections.ConfigDict) -> None:
-  """Fills `config.data`'s data-decided fields left at None or empty.
-
-  num_classes and label_names (the builder's ClassLabel or the sorted class
-  folders), image_shape (the TFDS feature's fixed size, else the first
-  training image's), num_train_examples.
-  """
+  """Fills `config.data`'s data-decided fields left at None or empty, at
+  launch so that overrides reach them: num_classes, label_names,
+  image_shape (the TFDS feature's or the first training image's) and
+  num_train_examples."""
   data = config.data
   if data.dataset == FOLDER:
     if not data.folder:
       raise ValueError('dataset=folder needs --config.data.folder=DIR '
                        '(DIR/<split>/<class>/<image files>).')
-    names = _scan_split(data.folder, data.train_split)[0]
-    first = _scan_split(data.folder, data.train_split)[1][0]
+    names, files, _ = _scan_split(data.folder, data.train_split)
     shape = None
     if not data.image_shape:
-      with open(first, 'rb') as f:
+      with open(files[0], 'rb') as f:
         shape = tf.io.decode_image(f.read(), expand_animations=False).shape
   else:
     builder = _builder(data)
@@ -177,24 +170,16 @@ def complete_config(config: ml_collections.ConfigDict) -> None:
 
 def _source(split: str, config: ml_collections.ConfigDict,
             process_index: int, process_count: int) -> imagenet.Source:
-  if config.dataset == FOLDER:
-    files, labels = _folder_split(config, split)
-    records = tf.data.Dataset.from_tensor_slices(
-        (list(files), np.asarray(labels, np.int64))).map(
-            lambda path, label: {'image': tf.io.read_file(path),
-                                 'label': label})
-    total = len(files)
-  else:
-    total = num_examples(split, config)
-    kwargs = dict(split=split, shuffle_files=False,
-                  decoders={'image': tfds.decode.SkipDecoding()})
-    if config.get('mock'):
-      # As imagenet's mock source: patched only while the dataset is built.
-      with tfds.testing.mock_data(num_examples=total):
-        records = _builder(config).as_dataset(**kwargs)
-    else:
-      records = _builder(config).as_dataset(**kwargs)
-  return imagenet.Source.from_records(records, total,
+  if config.dataset != FOLDER:
+    return imagenet.dataset_source(
+        lambda: _builder(config), split, num_examples(split, config),
+        mock=bool(config.get('mock')), process_index=process_index,
+        process_count=process_count)
+  files, labels = _folder_split(config, split)
+  records = tf.data.Dataset.from_tensor_slices(
+      (list(files), np.asarray(labels, np.int64))).map(
+          lambda path, label: {'image': tf.io.read_file(path), 'label': label})
+  return imagenet.Source.from_records(records, len(files),
                                       process_index=process_index,
                                       process_count=process_count)
 
@@ -207,14 +192,10 @@ def _decode(image_bytes: tf.Tensor, channels: int) -> tf.Tensor:
   return image
 
 
-def _random_crop(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  """The Inception crop of a decoded image (`augment`'s, for any format)."""
-  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-      tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
-      seed=seed, min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3),
-      area_range=(0.08, 1.0), max_attempts=10,
-      use_image_if_no_bounding_boxes=True)
-  return tf.slice(image, begin, size)
+def _crop(image: tf.Tensor, window: tf.Tensor) -> tf.Tensor:
+  """The `[y, x, h, w]` window of a decoded `[height, width, C]` image."""
+  top, left, height, width = tf.unstack(window)
+  return image[top:top + height, left:left + width]
 
 
 def _normalize(image: tf.Tensor, config: ml_collections.ConfigDict
@@ -246,13 +227,12 @@ def _training_batches(source: imagenet.Source,
   image_shape = _check(config)
   channels = int(config.channels)
   layers = int(config.randaugment_layers)
-  mixup = float(config.mixup_alpha or 0.0)
-  cutmix = float(config.cutmix_alpha or 0.0)
 
   def decode(record, seed):
     image = _decode(record['image'], channels)
     if config.random_crop:
-      image = _random_crop(image, seed)
+      # `augment`'s Inception crop, of an image in any format.
+      image = _crop(image, augment.random_crop_window(tf.shape(image), seed))
     return {'image': augment.resize(image, image_shape),
             'label': tf.cast(record['label'], tf.int32)}
 
@@ -268,20 +248,8 @@ def _training_batches(source: imagenet.Source,
           magnitude=float(config.randaugment_magnitude))
     return {'image': _normalize(image, config), 'label': features['label']}
 
-  batch_fn = None
-  if mixup > 0 or cutmix > 0:
-    def batch_fn(batch, seed):
-      images, labels = augment.mix_batch(
-          batch['image'], batch['label'], seed,
-          num_classes=int(config.num_classes), mixup_alpha=mixup,
-          cutmix_alpha=cutmix)
-      return {'image': images, 'label': labels}
-
-  return pipeline.training_batches(
-      source.make_epoch, num_examples=source.num_examples, decode_fn=decode,
-      augment_fn=augment_fn, batch_fn=batch_fn,
-      shuffle_buffer=int(config.shuffle_buffer),
-      threadpool_size=int(config.threadpool_size), **kwargs)
+  return imagenet.source_training_batches(
+      source, config, decode_fn=decode, augment_fn=augment_fn, **kwargs)
 
 
 def eval_image(image_bytes: tf.Tensor, config: ml_collections.ConfigDict
@@ -293,9 +261,8 @@ def eval_image(image_bytes: tf.Tensor, config: ml_collections.ConfigDict
     return transformers_preprocessing.eval_image(
         image_bytes, image_shape=image_shape, crop_fraction=fraction)
   image = _decode(image_bytes, int(config.channels))
-  window = augment.center_crop_window(tf.shape(image), image_shape, fraction)
-  crop = tf.slice(image, tf.concat([window[:2], [0]], 0),
-                  tf.concat([window[2:], [config.channels]], 0))
+  crop = _crop(image, augment.center_crop_window(tf.shape(image), image_shape,
+                                                 fraction))
   return _normalize(augment.resize(crop, image_shape), config)
 
 
@@ -330,27 +297,13 @@ def _in_memory_batches(split: str, config: ml_collections.ConfigDict, *,
       batch['image'] = np.where(flipped[:, None, None, None],
                                 batch['image'][:, :, ::-1], batch['image'])
       return batch
-  batches = in_memory.replicated_train_batches(
+  batches = _Counted(in_memory.replicated_train_batches(
       {'image': np.stack(images), 'label': np.asarray(kept, np.int32)},
-      batch_dims=batch_dims, augment=flip, **kwargs)
-  return _Skipped(batches, len(files) - len(kept))
-
-
-class _Skipped:
-  """Batches, and `num_skipped` (undecodable examples) for the loop."""
-
-  def __init__(self, batches: Iterator[dict[str, np.ndarray]],
-               num_skipped: int):
-    self._batches = batches
-    self.num_skipped = num_skipped
-    if num_skipped:
-      logging.warning('Skipped %d undecodable images.', num_skipped)
-
-  def __iter__(self) -> '_Skipped':
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    return next(self._batches)
+      batch_dims=batch_dims, augment=flip, **kwargs), 0, split)
+  batches.num_skipped = len(files) - len(kept)
+  if batches.num_skipped:
+    logging.warning('Skipped %d undecodable images.', batches.num_skipped)
+  return batches
 
 
 def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
@@ -358,16 +311,12 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
          start_step: int = 0, process_index: Optional[int] = None,
          process_count: Optional[int] = None
          ) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of `split` for this host (see the module docstring).
+  """Batches of `split` for this host: an endless augmented stream, or one
+  ordered pass.
 
-  Args:
-    split: 'train' (`config.train_split`) or any split in TFDS syntax
-      ('test', 'train[90%:]'); a folder's split is a subfolder name.
-    is_training: endless augmented stream (True) or one ordered pass.
-    batch_dims: leading dims of every array.
-    config: `config.data`, completed (`complete_config`).
-    seed, start_step: the data seed and the first training batch.
-    process_index, process_count: this host; default from JAX.
+  `split` is 'train' (`config.train_split`), a TFDS split ('test',
+  'train[90%:]') or a folder's subfolder; `config` is `config.data`,
+  completed (`complete_config`); the host defaults from JAX.
   """
   pipeline.hide_gpus_from_tf()
   process_index, process_count = pipeline.process_info(process_index,
@@ -384,32 +333,19 @@ def load(split: str, *, is_training: bool, batch_dims: Sequence[int],
                              seed=seed, start_step=start_step,
                              process_index=process_index)
   _check(config)
-
-  def preprocess(record):
-    return {'image': eval_image(record['image'], config),
-            'label': tf.cast(record['label'], tf.int32)}
-
-  # A folder's undecodable files are dropped here and counted by
-  # `_CountedEvaluation`; a TFDS dataset's images were checked when built.
-  records = source.ordered
-  if config.dataset == FOLDER:
-    records = records.map(preprocess).ignore_errors()
-  batches = pipeline.evaluation_batches(
-      records, batch_dims=batch_dims,
-      preprocess_fn=(lambda r: r) if config.dataset == FOLDER else preprocess,
-      num_batches=in_memory.num_eval_batches(
-          source.total_examples, pipeline.batch_size_of(batch_dims),
-          process_count),
-      threadpool_size=int(config.threadpool_size))
-  return _CountedEvaluation(batches, source.num_examples, split)
+  # A folder's undecodable files are dropped and counted by `_Counted`; a
+  # TFDS dataset's images were checked when built.
+  batches = imagenet.evaluation_batches(
+      source, config, batch_dims=batch_dims, process_count=process_count,
+      image_fn=functools.partial(eval_image, config=config),
+      skip_errors=config.dataset == FOLDER)
+  return _Counted(batches, source.num_examples, split)
 
 
-class _CountedEvaluation:
-  """An evaluation pass that counts the examples it dropped.
+class _Counted:
+  """Batches and `num_skipped`, this host's undecodable examples.
 
-  Attributes:
-    num_skipped: this host's undecodable examples, known once the pass
-      has ended (0 until then).
+  An evaluation pass of `num_examples` knows it once it has ended.
   """
 
   def __init__(self, batches: Iterator[dict[str, np.ndarray]],
@@ -419,7 +355,7 @@ class _CountedEvaluation:
     self._split = split
     self.num_skipped = 0
 
-  def __iter__(self) -> '_CountedEvaluation':
+  def __iter__(self) -> '_Counted':
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ records before it undecoded. Undecodable records are dropped and counted;
 a resumed stream counts them as consumed.
 """
 
+import contextlib
 import math
 from typing import Any, Callable, Optional, Sequence
 
@@ -45,22 +46,19 @@ BatchFn = Callable[[Features, tf.Tensor], Features]
 
 def hide_gpus_from_tf() -> None:
   """Keeps TensorFlow off the GPUs, which belong to JAX."""
-  try:
+  # Refused once TF's devices are initialised; nothing can change them then.
+  with contextlib.suppress(RuntimeError):
     tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:
-    # TF's devices are already initialised; nothing can change them now.
-    pass
 
 
 def process_info(process_index: Optional[int] = None,
                  process_count: Optional[int] = None) -> tuple[int, int]:
   """(index, count) of this host, from JAX unless both are given."""
-  if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    process_index = (jax.process_index() if process_index is None
-                     else process_index)
-    process_count = (jax.process_count() if process_count is None
-                     else process_count)
+  import jax  # pylint: disable=g-import-not-at-top
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index must be in [0, {process_count}), got '
                      f'{process_index} (process_count {process_count}).')
@@ -148,13 +146,13 @@ def training_batches(
     decode_fn: ExampleFn, augment_fn: Optional[ExampleFn] = None,
     batch_fn: Optional[BatchFn] = None, seed: int = 0, start_step: int = 0,
     process_index: int = 0, shuffle_buffer: int = 10_000,
-    skip_decode_errors: bool = True, threadpool_size: int = 0,
+    threadpool_size: int = 0,
 ) -> BatchIterator:
   """An endless, shuffled, augmented stream of `[*batch_dims, ...]` batches.
 
   `make_epoch(epoch_seed)` is one pass over this host's `num_examples`
-  records. `decode_fn` errors drop the record when `skip_decode_errors`;
-  `augment_fn` errors never do. `batch_fn` acts on the flat host batch
+  records. `decode_fn` errors drop the record, `augment_fn` errors never
+  do. `batch_fn` acts on the flat host batch
   (MixUp). A `'mask'` of ones is added.
   """
   batch_size = batch_size_of(batch_dims)
@@ -183,48 +181,40 @@ def training_batches(
   ds = tf.data.Dataset.range(first_epoch, 2**62).flat_map(epoch_dataset)
   ds = ds.enumerate(start=first_epoch * num_examples).skip(offset)
 
+  def example_seeds(index: tf.Tensor) -> tf.Tensor:
+    """[2, 2]: the decoding and augmentation seeds of example `index`."""
+    return tf.random.experimental.stateless_split(
+        _seed_pair(augment_key, index), 2)
+
   def decode(index: tf.Tensor, record: Any) -> Features:
-    seed_pair = _seed_pair(augment_key, index)
-    decode_seed = tf.random.experimental.stateless_split(seed_pair, 2)[0]
-    features = dict(decode_fn(record, decode_seed))
-    features[_INDEX] = index
-    return features
+    return {**decode_fn(record, example_seeds(index)[0]), _INDEX: index}
 
   def augment(features: Features) -> Features:
     features = dict(features)
-    seed_pair = _seed_pair(augment_key, features[_INDEX])
-    augment_seed = tf.random.experimental.stateless_split(seed_pair, 2)[1]
     index = features.pop(_INDEX)
-    features = dict(augment_fn(features, augment_seed))
-    features[_INDEX] = index
-    return features
+    return {**augment_fn(features, example_seeds(index)[1]), _INDEX: index}
 
-  if skip_decode_errors:
-    # Each record is decoded in a one-element dataset whose errors are
-    # ignored, so only decoding errors are swallowed: a failure to read the
-    # records themselves still stops the stream (rather than spinning
-    # forever on an endless stream of errors).
-    def decode_or_drop(index: tf.Tensor, record: Any) -> tf.data.Dataset:
-      one = tf.data.Dataset.from_tensors((index, record))
-      return one.map(decode).ignore_errors()
+  # Each record is decoded in a one-element dataset whose errors are ignored,
+  # so only decoding errors are swallowed: a failure to read the records
+  # themselves still stops the stream (rather than spinning forever on an
+  # endless stream of errors).
+  def decode_or_drop(index: tf.Tensor, record: Any) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensors((index, record)).map(
+        decode).ignore_errors()
 
-    ds = ds.interleave(decode_or_drop, cycle_length=_DECODE_CYCLE_LENGTH,
-                       block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=True)
-  else:
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.interleave(decode_or_drop, cycle_length=_DECODE_CYCLE_LENGTH,
+                     block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                     deterministic=True)
   if augment_fn is not None:
     ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
 
   def finish(step: tf.Tensor, batch: Features) -> Features:
     batch = dict(batch)
+    index = batch.pop(_INDEX)
     if batch_fn is not None:
-      index = batch.pop(_INDEX)
-      batch = dict(batch_fn(batch, _seed_pair(batch_key, step)))
-      batch[_INDEX] = index
-    batch['mask'] = tf.ones([batch_size], tf.float32)
-    return batch
+      batch = batch_fn(batch, _seed_pair(batch_key, step))
+    return {**batch, _INDEX: index, 'mask': tf.ones([batch_size], tf.float32)}
 
   ds = ds.enumerate(start=start_step).map(
       finish, num_parallel_calls=tf.data.AUTOTUNE)
@@ -252,19 +242,23 @@ def _pad_batch_fn(batch_size: int) -> Callable[[Features], Features]:
 def evaluation_batches(
     records: tf.data.Dataset, *, batch_dims: Sequence[int],
     preprocess_fn: Callable[[Any], Features],
-    num_batches: Optional[int] = None, threadpool_size: int = 0,
+    num_batches: Optional[int] = None, skip_errors: bool = False,
+    threadpool_size: int = 0,
 ) -> BatchIterator:
   """One ordered pass over finite `records` in zero-padded numpy batches.
 
   `'mask'` is 1 for real examples, 0 for padding; with `num_batches`, whole
-  padding batches follow up to that count.
+  padding batches follow up to that count. `skip_errors` drops the records
+  `preprocess_fn` fails on.
   """
   batch_size = batch_size_of(batch_dims)
   ds = records.map(preprocess_fn, num_parallel_calls=tf.data.AUTOTUNE)
+  if skip_errors:
+    ds = ds.ignore_errors()
   ds = ds.batch(batch_size).map(_pad_batch_fn(batch_size))
   if num_batches is not None:
-    cardinality = int(ds.cardinality())
-    if cardinality >= 0 and cardinality > num_batches:
+    cardinality = int(ds.cardinality())  # Negative when unknown.
+    if cardinality > num_batches:
       raise ValueError(
           f'The records fill {cardinality} batches of {batch_size}, more than '
           f'num_batches={num_batches}.')

@@ -163,11 +163,9 @@ def _segment_start(container: Any, start_seconds: float,
                    segment_only: bool) -> float:
   """Where the segment begins, in the file's own timestamps (seconds)."""
   origin = _origin_seconds(container)
-  if segment_only:
-    return origin
-  duration = container.duration
-  duration = None if duration is None else duration / av.time_base
-  if duration is not None and duration <= FULL_VIDEO_MIN_SECONDS:
+  duration = container.duration  # In 1 / av.time_base; None if unknown.
+  if segment_only or (duration is not None and
+                      duration / av.time_base <= FULL_VIDEO_MIN_SECONDS):
     return origin
   return origin + start_seconds
 
@@ -209,11 +207,6 @@ def read_audio(path: str, start_seconds: float, segment_only: bool,
   return audio
 
 
-def _frame_size(height: int, width: int, min_side: int) -> tuple[int, int]:
-  scale = min_side / min(height, width)
-  return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def read_video(path: str, start_seconds: float, segment_only: bool, *,
                min_side: int, jpeg_quality: int,
                seconds: float = CLIP_SECONDS) -> list[bytes]:
@@ -234,9 +227,10 @@ def read_video(path: str, start_seconds: float, segment_only: bool, *,
 
     def encode(frame) -> bytes:
       if frame is not cache['frame']:  # Repeated frames are encoded once.
-        height, width = _frame_size(frame.height, frame.width, min_side)
-        array = frame.to_ndarray(width=width, height=height, format='rgb24',
-                                 interpolation='AREA')
+        scale = min_side / min(frame.height, frame.width)
+        array = frame.to_ndarray(width=max(1, round(frame.width * scale)),
+                                 height=max(1, round(frame.height * scale)),
+                                 format='rgb24', interpolation='AREA')
         buffer = io.BytesIO()
         Image.fromarray(array).save(buffer, format='JPEG',
                                     quality=jpeg_quality)
@@ -401,14 +395,14 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, segments: list[Segment],
                          clip_index: ClipIndex):
-    missing, failed, duplicates = [], [], []
+    skipped = {'missing': [], 'failed': [], 'duplicates': []}
     row = lambda s, **more: dict(ytid=s.ytid, start_seconds=s.start_seconds,
                                  **more)
     unique = {}
     for segment in segments:
       key = f'{segment.ytid}_{int(round(segment.start_seconds * 1000))}'
       if key in unique:
-        duplicates.append(row(segment))
+        skipped['duplicates'].append(row(segment))
       else:
         unique[key] = segment
     written = 0
@@ -422,33 +416,22 @@ class Audioset(tfds.core.GeneratorBasedBuilder):
         written += 1
         yield key, example
       elif not errors:
-        missing.append(row(segment))
+        skipped['missing'].append(row(segment))
       else:
-        failed.append(row(segment, files=errors))
-    self._report[split] = {
-        'num_rows': len(segments),
-        'num_written': written,
-        'num_missing': len(missing),
-        'num_failed': len(failed),
-        'num_duplicates': len(duplicates),
-        'missing': missing,
-        'failed': failed,
-        'duplicates': duplicates,
-    }
-    self._write_report()
+        skipped['failed'].append(row(segment, files=errors))
+    counts = {f'num_{kind}': len(rows) for kind, rows in skipped.items()}
+    self._report[split] = {'num_rows': len(segments), 'num_written': written,
+                           **counts, **skipped}
+    # The skipped rows so far, in the dataset folder.
+    with open(os.path.join(os.fspath(self.data_dir), REPORT_FILE), 'w') as f:
+      json.dump({'config': self.builder_config.name,
+                 'version': str(self.version), 'splits': self._report},
+                f, indent=1)
     logging.info(
         'AudioSet %s/%s: %d of %d rows written; %d without a file, %d '
         'failed to decode, %d duplicates (listed in %s).',
-        self.builder_config.name, split, written, len(segments), len(missing),
-        len(failed), len(duplicates), REPORT_FILE)
-
-  def _write_report(self) -> None:
-    """Writes the skipped rows so far into the dataset folder."""
-    report = {'config': self.builder_config.name,
-              'version': str(self.version), 'splits': self._report}
-    path = os.path.join(os.fspath(self.data_dir), REPORT_FILE)
-    with open(path, 'w') as f:
-      json.dump(report, f, indent=1)
+        self.builder_config.name, split, written, len(segments),
+        *counts.values(), REPORT_FILE)
 
 
 def read_report(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:

@@ -74,10 +74,6 @@ def default_clips() -> list[FakeClip]:
   ]
 
 
-def _format_seconds(seconds: float) -> str:
-  return f'{seconds:.3f}'
-
-
 def write_csvs(root: str, clips: Sequence[FakeClip],
                num_classes: int = NUM_CLASSES) -> None:
   """Writes the class index and the three segment lists into `root`."""
@@ -96,17 +92,8 @@ def write_csvs(root: str, clips: Sequence[FakeClip],
       f.write('# YTID, start_seconds, end_seconds, positive_labels\n')
       for c in rows:
         mids = ','.join(class_mid(i) for i in c.labels)
-        f.write(f'{c.ytid}, {_format_seconds(c.start_seconds)}, '
-                f'{_format_seconds(c.start_seconds + 10.0)}, "{mids}"\n')
-
-
-def _tone(freq: float, seconds: float, rate: int, offset: float,
-          channels: int) -> np.ndarray:
-  """`[channels, samples]` float32: silence for `offset` s, then the tone."""
-  t = np.arange(int(round((offset + seconds) * rate))) / rate
-  wave = 0.5 * np.sin(2 * np.pi * freq * t)
-  wave[t < offset] = 0.0
-  return np.tile(wave.astype(np.float32)[None], (channels, 1))
+        f.write(f'{c.ytid}, {c.start_seconds:.3f}, '
+                f'{c.start_seconds + 10.0:.3f}, "{mids}"\n')
 
 
 def write_media(path: str, *, tone_hz: float, color: Sequence[int],
@@ -115,34 +102,31 @@ def write_media(path: str, *, tone_hz: float, color: Sequence[int],
                 audio_rate: int, size: tuple[int, int] = (48, 64),
                 fps: int = 30) -> None:
   """Encodes `offset` s of silence and black, then the tone over `color`."""
-  channels = 2
   with av.open(path, 'w', format=container_format) as container:
-    vstream = None
     if video_codec is not None:
       vstream = container.add_stream(video_codec, rate=fps)
       vstream.height, vstream.width = size
       vstream.pix_fmt = 'yuv420p'
     astream = container.add_stream(audio_codec, rate=audio_rate)
     astream.layout = 'stereo'
-    if vstream is not None:
+    if video_codec is not None:
       black = np.zeros((*size, 3), np.uint8)
       colored = np.broadcast_to(np.asarray(color, np.uint8),
                                 (*size, 3)).copy()
       for i in range(int(round((offset + seconds) * fps))):
-        image = black if i / fps < offset else colored
-        frame = av.VideoFrame.from_ndarray(image, format='rgb24')
+        frame = av.VideoFrame.from_ndarray(
+            black if i / fps < offset else colored, format='rgb24')
         frame.pts = i
         frame.time_base = fractions.Fraction(1, fps)
-        for packet in vstream.encode(frame):
-          container.mux(packet)
-      for packet in vstream.encode(None):
-        container.mux(packet)
-    samples = _tone(tone_hz, seconds, audio_rate, offset, channels)
-    # Encoders take fixed-size frames (1024 for AAC); 960 suits Opus too.
-    chunk = 960
+        container.mux(vstream.encode(frame))
+      container.mux(vstream.encode(None))
+    t = np.arange(int(round((offset + seconds) * audio_rate))) / audio_rate
+    wave = np.where(t < offset, 0.0, 0.5 * np.sin(2 * np.pi * tone_hz * t))
+    samples = np.stack([wave, wave]).astype(np.float32)  # Stereo.
     fmt = 's16' if audio_codec == 'pcm_s16le' else 'fltp'
-    for i, start in enumerate(range(0, samples.shape[1], chunk)):
-      part = samples[:, start:start + chunk]
+    # Encoders take fixed-size frames (1024 for AAC); 960 suits Opus too.
+    for start in range(0, samples.shape[1], 960):
+      part = samples[:, start:start + 960]
       if fmt == 's16':
         data = (part.T.reshape(1, -1) * 32767).astype(np.int16)
       else:
@@ -151,23 +135,8 @@ def write_media(path: str, *, tone_hz: float, color: Sequence[int],
       frame.sample_rate = audio_rate
       frame.pts = start
       frame.time_base = fractions.Fraction(1, audio_rate)
-      for packet in astream.encode(frame):
-        container.mux(packet)
-    for packet in astream.encode(None):
-      container.mux(packet)
-
-
-def clip_path(root: str, clip: FakeClip) -> Optional[str]:
-  """Where `clip`'s file goes (None for a 'missing' one)."""
-  if clip.kind == 'missing':
-    return None
-  if clip.kind not in _FORMATS:
-    raise ValueError(f'Unknown FakeClip kind {clip.kind!r}; choose one of '
-                     f'{sorted(_FORMATS) + ["missing"]}.')
-  stem = clip.ytid
-  if clip.stem_with_start:
-    stem = f'{clip.ytid}_{int(clip.start_seconds)}'
-  return os.path.join(root, CLIPS_DIR, f'{stem}.{_FORMATS[clip.kind][0]}')
+      container.mux(astream.encode(frame))
+    container.mux(astream.encode(None))
 
 
 def write_fake_audioset(root: str,
@@ -179,9 +148,14 @@ def write_fake_audioset(root: str,
   write_csvs(root, clips)
   rng = np.random.default_rng(0)
   for clip in clips:
-    path = clip_path(root, clip)
-    if path is None:
+    if clip.kind == 'missing':
       continue
+    if clip.kind not in _FORMATS:
+      raise ValueError(f'Unknown FakeClip kind {clip.kind!r}; choose one of '
+                       f'{sorted(_FORMATS) + ["missing"]}.')
+    stem = (f'{clip.ytid}_{int(clip.start_seconds)}' if clip.stem_with_start
+            else clip.ytid)
+    path = os.path.join(root, CLIPS_DIR, f'{stem}.{_FORMATS[clip.kind][0]}')
     if clip.kind == 'corrupt':
       with open(path, 'wb') as f:
         f.write(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())

@@ -12,6 +12,8 @@ listed in `metadata.json` under 'skipped'. Build with
       --manual_dir=~/datasets/modelnet --config=official [--data_dir=...]
 """
 
+import contextlib
+import dataclasses
 import multiprocessing
 import os
 import zipfile
@@ -65,15 +67,12 @@ class _Source:
   def relative_paths(self) -> list[str]:
     """All files, as sorted '/'-separated paths relative to the root."""
     if self._zip is not None:
-      paths = [n[len(self._root):] for n in self._zip.namelist()
-               if n.startswith(self._root) and not n.endswith('/')]
-    else:
-      paths = []
-      for dirpath, _, filenames in os.walk(self._root):
-        rel = os.path.relpath(dirpath, self._root)
-        for f in filenames:
-          paths.append(f if rel == '.' else f'{rel}/{f}'.replace(os.sep, '/'))
-    return sorted(paths)
+      return sorted(n[len(self._root):] for n in self._zip.namelist()
+                    if n.startswith(self._root) and not n.endswith('/'))
+    return sorted(
+        os.path.relpath(os.path.join(folder, f), self._root).replace(
+            os.sep, '/')
+        for folder, _, files in os.walk(self._root) for f in files)
 
   def read(self, relative_path: str) -> bytes:
     """The bytes of one file (an error names a damaged archive or file)."""
@@ -147,34 +146,25 @@ def read_point_file(data: bytes, num_points: int, seed: int) -> np.ndarray:
   return pointcloud.normalize(table[rows, :3])
 
 
-def process_file(layout: str, relative_path: str, data: bytes,
-                 num_points: int) -> np.ndarray:
-  """Points `[num_points, 3]` from one file of `layout`; may raise
-  `pointcloud.MeshReadError`."""
-  seed = pointcloud.path_seed(relative_path)
-  if layout == 'official':
-    return pointcloud.mesh_to_points(pointcloud.read_off(data), num_points,
-                                     seed)
-  return read_point_file(data, num_points, seed)
-
-
 def _process_job(job: tuple[str, str, bytes, int]
                  ) -> tuple[Optional[np.ndarray], Optional[str]]:
-  """`process_file` for a worker process: (points, None) or (None, error)."""
+  """(points `[num_points, 3]`, None) or (None, error) of one file."""
+  layout, relative_path, data, num_points = job
+  seed = pointcloud.path_seed(relative_path)
   try:
-    return process_file(*job), None
+    if layout == 'official':
+      return pointcloud.mesh_to_points(pointcloud.read_off(data), num_points,
+                                       seed), None
+    return read_point_file(data, num_points, seed), None
   except pointcloud.MeshReadError as e:
     return None, str(e)
 
 
+@dataclasses.dataclass(eq=False)
 class Modelnet40Config(tfds.core.BuilderConfig):
   """A ModelNet40 distribution (`layout`) and the points kept per shape."""
-
-  def __init__(self, *, layout: str, num_points: int = DEFAULT_NUM_POINTS,
-               **kwargs):
-    super().__init__(**kwargs)
-    self.layout = layout
-    self.num_points = num_points
+  layout: str = 'official'
+  num_points: int = DEFAULT_NUM_POINTS
 
 
 class Modelnet40(tfds.core.GeneratorBasedBuilder):
@@ -247,13 +237,12 @@ class Modelnet40(tfds.core.GeneratorBasedBuilder):
     skipped = self.info.metadata['skipped'][split]
     jobs = ((layout, path, source.read(path), num_points)
             for path, _ in examples)
-    if self._num_workers > 1:
-      pool = multiprocessing.get_context('spawn').Pool(self._num_workers)
-      results = pool.imap(_process_job, jobs, chunksize=8)
-    else:
-      pool = None
+    with contextlib.ExitStack() as stack:  # Its exit ends the pool.
       results = map(_process_job, jobs)
-    try:
+      if self._num_workers > 1:
+        pool = stack.enter_context(
+            multiprocessing.get_context('spawn').Pool(self._num_workers))
+        results = pool.imap(_process_job, jobs, chunksize=8)
       for (path, label), (points, error) in zip(examples, progress.track(
           results, f'ModelNet40 {self.builder_config.name}/{split}',
           total=len(examples), unit='meshes')):
@@ -263,9 +252,6 @@ class Modelnet40(tfds.core.GeneratorBasedBuilder):
           self.info.metadata['num_skipped'][split] = len(skipped)
           continue
         yield path, {'points': points, 'label': label, 'id': path}
-    finally:
-      if pool is not None:
-        pool.terminate()
     logging.info('ModelNet40 %s: %d examples, %d skipped.', split,
                  len(examples) - len(skipped), len(skipped))
 
