@@ -15,6 +15,7 @@ import os
 import time
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
+import haiku as hk
 import jax
 import ml_collections
 import numpy as np
@@ -22,6 +23,7 @@ import numpy as np
 from perceiver_jax.benchmarking import machine
 from perceiver_jax.benchmarking import summary
 from perceiver_jax.model import factory
+from perceiver_jax.model import inputs as model_inputs
 from perceiver_jax.train import loop
 from perceiver_jax.train import optim
 from perceiver_jax.train import parallel
@@ -45,15 +47,12 @@ def synthetic_batch(config: ml_collections.ConfigDict,
 
 def num_inputs_of(config: ml_collections.ConfigDict) -> int:
   """M: positions of the byte array (the adapter's output shape)."""
-  import haiku as hk  # pylint: disable=g-import-not-at-top
   input_config = config.model.copy_and_resolve_references().input
-  adapter = hk.transform(lambda b: factory.make_adapter(input_config)(
+  adapter = hk.transform(lambda b: model_inputs.make(input_config)(
       b, is_training=False)[0])
   batch = factory.example_batch(input_config, 1)
-  shape = jax.eval_shape(
-      lambda b: adapter.apply(adapter.init(jax.random.PRNGKey(0), b), None,
-                              b), batch).shape
-  return int(shape[1])
+  params = jax.eval_shape(adapter.init, jax.random.PRNGKey(0), batch)
+  return int(jax.eval_shape(adapter.apply, params, None, batch).shape[1])
 
 
 def _compile(jitted: Any, args: Sequence[Any],

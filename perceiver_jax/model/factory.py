@@ -33,12 +33,6 @@ def example_batch(input_config: Mapping[str, Any],
                                                         batch_size)
 
 
-def make_adapter(input_config: Mapping[str, Any]) -> inputs.Input:
-  """The input type `input_config.type` names, built (inside a Haiku
-  transform)."""
-  return inputs.make(input_config)
-
-
 def encoder_config(
     model_config: Mapping[str, Any]) -> encoder_config_lib.EncoderConfig:
   """The checked `EncoderConfig` of `config.model.encoder`."""
