@@ -116,7 +116,10 @@ class StageContext:
       if not is_out_of_memory(e):
         raise
       result, error = None, _short(e)
-    attempt = {**_attempt_fields(result), **fields, 'fits': error is None}
+    attempt = {k: (result or {}).get(k) for k in (
+        'num_inputs', 'lower_seconds', 'compile_seconds', 'xla_memory_bytes',
+        'step_seconds')}
+    attempt.update(fields, fits=error is None)
     if error:
       attempt['error'] = error
       # Outside the except block, so that the traceback's device buffers
@@ -126,12 +129,6 @@ class StageContext:
     self.entry.setdefault('attempts', []).append(attempt)
     self.save()
     return result
-
-
-def _attempt_fields(result: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-  return {k: (result or {}).get(k) for k in (
-      'num_inputs', 'lower_seconds', 'compile_seconds', 'xla_memory_bytes',
-      'step_seconds')}
 
 
 def largest_batch(context: StageContext, batches: Iterable[int],
@@ -379,23 +376,18 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def with_square_image(config: ml_collections.ConfigDict,
-                      side: int) -> ml_collections.ConfigDict:
-  """A copy of `config` on side x side images (M = side^2 pixels)."""
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.data.image_shape = (side, side)
-    config.model.input.index_dims = (side, side)
-  return config
-
-
-def _with(config: ml_collections.ConfigDict, *,
-          batch_size: Optional[int] = None,
-          **encoder: Any) -> ml_collections.ConfigDict:
+def with_changes(config: ml_collections.ConfigDict, *,
+                 batch_size: Optional[int] = None, side: Optional[int] = None,
+                 **encoder: Any) -> ml_collections.ConfigDict:
+  """A copy of `config` with these `encoder` fields, and this batch size
+  and side x side images (M = side^2 pixels) where given."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     if batch_size is not None:
       config.train.batch_size = batch_size
+    if side is not None:
+      config.data.image_shape = (side, side)
+      config.model.input.index_dims = (side, side)
     config.model.encoder.update(encoder)
   return config
 
@@ -439,7 +431,7 @@ def run_report(profile: Profile, config: ml_collections.ConfigDict,
       top = stages['headline'].get('batch') or max(profile.batches)
       largest_batch(context, [b for b in profile.batches if b <= top],
                     lambda batch: steps.benchmark_train(
-                        _with(mode_config, batch_size=batch),
+                        with_changes(mode_config, batch_size=batch),
                         steps=profile.steps, warmup=profile.warmup,
                         rates=rates,
                         compiler_options=profile.compiler_options))
@@ -458,7 +450,7 @@ def run_report(profile: Profile, config: ml_collections.ConfigDict,
     def fits(side: int) -> Optional[bool]:
       result = context.attempt(
           f'side {side}', lambda: steps.benchmark_train(
-              with_square_image(_with(config, batch_size=one_each), side),
+              with_changes(config, batch_size=one_each, side=side),
               steps=1, warmup=0, count_flops=False,
               compiler_options=profile.compiler_options),
           side=side, batch=one_each, num_inputs=side * side)
@@ -498,8 +490,9 @@ def run_report(profile: Profile, config: ml_collections.ConfigDict,
       context.save(plot=PLOT_NAME)
 
   plan = dict(headline=throughput(config),
-              float32=throughput(_with(config, precision='float32')),
-              einsum=throughput(_with(config, attention_impl='einsum')),
+              float32=throughput(with_changes(config, precision='float32')),
+              einsum=throughput(with_changes(config,
+                                             attention_impl='einsum')),
               max_inputs=max_inputs, scaling=scaling)
   for name, stage in plan.items():
     report.run_stage(name, stage, cap_seconds=caps[name],

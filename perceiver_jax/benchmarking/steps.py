@@ -116,20 +116,17 @@ def _time(compiled: Any, args: Sequence[Any], fields: Mapping[str, Any], *,
   times, outputs = machine.time_steps(compiled, args, steps=steps,
                                       warmup=warmup, carry_first=carry_first)
   batch_size = fields['batch_size']
-  result = dict(fields, steps=steps, warmup=warmup,
-                executed_flops_per_example=executed_flops_per_example(
-                    compiled, batch_size, num_devices))
-  if times is None:  # Compiled only.
-    result.update(dict.fromkeys((
-        'step_seconds', 'step_seconds_min', 'step_seconds_median',
-        'page_faults_per_step', 'steps_per_sec', 'examples_per_sec')))
-  else:
-    result.update(step_seconds=times['mean'], step_seconds_min=times['min'],
-                  step_seconds_median=times['median'],
-                  page_faults_per_step=times['page_faults'],
-                  steps_per_sec=1.0 / times['mean'],
-                  examples_per_sec=batch_size / times['mean'])
-  return result, outputs
+  # Compiled only (no times): every timing field None.
+  times = times or dict.fromkeys(('mean', 'min', 'median', 'page_faults'))
+  mean = times['mean']
+  return dict(fields, steps=steps, warmup=warmup,
+              executed_flops_per_example=executed_flops_per_example(
+                  compiled, batch_size, num_devices),
+              step_seconds=mean, step_seconds_min=times['min'],
+              step_seconds_median=times['median'],
+              page_faults_per_step=times['page_faults'],
+              steps_per_sec=mean and 1.0 / mean,
+              examples_per_sec=mean and batch_size / mean), outputs
 
 
 def benchmark_train(config: ml_collections.ConfigDict, *, steps: int = 5,
