@@ -80,7 +80,7 @@ def main(argv: Sequence[str]) -> None:
   print(json.dumps(result), flush=True)
 
 
-def _define_flags() -> None:
+if __name__ == '__main__':
   cli.define_config_flag('configs/digits.py', 'The experiment config file.')
   flags.DEFINE_enum('mode', 'train', MODES, 'What to measure.')
   flags.DEFINE_integer('batch_size', None,
@@ -111,8 +111,4 @@ def _define_flags() -> None:
   flags.DEFINE_integer('max_inputs', 200_000, 'Scaling: largest M.')
   flags.DEFINE_integer('num_points', 8, 'Scaling: number of M values.')
   flags.DEFINE_string('plot', 'scaling.png', 'Scaling: the PNG to write.')
-
-
-if __name__ == '__main__':
-  _define_flags()
   cli.run(main)

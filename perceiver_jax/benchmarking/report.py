@@ -44,9 +44,7 @@ class Profile:
   config_arg: str = ''
   encoder: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   image_side: Optional[int] = None
-  # Compiles of the headline step are the unit of cost, so few batches are
-  # tried. XLA plans about 4.4 GB an example for the bf16 headline step, so
-  # about 30 examples fill a 141 GB device.
+  # Compiles of the headline step are the unit of cost: few batches tried.
   batches: tuple[int, ...] = (32, 24, 16, 8)
   steps: int = 5
   warmup: int = 2
@@ -234,7 +232,8 @@ class Report:
                     compile_times=compile_times(self.stages),
                     ratios=ratios(self.stages))
     for name, text in (
-        (JSON_NAME, json.dumps(self.doc, indent=1, default=_jsonable)),
+        (JSON_NAME, json.dumps(self.doc, indent=1, default=lambda v: (
+            v.item() if hasattr(v, 'item') else str(v)))),
         (MARKDOWN_NAME, format_markdown(self.doc))):
       path = os.path.join(self.out_dir, name)
       with open(path + '.partial', 'w') as f:
@@ -275,10 +274,6 @@ class Report:
   def finish(self) -> None:
     self.doc['complete'] = True
     self.save()
-
-
-def _jsonable(value: Any) -> Any:
-  return value.item() if hasattr(value, 'item') else str(value)
 
 
 def compile_times(stages: Mapping[str, Mapping[str, Any]]
@@ -392,21 +387,6 @@ def with_changes(config: ml_collections.ConfigDict, *,
   return config
 
 
-def device_memory() -> dict[str, Any]:
-  """The device's memory limit, the allocator's settings and the
-  compilation cache (compile times are reads where it holds a program)."""
-  try:
-    stats = jax.local_devices()[0].memory_stats() or {}
-  except Exception:  # pylint: disable=broad-except
-    stats = {}  # Not every backend reports memory (CPU).
-  return dict(
-      device_memory_limit_bytes=stats.get('bytes_limit'),
-      compilation_cache_dir=jax.config.jax_compilation_cache_dir,
-      allocator_settings={k: v for k, v in os.environ.items() if k in (
-          'XLA_PYTHON_CLIENT_MEM_FRACTION', 'XLA_PYTHON_CLIENT_PREALLOCATE',
-          'XLA_PYTHON_CLIENT_ALLOCATOR', 'XLA_FLAGS', 'JAX_PLATFORMS')})
-
-
 def run_report(profile: Profile, config: ml_collections.ConfigDict,
                config_at: Callable[[int], Any], out_dir: str, *,
                budget_seconds: float, caps: Mapping[str, float],
@@ -418,8 +398,16 @@ def run_report(profile: Profile, config: ml_collections.ConfigDict,
                   reserve_seconds=profile.reserve_seconds, header=header,
                   start=start)
   rates = machine.matmul_rates()
+  # With the allocator's settings, and the compilation cache (compile
+  # times are reads where it holds a program).
   report.doc['environment'] = dict(
-      machine.environment(), **device_memory(), matmul_flops_per_sec=rates)
+      machine.environment(),
+      device_memory_limit_bytes=machine.memory_stats().get('bytes_limit'),
+      compilation_cache_dir=jax.config.jax_compilation_cache_dir,
+      allocator_settings={k: v for k, v in os.environ.items() if k in (
+          'XLA_PYTHON_CLIENT_MEM_FRACTION', 'XLA_PYTHON_CLIENT_PREALLOCATE',
+          'XLA_PYTHON_CLIENT_ALLOCATOR', 'XLA_FLAGS', 'JAX_PLATFORMS')},
+      matmul_flops_per_sec=rates)
   report.save()
   stages = report.stages
   one_each = jax.local_device_count()  # One example per device.

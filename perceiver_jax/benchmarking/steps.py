@@ -181,7 +181,7 @@ def _finish(result: dict[str, Any], config: ml_collections.ConfigDict,
   the environment."""
   env = machine.environment()
   devices = num_devices or env['num_devices']
-  memory, memory_kind = machine.peak_memory_bytes(jax.local_devices()[0])
+  memory, memory_kind = machine.peak_memory_bytes()
   encoder = config.model.encoder
   precision = encoder.get('precision', 'float32')
   rate = result['examples_per_sec']

@@ -20,13 +20,6 @@ from perceiver_jax.model import factory
 from perceiver_jax.model import schedule
 
 
-def _shape_summary(shapes: list[tuple[int, ...]]) -> str:
-  """'36x[1024,1024] 60x[1024]': distinct shapes, largest first."""
-  counts = collections.Counter(shapes)
-  ordered = sorted(counts, key=lambda s: (-math.prod(s), s))
-  return ' '.join(f'{counts[s]}x[{",".join(map(str, s))}]' for s in ordered)
-
-
 def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """`params`, `flops_per_example` (nominal), `..._with_kv_reuse`,
   `groups` (row -> (count, shapes)), `uses` (row -> schedule steps),
@@ -105,9 +98,14 @@ def format_table(summary: Mapping[str, Any]) -> str:
   total = summary['params']
   rows = [('module', 'uses', 'params', '%', 'arrays: shapes')]
   for row, (count, shapes) in summary['groups'].items():
-    uses = summary['uses'].get(row, 1)
-    rows.append((row, str(uses), f'{count:,}', f'{100 * count / total:.2f}',
-                 f'{len(shapes)}: {_shape_summary(shapes)}'))
+    # Distinct shapes, largest first: '36x[1024,1024] 60x[1024]'.
+    counts = collections.Counter(shapes)
+    shapes_text = ' '.join(
+        f'{counts[s]}x[{",".join(map(str, s))}]'
+        for s in sorted(counts, key=lambda s: (-math.prod(s), s)))
+    rows.append((row, str(summary['uses'].get(row, 1)), f'{count:,}',
+                 f'{100 * count / total:.2f}',
+                 f'{len(shapes)}: {shapes_text}'))
   rows.append(('total', '', f'{total:,}', '100.00', ''))
   widths = [max(len(r[i]) for r in rows) for i in range(4)]
   lines = []

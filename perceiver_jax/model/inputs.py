@@ -41,22 +41,6 @@ def input_permutation(input_config: InputConfig) -> Optional[np.ndarray]:
   return pe.permutation(int(np.prod(input_config['index_dims'])), seed)
 
 
-def _checked_permutation(permutation: np.ndarray,
-                         index_dims: tuple[int, ...]) -> np.ndarray:
-  permutation = np.asarray(permutation)
-  num_positions = int(np.prod(index_dims))
-  # Integer indices only: floats would fail as indices, booleans act as a
-  # mask.
-  if (permutation.ndim != 1 or
-      not np.issubdtype(permutation.dtype, np.integer) or
-      sorted(permutation.tolist()) != list(range(num_positions))):
-    raise ValueError(
-        f'permutation must be a permutation of range({num_positions}) (the '
-        f'grid {index_dims}) as integers, got an array of shape '
-        f'{permutation.shape} and dtype {permutation.dtype}.')
-  return permutation
-
-
 class GridAdapter(hk.Module):
   """Maps `[B, *index_dims, C_raw]` to `[B, M, C_raw + position channels]`.
 
@@ -91,9 +75,19 @@ class GridAdapter(hk.Module):
     self._fourier_tables = None  # Split by `parts`, when first needed.
     self._learned_channels = learned_position_channels
     self._learned_init_scale = learned_position_init_scale
-    if permutation is not None:
-      permutation = _checked_permutation(permutation, self._index_dims)
     self._permutation = permutation
+    if permutation is not None:
+      permutation = self._permutation = np.asarray(permutation)
+      # Integer indices only: floats would fail as indices, booleans act as
+      # a mask.
+      if (permutation.ndim != 1 or
+          not np.issubdtype(permutation.dtype, np.integer) or
+          sorted(permutation.tolist()) != list(range(self._num_positions))):
+        raise ValueError(
+            f'permutation must be a permutation of range('
+            f'{self._num_positions}) (the grid {self._index_dims}) as '
+            f'integers, got an array of shape {permutation.shape} and dtype '
+            f'{permutation.dtype}.')
 
   def num_channels(self, raw_channels: int) -> int:
     return raw_channels + self._position_channels
