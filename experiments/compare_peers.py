@@ -1,9 +1,7 @@
 r"""Our train step beside the PyTorch Perceivers, on one configuration.
 
   pip install -r requirements-peers.txt   # optional: torch and the peers
-  python -m experiments.compare_peers [--batch_size=8] [--image_size=64] \
-      [--rounds=3] [--steps=3] [--warmup=2] [--precision=bfloat16] \
-      [--peer_precision=bfloat16] [--cpu_devices=2]
+  python -m experiments.compare_peers [--precision=bfloat16] [--cpu_devices=2]
 
 Times the matched configuration (`perceiver_jax.benchmarking.peers`) in
 interleaved rounds, ours with two cross-attends and with one (transformers'

@@ -278,8 +278,8 @@ class Conv1x1LearnedAdapter(hk.Module):
     self._projected_channels = checks.positive_int(projected_channels,
                                                    'projected_channels')
 
-  @property
-  def num_channels(self) -> int:
+  def num_channels(self, raw_channels: int) -> int:
+    del raw_channels  # The convolution sets the width.
     return self._out_channels + self._projected_channels
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -323,8 +323,8 @@ class ConvStemAdapter(hk.Module):
     self._out_channels = checks.positive_int(out_channels, 'out_channels')
     self._fourier = pe.fourier_grid_features(grid, num_bands, max_resolution)
 
-  @property
-  def num_channels(self) -> int:
+  def num_channels(self, raw_channels: int) -> int:
+    del raw_channels  # The convolution sets the width.
     return self._out_channels + self._fourier.shape[-1]
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -379,7 +379,6 @@ class Input:
   """An input type: sets `adapter` in `__init__`, gives `entry_shapes`."""
 
   adapter: Any
-  raw_channels: Optional[int] = None  # What the adapter's C is a function of.
   adds_channel_axis = False  # The entry has no channel axis: one is added.
 
   def __init__(self, input_config: InputConfig):
@@ -394,9 +393,9 @@ class Input:
   @property
   def num_channels(self) -> int:
     """C, the byte array's channels."""
-    if self.raw_channels is None:
-      return self.adapter.num_channels
-    return self.adapter.num_channels(self.raw_channels)
+    (shape,) = self._shapes.values()
+    return self.adapter.num_channels(
+        1 if self.adds_channel_axis else shape[-1])
 
   def entry(self, batch: Batch) -> jax.Array:
     """The one entry read, its shape checked."""
@@ -440,8 +439,6 @@ class GridInput(_ImageInput):
     self.adapter = GridAdapter(
         _dims(input_config), permutation=input_permutation(input_config),
         name=name, **_position_kwargs(input_config))
-    if self.raw_channels is None:
-      self.raw_channels = self.image_shape[-1]
 
   def parts(self, batch: Batch) -> Optional[grid_byte_array.GridByteArray]:
     return self.adapter.parts(self.entry(batch)) if (
@@ -453,7 +450,6 @@ class MelInput(GridInput):
   with 2D position features. Fields: `key` ('mel'), `index_dims` ((96, 50)),
   position fields as for 'grid'. C = 1 + 2 (2K + 1)."""
 
-  raw_channels = 1
   adds_channel_axis = True
 
   def __init__(self, input_config: InputConfig):
@@ -470,7 +466,6 @@ class RawAudioInput(Input):
   (128: 480 tokens), position fields as for 'grid' (mu defaults to the
   number of patches). C = samples_per_patch + 2K + 1."""
 
-  raw_channels = 1
   adds_channel_axis = True
 
   def __init__(self, input_config: InputConfig):
@@ -491,8 +486,6 @@ class VideoInput(Input):
   `key` ('video'), `index_dims` (T, H, W), `patch_shape` ((2, 8, 8)),
   position fields as for 'grid' (3D, of the patch grid).
   C = prod(patch_shape) * 3 + 3 (2K + 1)."""
-
-  raw_channels = 3
 
   def __init__(self, input_config: InputConfig):
     super().__init__(input_config)
