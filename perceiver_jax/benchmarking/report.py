@@ -254,20 +254,19 @@ class Report:
           f'skipped: {max(allotted, 0):.1f} s available (cap {cap_seconds:g}'
           f' s, {max(left, 0):.1f} s left of the budget), needs at least '
           f'{min_seconds:g} s'))
+    else:
       self.save()
-      return 'skipped'
-    self.save()
-    context = StageContext(entry, now + allotted, self.clock, self.save)
-    try:
-      fn(context)
-      entry.update(dict(status='partial', note=context.stopped)
-                   if context.stopped else dict(status='done'))
-    except Exception as e:  # pylint: disable=broad-except
-      # A bug in one stage must not cost the others their turn.
-      text = traceback.format_exc()
-      print(text, file=sys.stderr, flush=True)
-      entry.update(status='failed', error=_short(e), traceback=text)
-    entry['seconds'] = round(self.clock() - now, 3)
+      context = StageContext(entry, now + allotted, self.clock, self.save)
+      try:
+        fn(context)
+        entry.update(dict(status='partial', note=context.stopped)
+                     if context.stopped else dict(status='done'))
+      except Exception as e:  # pylint: disable=broad-except
+        # A bug in one stage must not cost the others their turn.
+        text = traceback.format_exc()
+        print(text, file=sys.stderr, flush=True)
+        entry.update(status='failed', error=_short(e), traceback=text)
+      entry['seconds'] = round(self.clock() - now, 3)
     self.save()
     return entry['status']
 

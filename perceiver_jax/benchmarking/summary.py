@@ -27,21 +27,20 @@ def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
   num_classes = config.data.num_classes
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
-    # The FLOPs are the model's, whatever its execution mode; and XLA's cost
-    # analysis counts the body of a scan once, not once per iteration.
-    model_config.encoder.scan_blocks = False
+    # The FLOPs are the model's, whatever its execution mode (XLA's cost
+    # analysis counts the body of a scan once); nominal: the paper's
+    # computation, K/V projected from the inputs.
+    model_config.encoder.update(scan_blocks=False,
+                                absorb_cross_attend_projections=False)
+    model_config.grid_parts = False
   batch_shapes = factory.example_batch(model_config.input, 1)
 
   flops = {}
-  params_shapes = None
   for reuse in (False, True):
     with model_config.unlocked():
       model_config.encoder.reuse_shared_keys_values = reuse
-      # Nominal: the paper's computation, K/V projected from the inputs.
-      model_config.encoder.absorb_cross_attend_projections = False
-      model_config.grid_parts = False
     model = factory.transform_classifier(model_config, num_classes)
-    if params_shapes is None:
+    if not reuse:
       # K/V reuse changes the computation, not the parameters.
       params_shapes = jax.eval_shape(
           functools.partial(model.init, is_training=False),
