@@ -28,17 +28,14 @@ def apply_overrides(config: ml_collections.ConfigDict, *,
                     precision: Optional[str] = None
                     ) -> ml_collections.ConfigDict:
   """The command line's shortcuts applied to a copy of `config`."""
-  if num_inputs is not None:
-    config = common.with_num_inputs(config, num_inputs)
-  else:
-    config = config.copy_and_resolve_references()
+  config = (config.copy_and_resolve_references() if num_inputs is None
+            else common.with_num_inputs(config, num_inputs))
+  encoder = dict(attention_impl=attention_impl, precision=precision)
   with config.unlocked():
     if batch_size is not None:
       config.train.batch_size = batch_size
-    if attention_impl is not None:
-      config.model.encoder.attention_impl = attention_impl
-    if precision is not None:
-      config.model.encoder.precision = precision
+    config.model.encoder.update(
+        {k: v for k, v in encoder.items() if v is not None})
   return config
 
 
@@ -58,20 +55,7 @@ def main(argv: Sequence[str]) -> None:
       f.config, batch_size=f.batch_size, num_inputs=f.num_inputs,
       attention_impl=f.attention_impl, precision=f.precision)
   options = machine.FAST_COMPILE_OPTIONS if f.fast_compile else None
-  rates = (machine.matmul_rates() if f.matmul_probe and f.mode in (
-      'train', 'forward') else None)
-  common_args = dict(steps=f.steps, warmup=f.warmup, count_flops=f.flops,
-                     rates=rates, compiler_options=options)
-  if f.mode == 'train':
-    result = steps.benchmark_train(config, **common_args)
-  elif f.mode == 'forward':
-    result = steps.benchmark_forward(config, **common_args)
-  elif f.mode == 'input':
-    result = dict(inputs.benchmark_input(
-        config, num_batches=f.steps, warmup=f.warmup, photos=f.photos),
-                  mode='input', batch_size=config.train.batch_size,
-                  **machine.environment())
-  else:
+  if f.mode == 'scaling':
     results = []
     for m in machine.log_spaced(f.min_inputs, f.max_inputs, f.num_points):
       results.append(steps.benchmark_scaling(
@@ -81,10 +65,22 @@ def main(argv: Sequence[str]) -> None:
     if f.plot:
       steps.write_scaling_plot(results, f.plot)
     return
+  if f.mode == 'input':
+    result = dict(inputs.benchmark_input(
+        config, num_batches=f.steps, warmup=f.warmup, photos=f.photos),
+                  mode='input', batch_size=config.train.batch_size,
+                  **machine.environment())
+  else:
+    benchmark = (steps.benchmark_train if f.mode == 'train' else
+                 steps.benchmark_forward)
+    result = benchmark(
+        config, steps=f.steps, warmup=f.warmup, count_flops=f.flops,
+        rates=machine.matmul_rates() if f.matmul_probe else None,
+        compiler_options=options)
   print(json.dumps(result), flush=True)
 
 
-def _define_flags() -> None:
+if __name__ == '__main__':
   cli.define_config_flag('configs/digits.py', 'The experiment config file.')
   flags.DEFINE_enum('mode', 'train', MODES, 'What to measure.')
   flags.DEFINE_integer('batch_size', None,
@@ -115,8 +111,4 @@ def _define_flags() -> None:
   flags.DEFINE_integer('max_inputs', 200_000, 'Scaling: largest M.')
   flags.DEFINE_integer('num_points', 8, 'Scaling: number of M values.')
   flags.DEFINE_string('plot', 'scaling.png', 'Scaling: the PNG to write.')
-
-
-if __name__ == '__main__':
-  _define_flags()
   cli.run(main)

@@ -1,9 +1,7 @@
 r"""Our train step beside the PyTorch Perceivers, on one configuration.
 
   pip install -r requirements-peers.txt   # optional: torch and the peers
-  python -m experiments.compare_peers [--batch_size=8] [--image_size=64] \
-      [--rounds=3] [--steps=3] [--warmup=2] [--precision=bfloat16] \
-      [--peer_precision=bfloat16] [--cpu_devices=2]
+  python -m experiments.compare_peers [--precision=bfloat16] [--cpu_devices=2]
 
 Times the matched configuration (`perceiver_jax.benchmarking.peers`) in
 interleaved rounds, ours with two cross-attends and with one (transformers'
@@ -14,12 +12,11 @@ forward instead, ours against transformers' on the same weights. See
 docs/performance.md.
 """
 
-import argparse
+import functools
 import json
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
-import numpy as np
-
+from configs import imagenet
 from perceiver_jax import cli
 from perceiver_jax import host_memory
 
@@ -27,10 +24,7 @@ from perceiver_jax import host_memory
 def our_config(image_size: int, batch_size: int,
                num_cross_attends: int = 2, precision: str = 'float32'):
   """The comparison configuration in our config layout."""
-  # pylint: disable=g-import-not-at-top
-  from configs import imagenet
-  from perceiver_jax.benchmarking import peers
-  # pylint: enable=g-import-not-at-top
+  from perceiver_jax.benchmarking import peers  # pylint: disable=g-import-not-at-top
   config = imagenet.get_config()
   config.data.image_shape = (image_size, image_size)
   config.model.encoder.update(
@@ -44,40 +38,6 @@ def our_config(image_size: int, batch_size: int,
                           clip_global_norm=None)
   config.loss.label_smoothing = 0.0
   return config
-
-
-def _timed(contenders, args, extra: dict[str, Any],
-           seconds_name: str, rates, precision: str) -> list[dict[str, Any]]:
-  """Times `contenders` in rounds; prints and returns their JSON lines."""
-  from perceiver_jax.benchmarking import machine  # pylint: disable=g-import-not-at-top
-  from perceiver_jax.benchmarking import peers  # pylint: disable=g-import-not-at-top
-  seconds = machine.time_in_rounds(
-      [c.step for c in contenders], rounds=args.rounds, calls=args.steps,
-      warmup=args.warmup)
-  results = []
-  for contender, own in zip(contenders, seconds):
-    result = dict(contender.fields, batch_size=args.batch_size,
-                  image_size=args.image_size, **extra)
-    if own:
-      median = float(np.median(own))
-      result.update({seconds_name: median, f'{seconds_name}_min': min(own)},
-                    round_seconds=own, rounds=args.rounds, steps=args.steps)
-      if seconds_name == 'forward_seconds':
-        result['images_per_second'] = args.batch_size / median
-      result.update(peers.efficiency(contender.fields, args.batch_size,
-                                     median, rates, precision))
-    results.append(result)
-    print(json.dumps(result), flush=True)
-  return results
-
-
-def _speedups(name: str, peer: dict[str, Any], ours: dict[str, Any],
-              key: str) -> dict[str, float]:
-  from perceiver_jax.benchmarking import machine  # pylint: disable=g-import-not-at-top
-  return {name: peer[key] / ours[key],
-          f'{name}_by_min': peer[f'{key}_min'] / ours[f'{key}_min'],
-          f'{name}_by_round': machine.paired_speedup(
-              peer['round_seconds'], ours['round_seconds'])}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -131,59 +91,56 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   summary = dict(summary=True, load_average_1m=machine.load_average(),
                  device_kind=machine.environment()['device_kind'],
                  matmul_flops_per_sec=rates)
-  if args.released:
-    released(args, rates, summary)
-    return
-  common = dict(image_size=args.image_size, batch_size=args.batch_size)
-  contenders = [
-      peers.prepare_ours(our_config(**common, precision=args.precision),
-                         'perceiver_jax (ours)',
-                         fast_compile=args.fast_compile),
-      peers.prepare_lucidrains(**common, precision=args.peer_precision),
-      peers.prepare_transformers(**common, precision=args.peer_precision),
-      peers.prepare_ours(
-          our_config(**common, num_cross_attends=1,
-                     precision=args.precision),
-          'perceiver_jax (ours), 1 cross-attend',
-          fast_compile=args.fast_compile)]
-  results = _timed(contenders, args, {}, 'step_seconds', rates,
-                   args.precision)
-  ours, peer_results = results[0], [r for r in results[1:3]
-                                    if r['status'] == 'ok']
-  summary.update(
-      precision=args.precision, peer_precision=args.peer_precision,
-      devices=ours.get('devices'), machine_fraction=ours['machine_fraction'],
-      speedup_vs={r['name']: r['step_seconds'] / ours['step_seconds']
-                  for r in peer_results},
-      speedup_vs_by_min={
-          r['name']: r['step_seconds_min'] / ours['step_seconds_min']
-          for r in peer_results},
-      not_installed=[r['name'] for r in results if r['status'] != 'ok'])
-  if peer_results:
-    summary['speedup_vs_fastest_peer'] = min(
-        r['step_seconds'] for r in peer_results) / ours['step_seconds']
-  if results[2]['status'] == 'ok':  # Against the same architecture.
-    summary.update(_speedups('speedup_vs_transformers_one_cross_attend',
-                             results[2], results[3], 'step_seconds'))
-  print(json.dumps(summary), flush=True)
-
-
-def released(args: argparse.Namespace, rates: dict[str, float],
-             summary: dict[str, Any]) -> None:
-  """`--released`: our forward against transformers' (see the docstring)."""
-  from perceiver_jax.benchmarking import peers  # pylint: disable=g-import-not-at-top
-  contenders = peers.prepare_released_forward(
-      args.released, args.image_size, args.batch_size, tiny=args.tiny)
-  ours, theirs = _timed(contenders, args, dict(tiny=args.tiny),
-                        'forward_seconds', rates, 'float32')
-  summary.update(released=args.released,
-                 machine_fraction=ours.get('machine_fraction'))
-  if theirs['status'] == 'ok':
-    summary.update(_speedups('speedup_vs_transformers', theirs, ours,
-                             'forward_seconds'))
+  timed = functools.partial(peers.time_contenders, rounds=args.rounds,
+                            calls=args.steps, warmup=args.warmup, rates=rates)
+  fields = dict(batch_size=args.batch_size, image_size=args.image_size)
+  if args.released:  # Our forward against transformers'.
+    results = timed(peers.prepare_released_forward(
+        args.released, args.image_size, args.batch_size, tiny=args.tiny),
+                    dict(fields, tiny=args.tiny),
+                    seconds_name='forward_seconds', precision='float32')
+    ours, theirs = results
+    summary.update(released=args.released,
+                   machine_fraction=ours.get('machine_fraction'))
+    if theirs['status'] == 'ok':
+      summary.update(peers.speedups('speedup_vs_transformers', theirs, ours,
+                                    'forward_seconds'))
+    else:
+      summary['not_installed'] = [theirs['name']]
   else:
-    summary['not_installed'] = [theirs['name']]
-  print(json.dumps(summary), flush=True)
+    results = timed([
+        peers.prepare_ours(our_config(**fields, precision=args.precision),
+                           'perceiver_jax (ours)',
+                           fast_compile=args.fast_compile),
+        peers.prepare_lucidrains(**fields, precision=args.peer_precision),
+        peers.prepare_transformers(**fields, precision=args.peer_precision),
+        peers.prepare_ours(
+            our_config(**fields, num_cross_attends=1,
+                       precision=args.precision),
+            'perceiver_jax (ours), 1 cross-attend',
+            fast_compile=args.fast_compile)], fields,
+                    seconds_name='step_seconds', precision=args.precision)
+    ours = results[0]
+    peer_results = [r for r in results[1:3] if r['status'] == 'ok']
+    summary.update(
+        precision=args.precision, peer_precision=args.peer_precision,
+        devices=ours.get('devices'),
+        machine_fraction=ours['machine_fraction'],
+        speedup_vs={r['name']: r['step_seconds'] / ours['step_seconds']
+                    for r in peer_results},
+        speedup_vs_by_min={
+            r['name']: r['step_seconds_min'] / ours['step_seconds_min']
+            for r in peer_results},
+        not_installed=[r['name'] for r in results if r['status'] != 'ok'])
+    if peer_results:
+      summary['speedup_vs_fastest_peer'] = min(
+          r['step_seconds'] for r in peer_results) / ours['step_seconds']
+    if results[2]['status'] == 'ok':  # Against the same architecture.
+      summary.update(peers.speedups(
+          'speedup_vs_transformers_one_cross_attend', results[2], results[3],
+          'step_seconds'))
+  for line in (*results, summary):
+    print(json.dumps(line), flush=True)
 
 
 if __name__ == '__main__':

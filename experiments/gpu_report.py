@@ -41,14 +41,9 @@ _STAGE_SECONDS = flags.DEFINE_list(
 def headline_config(profile):
   """configs/imagenet.py (shrunk by `profile`) in the headline's modes."""
   from perceiver_jax.benchmarking import report  # pylint: disable=g-import-not-at-top
-  config = imagenet.get_config(profile.config_arg)
-  with config.unlocked():
-    config.model.encoder.update(dict(profile.encoder))
-    config.model.encoder.update(precision='bfloat16',
-                                attention_impl='dot_product')
-  if profile.image_side is not None:
-    config = report.with_square_image(config, profile.image_side)
-  return config
+  return report.with_changes(
+      imagenet.get_config(profile.config_arg), side=profile.image_side,
+      **profile.encoder, precision='bfloat16', attention_impl='dot_product')
 
 
 def main(argv: Sequence[str]) -> None:

@@ -14,6 +14,7 @@ import pytest
 from configs import digits as digits_config
 from perceiver_jax import pictures
 from perceiver_jax.model import factory
+from perceiver_jax.model import inputs as model_inputs
 from perceiver_jax.train import loop
 from tests.helpers.command_utils import REPO
 
@@ -52,7 +53,7 @@ def test_first_cross_attend_weights_match_a_hand_computation():
 
   # By hand, from the parameters: the first cross-attend's queries come
   # from the learned latents, its keys from the adapter's byte array.
-  adapter = hk.transform(lambda b: factory.make_adapter(config.model.input)(
+  adapter = hk.transform(lambda b: model_inputs.make(config.model.input)(
       b, is_training=False)[0])
   inputs = np.asarray(adapter.apply({}, None, batch))  # [3, 64, C]
   p = {k: {n: np.asarray(v) for n, v in d.items()}

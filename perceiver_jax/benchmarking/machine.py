@@ -122,14 +122,19 @@ def machine_fraction(executed_flops_per_sec: Optional[float],
   return executed_flops_per_sec / (rates[precision] * devices)
 
 
-def peak_memory_bytes(device: Any) -> tuple[int, str]:
-  """(peak bytes, what was measured): the device's peak where it reports
-  one, else this process's peak resident set size."""
+def memory_stats() -> dict[str, Any]:
+  """The first local device's memory statistics ({} where it has none)."""
   try:
-    stats = device.memory_stats()
+    return jax.local_devices()[0].memory_stats() or {}
   except Exception:  # pylint: disable=broad-except
-    stats = None
-  if stats and 'peak_bytes_in_use' in stats:
+    return {}  # Not every backend reports memory (CPU).
+
+
+def peak_memory_bytes() -> tuple[int, str]:
+  """(peak bytes, what was measured): the first device's peak where it
+  reports one, else this process's peak resident set size."""
+  stats = memory_stats()
+  if 'peak_bytes_in_use' in stats:
     return int(stats['peak_bytes_in_use']), 'device_peak'
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   # Linux reports kilobytes, macOS bytes.

@@ -3,13 +3,11 @@
 A `Contender` holds what the report says of an implementation and a
 function running one step of it. The peers (perceiver-pytorch, transformers)
 are optional: one that is not installed is reported as such and not run.
-The matched configuration: 256 latents of width 256, 2 blocks of 2
-self-attends (8 heads), 1 cross-attend head, 64 Fourier bands, 1000 classes.
 """
 
 import functools
 import importlib.util
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -69,12 +67,19 @@ def _missing(name: str, *modules: str) -> Optional[Contender]:
   return None
 
 
-def _torch_contender(name: str, model: Any, images: Any,
+def _torch_contender(name: str, peer_module: str,
+                     build: Callable[[Any], tuple[Any, Any]],
                      precision: str) -> Contender:
-  """One Adam step of `model`, softmax cross-entropy; 'bfloat16': the
-  forward under `torch.autocast` (PyTorch's own mixed precision)."""
+  """One Adam step of the (model, images) that `build(torch)` makes, seeded,
+  softmax cross-entropy; 'bfloat16': the forward under `torch.autocast`
+  (PyTorch's own mixed precision). 'not installed' without the modules."""
+  missing = _missing(name, 'torch', peer_module)
+  if missing:
+    return missing
   import torch  # pylint: disable=g-import-not-at-top
   from torch.utils.flop_counter import FlopCounterMode  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  model, images = build(torch)
   labels = torch.randint(0, NUM_CLASSES, (images.shape[0],))
   optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
   loss_fn = torch.nn.CrossEntropyLoss()
@@ -104,50 +109,44 @@ def prepare_lucidrains(image_size: int, batch_size: int,
                        precision: str = 'float32') -> Contender:
   """perceiver-pytorch's `Perceiver` in the matched configuration (its MLPs
   are GEGLU with a fixed 4x widening)."""
-  name = 'perceiver-pytorch (lucidrains)'
-  missing = _missing(name, 'torch', 'perceiver_pytorch')
-  if missing:
-    return missing
-  import torch  # pylint: disable=g-import-not-at-top
-  from perceiver_pytorch import Perceiver  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(0)
-  model = Perceiver(
-      input_channels=3, input_axis=2, num_freq_bands=64,
-      max_freq=float(image_size), depth=2, num_latents=LATENTS['num_latents'],
-      latent_dim=LATENTS['width'],
-      cross_heads=1, latent_heads=8, cross_dim_head=3 + 2 * (2 * 64 + 1),
-      latent_dim_head=32, num_classes=NUM_CLASSES, attn_dropout=0.0,
-      ff_dropout=0.0, weight_tie_layers=True, fourier_encode_data=True,
-      self_per_cross_attn=2)
-  images = torch.rand(batch_size, image_size, image_size, 3)
-  return _torch_contender(name, model, images, precision)
+  def build(torch):
+    from perceiver_pytorch import Perceiver  # pylint: disable=g-import-not-at-top
+    model = Perceiver(
+        input_channels=3, input_axis=2, num_freq_bands=64,
+        max_freq=float(image_size), depth=2,
+        num_latents=LATENTS['num_latents'], latent_dim=LATENTS['width'],
+        cross_heads=1, latent_heads=8, cross_dim_head=3 + 2 * (2 * 64 + 1),
+        latent_dim_head=32, num_classes=NUM_CLASSES, attn_dropout=0.0,
+        ff_dropout=0.0, weight_tie_layers=True, fourier_encode_data=True,
+        self_per_cross_attn=2)
+    return model, torch.rand(batch_size, image_size, image_size, 3)
+
+  return _torch_contender('perceiver-pytorch (lucidrains)',
+                          'perceiver_pytorch', build, precision)
 
 
 def prepare_transformers(image_size: int, batch_size: int,
                          precision: str = 'float32') -> Contender:
   """transformers' `PerceiverForImageClassificationFourier` (one
   cross-attend, at the start) in the matched configuration."""
-  name = 'transformers PerceiverForImageClassificationFourier'
-  missing = _missing(name, 'torch', 'transformers')
-  if missing:
-    return missing
-  import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  torch.manual_seed(0)
-  model = transformers.PerceiverForImageClassificationFourier(
-      transformers.PerceiverConfig(
-          num_latents=LATENTS['num_latents'], d_latents=LATENTS['width'],
-          d_model=3 + 2 * 2 * 64 + 2,
-          num_blocks=2, num_self_attends_per_block=2,
-          num_self_attention_heads=8, num_cross_attention_heads=1,
-          cross_attention_widening_factor=1,
-          self_attention_widening_factor=1,
-          attention_probs_dropout_prob=0.0, num_labels=NUM_CLASSES,
-          image_size=image_size))
+  def build(torch):
+    import transformers  # pylint: disable=g-import-not-at-top
+    model = transformers.PerceiverForImageClassificationFourier(
+        transformers.PerceiverConfig(
+            num_latents=LATENTS['num_latents'], d_latents=LATENTS['width'],
+            d_model=3 + 2 * 2 * 64 + 2,
+            num_blocks=2, num_self_attends_per_block=2,
+            num_self_attention_heads=8, num_cross_attention_heads=1,
+            cross_attention_widening_factor=1,
+            self_attention_widening_factor=1,
+            attention_probs_dropout_prob=0.0, num_labels=NUM_CLASSES,
+            image_size=image_size))
+    # Channels first, as its image preprocessor expects.
+    return model, torch.rand(batch_size, 3, image_size, image_size)
 
-  # Channels first, as its image preprocessor expects.
-  images = torch.rand(batch_size, 3, image_size, image_size)
-  return _torch_contender(name, model, images, precision)
+  return _torch_contender(
+      'transformers PerceiverForImageClassificationFourier', 'transformers',
+      build, precision)
 
 
 def prepare_released_forward(kind: str, image_size: int, batch_size: int,
@@ -226,3 +225,36 @@ def efficiency(fields: dict[str, Any], batch_size: int,
   return dict(executed_flops_per_sec=rate,
               machine_fraction=machine.machine_fraction(rate, rates,
                                                         precision))
+
+
+def time_contenders(contenders: Sequence[Contender], fields: dict[str, Any],
+                    *, rounds: int, calls: int, warmup: int,
+                    seconds_name: str, rates: Optional[dict[str, float]],
+                    precision: str) -> list[dict[str, Any]]:
+  """Each contender's JSON line (with `fields`, which hold `batch_size`):
+  median and min of its `machine.time_in_rounds` seconds, its efficiency."""
+  seconds = machine.time_in_rounds([c.step for c in contenders],
+                                   rounds=rounds, calls=calls, warmup=warmup)
+  batch_size = fields['batch_size']
+  results = []
+  for contender, own in zip(contenders, seconds):
+    result = dict(contender.fields, **fields)
+    if own:
+      median = float(np.median(own))
+      result.update({seconds_name: median, f'{seconds_name}_min': min(own)},
+                    round_seconds=own, rounds=rounds, steps=calls)
+      if seconds_name == 'forward_seconds':
+        result['images_per_second'] = batch_size / median
+      result.update(efficiency(contender.fields, batch_size, median, rates,
+                               precision))
+    results.append(result)
+  return results
+
+
+def speedups(name: str, peer: dict[str, Any], ours: dict[str, Any],
+             key: str) -> dict[str, float]:
+  """The peer's `key` seconds over ours: medians, minima and by round."""
+  return {name: peer[key] / ours[key],
+          f'{name}_by_min': peer[f'{key}_min'] / ours[f'{key}_min'],
+          f'{name}_by_round': machine.paired_speedup(
+              peer['round_seconds'], ours['round_seconds'])}

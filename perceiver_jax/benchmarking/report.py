@@ -44,9 +44,7 @@ class Profile:
   config_arg: str = ''
   encoder: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   image_side: Optional[int] = None
-  # Compiles of the headline step are the unit of cost, so few batches are
-  # tried. XLA plans about 4.4 GB an example for the bf16 headline step, so
-  # about 30 examples fill a 141 GB device.
+  # Compiles of the headline step are the unit of cost: few batches tried.
   batches: tuple[int, ...] = (32, 24, 16, 8)
   steps: int = 5
   warmup: int = 2
@@ -116,7 +114,10 @@ class StageContext:
       if not is_out_of_memory(e):
         raise
       result, error = None, _short(e)
-    attempt = {**_attempt_fields(result), **fields, 'fits': error is None}
+    attempt = {k: (result or {}).get(k) for k in (
+        'num_inputs', 'lower_seconds', 'compile_seconds', 'xla_memory_bytes',
+        'step_seconds')}
+    attempt.update(fields, fits=error is None)
     if error:
       attempt['error'] = error
       # Outside the except block, so that the traceback's device buffers
@@ -126,12 +127,6 @@ class StageContext:
     self.entry.setdefault('attempts', []).append(attempt)
     self.save()
     return result
-
-
-def _attempt_fields(result: Optional[Mapping[str, Any]]) -> dict[str, Any]:
-  return {k: (result or {}).get(k) for k in (
-      'num_inputs', 'lower_seconds', 'compile_seconds', 'xla_memory_bytes',
-      'step_seconds')}
 
 
 def largest_batch(context: StageContext, batches: Iterable[int],
@@ -237,7 +232,8 @@ class Report:
                     compile_times=compile_times(self.stages),
                     ratios=ratios(self.stages))
     for name, text in (
-        (JSON_NAME, json.dumps(self.doc, indent=1, default=_jsonable)),
+        (JSON_NAME, json.dumps(self.doc, indent=1, default=lambda v: (
+            v.item() if hasattr(v, 'item') else str(v)))),
         (MARKDOWN_NAME, format_markdown(self.doc))):
       path = os.path.join(self.out_dir, name)
       with open(path + '.partial', 'w') as f:
@@ -258,30 +254,25 @@ class Report:
           f'skipped: {max(allotted, 0):.1f} s available (cap {cap_seconds:g}'
           f' s, {max(left, 0):.1f} s left of the budget), needs at least '
           f'{min_seconds:g} s'))
+    else:
       self.save()
-      return 'skipped'
-    self.save()
-    context = StageContext(entry, now + allotted, self.clock, self.save)
-    try:
-      fn(context)
-      entry.update(dict(status='partial', note=context.stopped)
-                   if context.stopped else dict(status='done'))
-    except Exception as e:  # pylint: disable=broad-except
-      # A bug in one stage must not cost the others their turn.
-      text = traceback.format_exc()
-      print(text, file=sys.stderr, flush=True)
-      entry.update(status='failed', error=_short(e), traceback=text)
-    entry['seconds'] = round(self.clock() - now, 3)
+      context = StageContext(entry, now + allotted, self.clock, self.save)
+      try:
+        fn(context)
+        entry.update(dict(status='partial', note=context.stopped)
+                     if context.stopped else dict(status='done'))
+      except Exception as e:  # pylint: disable=broad-except
+        # A bug in one stage must not cost the others their turn.
+        text = traceback.format_exc()
+        print(text, file=sys.stderr, flush=True)
+        entry.update(status='failed', error=_short(e), traceback=text)
+      entry['seconds'] = round(self.clock() - now, 3)
     self.save()
     return entry['status']
 
   def finish(self) -> None:
     self.doc['complete'] = True
     self.save()
-
-
-def _jsonable(value: Any) -> Any:
-  return value.item() if hasattr(value, 'item') else str(value)
 
 
 def compile_times(stages: Mapping[str, Mapping[str, Any]]
@@ -379,40 +370,20 @@ def format_markdown(doc: Mapping[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def with_square_image(config: ml_collections.ConfigDict,
-                      side: int) -> ml_collections.ConfigDict:
-  """A copy of `config` on side x side images (M = side^2 pixels)."""
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.data.image_shape = (side, side)
-    config.model.input.index_dims = (side, side)
-  return config
-
-
-def _with(config: ml_collections.ConfigDict, *,
-          batch_size: Optional[int] = None,
-          **encoder: Any) -> ml_collections.ConfigDict:
+def with_changes(config: ml_collections.ConfigDict, *,
+                 batch_size: Optional[int] = None, side: Optional[int] = None,
+                 **encoder: Any) -> ml_collections.ConfigDict:
+  """A copy of `config` with these `encoder` fields, and this batch size
+  and side x side images (M = side^2 pixels) where given."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     if batch_size is not None:
       config.train.batch_size = batch_size
+    if side is not None:
+      config.data.image_shape = (side, side)
+      config.model.input.index_dims = (side, side)
     config.model.encoder.update(encoder)
   return config
-
-
-def device_memory() -> dict[str, Any]:
-  """The device's memory limit, the allocator's settings and the
-  compilation cache (compile times are reads where it holds a program)."""
-  try:
-    stats = jax.local_devices()[0].memory_stats() or {}
-  except Exception:  # pylint: disable=broad-except
-    stats = {}  # Not every backend reports memory (CPU).
-  return dict(
-      device_memory_limit_bytes=stats.get('bytes_limit'),
-      compilation_cache_dir=jax.config.jax_compilation_cache_dir,
-      allocator_settings={k: v for k, v in os.environ.items() if k in (
-          'XLA_PYTHON_CLIENT_MEM_FRACTION', 'XLA_PYTHON_CLIENT_PREALLOCATE',
-          'XLA_PYTHON_CLIENT_ALLOCATOR', 'XLA_FLAGS', 'JAX_PLATFORMS')})
 
 
 def run_report(profile: Profile, config: ml_collections.ConfigDict,
@@ -426,8 +397,16 @@ def run_report(profile: Profile, config: ml_collections.ConfigDict,
                   reserve_seconds=profile.reserve_seconds, header=header,
                   start=start)
   rates = machine.matmul_rates()
+  # With the allocator's settings, and the compilation cache (compile
+  # times are reads where it holds a program).
   report.doc['environment'] = dict(
-      machine.environment(), **device_memory(), matmul_flops_per_sec=rates)
+      machine.environment(),
+      device_memory_limit_bytes=machine.memory_stats().get('bytes_limit'),
+      compilation_cache_dir=jax.config.jax_compilation_cache_dir,
+      allocator_settings={k: v for k, v in os.environ.items() if k in (
+          'XLA_PYTHON_CLIENT_MEM_FRACTION', 'XLA_PYTHON_CLIENT_PREALLOCATE',
+          'XLA_PYTHON_CLIENT_ALLOCATOR', 'XLA_FLAGS', 'JAX_PLATFORMS')},
+      matmul_flops_per_sec=rates)
   report.save()
   stages = report.stages
   one_each = jax.local_device_count()  # One example per device.
@@ -439,7 +418,7 @@ def run_report(profile: Profile, config: ml_collections.ConfigDict,
       top = stages['headline'].get('batch') or max(profile.batches)
       largest_batch(context, [b for b in profile.batches if b <= top],
                     lambda batch: steps.benchmark_train(
-                        _with(mode_config, batch_size=batch),
+                        with_changes(mode_config, batch_size=batch),
                         steps=profile.steps, warmup=profile.warmup,
                         rates=rates,
                         compiler_options=profile.compiler_options))
@@ -458,7 +437,7 @@ def run_report(profile: Profile, config: ml_collections.ConfigDict,
     def fits(side: int) -> Optional[bool]:
       result = context.attempt(
           f'side {side}', lambda: steps.benchmark_train(
-              with_square_image(_with(config, batch_size=one_each), side),
+              with_changes(config, batch_size=one_each, side=side),
               steps=1, warmup=0, count_flops=False,
               compiler_options=profile.compiler_options),
           side=side, batch=one_each, num_inputs=side * side)
@@ -498,8 +477,9 @@ def run_report(profile: Profile, config: ml_collections.ConfigDict,
       context.save(plot=PLOT_NAME)
 
   plan = dict(headline=throughput(config),
-              float32=throughput(_with(config, precision='float32')),
-              einsum=throughput(_with(config, attention_impl='einsum')),
+              float32=throughput(with_changes(config, precision='float32')),
+              einsum=throughput(with_changes(config,
+                                             attention_impl='einsum')),
               max_inputs=max_inputs, scaling=scaling)
   for name, stage in plan.items():
     report.run_stage(name, stage, cap_seconds=caps[name],

@@ -15,6 +15,7 @@ import os
 import time
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
+import haiku as hk
 import jax
 import ml_collections
 import numpy as np
@@ -22,6 +23,7 @@ import numpy as np
 from perceiver_jax.benchmarking import machine
 from perceiver_jax.benchmarking import summary
 from perceiver_jax.model import factory
+from perceiver_jax.model import inputs as model_inputs
 from perceiver_jax.train import loop
 from perceiver_jax.train import optim
 from perceiver_jax.train import parallel
@@ -45,15 +47,12 @@ def synthetic_batch(config: ml_collections.ConfigDict,
 
 def num_inputs_of(config: ml_collections.ConfigDict) -> int:
   """M: positions of the byte array (the adapter's output shape)."""
-  import haiku as hk  # pylint: disable=g-import-not-at-top
   input_config = config.model.copy_and_resolve_references().input
-  adapter = hk.transform(lambda b: factory.make_adapter(input_config)(
+  adapter = hk.transform(lambda b: model_inputs.make(input_config)(
       b, is_training=False)[0])
   batch = factory.example_batch(input_config, 1)
-  shape = jax.eval_shape(
-      lambda b: adapter.apply(adapter.init(jax.random.PRNGKey(0), b), None,
-                              b), batch).shape
-  return int(shape[1])
+  params = jax.eval_shape(adapter.init, jax.random.PRNGKey(0), batch)
+  return int(jax.eval_shape(adapter.apply, params, None, batch).shape[1])
 
 
 def _compile(jitted: Any, args: Sequence[Any],
@@ -117,20 +116,17 @@ def _time(compiled: Any, args: Sequence[Any], fields: Mapping[str, Any], *,
   times, outputs = machine.time_steps(compiled, args, steps=steps,
                                       warmup=warmup, carry_first=carry_first)
   batch_size = fields['batch_size']
-  result = dict(fields, steps=steps, warmup=warmup,
-                executed_flops_per_example=executed_flops_per_example(
-                    compiled, batch_size, num_devices))
-  if times is None:  # Compiled only.
-    result.update(dict.fromkeys((
-        'step_seconds', 'step_seconds_min', 'step_seconds_median',
-        'page_faults_per_step', 'steps_per_sec', 'examples_per_sec')))
-  else:
-    result.update(step_seconds=times['mean'], step_seconds_min=times['min'],
-                  step_seconds_median=times['median'],
-                  page_faults_per_step=times['page_faults'],
-                  steps_per_sec=1.0 / times['mean'],
-                  examples_per_sec=batch_size / times['mean'])
-  return result, outputs
+  # Compiled only (no times): every timing field None.
+  times = times or dict.fromkeys(('mean', 'min', 'median', 'page_faults'))
+  mean = times['mean']
+  return dict(fields, steps=steps, warmup=warmup,
+              executed_flops_per_example=executed_flops_per_example(
+                  compiled, batch_size, num_devices),
+              step_seconds=mean, step_seconds_min=times['min'],
+              step_seconds_median=times['median'],
+              page_faults_per_step=times['page_faults'],
+              steps_per_sec=mean and 1.0 / mean,
+              examples_per_sec=mean and batch_size / mean), outputs
 
 
 def benchmark_train(config: ml_collections.ConfigDict, *, steps: int = 5,
@@ -185,7 +181,7 @@ def _finish(result: dict[str, Any], config: ml_collections.ConfigDict,
   the environment."""
   env = machine.environment()
   devices = num_devices or env['num_devices']
-  memory, memory_kind = machine.peak_memory_bytes(jax.local_devices()[0])
+  memory, memory_kind = machine.peak_memory_bytes()
   encoder = config.model.encoder
   precision = encoder.get('precision', 'float32')
   rate = result['examples_per_sec']

@@ -20,13 +20,6 @@ from perceiver_jax.model import factory
 from perceiver_jax.model import schedule
 
 
-def _shape_summary(shapes: list[tuple[int, ...]]) -> str:
-  """'36x[1024,1024] 60x[1024]': distinct shapes, largest first."""
-  counts = collections.Counter(shapes)
-  ordered = sorted(counts, key=lambda s: (-math.prod(s), s))
-  return ' '.join(f'{counts[s]}x[{",".join(map(str, s))}]' for s in ordered)
-
-
 def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """`params`, `flops_per_example` (nominal), `..._with_kv_reuse`,
   `groups` (row -> (count, shapes)), `uses` (row -> schedule steps),
@@ -34,21 +27,20 @@ def summarize(config: ml_collections.ConfigDict) -> dict[str, Any]:
   num_classes = config.data.num_classes
   model_config = config.model.copy_and_resolve_references()
   with model_config.unlocked():
-    # The FLOPs are the model's, whatever its execution mode; and XLA's cost
-    # analysis counts the body of a scan once, not once per iteration.
-    model_config.encoder.scan_blocks = False
+    # The FLOPs are the model's, whatever its execution mode (XLA's cost
+    # analysis counts the body of a scan once); nominal: the paper's
+    # computation, K/V projected from the inputs.
+    model_config.encoder.update(scan_blocks=False,
+                                absorb_cross_attend_projections=False)
+    model_config.grid_parts = False
   batch_shapes = factory.example_batch(model_config.input, 1)
 
   flops = {}
-  params_shapes = None
   for reuse in (False, True):
     with model_config.unlocked():
       model_config.encoder.reuse_shared_keys_values = reuse
-      # Nominal: the paper's computation, K/V projected from the inputs.
-      model_config.encoder.absorb_cross_attend_projections = False
-      model_config.grid_parts = False
     model = factory.transform_classifier(model_config, num_classes)
-    if params_shapes is None:
+    if not reuse:
       # K/V reuse changes the computation, not the parameters.
       params_shapes = jax.eval_shape(
           functools.partial(model.init, is_training=False),
@@ -105,9 +97,14 @@ def format_table(summary: Mapping[str, Any]) -> str:
   total = summary['params']
   rows = [('module', 'uses', 'params', '%', 'arrays: shapes')]
   for row, (count, shapes) in summary['groups'].items():
-    uses = summary['uses'].get(row, 1)
-    rows.append((row, str(uses), f'{count:,}', f'{100 * count / total:.2f}',
-                 f'{len(shapes)}: {_shape_summary(shapes)}'))
+    # Distinct shapes, largest first: '36x[1024,1024] 60x[1024]'.
+    counts = collections.Counter(shapes)
+    shapes_text = ' '.join(
+        f'{counts[s]}x[{",".join(map(str, s))}]'
+        for s in sorted(counts, key=lambda s: (-math.prod(s), s)))
+    rows.append((row, str(summary['uses'].get(row, 1)), f'{count:,}',
+                 f'{100 * count / total:.2f}',
+                 f'{len(shapes)}: {shapes_text}'))
   rows.append(('total', '', f'{total:,}', '100.00', ''))
   widths = [max(len(r[i]) for r in rows) for i in range(4)]
   lines = []

@@ -29,14 +29,9 @@ def example_batch(input_config: Mapping[str, Any],
   """Batch key -> the shape and dtype of a batch that `input_config` reads
   (for `jax.eval_shape` and lowering without data)."""
   checks.positive_int(batch_size, 'batch_size')
-  return inputs.input_class(input_config).example_batch(input_config,
-                                                        batch_size)
-
-
-def make_adapter(input_config: Mapping[str, Any]) -> inputs.Input:
-  """The input type `input_config.type` names, built (inside a Haiku
-  transform)."""
-  return inputs.make(input_config)
+  shapes = inputs.input_class(input_config).entry_shapes(input_config)
+  return {key: jax.ShapeDtypeStruct((batch_size, *shape), jax.numpy.float32)
+          for key, shape in shapes.items()}
 
 
 def encoder_config(

@@ -41,22 +41,6 @@ def input_permutation(input_config: InputConfig) -> Optional[np.ndarray]:
   return pe.permutation(int(np.prod(input_config['index_dims'])), seed)
 
 
-def _checked_permutation(permutation: np.ndarray,
-                         index_dims: tuple[int, ...]) -> np.ndarray:
-  permutation = np.asarray(permutation)
-  num_positions = int(np.prod(index_dims))
-  # Integer indices only: floats would fail as indices, booleans act as a
-  # mask.
-  if (permutation.ndim != 1 or
-      not np.issubdtype(permutation.dtype, np.integer) or
-      sorted(permutation.tolist()) != list(range(num_positions))):
-    raise ValueError(
-        f'permutation must be a permutation of range({num_positions}) (the '
-        f'grid {index_dims}) as integers, got an array of shape '
-        f'{permutation.shape} and dtype {permutation.dtype}.')
-  return permutation
-
-
 class GridAdapter(hk.Module):
   """Maps `[B, *index_dims, C_raw]` to `[B, M, C_raw + position channels]`.
 
@@ -81,23 +65,32 @@ class GridAdapter(hk.Module):
     self._position_encoding = checks.one_of(
         position_encoding, 'position_encoding', POSITION_ENCODINGS)
     self._num_positions = int(np.prod(self._index_dims))
+    self._position_channels = (learned_position_channels if
+                               position_encoding == 'learned' else 0)
     if position_encoding == 'fourier':
       # Computed once on the host: a constant of the program.
       self._fourier = pe.fourier_grid_features(self._index_dims, num_bands,
                                                max_resolution)
+      self._position_channels = self._fourier.shape[-1]
     self._fourier_tables = None  # Split by `parts`, when first needed.
     self._learned_channels = learned_position_channels
     self._learned_init_scale = learned_position_init_scale
-    if permutation is not None:
-      permutation = _checked_permutation(permutation, self._index_dims)
     self._permutation = permutation
+    if permutation is not None:
+      permutation = self._permutation = np.asarray(permutation)
+      # Integer indices only: floats would fail as indices, booleans act as
+      # a mask.
+      if (permutation.ndim != 1 or
+          not np.issubdtype(permutation.dtype, np.integer) or
+          sorted(permutation.tolist()) != list(range(self._num_positions))):
+        raise ValueError(
+            f'permutation must be a permutation of range('
+            f'{self._num_positions}) (the grid {self._index_dims}) as '
+            f'integers, got an array of shape {permutation.shape} and dtype '
+            f'{permutation.dtype}.')
 
   def num_channels(self, raw_channels: int) -> int:
-    if self._position_encoding == 'fourier':
-      return raw_channels + self._fourier.shape[-1]
-    if self._position_encoding == 'learned':
-      return raw_channels + self._learned_channels
-    return raw_channels
+    return raw_channels + self._position_channels
 
   @property
   def has_parts(self) -> bool:
@@ -211,25 +204,16 @@ class MultimodalAdapter(hk.Module):
                name: Optional[str] = 'multimodal_adapter'):
     super().__init__(name=name)
     self._modalities = tuple(modalities)
-    if len(self._modalities) < 2 or len(set(self._modalities)) != len(
-        self._modalities):
-      raise ValueError(f'modalities must be at least two distinct names, '
-                       f'got {modalities!r}.')
     if num_modality_channels < 0:
       raise ValueError(f'num_modality_channels must be non-negative, got '
                        f'{num_modality_channels}.')
     self._num_modality_channels = int(num_modality_channels)
-    dropout_rates = dict(dropout_rates or {})
-    unknown = set(dropout_rates) - set(self._modalities)
-    if unknown:
-      raise ValueError(f'dropout_rates names {sorted(unknown)}, which are '
-                       f'not among the modalities {self._modalities}.')
-    for modality, rate in dropout_rates.items():
+    self._dropout_rates = {m: float((dropout_rates or {}).get(m, 0.0))
+                           for m in self._modalities}
+    for modality, rate in self._dropout_rates.items():
       if not 0.0 <= rate < 1.0:
         raise ValueError(f'Dropout rate of {modality!r} must be in [0, 1), '
                          f'got {rate}.')
-    self._dropout_rates = {m: float(dropout_rates.get(m, 0.0))
-                           for m in self._modalities}
 
   def num_channels(self, channels: dict[str, int]) -> int:
     return max(channels[m] for m in self._modalities) + (
@@ -294,8 +278,8 @@ class Conv1x1LearnedAdapter(hk.Module):
     self._projected_channels = checks.positive_int(projected_channels,
                                                    'projected_channels')
 
-  @property
-  def num_channels(self) -> int:
+  def num_channels(self, raw_channels: int) -> int:
+    del raw_channels  # The convolution sets the width.
     return self._out_channels + self._projected_channels
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -339,8 +323,8 @@ class ConvStemAdapter(hk.Module):
     self._out_channels = checks.positive_int(out_channels, 'out_channels')
     self._fourier = pe.fourier_grid_features(grid, num_bands, max_resolution)
 
-  @property
-  def num_channels(self) -> int:
+  def num_channels(self, raw_channels: int) -> int:
+    del raw_channels  # The convolution sets the width.
     return self._out_channels + self._fourier.shape[-1]
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -387,16 +371,15 @@ def _position_kwargs(input_config: InputConfig) -> dict[str, Any]:
           'learned_position_init_scale', 1.0))
 
 
-def _dims(input_config: InputConfig, field: str = 'index_dims'
-          ) -> tuple[int, ...]:
-  return tuple(int(n) for n in input_config[field])
+def _dims(input_config: InputConfig) -> tuple[int, ...]:
+  return tuple(int(n) for n in input_config['index_dims'])
 
 
 class Input:
   """An input type: sets `adapter` in `__init__`, gives `entry_shapes`."""
 
   adapter: Any
-  raw_channels: Optional[int] = None  # What the adapter's C is a function of.
+  adds_channel_axis = False  # The entry has no channel axis: one is added.
 
   def __init__(self, input_config: InputConfig):
     self._shapes = self.entry_shapes(input_config)
@@ -407,23 +390,18 @@ class Input:
     """Batch key -> the entry's shape without the batch axis."""
     raise NotImplementedError
 
-  @classmethod
-  def example_batch(cls, input_config: InputConfig, batch_size: int
-                    ) -> dict[str, jax.ShapeDtypeStruct]:
-    return {key: jax.ShapeDtypeStruct((batch_size, *shape), jnp.float32)
-            for key, shape in cls.entry_shapes(input_config).items()}
-
   @property
   def num_channels(self) -> int:
     """C, the byte array's channels."""
-    if self.raw_channels is None:
-      return self.adapter.num_channels
-    return self.adapter.num_channels(self.raw_channels)
+    (shape,) = self._shapes.values()
+    return self.adapter.num_channels(
+        1 if self.adds_channel_axis else shape[-1])
 
   def entry(self, batch: Batch) -> jax.Array:
     """The one entry read, its shape checked."""
     (key, shape), = self._shapes.items()
-    return check_shape(batch, key, shape)
+    x = check_shape(batch, key, shape)
+    return x[..., None] if self.adds_channel_axis else x
 
   def parts(self, batch: Batch) -> Optional[grid_byte_array.GridByteArray]:
     """The byte array in parts (no mask), or None where it has none."""
@@ -461,8 +439,6 @@ class GridInput(_ImageInput):
     self.adapter = GridAdapter(
         _dims(input_config), permutation=input_permutation(input_config),
         name=name, **_position_kwargs(input_config))
-    if self.raw_channels is None:
-      self.raw_channels = self.image_shape[-1]
 
   def parts(self, batch: Batch) -> Optional[grid_byte_array.GridByteArray]:
     return self.adapter.parts(self.entry(batch)) if (
@@ -474,13 +450,10 @@ class MelInput(GridInput):
   with 2D position features. Fields: `key` ('mel'), `index_dims` ((96, 50)),
   position fields as for 'grid'. C = 1 + 2 (2K + 1)."""
 
-  raw_channels = 1
+  adds_channel_axis = True
 
   def __init__(self, input_config: InputConfig):
     super().__init__(input_config, name='mel_grid')
-
-  def entry(self, batch: Batch) -> jax.Array:
-    return super().entry(batch)[..., None]  # [B, frames, bins, 1]
 
   @classmethod
   def entry_shapes(cls, input_config: InputConfig):
@@ -493,7 +466,7 @@ class RawAudioInput(Input):
   (128: 480 tokens), position fields as for 'grid' (mu defaults to the
   number of patches). C = samples_per_patch + 2K + 1."""
 
-  raw_channels = 1
+  adds_channel_axis = True
 
   def __init__(self, input_config: InputConfig):
     super().__init__(input_config)
@@ -501,9 +474,6 @@ class RawAudioInput(Input):
         (int(input_config['num_samples']),),
         (int(input_config.get('samples_per_patch', 128)),),
         name='audio_patches', **_position_kwargs(input_config))
-
-  def entry(self, batch: Batch) -> jax.Array:
-    return super().entry(batch)[..., None]  # [B, num_samples, 1]
 
   @classmethod
   def entry_shapes(cls, input_config: InputConfig):
@@ -516,8 +486,6 @@ class VideoInput(Input):
   `key` ('video'), `index_dims` (T, H, W), `patch_shape` ((2, 8, 8)),
   position fields as for 'grid' (3D, of the patch grid).
   C = prod(patch_shape) * 3 + 3 (2K + 1)."""
-
-  raw_channels = 3
 
   def __init__(self, input_config: InputConfig):
     super().__init__(input_config)

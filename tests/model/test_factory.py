@@ -105,7 +105,7 @@ def test_unknown_adapter_type_raises():
   config = digits.get_config('runlocal')
   config.model.input.type = 'mesh'
   with pytest.raises(ValueError, match=r"input.type.*'grid'.*'mesh'"):
-    factory.make_adapter(config.model.input)
+    model_inputs.make(config.model.input)
   # The classifier is refused when it is built, before any tracing.
   with pytest.raises(ValueError, match="'mesh'"):
     factory.transform_classifier(config.model, 10)

@@ -213,9 +213,9 @@ VIDEO = dict(type='video', key='video', index_dims=(32, 224, 224),
 
 def _adapter_fn(input_config):
   def fn(batch, is_training):
-    adapter = factory.make_adapter(input_config)
-    inputs, mask = adapter(batch, is_training=is_training)
-    return inputs, mask, adapter.num_channels
+    adapter = inputs.make(input_config)
+    byte_array, mask = adapter(batch, is_training=is_training)
+    return byte_array, mask, adapter.num_channels
   return hk.transform(fn)
 
 
@@ -394,7 +394,7 @@ def test_dropped_video_does_not_reach_the_logits():
       shapes)
 
   def mask_fn(b):
-    return factory.make_adapter(model.input)(b, is_training=True)[1]
+    return inputs.make(model.input)(b, is_training=True)[1]
 
   @jax.jit
   def logits_and_mask(b):
