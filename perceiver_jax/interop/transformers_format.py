@@ -112,15 +112,12 @@ def _norm(theirs: str, ours: str) -> dict[str, Tensor]:
 
 def _layer(theirs: str, ours: str, *, cross: bool) -> dict[str, Tensor]:
   """One `PerceiverLayer` against one of our blocks."""
+  norms = ({'layernorm1': 'query_norm', 'layernorm2': 'input_norm'} if cross
+           else {'layernorm1': 'attention_norm'})
   names = {}
-  if cross:
-    names.update(_norm(f'{theirs}.attention.self.layernorm1',
-                       f'{ours}/query_norm'))
-    names.update(_norm(f'{theirs}.attention.self.layernorm2',
-                       f'{ours}/input_norm'))
-  else:
-    names.update(_norm(f'{theirs}.attention.self.layernorm1',
-                       f'{ours}/attention_norm'))
+  for their_norm, our_norm in norms.items():
+    names.update(_norm(f'{theirs}.attention.self.{their_norm}',
+                       f'{ours}/{our_norm}'))
   for projection in ('query', 'key', 'value'):
     names.update(_linear(f'{theirs}.attention.self.{projection}',
                          f'{ours}/attention/{projection}'))
@@ -321,13 +318,8 @@ def from_params(params: Mapping[str, Mapping[str, Any]],
 
 def count(tree: Mapping[str, Any]) -> int:
   """Number of values in a flat name -> array dict or nested params."""
-  total = 0
-  for value in tree.values():
-    if isinstance(value, Mapping):
-      total += count(value)
-    else:
-      total += int(np.prod(np.shape(value)))
-  return total
+  return sum(count(value) if isinstance(value, Mapping) else int(np.size(value))
+             for value in tree.values())
 
 
 # Our input type -> the transformers classifier that reads it.
