@@ -68,16 +68,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       threadpool_size=0,
   ))
 
-  if args.get('model') == 'paper':
-    config.model = imagenet_config.get_config().model
-  else:
-    config.model = common.small_model()
+  paper = args.get('model') == 'paper'
+  config.model = (imagenet_config.get_config().model if paper else
+                  common.small_model())
   config.model.input = common.grid_input(
       key='image', index_dims=config.data.get_ref('image_shape'),
-      raw_channels=config.data.get_ref('channels'), num_bands=16,
-      max_resolution=None)
-  if args.get('model') == 'paper':
-    config.model.input.num_bands = 64
+      raw_channels=config.data.get_ref('channels'),
+      num_bands=64 if paper else 16, max_resolution=None)
 
   config.train.batch_size = 64
   config.train.num_epochs = 30.0

@@ -83,10 +83,9 @@ def predict(workdir: str, paths: list[str], top: int = 5):
       continue
     batch = {'image': image[None]}
     if params is None:
-      target = jax.tree.map(np.asarray, run.fresh_state({'image':
-                                                         image[None, None]}))
-      restored = run.checkpointer.restore_newest(target, set_aside=False)
-      params = restored.state.params
+      target = run.host_target({'image': image[None, None]})
+      params = run.checkpointer.restore_newest(
+          target, set_aside=False).state.params
       apply = jax.jit(lambda p, b: jax.nn.softmax(
           run.forward.apply(p, None, b, is_training=False)))
     probs = np.asarray(apply(params, batch))[0]

@@ -24,16 +24,18 @@ ARCHITECTURES = {
     'PerceiverForImageClassificationConvProcessing': 'conv_stem',
     'PerceiverModel': None,
 }
-# The preprocessors' fixed settings in transformers' classifier classes.
-_FOURIER_MAX_RESOLUTION = {'grid': (224, 224), 'conv_stem': (56, 56)}
-_NUM_BANDS = 64
-_LEARNED_CHANNELS = 256
-_CONV_CHANNELS = 64
 # transformers' `hidden_act` -> our `mlp_activation`.
 _ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh',
                 'gelu_pytorch_tanh': 'gelu_tanh'}
-# Their `PerceiverModel` classes' prefix inside a classifier.
-_PREFIX = 'perceiver.'
+# `PerceiverConfig`'s integer fields -> our `EncoderConfig`'s.
+_INT_FIELDS = {
+    'num_blocks': 'num_blocks',
+    'num_self_attends_per_block': 'num_self_attends_per_block',
+    'num_latents': 'num_latents', 'd_latents': 'num_latent_channels',
+    'num_cross_attention_heads': 'num_cross_heads',
+    'num_self_attention_heads': 'num_self_heads',
+    'cross_attention_widening_factor': 'cross_attend_widening_factor',
+    'self_attention_widening_factor': 'self_attend_widening_factor'}
 # Buffers that carry no value we need (a counter of BatchNorm updates).
 IGNORED_SUFFIXES = ('num_batches_tracked',)
 
@@ -150,7 +152,8 @@ def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
   """transformers tensor name -> where it goes among our parameters."""
   architecture = architecture_of(hf_config)
   input_type = ARCHITECTURES[architecture]
-  prefix = '' if input_type is None else _PREFIX
+  # A classifier holds its `PerceiverModel` as `perceiver`.
+  prefix = '' if input_type is None else 'perceiver.'
   names = {f'{prefix}embeddings.latents': Tensor('perceiver', 'latents')}
   names.update(_layer(f'{prefix}encoder.cross_attention',
                       'perceiver/cross_attend_0', cross=True))
@@ -206,28 +209,17 @@ def model_config(hf_config: Mapping[str, Any], *,
         "only cross_attention_shape_for_attention='kv' is supported, got "
         f"{hf_config.get('cross_attention_shape_for_attention')!r}.")
   try:
-    encoder = dict(
-        num_blocks=int(hf_config['num_blocks']),
-        num_self_attends_per_block=int(
-            hf_config['num_self_attends_per_block']),
-        num_cross_attends=1,
-        cross_attend_placement='start',
-        share_weights=True,
-        num_latents=int(hf_config['num_latents']),
-        num_latent_channels=int(hf_config['d_latents']),
-        num_cross_heads=int(hf_config['num_cross_attention_heads']),
-        num_self_heads=int(hf_config['num_self_attention_heads']),
-        widening_factor=int(hf_config['self_attention_widening_factor']),
-        cross_attend_widening_factor=int(
-            hf_config['cross_attention_widening_factor']),
-        self_attend_widening_factor=int(
-            hf_config['self_attention_widening_factor']),
+    encoder = {ours: int(hf_config[theirs])
+               for theirs, ours in _INT_FIELDS.items()}
+    encoder.update(
+        num_cross_attends=1, cross_attend_placement='start',
+        share_weights=True, dropout=0.0,
+        widening_factor=encoder['self_attend_widening_factor'],
         qk_channels=hf_config.get('qk_channels'),
         v_channels=hf_config.get('v_channels'),
         mlp_activation=_ACTIVATIONS[activation],
         cross_attend_query_residual=bool(
-            hf_config.get('use_query_residual', True)),
-        dropout=0.0)
+            hf_config.get('use_query_residual', True)))
   except KeyError as e:
     raise CheckpointError(f'config.json has no {e} field, which '
                           f'{architecture} needs.') from None
@@ -247,16 +239,16 @@ def model_config(hf_config: Mapping[str, Any], *,
   model['input'] = dict(type=input_type, key='image',
                         index_dims=tuple(int(n) for n in image_size),
                         raw_channels=3)
+  # The preprocessor settings that transformers' classifier classes fix.
   if input_type == 'grid':
-    model['input'].update(position_encoding='fourier', num_bands=_NUM_BANDS,
-                          max_resolution=_FOURIER_MAX_RESOLUTION['grid'])
+    model['input'].update(position_encoding='fourier', num_bands=64,
+                          max_resolution=(224, 224))
   elif input_type == 'conv_stem':
-    model['input'].update(out_channels=_CONV_CHANNELS, num_bands=_NUM_BANDS,
-                          max_resolution=_FOURIER_MAX_RESOLUTION['conv_stem'])
+    model['input'].update(out_channels=64, num_bands=64,
+                          max_resolution=(56, 56))
   else:
-    model['input'].update(out_channels=_LEARNED_CHANNELS,
-                          position_channels=_LEARNED_CHANNELS,
-                          projected_channels=_LEARNED_CHANNELS)
+    model['input'].update(out_channels=256, position_channels=256,
+                          projected_channels=256)
   return model
 
 
@@ -349,7 +341,7 @@ def _architecture_values(model: Mapping[str, Any]) -> dict[str, Any]:
     if key != 'query_num_bands':  # Only Fourier queries read it.
       values[f'decoder.{key}'] = value
   for key, value in dict(model.get('input') or {}).items():
-    if key in ('permutation_seed',) and value is None:
+    if key == 'permutation_seed' and value is None:
       continue
     if key in ('index_dims', 'max_resolution') and value is not None:
       value = tuple(int(n) for n in value)
@@ -375,21 +367,13 @@ def transformers_config(model: Mapping[str, Any],
         "counterpart; only head='perceiver_io' models export.")
   values = _architecture_values(model)
   index_dims = values.get('input.index_dims') or (224, 224)
-  hf_config = {
+  hf_config = {theirs: values[ours] for theirs, ours in _INT_FIELDS.items()}
+  hf_config.update({
       'model_type': 'perceiver',
       'architectures': [_CLASS_OF_INPUT[input_type]],
-      'num_latents': values['num_latents'],
-      'd_latents': values['num_latent_channels'],
-      'num_blocks': values['num_blocks'],
-      'num_self_attends_per_block': values['num_self_attends_per_block'],
-      'num_self_attention_heads': values['num_self_heads'],
-      'num_cross_attention_heads': values['num_cross_heads'],
       'qk_channels': values['qk_channels'],
       'v_channels': values['v_channels'],
       'cross_attention_shape_for_attention': 'kv',
-      'self_attention_widening_factor': values['self_attend_widening_factor'],
-      'cross_attention_widening_factor': values[
-          'cross_attend_widening_factor'],
       'hidden_act': _HIDDEN_ACT[values['mlp_activation']],
       'use_query_residual': values['cross_attend_query_residual'],
       'attention_probs_dropout_prob': 0.0,
@@ -397,7 +381,7 @@ def transformers_config(model: Mapping[str, Any],
       'num_labels': int(num_classes),
       'id2label': {str(i): f'LABEL_{i}' for i in range(int(num_classes))},
       'label2id': {f'LABEL_{i}': i for i in range(int(num_classes))},
-  }
+  })
   back = _architecture_values(model_config(hf_config,
                                            image_size=tuple(index_dims)))
   for key, value in values.items():

@@ -168,32 +168,19 @@ def export_checkpoint(workdir: str, target: str,
                                               num_classes)
   except tf_format.CheckpointError as e:
     raise ExportFailure(str(e)) from None
-  fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),
-                       finetune.abstract_state(config.model, num_classes,
-                                               config.optimizer))
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), read_only=True)
-  try:
-    if step is None:
-      # Read-only: a damaged newest checkpoint is skipped, not moved.
-      restored = checkpointer.restore_newest(fresh, set_aside=False)
-      state, step = restored.state, restored.step
-      if state is None:
-        raise ExportFailure(f'no checkpoint in {checkpointer.directory}.')
-      if restored.skipped:
-        damaged, reason = restored.skipped[0]
-        raise ExportFailure(
-            f'checkpoint {checkpointer.directory}/{damaged} is damaged '
-            f'({reason}); the newest intact one is step {step}: pass '
-            f'--step={step} to export that one.')
-    else:
-      state = checkpointer.restore(fresh, step)
-  finally:
-    checkpointer.close()
-  try:
-    tensors = tf_format.from_params(state.params, hf_config)
-  except tf_format.CheckpointError as e:
-    raise ExportFailure(str(e)) from None
+  directory = os.path.join(workdir, 'checkpoints')
+  restored = finetune.read_checkpoint(
+      directory, finetune.abstract_state(config.model, num_classes,
+                                         config.optimizer), step)
+  state, step = restored.state, restored.step
+  if state is None:
+    raise ExportFailure(f'no checkpoint in {directory}.')
+  if restored.skipped:  # No silent fall-back to an older step.
+    damaged, reason = restored.skipped[0]
+    raise ExportFailure(
+        f'checkpoint {directory}/{damaged} is damaged ({reason}); the newest '
+        f'intact one is step {step}: pass --step={step} to export that one.')
+  tensors = tf_format.from_params(state.params, hf_config)
 
   def build(scratch: str) -> None:
     with open(os.path.join(scratch, 'config.json'), 'w') as f:

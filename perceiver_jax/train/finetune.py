@@ -67,6 +67,21 @@ def abstract_state(model: Any, num_classes: int, optimizer_config: Any
       lambda: loop.initial_state(forward, optimizer, example, 0))
 
 
+def read_checkpoint(directory: str, abstract: Any, step: Optional[int]
+                    ) -> checkpoint_lib.Restored:
+  """The checkpoint of `step`, else the newest intact one, shaped as
+  `abstract`; read-only, so a damaged newer one is listed, not moved."""
+  target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+  checkpointer = checkpoint_lib.Checkpointer(directory, read_only=True)
+  try:
+    if step is None:
+      return checkpointer.restore_newest(target, set_aside=False)
+    return checkpoint_lib.Restored(checkpointer.restore(target, step), step,
+                                   [])
+  finally:
+    checkpointer.close()
+
+
 def _shapes(params: Any) -> dict[str, tuple[int, ...]]:
   return {f'{module}/{name}': tuple(value.shape)
           for module, values in params.items()
@@ -149,19 +164,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str
         f'parameter {name} has {has(theirs)} there and {has(ours)} here.'
         + _hint(theirs.get(name, ()), source.model, model))
 
-  checkpointer = checkpoint_lib.Checkpointer(checkpoint_dir, read_only=True)
-  try:
-    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), stored)
-    if step is None:
-      restored = checkpointer.restore_newest(target, set_aside=False)
-      if restored.state is None:
-        raise FinetuneError(f'config.init_from={init_from}: no checkpoint in '
-                            f'{checkpoint_dir}.')
-      state, step = restored.state, restored.step
-    else:
-      state = checkpointer.restore(target, step)
-  finally:
-    checkpointer.close()
+  restored = read_checkpoint(checkpoint_dir, stored, step)
+  if restored.state is None:
+    raise FinetuneError(f'config.init_from={init_from}: no checkpoint in '
+                        f'{checkpoint_dir}.')
+  state, step = restored.state, restored.step
   params = {module: values for module, values in state.params.items()
             if not (changed and is_head(module))}
   groups = sorted({module.split('/')[0] for module in params})

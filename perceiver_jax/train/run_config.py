@@ -91,9 +91,8 @@ def check_relaunch(workdir: str,
   refused = [change for change in changes if not _may_change(change[0])]
   if refused:
     field, old, value = refused[0]
-    more = (f' (and {len(refused) - 1} more field(s): '
-            f'{", ".join(c[0] for c in refused[1:])})' if len(refused) > 1
-            else '')
+    others = ', '.join(c[0] for c in refused[1:])
+    more = f' (and {len(refused) - 1} more field(s): {others})' if others else ''
     raise ValueError(
         f'config.{field} is {json.dumps(old)} in {path(workdir)} but '
         f'{json.dumps(value)} in this launch{more}: a relaunch of an existing '
@@ -127,17 +126,6 @@ def keep_history(workdir: str) -> Optional[str]:
   return target
 
 
-# The encoder fields that older runs kept directly in `config.model` (now in
-# `config.model.encoder`).
-_FLAT_ENCODER_FIELDS = (
-    'num_blocks', 'num_self_attends_per_block', 'num_cross_attends',
-    'cross_attend_placement', 'share_weights', 'num_latents',
-    'num_latent_channels', 'num_cross_heads', 'num_self_heads',
-    'widening_factor', 'dropout', 'attention_impl',
-    'reuse_shared_keys_values', 'absorb_cross_attend_projections',
-    'scan_blocks', 'precision', 'remat')
-
-
 def upgrade(config: dict[str, Any]) -> dict[str, Any]:
   """An older run's config in today's layout: encoder fields move into
   `model.encoder` and the fields added since take the defaults the old code
@@ -147,7 +135,9 @@ def upgrade(config: dict[str, Any]) -> dict[str, Any]:
   if not isinstance(model, dict):
     return config
   if 'encoder' not in model:
-    flat = [name for name in _FLAT_ENCODER_FIELDS if name in model]
+    # Older runs kept the encoder's fields directly in `config.model`.
+    flat = [field.name for field in dataclasses.fields(
+        encoder_config.EncoderConfig) if field.name in model]
     if not flat:
       return config
     encoder = {name: model[name] for name in flat}
