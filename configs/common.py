@@ -27,8 +27,7 @@ def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
   options = dict(options or {})
   parsed: dict[str, Any] = {flag: False for flag in flags}
   for item in filter(None, (arg or '').split(',')):
-    name, sep, value = item.partition('=')
-    name = name.strip()
+    name, sep, value = (part.strip() for part in item.partition('='))
     if not sep:
       if name not in flags:
         raise ValueError(f'Unknown config flag {name!r}; known flags: '
@@ -38,7 +37,6 @@ def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
     if name not in options:
       raise ValueError(f'Unknown config option {name!r}; known options: '
                        f'{sorted(options)}.')
-    value = value.strip()
     if options[name] is not None and value not in tuple(options[name]):
       raise ValueError(f'Unknown {name} {value!r}; choose one of '
                        f'{list(options[name])}.')

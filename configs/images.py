@@ -15,15 +15,11 @@ Arguments (`--config=configs/images.py:ARG,...`):
   model=small   a CPU-sized Perceiver (default): 28x28 to 64x64 images train
                 in minutes on 2 CPU cores.
   model=paper   the paper's ImageNet architecture (configs/imagenet.py).
-  finetune      the fine-tuning recipe, for `--config.init_from=RUN`:
-                AdamW at 3e-4 with 100 warm-up steps, cosine decay over 10
-                epochs.
+  finetune      the fine-tuning recipe (AdamW at 3e-4, 100 warm-up steps,
+                cosine decay over 10 epochs) for `--config.init_from=RUN`
+                (perceiver_jax/train/finetune.py); with
+                `--config.finetune.freeze_encoder=True`, a linear probe.
   runlocal      seconds on a CPU; `mock` reads TFDS mock data.
-
-Fine-tuning (`perceiver_jax.train.finetune`): `--config.init_from=RUN` (a
-run directory, or its `checkpoints/<step>`) starts from that run's model and
-parameters, re-initialising a head of another class count;
-`--config.finetune.freeze_encoder=True` trains the head only (linear probe).
 """
 
 import ml_collections

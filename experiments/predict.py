@@ -27,11 +27,10 @@ _JSON = flags.DEFINE_bool('json', False, 'One JSON line per image.')
 _TOP = flags.DEFINE_integer('top', 5, 'Classes to print per image.',
                             lower_bound=1)
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.gif', '.bmp')
-
 
 def image_files(paths: list[str]) -> list[str]:
   """`paths`, with each folder replaced by its image files (sorted)."""
+  from perceiver_jax.data import images  # pylint: disable=g-import-not-at-top
   files = []
   for path in paths:
     if not os.path.isdir(path):
@@ -39,7 +38,7 @@ def image_files(paths: list[str]) -> list[str]:
       continue
     for folder, _, names in sorted(os.walk(path)):
       files += [os.path.join(folder, n) for n in sorted(names)
-                if n.lower().endswith(IMAGE_SUFFIXES)]
+                if n.lower().endswith(images.IMAGE_SUFFIXES)]
   return files
 
 

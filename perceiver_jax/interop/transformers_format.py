@@ -52,24 +52,16 @@ _RELEASED_COMMON = dict(
     hidden_act='gelu', use_query_residual=True, num_labels=1000,
     image_size=224)
 RELEASED_CONFIGS = {
-    'deepmind/vision-perceiver-fourier': dict(
-        _RELEASED_COMMON, d_model=261,
-        architectures=['PerceiverForImageClassificationFourier']),
-    'deepmind/vision-perceiver-learned': dict(
-        _RELEASED_COMMON, d_model=512,
-        architectures=['PerceiverForImageClassificationLearned']),
-    'deepmind/vision-perceiver-conv': dict(
-        _RELEASED_COMMON, d_model=322,
-        architectures=['PerceiverForImageClassificationConvProcessing']),
-}
+    f'deepmind/vision-perceiver-{name}': dict(
+        _RELEASED_COMMON, d_model=d_model, architectures=[architecture])
+    for name, d_model, architecture in (
+        ('fourier', 261, 'PerceiverForImageClassificationFourier'),
+        ('learned', 512, 'PerceiverForImageClassificationLearned'),
+        ('conv', 322, 'PerceiverForImageClassificationConvProcessing'))}
 
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot become our parameters (or the reverse)."""
-
-
-def _same(x):
-  return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,32 +70,19 @@ class Tensor:
   `name`), and how its array maps to ours and back."""
   module: str
   name: str
-  to_ours: Callable[[np.ndarray], np.ndarray] = _same
-  to_theirs: Callable[[np.ndarray], np.ndarray] = _same
+  to_ours: Callable[[np.ndarray], np.ndarray] = np.asarray
+  to_theirs: Callable[[np.ndarray], np.ndarray] = np.asarray
 
 
-def _transpose(x):
-  return np.ascontiguousarray(x.T)
-
-
-def _conv_to_ours(x):  # [out, in, h, w] -> [h, w, in, out]
-  return np.ascontiguousarray(x.transpose(2, 3, 1, 0))
-
-
-def _conv_to_theirs(x):  # [h, w, in, out] -> [out, in, h, w]
-  return np.ascontiguousarray(x.transpose(3, 2, 0, 1))
-
-
-def _conv1x1_to_ours(x):  # [out, in, 1, 1] -> [in, out]
-  return np.ascontiguousarray(x[:, :, 0, 0].T)
-
-
-def _conv1x1_to_theirs(x):  # [in, out] -> [out, in, 1, 1]
-  return np.ascontiguousarray(x.T[:, :, None, None])
+# Torch's layouts -> ours, and back (see the module docstring); a 1x1 kernel
+# [out, in, 1, 1] is our Linear's [in, out].
+_LINEAR = (np.transpose, np.transpose)
+_CONV = (lambda x: x.transpose(2, 3, 1, 0), lambda x: x.transpose(3, 2, 0, 1))
+_CONV1X1 = (lambda x: x[:, :, 0, 0].T, lambda x: x.T[:, :, None, None])
 
 
 def _linear(theirs: str, ours: str) -> dict[str, Tensor]:
-  return {f'{theirs}.weight': Tensor(ours, 'w', _transpose, _transpose),
+  return {f'{theirs}.weight': Tensor(ours, 'w', *_LINEAR),
           f'{theirs}.bias': Tensor(ours, 'b')}
 
 
@@ -173,8 +152,8 @@ def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
   pre = f'{prefix}input_preprocessor'
   if input_type == 'conv1x1_learned':
     ours = 'conv1x1_learned_adapter'
-    names[f'{pre}.convnet_1x1.weight'] = Tensor(
-        f'{ours}/conv1x1', 'w', _conv1x1_to_ours, _conv1x1_to_theirs)
+    names[f'{pre}.convnet_1x1.weight'] = Tensor(f'{ours}/conv1x1', 'w',
+                                                *_CONV1X1)
     names[f'{pre}.convnet_1x1.bias'] = Tensor(f'{ours}/conv1x1', 'b')
     names[f'{pre}.position_embeddings.position_embeddings'] = Tensor(
         f'{ours}/positions', 'pos_embs')
@@ -182,8 +161,7 @@ def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
                          f'{ours}/position_projection'))
   elif input_type == 'conv_stem':
     ours = 'conv_stem_adapter'
-    names[f'{pre}.convnet.conv.weight'] = Tensor(
-        f'{ours}/conv', 'w', _conv_to_ours, _conv_to_theirs)
+    names[f'{pre}.convnet.conv.weight'] = Tensor(f'{ours}/conv', 'w', *_CONV)
     for theirs, mine in (('weight', 'scale'), ('bias', 'offset'),
                          ('running_mean', 'mean'), ('running_var', 'var')):
       names[f'{pre}.convnet.batchnorm.{theirs}'] = Tensor(
@@ -272,7 +250,8 @@ def to_params(state: Mapping[str, np.ndarray],
     if where.name not in expected.get(where.module, {}):
       raise CheckpointError(f'tensor {key!r} maps to {where.module}/'
                             f'{where.name}, which the model does not have.')
-    value = where.to_ours(np.asarray(state[key], np.float32))
+    value = np.ascontiguousarray(
+        where.to_ours(np.asarray(state[key], np.float32)))
     shape = tuple(expected[where.module][where.name].shape)
     if value.shape != shape:
       raise CheckpointError(
@@ -280,14 +259,13 @@ def to_params(state: Mapping[str, np.ndarray],
           f'{where.module}/{where.name} that is {value.shape}, but the model '
           f'built from config.json needs {shape}.')
     params.setdefault(where.module, {})[where.name] = value
+  theirs = {(t.module, t.name): key for key, t in names.items()}
   for module in sorted(expected):
     for name in sorted(expected[module]):
       if name not in params.get(module, {}):
-        theirs = [k for k, v in names.items()
-                  if (v.module, v.name) == (module, name)]
         raise CheckpointError(
             f'the checkpoint has no tensor for {module}/{name} (expected '
-            f'{theirs[0] if theirs else "none known"!r}).')
+            f'{theirs.get((module, name), "none known")!r}).')
   return params
 
 
@@ -303,8 +281,8 @@ def from_params(params: Mapping[str, Mapping[str, Any]],
         raise CheckpointError(f'parameter {module}/{name} has no place in '
                               'a transformers Perceiver.')
       key, where = by_ours[(module, name)]
-      state[key] = where.to_theirs(np.asarray(params[module][name],
-                                              np.float32))
+      state[key] = np.ascontiguousarray(
+          where.to_theirs(np.asarray(params[module][name], np.float32)))
   return state
 
 

@@ -123,7 +123,6 @@ def import_checkpoint(source: str, workdir: str,
                                     for i in range(num_classes))
   theirs = sum(int(np.prod(v.shape)) for k, v in state.items()
                if not k.endswith(tf_format.IGNORED_SUFFIXES))
-  ours = tf_format.count(params)
   optimizer = optim.make_optimizer(config.optimizer, lambda step: 0.0)
   train_state = jax.tree.map(np.asarray, loop.TrainState(
       params=params, opt_state=optimizer.init(params),
@@ -140,8 +139,8 @@ def import_checkpoint(source: str, workdir: str,
   # All or nothing: a failed save leaves no run without its checkpoint.
   writers.build_directory(workdir, build)
   return (f'{architecture}: transformers {theirs:,} values in '
-          f'{len(state)} tensors; perceiver_jax {ours:,} parameters; '
-          f'written to {workdir}')
+          f'{len(state)} tensors; perceiver_jax {tf_format.count(params):,} '
+          f'parameters; written to {workdir}')
 
 
 class ExportFailure(cli.UsageError):

@@ -108,13 +108,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str
   """Sets `config.model` from `config.init_from` and reads its parameters.
 
   Call before anything is written to `workdir`. Returns None without
-  `init_from`, or when `workdir` holds a checkpoint (a resumption: the
-  model is then the run's own, from its `config.json`).
-
-  Raises:
-    FinetuneError: `init_from` is not a run, or a parameter other than the
-      head's differs in shape (named with both shapes).
-    OSError, ValueError: its checkpoint cannot be read.
+  `init_from`, or when `workdir` holds a checkpoint (a resumption keeps the
+  run's own model). FinetuneError: `init_from` is not a run, or a parameter
+  other than the head's differs in shape.
   """
   init_from = config.get('init_from')
   if not init_from:

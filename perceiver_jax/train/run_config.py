@@ -20,9 +20,8 @@ from perceiver_jax.train import writers
 FILE_NAME = 'config.json'
 HISTORY_DIR = 'config_history'
 
-# Fields a relaunch of an existing run may change (see the module docstring):
-# its length and cadence, and knobs that change neither the parameters nor
-# the numbers trained (memory, speed, the evaluation's batching).
+# Fields a relaunch may change: length, cadence, and knobs that change neither
+# the parameters nor the numbers trained (memory, speed, evaluation batching).
 RELAUNCH_MAY_CHANGE = (
     'train.num_steps', 'train.num_epochs', 'train.log_every_steps',
     'train.eval_every_steps', 'train.checkpoint_every_steps',
@@ -69,10 +68,6 @@ def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def _may_change(field: str) -> bool:
-  return field in RELAUNCH_MAY_CHANGE or field.endswith('_dir')
-
-
 def check_relaunch(workdir: str,
                    config: ml_collections.ConfigDict) -> list[Change]:
   """The accepted changes `(field, old, new)` of a relaunch; reads only.
@@ -88,11 +83,14 @@ def check_relaunch(workdir: str,
   new = _flat(json.loads(config.to_json_best_effort()))
   changes = [(field, stored[field], new[field]) for field in sorted(stored)
              if field in new and stored[field] != new[field]]
-  refused = [change for change in changes if not _may_change(change[0])]
+  refused = [change for change in changes
+             if change[0] not in RELAUNCH_MAY_CHANGE
+             and not change[0].endswith('_dir')]
   if refused:
     field, old, value = refused[0]
     others = ', '.join(c[0] for c in refused[1:])
-    more = f' (and {len(refused) - 1} more field(s): {others})' if others else ''
+    more = (f' (and {len(refused) - 1} more field(s): {others})' if others
+            else '')
     raise ValueError(
         f'config.{field} is {json.dumps(old)} in {path(workdir)} but '
         f'{json.dumps(value)} in this launch{more}: a relaunch of an existing '
