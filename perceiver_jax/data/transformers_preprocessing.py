@@ -39,8 +39,7 @@ def eval_array(image: np.ndarray, *, image_shape: Sequence[int],
   resized = Image.fromarray(crop).resize((out_width, out_height),
                                          resample=Image.Resampling.BICUBIC)
   scaled = np.asarray(resized, np.float64) / 255.0
-  normalized = (scaled - np.asarray(MEAN)) / np.asarray(STDDEV)
-  return normalized.astype(np.float32)
+  return ((scaled - MEAN) / STDDEV).astype(np.float32)
 
 
 def eval_image(image_bytes: tf.Tensor, *, image_shape: Sequence[int],

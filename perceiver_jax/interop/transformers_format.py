@@ -333,16 +333,15 @@ def transformers_config(model: Mapping[str, Any],
   cannot express raises `CheckpointError` (found by mapping the result back
   with `model_config` and comparing every value that decides the
   function)."""
-  model = dict(model)
   input_type = dict(model.get('input') or {}).get('type')
   if input_type not in _CLASS_OF_INPUT:
     raise CheckpointError(
         f'input type {input_type!r} has no transformers classifier; '
         f'exportable: {sorted(_CLASS_OF_INPUT)}.')
-  if model.get('head', 'mean_linear') != 'perceiver_io':
-    raise CheckpointError(
-        f"head {model.get('head', 'mean_linear')!r} has no transformers "
-        "counterpart; only head='perceiver_io' models export.")
+  head = model.get('head', 'mean_linear')
+  if head != 'perceiver_io':
+    raise CheckpointError(f"head {head!r} has no transformers counterpart; "
+                          "only head='perceiver_io' models export.")
   values = _architecture_values(model)
   index_dims = values.get('input.index_dims') or (224, 224)
   hf_config = {theirs: values[ours] for theirs, ours in _INT_FIELDS.items()}

@@ -1,10 +1,8 @@
 """Workdirs <-> transformers Perceiver checkpoint directories.
 
-`import_checkpoint` writes a workdir (`config.json` and a step-0 checkpoint)
-from a transformers checkpoint directory; `export_checkpoint` writes one
-(`config.json`, `model.safetensors`) from a workdir. Both check everything
-before writing anything; a refusal is a `cli.UsageError` (one `error:`
-line).
+`import_checkpoint` writes a workdir (`config.json`, a step-0 checkpoint);
+`export_checkpoint` writes `config.json` and `model.safetensors`. Both check
+everything before writing anything, and refuse with a `cli.UsageError`.
 """
 
 import json
@@ -36,8 +34,7 @@ def _read_json(path: str) -> dict:
   try:
     return writers.read_json(path)
   except FileNotFoundError:
-    raise ImportFailure(f'{os.path.basename(path)} not found: {path}'
-                        ) from None
+    raise ImportFailure(f'not found: {path}') from None
   except ValueError as e:
     raise ImportFailure(str(e)) from None
 

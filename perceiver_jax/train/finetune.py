@@ -1,17 +1,13 @@
 """Fine-tuning from a checkpoint (`config.init_from`) and linear probes.
 
 `config.init_from` names a run directory (its newest checkpoint) or one of
-its `checkpoints/<step>` directories: any run of ours, an imported
-transformers checkpoint included. The new run takes that run's model (its
-`config.model` replaces this config's, keeping this config's input key, image
-size and channels), starts from its encoder and input-adapter parameters,
-and re-initialises the head when any head shape differs (another class
-count). Any other difference is refused before anything is written. A
-relaunch that resumes reads its own checkpoint and never `init_from`.
-
-`config.finetune.freeze_encoder` trains the head only: the optimizer zeroes
-every other gradient and update. Its state keeps the plain optimizer's
-structure, so the run's checkpoints read as any other run's.
+its `checkpoints/<step>`, an imported transformers checkpoint included. The
+new run takes that run's model (keeping this config's input key, image size
+and channels) and parameters, re-initialising a head of other shapes; any
+other difference is refused before anything is written. A resumption reads
+its own checkpoint, never `init_from`. `config.finetune.freeze_encoder`
+zeroes every gradient and update but the head's, in an optimizer state of the
+plain optimizer's structure.
 """
 
 import dataclasses

@@ -1,8 +1,6 @@
 """A run's `config.json`, fully resolved: evaluation, sweeps and pictures
-rebuild the run from it. A relaunch may change only the run's length,
-cadence, non-finite handling, memory/speed settings and data directories
-(`RELAUNCH_MAY_CHANGE`, `*_dir`); the previous file goes to
-`config_history/`.
+rebuild the run from it. A relaunch may change only `RELAUNCH_MAY_CHANGE` and
+`*_dir` fields; the previous file goes to `config_history/`.
 """
 
 import dataclasses
