@@ -38,21 +38,14 @@ NUM_TRAIN_EXAMPLES = 1_700_000
 MOCK_NUM_TRAIN_EXAMPLES = 4
 
 
-def _raw_audio_input(num_bands: int) -> ml_collections.ConfigDict:
+def _audio_input(raw: bool, num_bands: int) -> ml_collections.ConfigDict:
+  # max_resolution None: mu = the grid, 480 patches of 128 samples (raw) or
+  # the mel spectrogram's (96, 50).
+  fields = (dict(type='raw_audio', key='audio', samples_per_patch=128,
+                 num_samples=audioset_data.WINDOW_SAMPLES) if raw else
+            dict(type='mel', key='mel', index_dims=audioset_data.MEL_SHAPE))
   return ml_collections.ConfigDict(dict(
-      type='raw_audio', key='audio',
-      num_samples=audioset_data.WINDOW_SAMPLES,
-      samples_per_patch=128,  # 480 tokens.
-      num_bands=num_bands,
-      # None: mu = the number of patches (480).
-      max_resolution=ml_collections.FieldReference(None, field_type=tuple)))
-
-
-def _mel_input(num_bands: int) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      type='mel', key='mel', index_dims=audioset_data.MEL_SHAPE,
-      num_bands=num_bands,
-      # None: mu = (96, 50), the spectrogram's grid.
+      fields, num_bands=num_bands,
       max_resolution=ml_collections.FieldReference(None, field_type=tuple)))
 
 
@@ -112,8 +105,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   audio_bands, mel_bands, video_bands = 64, 32, 32
   if args['runlocal']:
     audio_bands = mel_bands = video_bands = 4
-  audio = (_raw_audio_input(audio_bands) if modality.startswith('raw') else
-           _mel_input(mel_bands))
+  raw = modality.startswith('raw')
+  audio = _audio_input(raw, audio_bands if raw else mel_bands)
   if modality in ('raw', 'mel'):
     config.model.input = audio
   elif modality == 'video':

@@ -27,8 +27,7 @@ def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
   options = dict(options or {})
   parsed: dict[str, Any] = {flag: False for flag in flags}
   for item in filter(None, (arg or '').split(',')):
-    name, sep, value = item.partition('=')
-    name = name.strip()
+    name, sep, value = (part.strip() for part in item.partition('='))
     if not sep:
       if name not in flags:
         raise ValueError(f'Unknown config flag {name!r}; known flags: '
@@ -38,7 +37,6 @@ def parse_arg(arg: Optional[str], *, flags: Iterable[str] = (),
     if name not in options:
       raise ValueError(f'Unknown config option {name!r}; known options: '
                        f'{sorted(options)}.')
-    value = value.strip()
     if options[name] is not None and value not in tuple(options[name]):
       raise ValueError(f'Unknown {name} {value!r}; choose one of '
                        f'{list(options[name])}.')
@@ -71,16 +69,10 @@ def perceiver_model(**encoder_overrides: Any) -> ml_collections.ConfigDict:
 
 
 def small_model() -> ml_collections.ConfigDict:
-  """The CPU-sized encoder of digits and shapes: 2 blocks of a cross-attend and
-  2 shared self-attends, 32 latents of 64 channels, 4 heads.
-  """
+  """The CPU-sized model of digits, shapes and images (no input)."""
   return perceiver_model(
-      num_blocks=2,
-      num_self_attends_per_block=2,
-      num_cross_attends=2,
-      num_latents=32,
-      num_latent_channels=64,
-      num_self_heads=4)
+      num_blocks=2, num_self_attends_per_block=2, num_cross_attends=2,
+      num_latents=32, num_latent_channels=64, num_self_heads=4)
 
 
 def small_runlocal(config: ml_collections.ConfigDict, *,
@@ -97,17 +89,15 @@ def small_runlocal(config: ml_collections.ConfigDict, *,
 def adamw_cosine(optimizer: ml_collections.ConfigDict, *,
                  weight_decay: float) -> None:
   """AdamW at 1e-3 with cosine decay (LAMB at the paper's rates learns small
-  models far more slowly).
-  """
+  models far more slowly)."""
   optimizer.update(name='adamw', learning_rate=1e-3, schedule='cosine',
                    weight_decay=weight_decay, eps=1e-8)
 
 
 def lamb_recipe(optimizer: ml_collections.ConfigDict, *,
                 learning_rate: float, schedule: str) -> None:
-  """The paper-scale optimizer: LAMB without warm-up, weight decay 0.1 and
-  clipping at 10 (ASSUMED, from Perceiver IO).
-  """
+  """LAMB without warm-up, weight decay 0.1 and clipping at 10 (ASSUMED, from
+  Perceiver IO)."""
   optimizer.update(name='lamb', learning_rate=learning_rate,
                    schedule=schedule, warmup_steps=0, weight_decay=0.1,
                    clip_global_norm=10.0)
@@ -116,8 +106,7 @@ def lamb_recipe(optimizer: ml_collections.ConfigDict, *,
 def paper_scale_runlocal(config: ml_collections.ConfigDict, *,
                          max_eval_examples: int = 16) -> None:
   """Shrinks a paper-scale config for `runlocal`: 2 small blocks, 4 steps of
-  8 examples, evaluation on at most `max_eval_examples`.
-  """
+  8 examples, evaluation on at most `max_eval_examples`."""
   config.model.encoder.update(
       num_blocks=2, num_self_attends_per_block=1,
       num_cross_attends=min(config.model.encoder.num_cross_attends, 2),

@@ -44,9 +44,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       num_train_examples=NUM_TRAIN_EXAMPLES,
       image_shape=(224, 224),  # Crop size (H, W); the model's grid follows.
       eval_crop_fraction=224 / 256,
-      # 'paper' (ours) or 'transformers' (their Perceiver image processor's
-      # crop, PIL bicubic resize and normalisation; set by
-      # experiments.import_checkpoint for the released checkpoints).
+      # 'paper' (ours) or 'transformers' (their Perceiver image processor's,
+      # set by experiments.import_checkpoint; data/transformers_preprocessing).
       eval_preprocessing='paper',
       randaugment_layers=4,
       randaugment_magnitude=5,  # Of 10.

@@ -15,15 +15,11 @@ Arguments (`--config=configs/images.py:ARG,...`):
   model=small   a CPU-sized Perceiver (default): 28x28 to 64x64 images train
                 in minutes on 2 CPU cores.
   model=paper   the paper's ImageNet architecture (configs/imagenet.py).
-  finetune      the fine-tuning recipe, for `--config.init_from=RUN`:
-                AdamW at 3e-4 with 100 warm-up steps, cosine decay over 10
-                epochs.
+  finetune      the fine-tuning recipe (AdamW at 3e-4, 100 warm-up steps,
+                cosine decay over 10 epochs) for `--config.init_from=RUN`
+                (perceiver_jax/train/finetune.py); with
+                `--config.finetune.freeze_encoder=True`, a linear probe.
   runlocal      seconds on a CPU; `mock` reads TFDS mock data.
-
-Fine-tuning (`perceiver_jax.train.finetune`): `--config.init_from=RUN` (a
-run directory, or its `checkpoints/<step>`) starts from that run's model and
-parameters, re-initialising a head of another class count;
-`--config.finetune.freeze_encoder=True` trains the head only (linear probe).
 """
 
 import ml_collections
@@ -68,16 +64,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       threadpool_size=0,
   ))
 
-  if args.get('model') == 'paper':
-    config.model = imagenet_config.get_config().model
-  else:
-    config.model = common.small_model()
+  paper = args.get('model') == 'paper'
+  config.model = (imagenet_config.get_config().model if paper else
+                  common.small_model())
   config.model.input = common.grid_input(
       key='image', index_dims=config.data.get_ref('image_shape'),
-      raw_channels=config.data.get_ref('channels'), num_bands=16,
-      max_resolution=None)
-  if args.get('model') == 'paper':
-    config.model.input.num_bands = 64
+      raw_channels=config.data.get_ref('channels'),
+      num_bands=64 if paper else 16, max_resolution=None)
 
   config.train.batch_size = 64
   config.train.num_epochs = 30.0

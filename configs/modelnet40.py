@@ -37,10 +37,6 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       num_points=2048,
       scale_range=(0.99, 1.01),  # Per-point scaling, then re-normalised.
   ))
-  if args['mock']:
-    # The mock dataset's size (4 classes), so that epochs mean the same.
-    config.data.num_train_examples = 4 * config.data.mock_train_per_class
-
   config.model = common.perceiver_model(num_cross_attends=2)
   config.model.input = ml_collections.ConfigDict(dict(
       type='points',
@@ -63,8 +59,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.data.num_points = 64
     config.data.mock_train_per_class = 4
     config.data.mock_test_per_class = 2
-    if args['mock']:
-      config.data.num_train_examples = 4 * config.data.mock_train_per_class
     common.paper_scale_runlocal(config)
     config.model.input.num_bands = 4
+  if args['mock']:
+    # The mock dataset's size (4 classes), so that epochs mean the same.
+    config.data.num_train_examples = 4 * config.data.mock_train_per_class
   return config

@@ -27,72 +27,6 @@ _JSON = flags.DEFINE_bool('json', False, 'One JSON line per image.')
 _TOP = flags.DEFINE_integer('top', 5, 'Classes to print per image.',
                             lower_bound=1)
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.gif', '.bmp')
-
-
-def image_files(paths: list[str]) -> list[str]:
-  """`paths`, with each folder replaced by its image files (sorted)."""
-  files = []
-  for path in paths:
-    if not os.path.isdir(path):
-      files.append(path)
-      continue
-    for folder, _, names in sorted(os.walk(path)):
-      files += [os.path.join(folder, n) for n in sorted(names)
-                if n.lower().endswith(IMAGE_SUFFIXES)]
-  return files
-
-
-def preprocess_fn(data):
-  """The run's evaluation preprocessing: encoded bytes -> [H, W, C]."""
-  # pylint: disable=g-import-not-at-top
-  from perceiver_jax.data import imagenet
-  from perceiver_jax.data import images
-  if 'normalization' in data:  # configs/images.py
-    return lambda encoded: images.eval_image(encoded, data)
-  if 'eval_crop_fraction' not in data:
-    raise cli.UsageError('predict reads image runs (configs/images.py, '
-                         'configs/imagenet.py); this run is not one.')
-  preprocess = imagenet.EVAL_PREPROCESSING[
-      data.get('eval_preprocessing', 'paper')]
-  return lambda encoded: preprocess(
-      encoded, image_shape=tuple(data.image_shape),
-      crop_fraction=float(data.eval_crop_fraction))
-
-
-def predict(workdir: str, paths: list[str], top: int = 5):
-  """Yields (file, [(name, probability)] best first) or (file, error)."""
-  # pylint: disable=g-import-not-at-top
-  import jax
-  import numpy as np
-  import tensorflow as tf
-  from perceiver_jax.train import loop
-  from perceiver_jax.train import run_config
-  config = run_config.read(workdir)
-  names = list(config.data.get('label_names') or ())
-  names += [str(i) for i in range(len(names), config.data.num_classes)]
-  preprocess = preprocess_fn(config.data)
-  run = loop.Run(config, workdir, read_only=True)
-  params = None
-  for path in image_files(paths):
-    try:
-      with open(path, 'rb') as f:
-        image = preprocess(tf.constant(f.read())).numpy()
-    except (OSError, tf.errors.OpError, ValueError) as e:
-      yield path, ' '.join(str(e).split())[:200]
-      continue
-    batch = {'image': image[None]}
-    if params is None:
-      target = jax.tree.map(np.asarray, run.fresh_state({'image':
-                                                         image[None, None]}))
-      restored = run.checkpointer.restore_newest(target, set_aside=False)
-      params = restored.state.params
-      apply = jax.jit(lambda p, b: jax.nn.softmax(
-          run.forward.apply(p, None, b, is_training=False)))
-    probs = np.asarray(apply(params, batch))[0]
-    best = np.argsort(-probs, kind='stable')[:top]
-    yield path, [(names[i], float(probs[i])) for i in best]
-
 
 def main(argv):
   if not flags.FLAGS['verbosity'].present:
@@ -106,8 +40,10 @@ def main(argv):
   missing = [p for p in paths if not os.path.exists(p)]
   if missing:
     raise cli.UsageError(f'not found: {", ".join(missing)}')
+  # pylint: disable-next=g-import-not-at-top
+  from perceiver_jax.train import prediction  # After flags: --help stays fast.
   failed = 0
-  for path, result in predict(_WORKDIR.value, paths, _TOP.value):
+  for path, result in prediction.predict(_WORKDIR.value, paths, _TOP.value):
     if isinstance(result, str):
       failed += 1
       print(f'error: cannot read {path}: {result}', file=sys.stderr,

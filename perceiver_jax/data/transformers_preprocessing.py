@@ -39,14 +39,7 @@ def eval_array(image: np.ndarray, *, image_shape: Sequence[int],
   resized = Image.fromarray(crop).resize((out_width, out_height),
                                          resample=Image.Resampling.BICUBIC)
   scaled = np.asarray(resized, np.float64) / 255.0
-  normalized = (scaled - np.asarray(MEAN)) / np.asarray(STDDEV)
-  return normalized.astype(np.float32)
-
-
-def decode(image_bytes: bytes) -> np.ndarray:
-  """A JPEG (or any PIL-readable image) as uint8 RGB `[h, w, 3]`."""
-  with Image.open(io.BytesIO(image_bytes)) as image:
-    return np.asarray(image.convert('RGB'))
+  return ((scaled - MEAN) / STDDEV).astype(np.float32)
 
 
 def eval_image(image_bytes: tf.Tensor, *, image_shape: Sequence[int],
@@ -57,7 +50,9 @@ def eval_image(image_bytes: tf.Tensor, *, image_shape: Sequence[int],
   def run(encoded) -> np.ndarray:
     # tf.numpy_function hands a string tensor over as a 0-d numpy array.
     encoded = encoded.item() if isinstance(encoded, np.ndarray) else encoded
-    return eval_array(decode(encoded), image_shape=image_shape,
+    with Image.open(io.BytesIO(encoded)) as image:  # Any PIL-readable image.
+      rgb = np.asarray(image.convert('RGB'))
+    return eval_array(rgb, image_shape=image_shape,
                       crop_fraction=crop_fraction)
 
   image = tf.numpy_function(run, [image_bytes], tf.float32, stateful=False)

@@ -24,16 +24,18 @@ ARCHITECTURES = {
     'PerceiverForImageClassificationConvProcessing': 'conv_stem',
     'PerceiverModel': None,
 }
-# The preprocessors' fixed settings in transformers' classifier classes.
-_FOURIER_MAX_RESOLUTION = {'grid': (224, 224), 'conv_stem': (56, 56)}
-_NUM_BANDS = 64
-_LEARNED_CHANNELS = 256
-_CONV_CHANNELS = 64
 # transformers' `hidden_act` -> our `mlp_activation`.
 _ACTIVATIONS = {'gelu': 'gelu', 'gelu_new': 'gelu_tanh',
                 'gelu_pytorch_tanh': 'gelu_tanh'}
-# Their `PerceiverModel` classes' prefix inside a classifier.
-_PREFIX = 'perceiver.'
+# `PerceiverConfig`'s integer fields -> our `EncoderConfig`'s.
+_INT_FIELDS = {
+    'num_blocks': 'num_blocks',
+    'num_self_attends_per_block': 'num_self_attends_per_block',
+    'num_latents': 'num_latents', 'd_latents': 'num_latent_channels',
+    'num_cross_attention_heads': 'num_cross_heads',
+    'num_self_attention_heads': 'num_self_heads',
+    'cross_attention_widening_factor': 'cross_attend_widening_factor',
+    'self_attention_widening_factor': 'self_attend_widening_factor'}
 # Buffers that carry no value we need (a counter of BatchNorm updates).
 IGNORED_SUFFIXES = ('num_batches_tracked',)
 
@@ -50,24 +52,16 @@ _RELEASED_COMMON = dict(
     hidden_act='gelu', use_query_residual=True, num_labels=1000,
     image_size=224)
 RELEASED_CONFIGS = {
-    'deepmind/vision-perceiver-fourier': dict(
-        _RELEASED_COMMON, d_model=261,
-        architectures=['PerceiverForImageClassificationFourier']),
-    'deepmind/vision-perceiver-learned': dict(
-        _RELEASED_COMMON, d_model=512,
-        architectures=['PerceiverForImageClassificationLearned']),
-    'deepmind/vision-perceiver-conv': dict(
-        _RELEASED_COMMON, d_model=322,
-        architectures=['PerceiverForImageClassificationConvProcessing']),
-}
+    f'deepmind/vision-perceiver-{name}': dict(
+        _RELEASED_COMMON, d_model=d_model, architectures=[architecture])
+    for name, d_model, architecture in (
+        ('fourier', 261, 'PerceiverForImageClassificationFourier'),
+        ('learned', 512, 'PerceiverForImageClassificationLearned'),
+        ('conv', 322, 'PerceiverForImageClassificationConvProcessing'))}
 
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot become our parameters (or the reverse)."""
-
-
-def _same(x):
-  return x
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,32 +70,19 @@ class Tensor:
   `name`), and how its array maps to ours and back."""
   module: str
   name: str
-  to_ours: Callable[[np.ndarray], np.ndarray] = _same
-  to_theirs: Callable[[np.ndarray], np.ndarray] = _same
+  to_ours: Callable[[np.ndarray], np.ndarray] = np.asarray
+  to_theirs: Callable[[np.ndarray], np.ndarray] = np.asarray
 
 
-def _transpose(x):
-  return np.ascontiguousarray(x.T)
-
-
-def _conv_to_ours(x):  # [out, in, h, w] -> [h, w, in, out]
-  return np.ascontiguousarray(x.transpose(2, 3, 1, 0))
-
-
-def _conv_to_theirs(x):  # [h, w, in, out] -> [out, in, h, w]
-  return np.ascontiguousarray(x.transpose(3, 2, 0, 1))
-
-
-def _conv1x1_to_ours(x):  # [out, in, 1, 1] -> [in, out]
-  return np.ascontiguousarray(x[:, :, 0, 0].T)
-
-
-def _conv1x1_to_theirs(x):  # [in, out] -> [out, in, 1, 1]
-  return np.ascontiguousarray(x.T[:, :, None, None])
+# Torch's layouts -> ours, and back (see the module docstring); a 1x1 kernel
+# [out, in, 1, 1] is our Linear's [in, out].
+_LINEAR = (np.transpose, np.transpose)
+_CONV = (lambda x: x.transpose(2, 3, 1, 0), lambda x: x.transpose(3, 2, 0, 1))
+_CONV1X1 = (lambda x: x[:, :, 0, 0].T, lambda x: x.T[:, :, None, None])
 
 
 def _linear(theirs: str, ours: str) -> dict[str, Tensor]:
-  return {f'{theirs}.weight': Tensor(ours, 'w', _transpose, _transpose),
+  return {f'{theirs}.weight': Tensor(ours, 'w', *_LINEAR),
           f'{theirs}.bias': Tensor(ours, 'b')}
 
 
@@ -112,15 +93,12 @@ def _norm(theirs: str, ours: str) -> dict[str, Tensor]:
 
 def _layer(theirs: str, ours: str, *, cross: bool) -> dict[str, Tensor]:
   """One `PerceiverLayer` against one of our blocks."""
+  norms = ({'layernorm1': 'query_norm', 'layernorm2': 'input_norm'} if cross
+           else {'layernorm1': 'attention_norm'})
   names = {}
-  if cross:
-    names.update(_norm(f'{theirs}.attention.self.layernorm1',
-                       f'{ours}/query_norm'))
-    names.update(_norm(f'{theirs}.attention.self.layernorm2',
-                       f'{ours}/input_norm'))
-  else:
-    names.update(_norm(f'{theirs}.attention.self.layernorm1',
-                       f'{ours}/attention_norm'))
+  for their_norm, our_norm in norms.items():
+    names.update(_norm(f'{theirs}.attention.self.{their_norm}',
+                       f'{ours}/{our_norm}'))
   for projection in ('query', 'key', 'value'):
     names.update(_linear(f'{theirs}.attention.self.{projection}',
                          f'{ours}/attention/{projection}'))
@@ -153,7 +131,8 @@ def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
   """transformers tensor name -> where it goes among our parameters."""
   architecture = architecture_of(hf_config)
   input_type = ARCHITECTURES[architecture]
-  prefix = '' if input_type is None else _PREFIX
+  # A classifier holds its `PerceiverModel` as `perceiver`.
+  prefix = '' if input_type is None else 'perceiver.'
   names = {f'{prefix}embeddings.latents': Tensor('perceiver', 'latents')}
   names.update(_layer(f'{prefix}encoder.cross_attention',
                       'perceiver/cross_attend_0', cross=True))
@@ -173,8 +152,8 @@ def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
   pre = f'{prefix}input_preprocessor'
   if input_type == 'conv1x1_learned':
     ours = 'conv1x1_learned_adapter'
-    names[f'{pre}.convnet_1x1.weight'] = Tensor(
-        f'{ours}/conv1x1', 'w', _conv1x1_to_ours, _conv1x1_to_theirs)
+    names[f'{pre}.convnet_1x1.weight'] = Tensor(f'{ours}/conv1x1', 'w',
+                                                *_CONV1X1)
     names[f'{pre}.convnet_1x1.bias'] = Tensor(f'{ours}/conv1x1', 'b')
     names[f'{pre}.position_embeddings.position_embeddings'] = Tensor(
         f'{ours}/positions', 'pos_embs')
@@ -182,8 +161,7 @@ def name_map(hf_config: Mapping[str, Any]) -> dict[str, Tensor]:
                          f'{ours}/position_projection'))
   elif input_type == 'conv_stem':
     ours = 'conv_stem_adapter'
-    names[f'{pre}.convnet.conv.weight'] = Tensor(
-        f'{ours}/conv', 'w', _conv_to_ours, _conv_to_theirs)
+    names[f'{pre}.convnet.conv.weight'] = Tensor(f'{ours}/conv', 'w', *_CONV)
     for theirs, mine in (('weight', 'scale'), ('bias', 'offset'),
                          ('running_mean', 'mean'), ('running_var', 'var')):
       names[f'{pre}.convnet.batchnorm.{theirs}'] = Tensor(
@@ -209,28 +187,17 @@ def model_config(hf_config: Mapping[str, Any], *,
         "only cross_attention_shape_for_attention='kv' is supported, got "
         f"{hf_config.get('cross_attention_shape_for_attention')!r}.")
   try:
-    encoder = dict(
-        num_blocks=int(hf_config['num_blocks']),
-        num_self_attends_per_block=int(
-            hf_config['num_self_attends_per_block']),
-        num_cross_attends=1,
-        cross_attend_placement='start',
-        share_weights=True,
-        num_latents=int(hf_config['num_latents']),
-        num_latent_channels=int(hf_config['d_latents']),
-        num_cross_heads=int(hf_config['num_cross_attention_heads']),
-        num_self_heads=int(hf_config['num_self_attention_heads']),
-        widening_factor=int(hf_config['self_attention_widening_factor']),
-        cross_attend_widening_factor=int(
-            hf_config['cross_attention_widening_factor']),
-        self_attend_widening_factor=int(
-            hf_config['self_attention_widening_factor']),
+    encoder = {ours: int(hf_config[theirs])
+               for theirs, ours in _INT_FIELDS.items()}
+    encoder.update(
+        num_cross_attends=1, cross_attend_placement='start',
+        share_weights=True, dropout=0.0,
+        widening_factor=encoder['self_attend_widening_factor'],
         qk_channels=hf_config.get('qk_channels'),
         v_channels=hf_config.get('v_channels'),
         mlp_activation=_ACTIVATIONS[activation],
         cross_attend_query_residual=bool(
-            hf_config.get('use_query_residual', True)),
-        dropout=0.0)
+            hf_config.get('use_query_residual', True)))
   except KeyError as e:
     raise CheckpointError(f'config.json has no {e} field, which '
                           f'{architecture} needs.') from None
@@ -250,16 +217,16 @@ def model_config(hf_config: Mapping[str, Any], *,
   model['input'] = dict(type=input_type, key='image',
                         index_dims=tuple(int(n) for n in image_size),
                         raw_channels=3)
+  # The preprocessor settings that transformers' classifier classes fix.
   if input_type == 'grid':
-    model['input'].update(position_encoding='fourier', num_bands=_NUM_BANDS,
-                          max_resolution=_FOURIER_MAX_RESOLUTION['grid'])
+    model['input'].update(position_encoding='fourier', num_bands=64,
+                          max_resolution=(224, 224))
   elif input_type == 'conv_stem':
-    model['input'].update(out_channels=_CONV_CHANNELS, num_bands=_NUM_BANDS,
-                          max_resolution=_FOURIER_MAX_RESOLUTION['conv_stem'])
+    model['input'].update(out_channels=64, num_bands=64,
+                          max_resolution=(56, 56))
   else:
-    model['input'].update(out_channels=_LEARNED_CHANNELS,
-                          position_channels=_LEARNED_CHANNELS,
-                          projected_channels=_LEARNED_CHANNELS)
+    model['input'].update(out_channels=256, position_channels=256,
+                          projected_channels=256)
   return model
 
 
@@ -283,7 +250,8 @@ def to_params(state: Mapping[str, np.ndarray],
     if where.name not in expected.get(where.module, {}):
       raise CheckpointError(f'tensor {key!r} maps to {where.module}/'
                             f'{where.name}, which the model does not have.')
-    value = where.to_ours(np.asarray(state[key], np.float32))
+    value = np.ascontiguousarray(
+        where.to_ours(np.asarray(state[key], np.float32)))
     shape = tuple(expected[where.module][where.name].shape)
     if value.shape != shape:
       raise CheckpointError(
@@ -291,14 +259,13 @@ def to_params(state: Mapping[str, np.ndarray],
           f'{where.module}/{where.name} that is {value.shape}, but the model '
           f'built from config.json needs {shape}.')
     params.setdefault(where.module, {})[where.name] = value
+  theirs = {(t.module, t.name): key for key, t in names.items()}
   for module in sorted(expected):
     for name in sorted(expected[module]):
       if name not in params.get(module, {}):
-        theirs = [k for k, v in names.items()
-                  if (v.module, v.name) == (module, name)]
         raise CheckpointError(
             f'the checkpoint has no tensor for {module}/{name} (expected '
-            f'{theirs[0] if theirs else "none known"!r}).')
+            f'{theirs.get((module, name), "none known")!r}).')
   return params
 
 
@@ -314,20 +281,15 @@ def from_params(params: Mapping[str, Mapping[str, Any]],
         raise CheckpointError(f'parameter {module}/{name} has no place in '
                               'a transformers Perceiver.')
       key, where = by_ours[(module, name)]
-      state[key] = where.to_theirs(np.asarray(params[module][name],
-                                              np.float32))
+      state[key] = np.ascontiguousarray(
+          where.to_theirs(np.asarray(params[module][name], np.float32)))
   return state
 
 
 def count(tree: Mapping[str, Any]) -> int:
   """Number of values in a flat name -> array dict or nested params."""
-  total = 0
-  for value in tree.values():
-    if isinstance(value, Mapping):
-      total += count(value)
-    else:
-      total += int(np.prod(np.shape(value)))
-  return total
+  return sum(count(value) if isinstance(value, Mapping) else int(np.size(value))
+             for value in tree.values())
 
 
 # Our input type -> the transformers classifier that reads it.
@@ -357,7 +319,7 @@ def _architecture_values(model: Mapping[str, Any]) -> dict[str, Any]:
     if key != 'query_num_bands':  # Only Fourier queries read it.
       values[f'decoder.{key}'] = value
   for key, value in dict(model.get('input') or {}).items():
-    if key in ('permutation_seed',) and value is None:
+    if key == 'permutation_seed' and value is None:
       continue
     if key in ('index_dims', 'max_resolution') and value is not None:
       value = tuple(int(n) for n in value)
@@ -371,33 +333,24 @@ def transformers_config(model: Mapping[str, Any],
   cannot express raises `CheckpointError` (found by mapping the result back
   with `model_config` and comparing every value that decides the
   function)."""
-  model = dict(model)
   input_type = dict(model.get('input') or {}).get('type')
   if input_type not in _CLASS_OF_INPUT:
     raise CheckpointError(
         f'input type {input_type!r} has no transformers classifier; '
         f'exportable: {sorted(_CLASS_OF_INPUT)}.')
-  if model.get('head', 'mean_linear') != 'perceiver_io':
-    raise CheckpointError(
-        f"head {model.get('head', 'mean_linear')!r} has no transformers "
-        "counterpart; only head='perceiver_io' models export.")
+  head = model.get('head', 'mean_linear')
+  if head != 'perceiver_io':
+    raise CheckpointError(f"head {head!r} has no transformers counterpart; "
+                          "only head='perceiver_io' models export.")
   values = _architecture_values(model)
   index_dims = values.get('input.index_dims') or (224, 224)
-  hf_config = {
+  hf_config = {theirs: values[ours] for theirs, ours in _INT_FIELDS.items()}
+  hf_config.update({
       'model_type': 'perceiver',
       'architectures': [_CLASS_OF_INPUT[input_type]],
-      'num_latents': values['num_latents'],
-      'd_latents': values['num_latent_channels'],
-      'num_blocks': values['num_blocks'],
-      'num_self_attends_per_block': values['num_self_attends_per_block'],
-      'num_self_attention_heads': values['num_self_heads'],
-      'num_cross_attention_heads': values['num_cross_heads'],
       'qk_channels': values['qk_channels'],
       'v_channels': values['v_channels'],
       'cross_attention_shape_for_attention': 'kv',
-      'self_attention_widening_factor': values['self_attend_widening_factor'],
-      'cross_attention_widening_factor': values[
-          'cross_attend_widening_factor'],
       'hidden_act': _HIDDEN_ACT[values['mlp_activation']],
       'use_query_residual': values['cross_attend_query_residual'],
       'attention_probs_dropout_prob': 0.0,
@@ -405,7 +358,7 @@ def transformers_config(model: Mapping[str, Any],
       'num_labels': int(num_classes),
       'id2label': {str(i): f'LABEL_{i}' for i in range(int(num_classes))},
       'label2id': {f'LABEL_{i}': i for i in range(int(num_classes))},
-  }
+  })
   back = _architecture_values(model_config(hf_config,
                                            image_size=tuple(index_dims)))
   for key, value in values.items():

@@ -1,10 +1,8 @@
 """Workdirs <-> transformers Perceiver checkpoint directories.
 
-`import_checkpoint` writes a workdir (`config.json` and a step-0 checkpoint)
-from a transformers checkpoint directory; `export_checkpoint` writes one
-(`config.json`, `model.safetensors`) from a workdir. Both check everything
-before writing anything; a refusal is a `cli.UsageError` (one `error:`
-line).
+`import_checkpoint` writes a workdir (`config.json`, a step-0 checkpoint);
+`export_checkpoint` writes `config.json` and `model.safetensors`. Both check
+everything before writing anything, and refuse with a `cli.UsageError`.
 """
 
 import json
@@ -12,15 +10,14 @@ import os
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import safetensors.numpy
 
 from perceiver_jax import cli
 from perceiver_jax.interop import transformers_format as tf_format
-from perceiver_jax.model import factory
 from perceiver_jax.train import checkpoint as checkpoint_lib
+from perceiver_jax.train import finetune
 from perceiver_jax.train import loop
 from perceiver_jax.train import optim
 from perceiver_jax.train import run_config
@@ -33,18 +30,13 @@ class ImportFailure(cli.UsageError):
   """A refused checkpoint: one `error:` line, exit status 2 (`cli`)."""
 
 
-def _read_json(path: str, what: str) -> dict:
+def _read_json(path: str) -> dict:
   try:
-    with open(path) as f:
-      value = json.load(f)
+    return writers.read_json(path)
   except FileNotFoundError:
-    raise ImportFailure(f'{what} not found: {path}') from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ImportFailure(f'{path} is not valid JSON ({e}).') from None
-  if not isinstance(value, dict):
-    raise ImportFailure(f'{path} holds a JSON {type(value).__name__}, not '
-                        'the object of settings a checkpoint has.')
-  return value
+    raise ImportFailure(f'not found: {path}') from None
+  except ValueError as e:
+    raise ImportFailure(str(e)) from None
 
 
 def _weights(directory: str, architecture: str) -> dict:
@@ -74,8 +66,7 @@ def _image_settings(directory: str) -> tuple[tuple[int, int], float]:
   """`(H, W)` and the centre-crop fraction of `preprocessor_config.json`
   (transformers' defaults without one)."""
   path = os.path.join(directory, 'preprocessor_config.json')
-  settings = (_read_json(path, 'preprocessor_config.json')
-              if os.path.exists(path) else {})
+  settings = _read_json(path) if os.path.exists(path) else {}
   size = settings.get('size') or {}
   crop = settings.get('crop_size') or {}
   try:
@@ -98,7 +89,7 @@ def import_checkpoint(source: str, workdir: str,
   checkpoint's; returns the summary."""
   if os.path.exists(workdir) and os.listdir(workdir):
     raise ImportFailure(f'--workdir {workdir} exists and is not empty.')
-  hf_config = _read_json(os.path.join(source, 'config.json'), 'config.json')
+  hf_config = _read_json(os.path.join(source, 'config.json'))
   try:
     architecture = tf_format.architecture_of(hf_config)
     if tf_format.ARCHITECTURES[architecture] is None:
@@ -110,11 +101,8 @@ def import_checkpoint(source: str, workdir: str,
     state = _weights(source, architecture)
     num_classes = int(hf_config.get('num_labels') or len(
         hf_config.get('id2label') or {}) or 1000)
-    forward = factory.transform_classifier(model, num_classes)
-    example = factory.example_batch(model['input'], 1)
-    example = {k: jnp.zeros(v.shape, v.dtype) for k, v in example.items()}
-    expected = jax.eval_shape(forward.init, jax.random.key(0), example,
-                              is_training=False)
+    expected = finetune.abstract_state(model, num_classes,
+                                       base_config.optimizer).params
     params = tf_format.to_params(state, hf_config, expected)
   except tf_format.CheckpointError as e:
     raise ImportFailure(str(e)) from None
@@ -132,27 +120,24 @@ def import_checkpoint(source: str, workdir: str,
                                     for i in range(num_classes))
   theirs = sum(int(np.prod(v.shape)) for k, v in state.items()
                if not k.endswith(tf_format.IGNORED_SUFFIXES))
-  ours = tf_format.count(params)
-  params = jax.tree.map(jnp.asarray, params)
   optimizer = optim.make_optimizer(config.optimizer, lambda step: 0.0)
-  train_state = loop.TrainState(
+  train_state = jax.tree.map(np.asarray, loop.TrainState(
       params=params, opt_state=optimizer.init(params),
-      step=jnp.zeros([], jnp.int32),
-      rng=jax.random.PRNGKey(config.seed),
-      num_skipped=jnp.zeros([], jnp.int32))
+      step=np.zeros([], np.int32), rng=jax.random.PRNGKey(config.seed),
+      num_skipped=np.zeros([], np.int32)))
 
   def build(scratch: str) -> None:
     checkpointer = checkpoint_lib.Checkpointer(
         os.path.join(scratch, 'checkpoints'), keep=config.checkpoint.keep)
-    checkpointer.save(0, jax.tree.map(np.asarray, train_state))
+    checkpointer.save(0, train_state)
     checkpointer.close()
     run_config.write(scratch, config)
 
   # All or nothing: a failed save leaves no run without its checkpoint.
   writers.build_directory(workdir, build)
   return (f'{architecture}: transformers {theirs:,} values in '
-          f'{len(state)} tensors; perceiver_jax {ours:,} parameters; '
-          f'written to {workdir}')
+          f'{len(state)} tensors; perceiver_jax {tf_format.count(params):,} '
+          f'parameters; written to {workdir}')
 
 
 class ExportFailure(cli.UsageError):
@@ -179,35 +164,19 @@ def export_checkpoint(workdir: str, target: str,
                                               num_classes)
   except tf_format.CheckpointError as e:
     raise ExportFailure(str(e)) from None
-  forward = factory.transform_classifier(config.model, num_classes)
-  example = {k: np.zeros(v.shape, v.dtype) for k, v in
-             factory.example_batch(config.model.input, 1).items()}
-  optimizer = optim.make_optimizer(config.optimizer, lambda _: 0.0)
-  fresh = jax.tree.map(np.asarray, loop.initial_state(
-      forward, optimizer, example, config.seed))
-  checkpointer = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), read_only=True)
-  try:
-    if step is None:
-      # Read-only: a damaged newest checkpoint is skipped, not moved.
-      restored = checkpointer.restore_newest(fresh, set_aside=False)
-      state, step = restored.state, restored.step
-      if state is None:
-        raise ExportFailure(f'no checkpoint in {checkpointer.directory}.')
-      if restored.skipped:
-        damaged, reason = restored.skipped[0]
-        raise ExportFailure(
-            f'checkpoint {checkpointer.directory}/{damaged} is damaged '
-            f'({reason}); the newest intact one is step {step}: pass '
-            f'--step={step} to export that one.')
-    else:
-      state = checkpointer.restore(fresh, step)
-  finally:
-    checkpointer.close()
-  try:
-    tensors = tf_format.from_params(state.params, hf_config)
-  except tf_format.CheckpointError as e:
-    raise ExportFailure(str(e)) from None
+  directory = os.path.join(workdir, 'checkpoints')
+  restored = finetune.read_checkpoint(
+      directory, finetune.abstract_state(config.model, num_classes,
+                                         config.optimizer), step)
+  state, step = restored.state, restored.step
+  if state is None:
+    raise ExportFailure(f'no checkpoint in {directory}.')
+  if restored.skipped:  # No silent fall-back to an older step.
+    damaged, reason = restored.skipped[0]
+    raise ExportFailure(
+        f'checkpoint {directory}/{damaged} is damaged ({reason}); the newest '
+        f'intact one is step {step}: pass --step={step} to export that one.')
+  tensors = tf_format.from_params(state.params, hf_config)
 
   def build(scratch: str) -> None:
     with open(os.path.join(scratch, 'config.json'), 'w') as f:

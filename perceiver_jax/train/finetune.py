@@ -1,17 +1,13 @@
 """Fine-tuning from a checkpoint (`config.init_from`) and linear probes.
 
 `config.init_from` names a run directory (its newest checkpoint) or one of
-its `checkpoints/<step>` directories: any run of ours, an imported
-transformers checkpoint included. The new run takes that run's model (its
-`config.model` replaces this config's, keeping this config's input key, image
-size and channels), starts from its encoder and input-adapter parameters,
-and re-initialises the head when any head shape differs (another class
-count). Any other difference is refused before anything is written. A
-relaunch that resumes reads its own checkpoint and never `init_from`.
-
-`config.finetune.freeze_encoder` trains the head only: the optimizer zeroes
-every other gradient and update. Its state keeps the plain optimizer's
-structure, so the run's checkpoints read as any other run's.
+its `checkpoints/<step>`, an imported transformers checkpoint included. The
+new run takes that run's model (keeping this config's input key, image size
+and channels) and parameters, re-initialising a head of other shapes; any
+other difference is refused before anything is written. A resumption reads
+its own checkpoint, never `init_from`. `config.finetune.freeze_encoder`
+zeroes every gradient and update but the head's, in an optimizer state of the
+plain optimizer's structure.
 """
 
 import dataclasses
@@ -55,24 +51,8 @@ class Plan:
   summary: str
 
 
-def _has_checkpoint(workdir: str) -> bool:
-  directory = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(directory) and any(
-      name.isdigit() for name in os.listdir(directory))
-
-
-def _locate(path: str) -> tuple[str, str, Optional[int]]:
-  """(run dir, checkpoint dir, step or None for the newest) of `path`."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.basename(path).isdigit():
-    checkpoints = os.path.dirname(path)
-    return (os.path.dirname(checkpoints), checkpoints,
-            int(os.path.basename(path)))
-  return path, os.path.join(path, 'checkpoints'), None
-
-
-def _abstract_state(model: Any, num_classes: int, optimizer_config: Any,
-                    seed: int) -> Any:
+def abstract_state(model: Any, num_classes: int, optimizer_config: Any
+                   ) -> Any:
   """The shapes and dtypes of a fresh `loop.TrainState` (nothing computed)."""
   # pylint: disable-next=g-import-not-at-top
   from perceiver_jax.train import loop  # loop calls into this module.
@@ -80,7 +60,22 @@ def _abstract_state(model: Any, num_classes: int, optimizer_config: Any,
   optimizer = optim.make_optimizer(optimizer_config, lambda _: 0.0)
   example = factory.example_batch(model['input'], 1)
   return jax.eval_shape(
-      lambda: loop.initial_state(forward, optimizer, example, seed))
+      lambda: loop.initial_state(forward, optimizer, example, 0))
+
+
+def read_checkpoint(directory: str, abstract: Any, step: Optional[int]
+                    ) -> checkpoint_lib.Restored:
+  """The checkpoint of `step`, else the newest intact one, shaped as
+  `abstract`; read-only, so a damaged newer one is listed, not moved."""
+  target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract)
+  checkpointer = checkpoint_lib.Checkpointer(directory, read_only=True)
+  try:
+    if step is None:
+      return checkpointer.restore_newest(target, set_aside=False)
+    return checkpoint_lib.Restored(checkpointer.restore(target, step), step,
+                                   [])
+  finally:
+    checkpointer.close()
 
 
 def _shapes(params: Any) -> dict[str, tuple[int, ...]]:
@@ -109,22 +104,25 @@ def prepare(config: ml_collections.ConfigDict, workdir: str
   """Sets `config.model` from `config.init_from` and reads its parameters.
 
   Call before anything is written to `workdir`. Returns None without
-  `init_from`, or when `workdir` holds a checkpoint (a resumption: the
-  model is then the run's own, from its `config.json`).
-
-  Raises:
-    FinetuneError: `init_from` is not a run, or a parameter other than the
-      head's differs in shape (named with both shapes).
-    OSError, ValueError: its checkpoint cannot be read.
+  `init_from`, or when `workdir` holds a checkpoint (a resumption keeps the
+  run's own model). FinetuneError: `init_from` is not a run, or a parameter
+  other than the head's differs in shape.
   """
   init_from = config.get('init_from')
   if not init_from:
     return None
-  if _has_checkpoint(workdir):
+  own = os.path.join(workdir, 'checkpoints')
+  if os.path.isdir(own) and any(n.isdigit() for n in os.listdir(own)):
     if run_config.exists(workdir):
       config.model = run_config.read(workdir).model
     return None
-  run_dir, checkpoint_dir, step = _locate(init_from)
+  # A run directory (its newest checkpoint) or one of its checkpoints.
+  path = os.path.abspath(os.path.expanduser(init_from))
+  base = os.path.basename(path)
+  step = int(base) if base.isdigit() else None
+  checkpoint_dir = (os.path.join(path, 'checkpoints') if step is None else
+                    os.path.dirname(path))
+  run_dir = os.path.dirname(checkpoint_dir)
   if not run_config.exists(run_dir):
     raise FinetuneError(
         f'config.init_from={init_from} holds no run (no config.json); give '
@@ -139,37 +137,30 @@ def prepare(config: ml_collections.ConfigDict, workdir: str
       model.input[field] = config.model.input[field]
   config.model = model
 
-  wanted = _abstract_state(model, config.data.num_classes, config.optimizer,
-                           config.seed).params
-  stored = _abstract_state(source.model, source.data.num_classes,
-                           source.optimizer, source.seed)
+  wanted = abstract_state(model, config.data.num_classes,
+                          config.optimizer).params
+  stored = abstract_state(source.model, source.data.num_classes,
+                          source.optimizer)
   ours, theirs = _shapes(wanted), _shapes(stored.params)
+  changed = []  # Head parameters of another shape, re-initialised.
   for name in sorted(set(ours) | set(theirs)):
-    if not is_head(name.rsplit('/', 1)[0]) and ours.get(name) != theirs.get(
-        name):
-      has = lambda shapes: (f'shape {shapes[name]}' if name in shapes else
-                            'no such parameter')
-      raise FinetuneError(
-          f'config.init_from={init_from} does not fit this config: '
-          f'parameter {name} has {has(theirs)} there and {has(ours)} here.'
-          + _hint(theirs.get(name, ()), source.model, model))
-  changed = [f'{n} {theirs.get(n)} -> {ours.get(n)}'
-             for n in sorted(set(ours) | set(theirs))
-             if is_head(n.rsplit('/', 1)[0]) and ours.get(n) != theirs.get(n)]
+    if ours.get(name) == theirs.get(name):
+      continue
+    if is_head(name.rsplit('/', 1)[0]):
+      changed.append(f'{name} {theirs.get(name)} -> {ours.get(name)}')
+      continue
+    has = lambda shapes: (f'shape {shapes[name]}' if name in shapes else
+                          'no such parameter')
+    raise FinetuneError(
+        f'config.init_from={init_from} does not fit this config: '
+        f'parameter {name} has {has(theirs)} there and {has(ours)} here.'
+        + _hint(theirs.get(name, ()), source.model, model))
 
-  checkpointer = checkpoint_lib.Checkpointer(checkpoint_dir, read_only=True)
-  try:
-    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), stored)
-    if step is None:
-      restored = checkpointer.restore_newest(target, set_aside=False)
-      if restored.state is None:
-        raise FinetuneError(f'config.init_from={init_from}: no checkpoint in '
-                            f'{checkpoint_dir}.')
-      state, step = restored.state, restored.step
-    else:
-      state = checkpointer.restore(target, step)
-  finally:
-    checkpointer.close()
+  restored = read_checkpoint(checkpoint_dir, stored, step)
+  if restored.state is None:
+    raise FinetuneError(f'config.init_from={init_from}: no checkpoint in '
+                        f'{checkpoint_dir}.')
+  state, step = restored.state, restored.step
   params = {module: values for module, values in state.params.items()
             if not (changed and is_head(module))}
   groups = sorted({module.split('/')[0] for module in params})
@@ -186,9 +177,7 @@ def initial_state(plan: Plan, fresh: Any) -> Any:
   """`fresh` (host arrays) with the parameters `plan` restored."""
   if jax.process_index() == 0:
     writers.console(plan.summary)
-  params = dict(fresh.params)
-  params.update(plan.params)
-  return fresh._replace(params=params)
+  return fresh._replace(params={**fresh.params, **plan.params})
 
 
 def optimizer(config: ml_collections.ConfigDict,

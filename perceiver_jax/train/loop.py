@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from perceiver_jax import checks
+from perceiver_jax import progress
 from perceiver_jax.model import factory
 from perceiver_jax.model import inputs as model_inputs
 from perceiver_jax.train import checkpoint as checkpoint_lib
@@ -459,7 +460,7 @@ def _train(run: Run, state: TrainState, batches, first_batch,
             f'step {done}/{length.total_steps}  loss {scalars["loss"]:.4f}  '
             f'lr {scalars["learning_rate"]:.2e}  '
             f'{scalars["examples_per_sec"]:.0f} ex/s  '
-            f'ETA {writers.format_duration(eta)}{skipped}')
+            f'ETA {progress.format_duration(eta)}{skipped}')
 
     if should_evaluate:
       eval_metrics = evaluator.run(state.params)

@@ -1,8 +1,6 @@
 """A run's `config.json`, fully resolved: evaluation, sweeps and pictures
-rebuild the run from it. A relaunch may change only the run's length,
-cadence, non-finite handling, memory/speed settings and data directories
-(`RELAUNCH_MAY_CHANGE`, `*_dir`); the previous file goes to
-`config_history/`.
+rebuild the run from it. A relaunch may change only `RELAUNCH_MAY_CHANGE` and
+`*_dir` fields; the previous file goes to `config_history/`.
 """
 
 import dataclasses
@@ -20,9 +18,8 @@ from perceiver_jax.train import writers
 FILE_NAME = 'config.json'
 HISTORY_DIR = 'config_history'
 
-# Fields a relaunch of an existing run may change (see the module docstring):
-# its length and cadence, and knobs that change neither the parameters nor
-# the numbers trained (memory, speed, the evaluation's batching).
+# Fields a relaunch may change: length, cadence, and knobs that change neither
+# the parameters nor the numbers trained (memory, speed, evaluation batching).
 RELAUNCH_MAY_CHANGE = (
     'train.num_steps', 'train.num_epochs', 'train.log_every_steps',
     'train.eval_every_steps', 'train.checkpoint_every_steps',
@@ -69,10 +66,6 @@ def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def _may_change(field: str) -> bool:
-  return field in RELAUNCH_MAY_CHANGE or field.endswith('_dir')
-
-
 def check_relaunch(workdir: str,
                    config: ml_collections.ConfigDict) -> list[Change]:
   """The accepted changes `(field, old, new)` of a relaunch; reads only.
@@ -88,11 +81,13 @@ def check_relaunch(workdir: str,
   new = _flat(json.loads(config.to_json_best_effort()))
   changes = [(field, stored[field], new[field]) for field in sorted(stored)
              if field in new and stored[field] != new[field]]
-  refused = [change for change in changes if not _may_change(change[0])]
+  refused = [change for change in changes
+             if change[0] not in RELAUNCH_MAY_CHANGE
+             and not change[0].endswith('_dir')]
   if refused:
     field, old, value = refused[0]
-    more = (f' (and {len(refused) - 1} more field(s): '
-            f'{", ".join(c[0] for c in refused[1:])})' if len(refused) > 1
+    others = ', '.join(c[0] for c in refused[1:])
+    more = (f' (and {len(refused) - 1} more field(s): {others})' if others
             else '')
     raise ValueError(
         f'config.{field} is {json.dumps(old)} in {path(workdir)} but '
@@ -127,17 +122,6 @@ def keep_history(workdir: str) -> Optional[str]:
   return target
 
 
-# The encoder fields that older runs kept directly in `config.model` (now in
-# `config.model.encoder`).
-_FLAT_ENCODER_FIELDS = (
-    'num_blocks', 'num_self_attends_per_block', 'num_cross_attends',
-    'cross_attend_placement', 'share_weights', 'num_latents',
-    'num_latent_channels', 'num_cross_heads', 'num_self_heads',
-    'widening_factor', 'dropout', 'attention_impl',
-    'reuse_shared_keys_values', 'absorb_cross_attend_projections',
-    'scan_blocks', 'precision', 'remat')
-
-
 def upgrade(config: dict[str, Any]) -> dict[str, Any]:
   """An older run's config in today's layout: encoder fields move into
   `model.encoder` and the fields added since take the defaults the old code
@@ -147,7 +131,9 @@ def upgrade(config: dict[str, Any]) -> dict[str, Any]:
   if not isinstance(model, dict):
     return config
   if 'encoder' not in model:
-    flat = [name for name in _FLAT_ENCODER_FIELDS if name in model]
+    # Older runs kept the encoder's fields directly in `config.model`.
+    flat = [field.name for field in dataclasses.fields(
+        encoder_config.EncoderConfig) if field.name in model]
     if not flat:
       return config
     encoder = {name: model[name] for name in flat}

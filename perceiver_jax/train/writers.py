@@ -141,14 +141,3 @@ def read_json(file: str) -> dict[str, Any]:
                      'the object expected.')
   return payload
 
-
-def format_duration(seconds: float) -> str:
-  """'1h02m', '3m05s' or '12s'."""
-  seconds = max(0, int(round(seconds)))
-  hours, rest = divmod(seconds, 3600)
-  minutes, secs = divmod(rest, 60)
-  if hours:
-    return f'{hours}h{minutes:02d}m'
-  if minutes:
-    return f'{minutes}m{secs:02d}s'
-  return f'{secs}s'

@@ -1,5 +1,5 @@
-"""experiments/predict.py: top-5 of image files, on an imported model
-(against transformers' own top-1) and through the command."""
+"""Top-5 of image files (perceiver_jax.train.prediction) on an imported
+model, against transformers' own top-1, and through experiments.predict."""
 
 import json
 import subprocess
@@ -12,8 +12,8 @@ from sklearn import datasets
 import torch
 
 from configs import imagenet
-from experiments import predict
 from perceiver_jax.interop import workdirs
+from perceiver_jax.train import prediction
 from tests.helpers import command_utils
 from tests.helpers import transformers_fixtures as fixtures
 
@@ -43,7 +43,7 @@ def test_top1_is_transformers_top1(imported):
   pixels = fixtures.image_processor()(images, return_tensors='pt')
   with torch.no_grad():
     theirs = model(pixel_values=pixels['pixel_values']).logits.numpy()
-  results = dict(predict.predict(str(root / 'run'), files))
+  results = dict(prediction.predict(str(root / 'run'), files))
   for file, logits in zip(files, theirs):
     top = results[file]
     assert len(top) == 5
