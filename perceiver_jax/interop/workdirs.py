@@ -34,7 +34,8 @@ def _read_json(path: str) -> dict:
   try:
     return writers.read_json(path)
   except FileNotFoundError:
-    raise ImportFailure(f'not found: {path}') from None
+    raise ImportFailure(f'{os.path.basename(path)} not found: {path}'
+                        ) from None
   except ValueError as e:
     raise ImportFailure(str(e)) from None
 
