@@ -6,14 +6,15 @@ r"""Image classification on any TFDS image dataset or a folder of images.
 
 Class count, label names, image size and training examples come from the
 data at launch (`perceiver_jax.data.images.complete_config`); override
-`config.data.image_shape` to train at another size. Splits take TFDS split
-syntax (`--config.data.train_split='train[:90%]'`,
-`--config.evaluator.split='train[90%:]'`).
+`config.data.image_shape` to train at another size. A TFDS dataset's splits
+take TFDS split syntax (`--config.data.train_split='train[:90%]'`,
+`--config.evaluator.split='train[90%:]'`); a folder's split is its
+subfolder's name.
 
 Arguments (`--config=configs/images.py:ARG,...`):
   dataset=NAME  a TFDS dataset, or 'folder' (default 'folder').
   model=small   a CPU-sized Perceiver (default): 28x28 to 64x64 images train
-                in minutes on 2 CPU cores.
+                in minutes on a CPU (docs/your_data.md).
   model=paper   the paper's ImageNet architecture (configs/imagenet.py).
   finetune      the fine-tuning recipe (AdamW at 3e-4, 100 warm-up steps,
                 cosine decay over 10 epochs) for `--config.init_from=RUN`

@@ -394,11 +394,11 @@ def _num_params(config) -> int:
   # pylint: disable=g-import-not-at-top
   import jax
   from perceiver_jax.model import factory
-  from perceiver_jax.train import loop
+  from perceiver_jax.train import state as state_lib
   # pylint: enable=g-import-not-at-top
   forward = factory.transform_classifier(config.model,
                                          config.data.num_classes)
-  return loop.num_params(jax.eval_shape(
+  return state_lib.num_params(jax.eval_shape(
       functools.partial(forward.init, is_training=False),
       jax.random.PRNGKey(0), factory.example_batch(config.model.input, 1)))
 

@@ -2,7 +2,6 @@
 reused without page faults; the opt-out leaves glibc's defaults."""
 
 import json
-import os
 import platform
 import subprocess
 import sys

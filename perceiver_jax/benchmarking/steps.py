@@ -27,6 +27,7 @@ from perceiver_jax.model import inputs as model_inputs
 from perceiver_jax.train import loop
 from perceiver_jax.train import optim
 from perceiver_jax.train import parallel
+from perceiver_jax.train import state as state_lib
 
 Rates = Optional[Mapping[str, float]]
 
@@ -90,7 +91,7 @@ def prepare_train_step(config: ml_collections.ConfigDict, *,
       config.optimizer, total_steps=1000, steps_per_epoch=100.0)
   optimizer = optim.make_optimizer(config.optimizer, schedule)
   batch = synthetic_batch(config, batch_dims)
-  state = loop.initial_state(forward, optimizer,
+  state = state_lib.initial_state(forward, optimizer,
                              {k: v[0] for k, v in batch.items()}, config.seed)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   args = (parallel.replicate(state), parallel.shard(batch))

@@ -133,6 +133,20 @@ def num_examples(split: str, config: ml_collections.ConfigDict) -> int:
                      ) from e
 
 
+def _first_image_shape(files: list[str]) -> tuple[int, ...]:
+  """The shape of the first file that decodes (undecodable ones are
+  skipped in training too)."""
+  for file in files:
+    try:
+      with open(file, 'rb') as f:
+        return tuple(tf.io.decode_image(f.read(),
+                                        expand_animations=False).shape)
+    except (OSError, tf.errors.OpError):
+      continue
+  raise ValueError(f'No image of the training split decodes (first: '
+                   f'{files[0]}).')
+
+
 def complete_config(config: ml_collections.ConfigDict) -> None:
   """Fills `config.data`'s data-decided fields left at None or empty, at
   launch so that overrides reach them: num_classes, label_names,
@@ -144,10 +158,7 @@ def complete_config(config: ml_collections.ConfigDict) -> None:
       raise ValueError('dataset=folder needs --config.data.folder=DIR '
                        '(DIR/<split>/<class>/<image files>).')
     names, files, _ = _scan_split(data.folder, data.train_split)
-    shape = None
-    if not data.image_shape:
-      with open(files[0], 'rb') as f:
-        shape = tf.io.decode_image(f.read(), expand_animations=False).shape
+    shape = None if data.image_shape else _first_image_shape(files)
   else:
     builder = _builder(data)
     names = builder.info.features['label'].names

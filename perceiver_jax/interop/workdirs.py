@@ -18,9 +18,9 @@ from perceiver_jax import cli
 from perceiver_jax.interop import transformers_format as tf_format
 from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import finetune
-from perceiver_jax.train import loop
 from perceiver_jax.train import optim
 from perceiver_jax.train import run_config
+from perceiver_jax.train import state as state_lib
 from perceiver_jax.train import writers
 
 _PICKLE_FILES = ('pytorch_model.bin', 'model.bin', 'pytorch_model.pt')
@@ -102,8 +102,8 @@ def import_checkpoint(source: str, workdir: str,
     state = _weights(source, architecture)
     num_classes = int(hf_config.get('num_labels') or len(
         hf_config.get('id2label') or {}) or 1000)
-    expected = finetune.abstract_state(model, num_classes,
-                                       base_config.optimizer).params
+    expected = state_lib.abstract_state(model, num_classes,
+                                        base_config.optimizer).params
     params = tf_format.to_params(state, hf_config, expected)
   except tf_format.CheckpointError as e:
     raise ImportFailure(str(e)) from None
@@ -122,7 +122,7 @@ def import_checkpoint(source: str, workdir: str,
   theirs = sum(int(np.prod(v.shape)) for k, v in state.items()
                if not k.endswith(tf_format.IGNORED_SUFFIXES))
   optimizer = optim.make_optimizer(config.optimizer, lambda step: 0.0)
-  train_state = jax.tree.map(np.asarray, loop.TrainState(
+  train_state = jax.tree.map(np.asarray, state_lib.TrainState(
       params=params, opt_state=optimizer.init(params),
       step=np.zeros([], np.int32), rng=jax.random.PRNGKey(config.seed),
       num_skipped=np.zeros([], np.int32)))
@@ -167,8 +167,8 @@ def export_checkpoint(workdir: str, target: str,
     raise ExportFailure(str(e)) from None
   directory = os.path.join(workdir, 'checkpoints')
   restored = finetune.read_checkpoint(
-      directory, finetune.abstract_state(config.model, num_classes,
-                                         config.optimizer), step)
+      directory, state_lib.abstract_state(config.model, num_classes,
+                                          config.optimizer), step)
   state, step = restored.state, restored.step
   if state is None:
     raise ExportFailure(f'no checkpoint in {directory}.')

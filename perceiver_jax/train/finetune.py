@@ -22,10 +22,9 @@ import numpy as np
 import optax
 
 from perceiver_jax import cli
-from perceiver_jax.model import factory
 from perceiver_jax.train import checkpoint as checkpoint_lib
-from perceiver_jax.train import optim
 from perceiver_jax.train import run_config
+from perceiver_jax.train import state as state_lib
 from perceiver_jax.train import writers
 
 # Top-level modules of the classification heads (`factory.classifier_
@@ -49,18 +48,6 @@ class Plan:
   """What `prepare` read: the parameters to start from, and the report."""
   params: dict[str, dict[str, np.ndarray]]  # Module -> name -> array.
   summary: str
-
-
-def abstract_state(model: Any, num_classes: int, optimizer_config: Any
-                   ) -> Any:
-  """The shapes and dtypes of a fresh `loop.TrainState` (nothing computed)."""
-  # pylint: disable-next=g-import-not-at-top
-  from perceiver_jax.train import loop  # loop calls into this module.
-  forward = factory.transform_classifier(model, num_classes)
-  optimizer = optim.make_optimizer(optimizer_config, lambda _: 0.0)
-  example = factory.example_batch(model['input'], 1)
-  return jax.eval_shape(
-      lambda: loop.initial_state(forward, optimizer, example, 0))
 
 
 def read_checkpoint(directory: str, abstract: Any, step: Optional[int]
@@ -137,10 +124,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str
       model.input[field] = config.model.input[field]
   config.model = model
 
-  wanted = abstract_state(model, config.data.num_classes,
-                          config.optimizer).params
-  stored = abstract_state(source.model, source.data.num_classes,
-                          source.optimizer)
+  wanted = state_lib.abstract_state(model, config.data.num_classes,
+                                    config.optimizer).params
+  stored = state_lib.abstract_state(source.model, source.data.num_classes,
+                                    source.optimizer)
   ours, theirs = _shapes(wanted), _shapes(stored.params)
   changed = []  # Head parameters of another shape, re-initialised.
   for name in sorted(set(ours) | set(theirs)):

@@ -10,9 +10,8 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-import haiku as hk
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,19 +29,10 @@ from perceiver_jax.train import losses
 from perceiver_jax.train import optim
 from perceiver_jax.train import parallel
 from perceiver_jax.train import run_config
+from perceiver_jax.train import state as state_lib
 from perceiver_jax.train import stopping
 from perceiver_jax.train import tasks
 from perceiver_jax.train import writers
-
-
-class TrainState(NamedTuple):
-  """Everything a step reads and writes; `rng` is the run's base key (raw
-  uint32), `num_skipped` the updates skipped for a non-finite loss."""
-  params: hk.Params
-  opt_state: optax.OptState
-  step: jax.Array
-  rng: jax.Array
-  num_skipped: jax.Array
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -57,10 +47,6 @@ class DamagedCheckpointError(checkpoint_lib.CheckpointReadError):
 class RunLength:
   total_steps: int
   steps_per_epoch: float
-
-
-def num_params(params: Any) -> int:
-  return sum(int(x.size) for x in jax.tree.leaves(params))
 
 
 def run_length(config: ml_collections.ConfigDict) -> RunLength:
@@ -132,7 +118,7 @@ def train_step_fn(apply_fn: Callable[..., jax.Array],
   loss_type = loss_config['type']
   label_smoothing = loss_config.get('label_smoothing', 0.0)
 
-  def train_step(state: TrainState, batch, control=None):
+  def train_step(state: state_lib.TrainState, batch, control=None):
     rng = parallel.device_rng(state.rng, state.step)
 
     def loss_fn(params):
@@ -150,7 +136,7 @@ def train_step_fn(apply_fn: Callable[..., jax.Array],
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep_new = lambda new, old: jnp.where(finite, new, old)
-    new_state = TrainState(
+    new_state = state_lib.TrainState(
         params=jax.tree.map(keep_new, params, state.params),
         opt_state=jax.tree.map(keep_new, opt_state, state.opt_state),
         step=state.step + 1,
@@ -171,20 +157,6 @@ def train_step_fn(apply_fn: Callable[..., jax.Array],
     return new_state, metrics
 
   return train_step
-
-
-def initial_state(forward: hk.Transformed,
-                  optimizer: optax.GradientTransformation,
-                  example_batch: Mapping[str, np.ndarray],
-                  seed: int) -> TrainState:
-  """Fresh parameters and optimizer state from `seed`, for one device's
-  `example_batch`."""
-  init_key, run_key = jax.random.split(jax.random.PRNGKey(seed))
-  params = jax.jit(lambda key, batch: forward.init(
-      key, batch, is_training=True))(init_key, example_batch)
-  return TrainState(params=params, opt_state=optimizer.init(params),
-                    step=jnp.zeros([], jnp.int32), rng=run_key,
-                    num_skipped=jnp.zeros([], jnp.int32))
 
 
 class Run:
@@ -238,17 +210,17 @@ class Run:
         self.config, apply_fn=self.forward.apply, data_module=self.task.data,
         batch_dims=self.eval_batch_dims, split=split)
 
-  def fresh_state(self, example_batch) -> TrainState:
+  def fresh_state(self, example_batch) -> state_lib.TrainState:
     """Initial parameters and optimizer state for the config's seed."""
-    return initial_state(self.forward, self.optimizer,
+    return state_lib.initial_state(self.forward, self.optimizer,
                          {k: v[0] for k, v in example_batch.items()},
                          self.config.seed)
 
-  def host_target(self, example_batch) -> TrainState:
+  def host_target(self, example_batch) -> state_lib.TrainState:
     """A fresh state as host arrays: what a checkpoint restores into."""
     return jax.tree.map(np.asarray, self.fresh_state(example_batch))
 
-  def restore_state(self, example_batch, step: int) -> TrainState:
+  def restore_state(self, example_batch, step: int) -> state_lib.TrainState:
     return self.checkpointer.restore(self.host_target(example_batch), step)
 
 
@@ -366,7 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   return_state=return_state)
 
 
-def _train(run: Run, state: TrainState, batches, first_batch,
+def _train(run: Run, state: state_lib.TrainState, batches, first_batch,
            signals: stopping.StopSignals, *, stop_after_steps: Optional[int],
            return_state: bool) -> dict[str, Any]:
   config, length = run.config, run.length
@@ -378,7 +350,8 @@ def _train(run: Run, state: TrainState, batches, first_batch,
         f'({length.steps_per_epoch:.1f} steps/epoch) with global batch '
         f'{config.train.batch_size} on {jax.device_count()} device(s) of '
         f'{jax.process_count()} process(es); '
-        f'{num_params(state.params):,} parameters; workdir {run.workdir}')
+        f'{state_lib.num_params(state.params):,} parameters; '
+        f'workdir {run.workdir}')
   train_step = make_train_step(
       run.forward.apply, run.optimizer, run.schedule, config.loss)
   evaluator = run.evaluator()

@@ -16,6 +16,7 @@ import tensorflow as tf
 from perceiver_jax import cli
 from perceiver_jax.data import imagenet
 from perceiver_jax.data import images
+from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import loop
 from perceiver_jax.train import run_config
 
@@ -58,8 +59,16 @@ def predict(workdir: str, paths: list[str],
   names += [str(i) for i in range(len(names), config.data.num_classes)]
   preprocess = preprocess_fn(config.data)
   run = loop.Run(config, workdir, read_only=True)
+  try:
+    yield from _predict(run, preprocess, names, image_files(paths), top)
+  finally:
+    run.checkpointer.close()
+
+
+def _predict(run: loop.Run, preprocess, names: list[str], files: list[str],
+             top: int) -> Iterator[tuple[str, Prediction]]:
   params = None
-  for path in image_files(paths):
+  for path in files:
     try:
       with open(path, 'rb') as f:
         image = preprocess(tf.constant(f.read())).numpy()
@@ -67,9 +76,12 @@ def predict(workdir: str, paths: list[str],
       yield path, ' '.join(str(e).split())[:200]
       continue
     if params is None:  # The model's shapes come from the first image.
-      target = run.host_target({'image': image[None, None]})
-      params = run.checkpointer.restore_newest(
-          target, set_aside=False).state.params
+      restored = run.checkpointer.restore_newest(
+          run.host_target({'image': image[None, None]}), set_aside=False)
+      if restored.state is None:
+        raise checkpoint_lib.CheckpointReadError(
+            f'No checkpoint in {run.checkpointer.directory}.')
+      params = restored.state.params
       apply = jax.jit(lambda p, b: jax.nn.softmax(
           run.forward.apply(p, None, b, is_training=False)))
     probs = np.asarray(apply(params, {'image': image[None]}))[0]

@@ -1,8 +1,7 @@
 """Tests of the any-dataset image loader (perceiver_jax/data/images.py) and
-configs/images.py, on a folder written here and on TFDS mock data."""
+configs/images.py, on folders the tests write and on TFDS mock data."""
 
 import json
-import os
 
 import numpy as np
 from PIL import Image
@@ -14,40 +13,9 @@ from perceiver_jax.data import digits
 from perceiver_jax.data import images
 from perceiver_jax.train import loop
 from perceiver_jax.train import tasks
-
-CLASSES = ('cat', 'red fox')  # Sorted; one name with a space.
-
-
-def write_folder(root, *, per_class: int = 4, corrupt: bool = True) -> str:
-  """DIR/{train,test}/<class>/ of PNGs and JPEGs of varied sizes.
-
-  Class 0 is dark, class 1 bright; train/cat/0 is grey, and
-  train/cat/broken.png is not an image.
-  """
-  rng = np.random.default_rng(0)
-  for split in ('train', 'test'):
-    for label, name in enumerate(CLASSES):
-      folder = os.path.join(root, split, name)
-      os.makedirs(folder)
-      for i in range(per_class):
-        size = (12 + 5 * i, 20 + 3 * (i % 3))
-        base = 40 + 160 * label
-        pixels = np.clip(rng.normal(base, 20, (*size, 3)), 0, 255)
-        image = Image.fromarray(pixels.astype(np.uint8))
-        if split == 'train' and label == 0 and i == 0:
-          image = image.convert('L')
-        image.save(os.path.join(folder, f'{i}.{"png" if i % 2 else "jpg"}'))
-  if corrupt:
-    with open(os.path.join(root, 'train', 'cat', 'broken.png'), 'wb') as f:
-      f.write(b'\x89PNG not really')
-  return str(root)
-
-
-def folder_config(folder: str, arg: str = 'runlocal'):
-  config = images_config.get_config('dataset=folder,' + arg)
-  config.data.folder = folder
-  config.data.image_shape = (16, 16)
-  return config
+from tests.helpers.image_folders import CLASSES
+from tests.helpers.image_folders import folder_config
+from tests.helpers.image_folders import write_folder
 
 
 def test_folder_complete_config_and_batches(tmp_path):
@@ -60,6 +28,15 @@ def test_folder_complete_config_and_batches(tmp_path):
   # The first training image (train/cat/0.jpg) is 12x20.
   assert config.data.image_shape == (12, 20)
   assert config.model.input.index_dims == (12, 20)
+  # An undecodable file listed first is passed over when sizing.
+  first_broken = write_folder(tmp_path / 'first_broken')
+  (tmp_path / 'first_broken' / 'train' / 'cat' / '-broken.png').write_bytes(
+      b'not an image')
+  sized = folder_config(first_broken)
+  sized.data.image_shape = ()
+  tasks.complete_config(sized)
+  assert sized.data.image_shape == (12, 20)
+  assert sized.data.num_train_examples == 10
 
   config.data.image_shape = (16, 16)
   batches = images.load('train', is_training=True, batch_dims=(2, 4),

@@ -1,6 +1,7 @@
 """Small randomly initialised transformers Perceivers, saved as checkpoints.
 
-Shared by tests/test_transformers_*.py. Every parameter and BatchNorm
+Shared by tests/interop/, tests/train/test_finetune.py and
+tests/experiments/test_predict.py. Every parameter and BatchNorm
 statistic is drawn at random (not left at transformers' initial ones and
 zeros), so that a tensor mapped to the wrong place changes the outputs.
 """

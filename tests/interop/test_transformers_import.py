@@ -20,6 +20,7 @@ from perceiver_jax.train import checkpoint as checkpoint_lib
 from perceiver_jax.train import loop
 from perceiver_jax.train import optim
 from perceiver_jax.train import run_config
+from perceiver_jax.train import state as state_lib
 from tests.helpers import command_utils
 from tests.helpers import transformers_fixtures as fixtures
 
@@ -61,7 +62,7 @@ def test_import_writes_a_workdir_that_restores_to_their_logits(
   # Restored the way `experiments.evaluate` restores: into a fresh state.
   example = {'image': np.zeros((1, 32, 32, 3), np.float32)}
   optimizer = optim.make_optimizer(config.optimizer, lambda step: 0.0)
-  target = jax.tree.map(np.asarray, loop.initial_state(
+  target = jax.tree.map(np.asarray, state_lib.initial_state(
       forward, optimizer, example, config.seed))
   params = checkpointer.restore(target, 0).params
   checkpointer.close()

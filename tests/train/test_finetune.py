@@ -13,7 +13,7 @@ from configs import imagenet
 from perceiver_jax.interop import workdirs
 from perceiver_jax.train import finetune
 from perceiver_jax.train import loop
-from tests.data import test_images
+from tests.helpers import image_folders
 from tests.helpers import transformers_fixtures as fixtures
 
 
@@ -32,7 +32,7 @@ def imported(tmp_path_factory):
   parameters of its checkpoint, read back by numpy from orbax's files."""
   root = tmp_path_factory.mktemp('finetune')
   run = _import(root, 'fourier', seed=5)
-  folder = test_images.write_folder(root / 'data')  # 2 classes.
+  folder = image_folders.write_folder(root / 'data')  # 2 classes.
   state = _imported_params(run)
   return run, folder, state
 
@@ -45,7 +45,7 @@ def _imported_params(run: str) -> dict:
 
 
 def _config(folder: str, init_from: str, **finetune_fields):
-  config = test_images.folder_config(folder, 'runlocal,finetune')
+  config = image_folders.folder_config(folder, 'runlocal,finetune')
   config.init_from = init_from
   config.finetune.update(finetune_fields)
   config.train.update(num_steps=8, log_every_steps=1, eval_every_steps=8,
