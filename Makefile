@@ -38,7 +38,7 @@ $(TEST_STAMP): $(STAMP) requirements-test.txt
 	touch $(TEST_STAMP)
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -q -n auto --durations=15 tests
+	$(PY) -m pytest -q -n auto --dist worksteal --durations=15 tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info
